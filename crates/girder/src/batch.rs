@@ -1,0 +1,121 @@
+//! Ragged (padding-free) batches: the tokens of several sequences packed end to end.
+//!
+//! A batch of texts of lengths 3, 5 and 2 is one `[10]` vector of ids with
+//! `cu_seqlens = [0, 3, 8, 10]`; linear layers and norms run on all 10 rows at once,
+//! attention runs per sequence over its own range, and no padding token is ever computed.
+
+use crate::error::Result;
+use crate::tokenize::Encoded;
+use candle_core::{Device, Tensor};
+use std::ops::Range;
+
+/// Token ids, token types and positions of several sequences, packed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaggedBatch {
+    /// `[total_tokens]`
+    pub input_ids: Vec<u32>,
+    /// `[total_tokens]`
+    pub token_type_ids: Vec<u32>,
+    /// `[total_tokens]`: position of each token within its sequence, from 0
+    /// (models add their own offset, e.g. RoBERTa's `padding_idx + 1`).
+    pub positions: Vec<u32>,
+    /// `[num_seqs + 1]`: sequence `i` owns rows `cu_seqlens[i]..cu_seqlens[i + 1]`.
+    pub cu_seqlens: Vec<u32>,
+    /// The longest sequence.
+    pub max_seqlen: usize,
+}
+
+/// The batch as tensors on a device, built once per forward pass.
+#[derive(Debug, Clone)]
+pub struct BatchTensors {
+    /// `[total_tokens]` u32
+    pub input_ids: Tensor,
+    /// `[total_tokens]` u32
+    pub token_type_ids: Tensor,
+    /// `[total_tokens]` u32
+    pub positions: Tensor,
+    /// `[num_seqs]` u32: each sequence's length
+    pub seqlens: Tensor,
+}
+
+impl RaggedBatch {
+    /// Packs encodings in the order given.
+    pub fn from_encodings<'a>(encodings: impl IntoIterator<Item = &'a Encoded>) -> Self {
+        let mut batch = RaggedBatch {
+            input_ids: Vec::new(),
+            token_type_ids: Vec::new(),
+            positions: Vec::new(),
+            cu_seqlens: vec![0],
+            max_seqlen: 0,
+        };
+        for enc in encodings {
+            batch.push(&enc.ids, &enc.type_ids);
+        }
+        batch
+    }
+
+    /// Appends one sequence. `type_ids` may be shorter than `ids` (missing ones are 0).
+    pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
+        self.input_ids.extend_from_slice(ids);
+        self.token_type_ids
+            .extend((0..ids.len()).map(|i| type_ids.get(i).copied().unwrap_or(0)));
+        self.positions.extend(0..ids.len() as u32);
+        self.cu_seqlens.push(self.input_ids.len() as u32);
+        self.max_seqlen = self.max_seqlen.max(ids.len());
+    }
+
+    /// Number of sequences.
+    pub fn num_seqs(&self) -> usize {
+        self.cu_seqlens.len() - 1
+    }
+
+    /// Number of tokens over all sequences.
+    pub fn total_tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// Rows of sequence `i` in the packed tensors.
+    pub fn seq_range(&self, i: usize) -> Range<usize> {
+        self.cu_seqlens[i] as usize..self.cu_seqlens[i + 1] as usize
+    }
+
+    /// Length of each sequence.
+    pub fn seqlens(&self) -> Vec<u32> {
+        self.cu_seqlens.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// Row of each sequence's first token (`[CLS]` / `<s>`).
+    pub fn first_token_rows(&self) -> Vec<u32> {
+        self.cu_seqlens[..self.num_seqs()].to_vec()
+    }
+
+    /// The tensors a model's forward pass reads.
+    pub fn to_tensors(&self, device: &Device) -> Result<BatchTensors> {
+        let n = self.total_tokens();
+        Ok(BatchTensors {
+            input_ids: Tensor::from_slice(&self.input_ids, n, device)?,
+            token_type_ids: Tensor::from_slice(&self.token_type_ids, n, device)?,
+            positions: Tensor::from_slice(&self.positions, n, device)?,
+            seqlens: Tensor::new(self.seqlens(), device)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_sequences_end_to_end() {
+        let mut b = RaggedBatch::from_encodings([]);
+        b.push(&[1, 2, 3], &[0, 0, 0]);
+        b.push(&[4, 5], &[]);
+        assert_eq!(b.cu_seqlens, [0, 3, 5]);
+        assert_eq!(b.positions, [0, 1, 2, 0, 1]);
+        assert_eq!(b.token_type_ids, [0, 0, 0, 0, 0]);
+        assert_eq!(b.seq_range(1), 3..5);
+        assert_eq!(b.seqlens(), [3, 2]);
+        assert_eq!(b.first_token_rows(), [0, 3]);
+        assert_eq!(b.max_seqlen, 3);
+    }
+}

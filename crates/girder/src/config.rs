@@ -1,0 +1,194 @@
+//! `config.json` and the other JSON files of a model folder.
+//!
+//! [`CommonConfig`] holds the fields every architecture shares (what AutoModel reads to
+//! dispatch, and the label maps pipelines need). Each architecture parses its own
+//! hyper-parameters from the same file with serde defaults copied from transformers'
+//! `configuration_<arch>.py`. Errors name the file and the JSON path of the bad field.
+
+use crate::error::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Reads a JSON file into `T`; a bad field is reported with its path (`id2label.3`).
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_json(path, &text)
+}
+
+/// Parses JSON text that came from `path` (used in error messages).
+pub fn parse_json<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if field == "." {
+            "(document)".to_string()
+        } else {
+            field
+        };
+        Error::BadConfig {
+            file: path.to_path_buf(),
+            field,
+            reason: inner.to_string(),
+        }
+    })
+}
+
+/// How a classifier's scores are meant, as transformers' `problem_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    Regression,
+    SingleLabelClassification,
+    MultiLabelClassification,
+}
+
+/// The fields of config.json that are not specific to one architecture.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// `architectures`, e.g. `["BertForSequenceClassification"]`.
+    pub architectures: Vec<String>,
+    /// `model_type`, e.g. `"bert"`.
+    pub model_type: Option<String>,
+    /// `id2label` as a dense list (index = class id).
+    pub id2label: Vec<String>,
+    /// `problem_type`, if set.
+    pub problem_type: Option<ProblemType>,
+    /// `vocab_size`, if set.
+    pub vocab_size: Option<usize>,
+    /// `max_position_embeddings`, if set.
+    pub max_position_embeddings: Option<usize>,
+    /// `pad_token_id`, if set.
+    pub pad_token_id: Option<u32>,
+    /// The whole document, for architecture-specific parsing.
+    pub raw: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct CommonFields {
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    num_labels: Option<usize>,
+    #[serde(default)]
+    problem_type: Option<ProblemType>,
+    #[serde(default)]
+    vocab_size: Option<usize>,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+}
+
+impl CommonConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: serde_json::Value = parse_json(path, &text)?;
+        if !raw.is_object() {
+            return Err(Error::BadConfig {
+                file: path.to_path_buf(),
+                field: "(document)".into(),
+                reason: "expected a JSON object".into(),
+            });
+        }
+        let fields: CommonFields = parse_json(path, &text)?;
+        let id2label = dense_labels(path, fields.id2label, fields.num_labels)?;
+        Ok(CommonConfig {
+            path: path.to_path_buf(),
+            architectures: fields.architectures.unwrap_or_default(),
+            model_type: fields.model_type,
+            id2label,
+            problem_type: fields.problem_type,
+            vocab_size: fields.vocab_size,
+            max_position_embeddings: fields.max_position_embeddings,
+            pad_token_id: fields.pad_token_id,
+            raw,
+        })
+    }
+
+    /// Parses the architecture-specific view of the same document.
+    pub fn parse_as<T: DeserializeOwned>(&self) -> Result<T> {
+        let text = self.raw.to_string();
+        parse_json(&self.path, &text)
+    }
+}
+
+/// `{"0": "NEG", "1": "POS"}` → `["NEG", "POS"]`; ids must be 0..n without gaps.
+/// Without `id2label`, transformers names `num_labels` classes `LABEL_0`…
+fn dense_labels(
+    path: &Path,
+    id2label: Option<BTreeMap<String, String>>,
+    num_labels: Option<usize>,
+) -> Result<Vec<String>> {
+    let bad = |reason: String| Error::BadConfig {
+        file: path.to_path_buf(),
+        field: "id2label".into(),
+        reason,
+    };
+    let Some(map) = id2label else {
+        return Ok((0..num_labels.unwrap_or(0))
+            .map(|i| format!("LABEL_{i}"))
+            .collect());
+    };
+    let n = map.len();
+    let mut labels = vec![None; n];
+    for (key, label) in map {
+        let id: usize = key
+            .parse()
+            .map_err(|_| bad(format!("key `{key}` is not a class id")))?;
+        let slot = labels
+            .get_mut(id)
+            .ok_or_else(|| bad(format!("class id {id} is out of range 0..{n}")))?;
+        *slot = Some(label);
+    }
+    labels
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| l.ok_or_else(|| bad(format!("class id {i} has no label"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_become_a_dense_list() {
+        let p = Path::new("config.json");
+        let map: BTreeMap<String, String> = [("1", "POS"), ("0", "NEG")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(dense_labels(p, Some(map), None).unwrap(), ["NEG", "POS"]);
+        assert_eq!(
+            dense_labels(p, None, Some(2)).unwrap(),
+            ["LABEL_0", "LABEL_1"]
+        );
+        let gap: BTreeMap<String, String> = [("0", "A"), ("2", "C")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(dense_labels(p, Some(gap), None).is_err());
+    }
+
+    #[test]
+    fn bad_field_is_named() {
+        let err = parse_json::<CommonFields>(
+            Path::new("config.json"),
+            r#"{"vocab_size": "many"}"#,
+        )
+        .err()
+        .unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("vocab_size"), "{msg}");
+    }
+}

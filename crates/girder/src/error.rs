@@ -1,0 +1,118 @@
+//! The library's one error type.
+//!
+//! Every variant carries the facts a user needs to fix the problem: the file, the field,
+//! the tensor, the input. Nothing read from a file or a request is unwrapped; it ends up here.
+
+use std::path::PathBuf;
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while loading a model or running a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The model reference names no folder on disk.
+    #[error("model folder {folder} does not exist")]
+    FolderNotFound { folder: PathBuf },
+
+    /// A hub id that is not in the local Hugging Face cache.
+    #[error("model `{repo_id}` (revision {revision}) is not in the Hugging Face cache at {cache}: download it there first (e.g. `huggingface-cli download {repo_id}`) or pass a local folder")]
+    NotInCache {
+        repo_id: String,
+        revision: String,
+        cache: PathBuf,
+    },
+
+    /// A file a model folder needs is absent.
+    #[error("{folder} has no {file}: {needs}")]
+    MissingFile {
+        folder: PathBuf,
+        file: String,
+        needs: String,
+    },
+
+    /// A file exists but cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON configuration file is malformed or has a wrong field.
+    #[error("{file}: field `{field}`: {reason}")]
+    BadConfig {
+        file: PathBuf,
+        field: String,
+        reason: String,
+    },
+
+    /// `architectures[0]` / `model_type` names a model girder does not implement.
+    #[error("unsupported architecture `{name}`; supported: {supported}")]
+    UnsupportedArchitecture { name: String, supported: String },
+
+    /// A safetensors file that cannot be parsed (truncated, corrupt, not safetensors).
+    #[error("{file}: not a valid safetensors file: {reason}")]
+    BadWeights { file: PathBuf, reason: String },
+
+    /// The checkpoint lacks a tensor the architecture needs.
+    #[error("tensor `{name}` is missing from the checkpoint ({files})")]
+    MissingTensor { name: String, files: String },
+
+    /// A tensor exists with another shape than the config implies.
+    #[error("tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    /// A tokenizer file that does not parse, or a tokenizer that cannot be built.
+    #[error("{file}: cannot load tokenizer: {reason}")]
+    BadTokenizer { file: PathBuf, reason: String },
+
+    /// Tokenization of one input failed.
+    #[error("input {index}: tokenization failed: {reason}")]
+    Tokenize { index: usize, reason: String },
+
+    /// An input is longer than the model accepts and truncation is off.
+    #[error("input {index} has {tokens} tokens, more than the limit of {max}: shorten it, or allow truncation")]
+    InputTooLong {
+        index: usize,
+        tokens: usize,
+        max: usize,
+    },
+
+    /// The caller passed no inputs at all.
+    #[error("no input texts were given")]
+    EmptyInput,
+
+    /// A pipeline or tokenizer option that cannot be honoured.
+    #[error("invalid option `{option}`: {reason}")]
+    InvalidOption { option: String, reason: String },
+
+    /// An input that the task cannot handle (e.g. fill-mask without a mask token).
+    #[error("input {index}: {reason}")]
+    BadInput { index: usize, reason: String },
+
+    /// The model cannot run the requested task (e.g. text-classification on a base model).
+    #[error("{model} cannot run {task}: {reason}")]
+    TaskMismatch {
+        model: String,
+        task: String,
+        reason: String,
+    },
+
+    /// A tensor operation failed inside the model.
+    #[error("tensor computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Checkpoint tensors, memory-mapped from safetensors files, looked up by name.
+//!
+//! Plays the role of candle's `VarBuilder`, with two differences that matter to users:
+//! errors are typed and name the tensor (and its expected and actual shapes), and every
+//! tensor is upcast to the compute dtype (f32) on load, so bf16/f16 checkpoints just work.
+
+use crate::error::{Error, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct Checkpoint {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// tensor name → index into `files`
+    routing: HashMap<String, usize>,
+}
+
+/// A view of a checkpoint under a name prefix (`pp` adds a segment, like `VarBuilder::pp`).
+#[derive(Clone)]
+pub struct Weights {
+    checkpoint: Arc<Checkpoint>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    /// Memory-maps the files and indexes their tensors; a file that is not valid
+    /// safetensors is reported by name.
+    pub fn from_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        let mut mapped = Vec::with_capacity(files.len());
+        let mut routing = HashMap::new();
+        for (index, path) in files.iter().enumerate() {
+            // SAFETY: the file is mapped read-only; like every mmap-based loader (candle,
+            // safetensors, transformers) we rely on nobody truncating a checkpoint in use.
+            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::BadWeights {
+                file: path.clone(),
+                reason: root_cause(&e),
+            })?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, index);
+            }
+            mapped.push((path.clone(), st));
+        }
+        Ok(Weights {
+            checkpoint: Arc::new(Checkpoint {
+                files: mapped,
+                routing,
+            }),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The same checkpoint one level down: `w.pp("encoder").pp("layer.0")`.
+    pub fn pp(&self, segment: impl AsRef<str>) -> Self {
+        let segment = segment.as_ref();
+        let prefix = match (self.prefix.is_empty(), segment.is_empty()) {
+            (_, true) => self.prefix.clone(),
+            (true, false) => segment.to_string(),
+            (false, false) => format!("{}.{segment}", self.prefix),
+        };
+        Weights {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    /// The device tensors are loaded to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype tensors are converted to.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Whether `prefix.name` is in the checkpoint.
+    pub fn contains(&self, name: &str) -> bool {
+        self.checkpoint.routing.contains_key(&self.full_name(name))
+    }
+
+    /// The stored shape of `prefix.name`, if present.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        let full = self.full_name(name);
+        let index = *self.checkpoint.routing.get(&full)?;
+        let view = self.checkpoint.files[index].1.get(&full).ok()?;
+        Some(view.shape().to_vec())
+    }
+
+    /// Loads `prefix.name`, checks its shape and converts it to the compute dtype.
+    pub fn get(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Tensor> {
+        let expected = shape.into();
+        let full = self.full_name(name);
+        let Some(&index) = self.checkpoint.routing.get(&full) else {
+            return Err(Error::MissingTensor {
+                name: full,
+                files: self.file_list(),
+            });
+        };
+        let (path, st) = &self.checkpoint.files[index];
+        let tensor = st.load(&full, &self.device).map_err(|e| Error::BadWeights {
+            file: path.clone(),
+            reason: format!("tensor `{full}`: {}", root_cause(&e)),
+        })?;
+        if tensor.dims() != expected.as_slice() {
+            return Err(Error::ShapeMismatch {
+                tensor: full,
+                expected,
+                actual: tensor.dims().to_vec(),
+            });
+        }
+        Ok(tensor.to_dtype(self.dtype)?)
+    }
+
+    /// Like [`get`](Self::get), trying a legacy name when the first is absent
+    /// (old BERT checkpoints call LayerNorm's weight `gamma` and its bias `beta`).
+    pub fn get_either(&self, shape: impl Into<Vec<usize>>, name: &str, legacy: &str) -> Result<Tensor> {
+        if !self.contains(name) && self.contains(legacy) {
+            self.get(shape, legacy)
+        } else {
+            self.get(shape, name)
+        }
+    }
+
+    fn file_list(&self) -> String {
+        self.checkpoint
+            .files
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// candle wraps safetensors errors in context layers; users need the innermost message.
+fn root_cause(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. } => root_cause(inner),
+        candle_core::Error::Context { inner, .. } => root_cause(inner),
+        candle_core::Error::WithBacktrace { inner, .. } => root_cause(inner),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,49 @@
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use std::path::Path;
+
+/// The activation functions transformers names in `hidden_act` / `activation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU, `x·Φ(x)` with erf (`"gelu"`).
+    Gelu,
+    /// GELU's tanh approximation (`"gelu_new"`, `"gelu_pytorch_tanh"`, `"gelu_fast"`).
+    GeluTanh,
+    Relu,
+    /// `x·σ(x)` (`"silu"`, `"swish"`).
+    Silu,
+    Tanh,
+}
+
+impl Activation {
+    /// Parses a config value; `file` and `field` name it in the error.
+    pub fn parse(name: &str, file: &Path, field: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            "tanh" => Activation::Tanh,
+            other => {
+                return Err(Error::BadConfig {
+                    file: file.to_path_buf(),
+                    field: field.to_string(),
+                    reason: format!(
+                        "activation `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish, tanh)"
+                    ),
+                })
+            }
+        })
+    }
+
+    /// Applies the function elementwise.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => x.relu()?,
+            Activation::Silu => x.silu()?,
+            Activation::Tanh => x.tanh()?,
+        })
+    }
+}

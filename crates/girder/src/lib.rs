@@ -1,0 +1,30 @@
+//! girder: load Hugging Face model folders and run transformers' pipelines in Rust,
+//! with guard rails.
+//!
+//! A folder (config.json, tokenizer.json, model.safetensors) loads into a
+//! [`pipelines::Model`]; the architecture is picked from config.json as AutoModel does.
+//! Texts are tokenized under one explicit policy ([`tokenize`]), packed without padding
+//! ([`batch`]), and run through the task's pipeline ([`pipelines`]).
+//!
+//! ```
+//! # fn main() -> girder::Result<()> {
+//! use girder::pipelines::{embeddings, LoadOptions, Model};
+//!
+//! let model = Model::load("tests/fixtures/bert-st-mean", &LoadOptions::default())?;
+//! let texts = ["A man is eating food.", "A man rides a horse."];
+//! let vectors = embeddings::run(&model, &texts, &embeddings::Options::default())?;
+//! assert_eq!(vectors.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod layers;
+pub mod models;
+pub mod pipelines;
+pub mod tokenize;
+
+pub use error::{Error, Result};

@@ -1,0 +1,428 @@
+//! BERT (Devlin et al., 2018, <https://arxiv.org/abs/1810.04805>), also MiniLM checkpoints.
+//!
+//! Follows transformers' `models/bert/modeling_bert.py`: embeddings → self-attention →
+//! feed-forward → layers → pooler → heads. Runs on ragged batches: every block sees
+//! `[total_tokens, hidden]`, attention runs per sequence (see [`crate::layers`]).
+//! RoBERTa reuses [`Encoder`] and [`Config`] from here and brings its own embeddings and heads.
+
+use super::{EncoderForward, EncoderOutput};
+use crate::batch::{BatchTensors, RaggedBatch};
+use crate::config::CommonConfig;
+use crate::error::{Error, Result};
+use crate::hub::Weights;
+use crate::layers::{layer_norm, varlen_attention, Activation, Embedding, Linear};
+use candle_core::Tensor;
+use candle_nn::{LayerNorm, Module};
+use serde::Deserialize;
+
+/// BertConfig's fields, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "defaults::num_hidden_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "defaults::num_attention_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "defaults::intermediate_size")]
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "defaults::position_embedding_type")]
+    pub position_embedding_type: String,
+}
+
+mod defaults {
+    pub fn vocab_size() -> usize {
+        30522
+    }
+    pub fn hidden_size() -> usize {
+        768
+    }
+    pub fn num_hidden_layers() -> usize {
+        12
+    }
+    pub fn num_attention_heads() -> usize {
+        12
+    }
+    pub fn intermediate_size() -> usize {
+        3072
+    }
+    pub fn hidden_act() -> String {
+        "gelu".into()
+    }
+    pub fn max_position_embeddings() -> usize {
+        512
+    }
+    pub fn type_vocab_size() -> usize {
+        2
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn position_embedding_type() -> String {
+        "absolute".into()
+    }
+}
+
+impl Config {
+    /// Parses and validates the BERT view of config.json.
+    pub fn from_common(common: &CommonConfig) -> Result<Self> {
+        let cfg: Config = common.parse_as()?;
+        let bad = |field: &str, reason: String| Error::BadConfig {
+            file: common.path.clone(),
+            field: field.into(),
+            reason,
+        };
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(bad(
+                "num_attention_heads",
+                format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {}",
+                    cfg.hidden_size, cfg.num_attention_heads
+                ),
+            ));
+        }
+        if cfg.position_embedding_type != "absolute" {
+            return Err(bad(
+                "position_embedding_type",
+                format!("`{}` is not supported (only `absolute`)", cfg.position_embedding_type),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub(crate) fn activation(&self, common: &CommonConfig) -> Result<Activation> {
+        Activation::parse(&self.hidden_act, &common.path, "hidden_act")
+    }
+}
+
+/// word + position + token type embeddings, then LayerNorm.
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(w: &Weights, cfg: &Config) -> Result<Self> {
+        Ok(Embeddings {
+            word_embeddings: Embedding::load(&w.pp("word_embeddings"), cfg.vocab_size, cfg.hidden_size)?,
+            position_embeddings: Embedding::load(
+                &w.pp("position_embeddings"),
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+            )?,
+            token_type_embeddings: Embedding::load(
+                &w.pp("token_type_embeddings"),
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+            )?,
+            layer_norm: layer_norm(&w.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+        })
+    }
+
+    /// `[total_tokens]` ids, types and positions → `[total_tokens, hidden]`.
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let x = self.word_embeddings.forward(input_ids)?;
+        let x = (x + self.token_type_embeddings.forward(token_type_ids)?)?;
+        let x = (x + self.position_embeddings.forward(positions)?)?;
+        Ok(self.layer_norm.forward(&x)?)
+    }
+}
+
+/// Multi-head self-attention plus its output projection and residual LayerNorm
+/// (`BertAttention` = `BertSelfAttention` + `BertSelfOutput`).
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, cfg: &Config) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let sa = w.pp("self");
+        Ok(Attention {
+            query: Linear::load(&sa.pp("query"), h, h)?,
+            key: Linear::load(&sa.pp("key"), h, h)?,
+            value: Linear::load(&sa.pp("value"), h, h)?,
+            output: Linear::load(&w.pp("output.dense"), h, h)?,
+            output_norm: layer_norm(&w.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, batch: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let shape = (n, self.num_heads, self.head_dim);
+        let q = self.query.forward(x)?.reshape(shape)?;
+        let k = self.key.forward(x)?.reshape(shape)?;
+        let v = self.value.forward(x)?.reshape(shape)?;
+        let context = varlen_attention(&q, &k, &v, &batch.seqlens, max_seqlen, false)?; // [n, heads, head_dim]
+        let context = context.reshape((n, self.num_heads * self.head_dim))?;
+        let out = self.output.forward(&context)?;
+        Ok(self.output_norm.forward(&(out + x)?)?)
+    }
+}
+
+/// One transformer layer: attention, then the feed-forward block with its residual LayerNorm
+/// (`BertIntermediate` + `BertOutput`).
+struct Layer {
+    attention: Attention,
+    intermediate: Linear,
+    activation: Activation,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(w: &Weights, cfg: &Config, activation: Activation) -> Result<Self> {
+        Ok(Layer {
+            attention: Attention::load(&w.pp("attention"), cfg)?,
+            intermediate: Linear::load(&w.pp("intermediate.dense"), cfg.hidden_size, cfg.intermediate_size)?,
+            activation,
+            output: Linear::load(&w.pp("output.dense"), cfg.intermediate_size, cfg.hidden_size)?,
+            output_norm: layer_norm(&w.pp("output.LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, batch: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+        let attended = self.attention.forward(x, batch, max_seqlen)?;
+        let h = self.activation.forward(&self.intermediate.forward(&attended)?)?;
+        let out = self.output.forward(&h)?;
+        Ok(self.output_norm.forward(&(out + attended)?)?)
+    }
+}
+
+/// The stack of layers (`BertEncoder`), shared with RoBERTa.
+pub(crate) struct Encoder {
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub(crate) fn load(w: &Weights, cfg: &Config, activation: Activation) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(&w.pp(format!("layer.{i}")), cfg, activation))
+            .collect::<Result<_>>()?;
+        Ok(Encoder { layers })
+    }
+
+    pub(crate) fn forward(&self, x: Tensor, batch: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+        self.layers
+            .iter()
+            .try_fold(x, |x, layer| layer.forward(&x, batch, max_seqlen))
+    }
+}
+
+/// `tanh(W · h[CLS] + b)` (`BertPooler`).
+pub(crate) struct Pooler {
+    dense: Linear,
+}
+
+impl Pooler {
+    pub(crate) fn load(w: &Weights, hidden: usize) -> Result<Self> {
+        Ok(Pooler {
+            dense: Linear::load(&w.pp("dense"), hidden, hidden)?,
+        })
+    }
+
+    /// `hidden`: `[total_tokens, h]` → `[num_seqs, h]`.
+    pub(crate) fn forward(&self, hidden: &Tensor, batch: &RaggedBatch) -> Result<Tensor> {
+        let first = first_tokens(hidden, batch)?;
+        Ok(self.dense.forward(&first)?.tanh()?)
+    }
+}
+
+/// Rows of each sequence's first token: `[total_tokens, h]` → `[num_seqs, h]`.
+pub(crate) fn first_tokens(hidden: &Tensor, batch: &RaggedBatch) -> Result<Tensor> {
+    let rows = Tensor::new(batch.first_token_rows(), hidden.device())?;
+    Ok(hidden.index_select(&rows, 0)?)
+}
+
+/// Selects `rows` of `hidden`, or all of them.
+pub(crate) fn select_rows(hidden: &Tensor, rows: Option<&[u32]>) -> Result<Tensor> {
+    Ok(match rows {
+        Some(rows) => hidden.index_select(&Tensor::new(rows, hidden.device())?, 0)?,
+        None => hidden.clone(),
+    })
+}
+
+/// The bare encoder: last hidden state and, when the checkpoint has one, the pooler output.
+pub struct BertModel {
+    embeddings: Embeddings,
+    encoder: Encoder,
+    pooler: Option<Pooler>,
+}
+
+impl BertModel {
+    /// `w` is the checkpoint root; the `bert.` prefix of head checkpoints is found here.
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig, with_pooler: bool) -> Result<Self> {
+        let w = base_weights(w, "bert");
+        let pooler = if with_pooler && w.contains("pooler.dense.weight") {
+            Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
+        } else {
+            None
+        };
+        Ok(BertModel {
+            embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
+            encoder: Encoder::load(&w.pp("encoder"), cfg, cfg.activation(common)?)?,
+            pooler,
+        })
+    }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings.table()
+    }
+}
+
+impl EncoderForward for BertModel {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        let device = self.word_embeddings().device();
+        let t = batch.to_tensors(device)?;
+        let x = self.embeddings.forward(&t.input_ids, &t.token_type_ids, &t.positions)?;
+        let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
+        let pooler_output = match &self.pooler {
+            Some(p) => Some(p.forward(&last_hidden_state, batch)?),
+            None => None,
+        };
+        Ok(EncoderOutput {
+            last_hidden_state,
+            pooler_output,
+        })
+    }
+}
+
+/// The base model's weights: under `prefix.` in head checkpoints, at the root in base ones.
+pub(crate) fn base_weights(w: &Weights, prefix: &str) -> Weights {
+    if w.contains(&format!("{prefix}.embeddings.word_embeddings.weight")) {
+        w.pp(prefix)
+    } else {
+        w.clone()
+    }
+}
+
+/// `BertForSequenceClassification`: pooler output → linear classifier.
+pub struct BertForSequenceClassification {
+    bert: BertModel,
+    classifier: Linear,
+}
+
+impl BertForSequenceClassification {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        let bert = BertModel::load(w, cfg, common, true)?;
+        if bert.pooler.is_none() {
+            return Err(Error::MissingTensor {
+                name: "bert.pooler.dense.weight".into(),
+                files: "a sequence classifier needs the pooler".into(),
+            });
+        }
+        Ok(BertForSequenceClassification {
+            bert,
+            classifier: Linear::load(&w.pp("classifier"), cfg.hidden_size, common.id2label.len())?,
+        })
+    }
+}
+
+impl EncoderForward for BertForSequenceClassification {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.bert.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, _rows: Option<&[u32]>) -> Result<Tensor> {
+        let pooled = out.pooler_output.as_ref().ok_or_else(|| Error::MissingTensor {
+            name: "bert.pooler.dense.weight".into(),
+            files: "a sequence classifier needs the pooler".into(),
+        })?;
+        self.classifier.forward(pooled)
+    }
+}
+
+/// `BertForTokenClassification`: a linear classifier on every token.
+pub struct BertForTokenClassification {
+    bert: BertModel,
+    classifier: Linear,
+}
+
+impl BertForTokenClassification {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        Ok(BertForTokenClassification {
+            bert: BertModel::load(w, cfg, common, false)?,
+            classifier: Linear::load(&w.pp("classifier"), cfg.hidden_size, common.id2label.len())?,
+        })
+    }
+}
+
+impl EncoderForward for BertForTokenClassification {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.bert.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+        self.classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+    }
+}
+
+/// `BertForMaskedLM`: transform (dense, activation, LayerNorm), then the decoder tied to
+/// the word embeddings, plus a bias.
+pub struct BertForMaskedLM {
+    bert: BertModel,
+    transform: Linear,
+    activation: Activation,
+    transform_norm: LayerNorm,
+    decoder: Linear,
+}
+
+impl BertForMaskedLM {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        let bert = BertModel::load(w, cfg, common, false)?;
+        let p = w.pp("cls.predictions");
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let decoder_weight = if p.contains("decoder.weight") {
+            p.get([v, h], "decoder.weight")?
+        } else {
+            bert.word_embeddings().clone()
+        };
+        let bias = if p.contains("bias") {
+            p.get([v], "bias")?
+        } else {
+            p.get([v], "decoder.bias")?
+        };
+        Ok(BertForMaskedLM {
+            transform: Linear::load(&p.pp("transform.dense"), h, h)?,
+            activation: cfg.activation(common)?,
+            transform_norm: layer_norm(&p.pp("transform.LayerNorm"), h, cfg.layer_norm_eps)?,
+            decoder: Linear::from_parts(decoder_weight, Some(bias)),
+            bert,
+        })
+    }
+}
+
+impl EncoderForward for BertForMaskedLM {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.bert.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+        let h = select_rows(&out.last_hidden_state, rows)?;
+        let h = self.activation.forward(&self.transform.forward(&h)?)?;
+        let h = self.transform_norm.forward(&h)?;
+        self.decoder.forward(&h)
+    }
+}

@@ -1,0 +1,304 @@
+//! DistilBERT (Sanh et al., 2019, <https://arxiv.org/abs/1910.01108>).
+//!
+//! Follows transformers' `models/distilbert/modeling_distilbert.py`: embeddings (words and
+//! positions, no token types) → layers of attention and feed-forward, each with a residual
+//! LayerNorm → heads. Its config names differ from BERT's (`dim`, `n_layers`, `hidden_dim`).
+
+use super::bert::{base_weights, first_tokens, select_rows};
+use super::{EncoderForward, EncoderOutput};
+use crate::batch::{BatchTensors, RaggedBatch};
+use crate::config::CommonConfig;
+use crate::error::{Error, Result};
+use crate::hub::Weights;
+use crate::layers::{layer_norm, varlen_attention, Activation, Embedding, Linear};
+use candle_core::Tensor;
+use candle_nn::{LayerNorm, Module};
+use serde::Deserialize;
+
+/// transformers hard-codes DistilBERT's LayerNorm epsilon.
+const LAYER_NORM_EPS: f64 = 1e-12;
+
+/// DistilBertConfig's fields, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::dim")]
+    pub dim: usize,
+    #[serde(default = "defaults::n_layers")]
+    pub n_layers: usize,
+    #[serde(default = "defaults::n_heads")]
+    pub n_heads: usize,
+    #[serde(default = "defaults::hidden_dim")]
+    pub hidden_dim: usize,
+    #[serde(default = "defaults::activation")]
+    pub activation: String,
+    #[serde(default = "defaults::max_position_embeddings")]
+    pub max_position_embeddings: usize,
+}
+
+mod defaults {
+    pub fn vocab_size() -> usize {
+        30522
+    }
+    pub fn dim() -> usize {
+        768
+    }
+    pub fn n_layers() -> usize {
+        6
+    }
+    pub fn n_heads() -> usize {
+        12
+    }
+    pub fn hidden_dim() -> usize {
+        3072
+    }
+    pub fn activation() -> String {
+        "gelu".into()
+    }
+    pub fn max_position_embeddings() -> usize {
+        512
+    }
+}
+
+impl Config {
+    /// Parses and validates the DistilBERT view of config.json.
+    pub fn from_common(common: &CommonConfig) -> Result<Self> {
+        let cfg: Config = common.parse_as()?;
+        if cfg.n_heads == 0 || cfg.dim % cfg.n_heads != 0 {
+            return Err(Error::BadConfig {
+                file: common.path.clone(),
+                field: "n_heads".into(),
+                reason: format!("dim {} is not a multiple of n_heads {}", cfg.dim, cfg.n_heads),
+            });
+        }
+        Ok(cfg)
+    }
+
+    fn activation(&self, common: &CommonConfig) -> Result<Activation> {
+        Activation::parse(&self.activation, &common.path, "activation")
+    }
+}
+
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    layer_norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(w: &Weights, cfg: &Config) -> Result<Self> {
+        Ok(Embeddings {
+            word_embeddings: Embedding::load(&w.pp("word_embeddings"), cfg.vocab_size, cfg.dim)?,
+            position_embeddings: Embedding::load(&w.pp("position_embeddings"), cfg.max_position_embeddings, cfg.dim)?,
+            layer_norm: layer_norm(&w.pp("LayerNorm"), cfg.dim, LAYER_NORM_EPS)?,
+        })
+    }
+
+    fn forward(&self, t: &BatchTensors) -> Result<Tensor> {
+        let x = self.word_embeddings.forward(&t.input_ids)?;
+        let x = (x + self.position_embeddings.forward(&t.positions)?)?;
+        Ok(self.layer_norm.forward(&x)?)
+    }
+}
+
+/// `MultiHeadSelfAttention`: q/k/v projections, per-sequence attention, `out_lin`.
+struct Attention {
+    q_lin: Linear,
+    k_lin: Linear,
+    v_lin: Linear,
+    out_lin: Linear,
+    n_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, cfg: &Config) -> Result<Self> {
+        let d = cfg.dim;
+        Ok(Attention {
+            q_lin: Linear::load(&w.pp("q_lin"), d, d)?,
+            k_lin: Linear::load(&w.pp("k_lin"), d, d)?,
+            v_lin: Linear::load(&w.pp("v_lin"), d, d)?,
+            out_lin: Linear::load(&w.pp("out_lin"), d, d)?,
+            n_heads: cfg.n_heads,
+            head_dim: d / cfg.n_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, t: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let shape = (n, self.n_heads, self.head_dim);
+        let q = self.q_lin.forward(x)?.reshape(shape)?;
+        let k = self.k_lin.forward(x)?.reshape(shape)?;
+        let v = self.v_lin.forward(x)?.reshape(shape)?;
+        let context = varlen_attention(&q, &k, &v, &t.seqlens, max_seqlen, false)?; // [n, heads, head_dim]
+        self.out_lin.forward(&context.reshape((n, self.n_heads * self.head_dim))?)
+    }
+}
+
+/// `TransformerBlock`: attention + `sa_layer_norm`, feed-forward (`ffn.lin1`, activation,
+/// `ffn.lin2`) + `output_layer_norm`.
+struct Layer {
+    attention: Attention,
+    sa_layer_norm: LayerNorm,
+    lin1: Linear,
+    activation: Activation,
+    lin2: Linear,
+    output_layer_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(w: &Weights, cfg: &Config, activation: Activation) -> Result<Self> {
+        Ok(Layer {
+            attention: Attention::load(&w.pp("attention"), cfg)?,
+            sa_layer_norm: layer_norm(&w.pp("sa_layer_norm"), cfg.dim, LAYER_NORM_EPS)?,
+            lin1: Linear::load(&w.pp("ffn.lin1"), cfg.dim, cfg.hidden_dim)?,
+            activation,
+            lin2: Linear::load(&w.pp("ffn.lin2"), cfg.hidden_dim, cfg.dim)?,
+            output_layer_norm: layer_norm(&w.pp("output_layer_norm"), cfg.dim, LAYER_NORM_EPS)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, t: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+        let attended = self.sa_layer_norm.forward(&(self.attention.forward(x, t, max_seqlen)? + x)?)?;
+        let h = self.activation.forward(&self.lin1.forward(&attended)?)?;
+        let out = self.lin2.forward(&h)?;
+        Ok(self.output_layer_norm.forward(&(out + attended)?)?)
+    }
+}
+
+/// The bare encoder (`DistilBertModel`); it has no pooler.
+pub struct DistilBertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+}
+
+impl DistilBertModel {
+    /// `w` is the checkpoint root; the `distilbert.` prefix of head checkpoints is found here.
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        let w = base_weights(w, "distilbert");
+        let activation = cfg.activation(common)?;
+        let layers = (0..cfg.n_layers)
+            .map(|i| Layer::load(&w.pp(format!("transformer.layer.{i}")), cfg, activation))
+            .collect::<Result<_>>()?;
+        Ok(DistilBertModel {
+            embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
+            layers,
+        })
+    }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings.table()
+    }
+}
+
+impl EncoderForward for DistilBertModel {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        let t = batch.to_tensors(self.word_embeddings().device())?;
+        let x = self.embeddings.forward(&t)?;
+        let last_hidden_state = self
+            .layers
+            .iter()
+            .try_fold(x, |x, layer| layer.forward(&x, &t, batch.max_seqlen))?;
+        Ok(EncoderOutput {
+            last_hidden_state,
+            pooler_output: None,
+        })
+    }
+}
+
+/// `DistilBertForSequenceClassification`: `pre_classifier` + ReLU on `[CLS]`, then `classifier`.
+pub struct DistilBertForSequenceClassification {
+    distilbert: DistilBertModel,
+    pre_classifier: Linear,
+    classifier: Linear,
+}
+
+impl DistilBertForSequenceClassification {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        Ok(DistilBertForSequenceClassification {
+            distilbert: DistilBertModel::load(w, cfg, common)?,
+            pre_classifier: Linear::load(&w.pp("pre_classifier"), cfg.dim, cfg.dim)?,
+            classifier: Linear::load(&w.pp("classifier"), cfg.dim, common.id2label.len())?,
+        })
+    }
+}
+
+impl EncoderForward for DistilBertForSequenceClassification {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.distilbert.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, batch: &RaggedBatch, _rows: Option<&[u32]>) -> Result<Tensor> {
+        let x = first_tokens(&out.last_hidden_state, batch)?;
+        let x = self.pre_classifier.forward(&x)?.relu()?;
+        self.classifier.forward(&x)
+    }
+}
+
+/// `DistilBertForTokenClassification`: a linear classifier on every token.
+pub struct DistilBertForTokenClassification {
+    distilbert: DistilBertModel,
+    classifier: Linear,
+}
+
+impl DistilBertForTokenClassification {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        Ok(DistilBertForTokenClassification {
+            distilbert: DistilBertModel::load(w, cfg, common)?,
+            classifier: Linear::load(&w.pp("classifier"), cfg.dim, common.id2label.len())?,
+        })
+    }
+}
+
+impl EncoderForward for DistilBertForTokenClassification {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.distilbert.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+        self.classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+    }
+}
+
+/// `DistilBertForMaskedLM`: `vocab_transform`, activation, `vocab_layer_norm`, then
+/// `vocab_projector` tied to the word embeddings.
+pub struct DistilBertForMaskedLM {
+    distilbert: DistilBertModel,
+    vocab_transform: Linear,
+    activation: Activation,
+    vocab_layer_norm: LayerNorm,
+    vocab_projector: Linear,
+}
+
+impl DistilBertForMaskedLM {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        let distilbert = DistilBertModel::load(w, cfg, common)?;
+        let (d, v) = (cfg.dim, cfg.vocab_size);
+        let projector_weight = if w.contains("vocab_projector.weight") {
+            w.get([v, d], "vocab_projector.weight")?
+        } else {
+            distilbert.word_embeddings().clone()
+        };
+        Ok(DistilBertForMaskedLM {
+            vocab_transform: Linear::load(&w.pp("vocab_transform"), d, d)?,
+            activation: cfg.activation(common)?,
+            vocab_layer_norm: layer_norm(&w.pp("vocab_layer_norm"), d, LAYER_NORM_EPS)?,
+            vocab_projector: Linear::from_parts(projector_weight, Some(w.get([v], "vocab_projector.bias")?)),
+            distilbert,
+        })
+    }
+}
+
+impl EncoderForward for DistilBertForMaskedLM {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.distilbert.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+        let h = select_rows(&out.last_hidden_state, rows)?;
+        let h = self.activation.forward(&self.vocab_transform.forward(&h)?)?;
+        let h = self.vocab_layer_norm.forward(&h)?;
+        self.vocab_projector.forward(&h)
+    }
+}

@@ -1,0 +1,235 @@
+//! RoBERTa (Liu et al., 2019, <https://arxiv.org/abs/1907.11692>) and XLM-RoBERTa
+//! (Conneau et al., 2019, <https://arxiv.org/abs/1911.02116>), which share one implementation.
+//!
+//! Follows transformers' `models/roberta/modeling_roberta.py`. The layers are BERT's
+//! ([`super::bert::Encoder`]); what differs is the embeddings (positions start after
+//! `padding_idx`) and the heads (a two-layer classification head, an LM head with GELU).
+
+use super::bert::{base_weights, first_tokens, select_rows, Config, Encoder, Pooler};
+use super::{EncoderForward, EncoderOutput};
+use crate::batch::RaggedBatch;
+use crate::config::CommonConfig;
+use crate::error::Result;
+use crate::hub::Weights;
+use crate::layers::{layer_norm, Activation, Embedding, Linear};
+use candle_core::Tensor;
+use candle_nn::{LayerNorm, Module};
+
+/// RoBERTa's `padding_idx` (config `pad_token_id`, 1 by default).
+fn padding_idx(cfg: &Config) -> u32 {
+    cfg.pad_token_id.unwrap_or(1)
+}
+
+/// How many positions a RoBERTa model can index: position ids start at `padding_idx + 1`.
+pub fn position_limit(cfg: &Config) -> usize {
+    cfg.max_position_embeddings
+        .saturating_sub(padding_idx(cfg) as usize + 1)
+}
+
+/// Position ids as transformers' `create_position_ids_from_input_ids`: tokens count from
+/// `padding_idx + 1`, and a pad token (even one typed in the text) gets `padding_idx`.
+fn position_ids(batch: &RaggedBatch, padding_idx: u32) -> Vec<u32> {
+    let mut positions = Vec::with_capacity(batch.total_tokens());
+    for i in 0..batch.num_seqs() {
+        let mut count = 0;
+        for &id in &batch.input_ids[batch.seq_range(i)] {
+            if id == padding_idx {
+                positions.push(padding_idx);
+            } else {
+                count += 1;
+                positions.push(padding_idx + count);
+            }
+        }
+    }
+    positions
+}
+
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    padding_idx: u32,
+}
+
+impl Embeddings {
+    fn load(w: &Weights, cfg: &Config) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Embeddings {
+            word_embeddings: Embedding::load(&w.pp("word_embeddings"), cfg.vocab_size, h)?,
+            position_embeddings: Embedding::load(&w.pp("position_embeddings"), cfg.max_position_embeddings, h)?,
+            token_type_embeddings: Embedding::load(&w.pp("token_type_embeddings"), cfg.type_vocab_size, h)?,
+            layer_norm: layer_norm(&w.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            padding_idx: padding_idx(cfg),
+        })
+    }
+
+    fn forward(&self, batch: &RaggedBatch, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+        let positions = position_ids(batch, self.padding_idx);
+        let positions = Tensor::from_vec(positions, batch.total_tokens(), input_ids.device())?;
+        let x = self.word_embeddings.forward(input_ids)?;
+        let x = (x + self.token_type_embeddings.forward(token_type_ids)?)?;
+        let x = (x + self.position_embeddings.forward(&positions)?)?;
+        Ok(self.layer_norm.forward(&x)?)
+    }
+}
+
+/// The bare encoder (`RobertaModel`, `XLMRobertaModel`).
+pub struct RobertaModel {
+    embeddings: Embeddings,
+    encoder: Encoder,
+    pooler: Option<Pooler>,
+}
+
+impl RobertaModel {
+    /// `w` is the checkpoint root; the `roberta.` prefix of head checkpoints is found here.
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig, with_pooler: bool) -> Result<Self> {
+        let w = base_weights(w, "roberta");
+        let pooler = if with_pooler && w.contains("pooler.dense.weight") {
+            Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
+        } else {
+            None
+        };
+        Ok(RobertaModel {
+            embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
+            encoder: Encoder::load(&w.pp("encoder"), cfg, cfg.activation(common)?)?,
+            pooler,
+        })
+    }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings.table()
+    }
+}
+
+impl EncoderForward for RobertaModel {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        let t = batch.to_tensors(self.word_embeddings().device())?;
+        let x = self.embeddings.forward(batch, &t.input_ids, &t.token_type_ids)?;
+        let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
+        let pooler_output = match &self.pooler {
+            Some(p) => Some(p.forward(&last_hidden_state, batch)?),
+            None => None,
+        };
+        Ok(EncoderOutput {
+            last_hidden_state,
+            pooler_output,
+        })
+    }
+}
+
+/// `RobertaForSequenceClassification`: dense + tanh on `<s>`, then `out_proj`
+/// (`RobertaClassificationHead`; no pooler).
+pub struct RobertaForSequenceClassification {
+    roberta: RobertaModel,
+    dense: Linear,
+    out_proj: Linear,
+}
+
+impl RobertaForSequenceClassification {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(RobertaForSequenceClassification {
+            roberta: RobertaModel::load(w, cfg, common, false)?,
+            dense: Linear::load(&w.pp("classifier.dense"), h, h)?,
+            out_proj: Linear::load(&w.pp("classifier.out_proj"), h, common.id2label.len())?,
+        })
+    }
+}
+
+impl EncoderForward for RobertaForSequenceClassification {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.roberta.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, batch: &RaggedBatch, _rows: Option<&[u32]>) -> Result<Tensor> {
+        let x = first_tokens(&out.last_hidden_state, batch)?;
+        let x = self.dense.forward(&x)?.tanh()?;
+        self.out_proj.forward(&x)
+    }
+}
+
+/// `RobertaForTokenClassification`: a linear classifier on every token.
+pub struct RobertaForTokenClassification {
+    roberta: RobertaModel,
+    classifier: Linear,
+}
+
+impl RobertaForTokenClassification {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        Ok(RobertaForTokenClassification {
+            roberta: RobertaModel::load(w, cfg, common, false)?,
+            classifier: Linear::load(&w.pp("classifier"), cfg.hidden_size, common.id2label.len())?,
+        })
+    }
+}
+
+impl EncoderForward for RobertaForTokenClassification {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.roberta.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+        self.classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+    }
+}
+
+/// `RobertaForMaskedLM`: dense, exact GELU (whatever `hidden_act` says, as
+/// `RobertaLMHead` hard-codes it), LayerNorm, decoder tied to the word embeddings, bias.
+pub struct RobertaForMaskedLM {
+    roberta: RobertaModel,
+    dense: Linear,
+    layer_norm: LayerNorm,
+    decoder: Linear,
+}
+
+impl RobertaForMaskedLM {
+    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
+        let roberta = RobertaModel::load(w, cfg, common, false)?;
+        let p = w.pp("lm_head");
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let decoder_weight = if p.contains("decoder.weight") {
+            p.get([v, h], "decoder.weight")?
+        } else {
+            roberta.word_embeddings().clone()
+        };
+        let bias = if p.contains("bias") {
+            p.get([v], "bias")?
+        } else {
+            p.get([v], "decoder.bias")?
+        };
+        Ok(RobertaForMaskedLM {
+            dense: Linear::load(&p.pp("dense"), h, h)?,
+            layer_norm: layer_norm(&p.pp("layer_norm"), h, cfg.layer_norm_eps)?,
+            decoder: Linear::from_parts(decoder_weight, Some(bias)),
+            roberta,
+        })
+    }
+}
+
+impl EncoderForward for RobertaForMaskedLM {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.roberta.encode(batch)
+    }
+
+    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+        let h = select_rows(&out.last_hidden_state, rows)?;
+        let h = Activation::Gelu.forward(&self.dense.forward(&h)?)?;
+        let h = self.layer_norm.forward(&h)?;
+        self.decoder.forward(&h)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_start_after_padding_idx() {
+        let mut batch = RaggedBatch::from_encodings([]);
+        batch.push(&[0, 5, 6, 2], &[]);
+        batch.push(&[0, 1, 7, 2], &[]);
+        assert_eq!(position_ids(&batch, 1), [2, 3, 4, 5, 2, 1, 3, 4]);
+    }
+}

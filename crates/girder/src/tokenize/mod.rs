@@ -1,0 +1,358 @@
+//! Text → token ids, under one explicit policy shared by every task.
+//!
+//! The policy, and why:
+//! - Padding and truncation baked into `tokenizer.json` are ignored. all-MiniLM-L6-v2's file
+//!   pads every input to 128 tokens; girder batches without padding, so padding is never wanted.
+//! - Special tokens are added, as the transformers pipelines do.
+//! - Inputs longer than the model's real limit ([`max_input_length`]) are truncated on the
+//!   right and reported (`Encoded::truncated`), or refused with [`Error::InputTooLong`] when
+//!   the caller turns truncation off. Never silently clipped, never a crash in the model.
+//! - Offsets are in characters (as Python's `str` indexes), and word ids are kept: the NER
+//!   pipeline needs both.
+
+mod wordpiece;
+
+use crate::error::{Error, Result};
+use crate::hub::ModelFolder;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// One tokenized text under girder's policy (special tokens added, truncated to the limit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// As `tokenizer.convert_ids_to_tokens`.
+    pub tokens: Vec<String>,
+    /// Character offsets (Unicode scalar values) into the text; `(0, 0)` for special tokens.
+    pub offsets: Vec<(usize, usize)>,
+    pub word_ids: Vec<Option<u32>>,
+    /// 1 for special tokens.
+    pub special_tokens_mask: Vec<u32>,
+    /// The text had more tokens than the limit and was cut.
+    pub truncated: bool,
+}
+
+impl Encoded {
+    /// Number of tokens, special tokens included.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True for an encoding without tokens (a tokenizer with no special tokens given "").
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// What to do with an input longer than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncation {
+    /// Cut on the right to the limit and report `truncated: true` (the default).
+    #[default]
+    Truncate,
+    /// Return [`Error::InputTooLong`].
+    Refuse,
+}
+
+/// The limits that bound a model's input, gathered from the folder's files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InputLimits {
+    /// `model_max_length` of tokenizer_config.json, when set to a real number.
+    pub tokenizer_max_length: Option<usize>,
+    /// Position embeddings the model can index (RoBERTa's padding offset already removed).
+    pub position_limit: Option<usize>,
+    /// sentence-transformers' `max_seq_length` (sentence_bert_config.json).
+    pub sentence_max_seq_length: Option<usize>,
+}
+
+/// The model's real limit: the smallest of the known limits (512 when nothing is known,
+/// transformers' common default for encoders).
+pub fn max_input_length(limits: &InputLimits) -> usize {
+    [
+        limits.tokenizer_max_length,
+        limits.position_limit,
+        limits.sentence_max_seq_length,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(512)
+}
+
+/// tokenizer_config.json, the fields girder reads.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TokenizerConfig {
+    #[serde(default)]
+    pub model_max_length: Option<f64>,
+    #[serde(default)]
+    pub do_lower_case: Option<bool>,
+    #[serde(default)]
+    pub strip_accents: Option<bool>,
+    #[serde(default)]
+    pub tokenize_chinese_chars: Option<bool>,
+    #[serde(default)]
+    pub unk_token: Option<TokenField>,
+    #[serde(default)]
+    pub sep_token: Option<TokenField>,
+    #[serde(default)]
+    pub cls_token: Option<TokenField>,
+    #[serde(default)]
+    pub pad_token: Option<TokenField>,
+    #[serde(default)]
+    pub mask_token: Option<TokenField>,
+}
+
+/// A special token is written either as a string or as an AddedToken object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum TokenField {
+    Plain(String),
+    Added { content: String },
+}
+
+impl TokenField {
+    pub fn content(&self) -> &str {
+        match self {
+            TokenField::Plain(s) => s,
+            TokenField::Added { content } => content,
+        }
+    }
+}
+
+impl TokenizerConfig {
+    fn read(folder: &ModelFolder) -> Result<Self> {
+        match folder.file("tokenizer_config.json") {
+            Some(path) => crate::config::read_json(&path),
+            None => Ok(TokenizerConfig::default()),
+        }
+    }
+
+    /// transformers writes 1e30 (`VERY_LARGE_INTEGER`) when the limit is unknown.
+    fn real_model_max_length(&self) -> Option<usize> {
+        self.model_max_length
+            .filter(|&m| m.is_finite() && m >= 1.0 && m < 1e29)
+            .map(|m| m as usize)
+    }
+}
+
+/// A tokenizer with girder's policy applied.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    source: PathBuf,
+    max_length: usize,
+    truncation: Truncation,
+    mask_token: Option<String>,
+    tokenizer_max_length: Option<usize>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("source", &self.source)
+            .field("max_length", &self.max_length)
+            .field("truncation", &self.truncation)
+            .finish()
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json`, or builds a WordPiece tokenizer from `vocab.txt` and
+    /// `tokenizer_config.json` when there is no tokenizer.json. The limit starts at
+    /// tokenizer_config's `model_max_length` (or 512); the model loader lowers it to the
+    /// model's real limit with [`set_max_length`](Self::set_max_length).
+    pub fn from_folder(folder: &ModelFolder) -> Result<Self> {
+        let config = TokenizerConfig::read(folder)?;
+        let (inner, source) = if let Some(path) = folder.file("tokenizer.json") {
+            (load_tokenizer_json(&path)?, path)
+        } else if let Some(vocab) = folder.file("vocab.txt") {
+            (wordpiece::from_vocab(&vocab, &config)?, vocab)
+        } else {
+            return Err(Error::MissingFile {
+                folder: folder.root().to_path_buf(),
+                file: "tokenizer.json".into(),
+                needs: "a model folder needs tokenizer.json (or vocab.txt for a WordPiece tokenizer)".into(),
+            });
+        };
+        let special_map = read_special_tokens_map(folder)?;
+        let mask_token = config
+            .mask_token
+            .as_ref()
+            .map(|t| t.content().to_string())
+            .or(special_map.mask_token.map(|t| t.content().to_string()))
+            .or_else(|| {
+                ["[MASK]", "<mask>"]
+                    .into_iter()
+                    .find(|t| inner.token_to_id(t).is_some())
+                    .map(String::from)
+            });
+        let tokenizer_max_length = config.real_model_max_length();
+        let mut tokenizer = TextTokenizer {
+            inner,
+            source,
+            max_length: tokenizer_max_length.unwrap_or(512),
+            truncation: Truncation::Truncate,
+            mask_token,
+            tokenizer_max_length,
+        };
+        tokenizer.apply_policy()?;
+        Ok(tokenizer)
+    }
+
+    /// `model_max_length` from tokenizer_config.json, when it is a real limit.
+    pub fn tokenizer_max_length(&self) -> Option<usize> {
+        self.tokenizer_max_length
+    }
+
+    /// The file the tokenizer came from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The longest input, special tokens included.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The current truncation policy.
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
+    }
+
+    /// Sets the limit and what happens beyond it.
+    pub fn set_max_length(&mut self, max_length: usize, truncation: Truncation) -> Result<()> {
+        if max_length < 2 {
+            return Err(Error::InvalidOption {
+                option: "max_length".into(),
+                reason: format!("{max_length} leaves no room for the special tokens"),
+            });
+        }
+        self.max_length = max_length;
+        self.truncation = truncation;
+        self.apply_policy()
+    }
+
+    fn apply_policy(&mut self) -> Result<()> {
+        self.inner.with_padding(None);
+        let truncation = match self.truncation {
+            Truncation::Truncate => Some(TruncationParams {
+                max_length: self.max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }),
+            Truncation::Refuse => None,
+        };
+        self.inner
+            .with_truncation(truncation)
+            .map_err(|e| Error::BadTokenizer {
+                file: self.source.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// The underlying `tokenizers` tokenizer (padding and truncation already set by policy).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// The mask token (`[MASK]`, `<mask>`), when the tokenizer has one.
+    pub fn mask_token(&self) -> Option<&str> {
+        self.mask_token.as_deref()
+    }
+
+    /// The id of the mask token, when the tokenizer has one.
+    pub fn mask_token_id(&self) -> Option<u32> {
+        self.mask_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
+    }
+
+    /// Tokenizes one text; `index` is its position in the caller's input (for errors).
+    pub fn encode(&self, text: &str, index: usize) -> Result<Encoded> {
+        let encoding = self
+            .inner
+            .encode_char_offsets(text, true)
+            .map_err(|e| Error::Tokenize {
+                index,
+                reason: e.to_string(),
+            })?;
+        if self.truncation == Truncation::Refuse && encoding.len() > self.max_length {
+            return Err(Error::InputTooLong {
+                index,
+                tokens: encoding.len(),
+                max: self.max_length,
+            });
+        }
+        Ok(Encoded {
+            truncated: !encoding.get_overflowing().is_empty(),
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
+            tokens: encoding.get_tokens().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+            word_ids: encoding.get_word_ids().to_vec(),
+            special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),
+        })
+    }
+
+    /// Tokenizes every text; fails on the first that cannot be encoded.
+    pub fn encode_all<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoded>> {
+        if texts.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.encode(t.as_ref(), i))
+            .collect()
+    }
+}
+
+fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::BadTokenizer {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SpecialTokensMap {
+    #[serde(default)]
+    mask_token: Option<TokenField>,
+}
+
+fn read_special_tokens_map(folder: &ModelFolder) -> Result<SpecialTokensMap> {
+    match folder.file("special_tokens_map.json") {
+        Some(path) => crate::config::read_json(&path),
+        None => Ok(SpecialTokensMap::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_is_the_smallest_known() {
+        let limits = InputLimits {
+            tokenizer_max_length: Some(512),
+            position_limit: Some(512),
+            sentence_max_seq_length: Some(256),
+        };
+        assert_eq!(max_input_length(&limits), 256);
+        assert_eq!(max_input_length(&InputLimits::default()), 512);
+    }
+
+    #[test]
+    fn transformers_sentinel_is_no_limit() {
+        let config = TokenizerConfig {
+            model_max_length: Some(1e30),
+            ..Default::default()
+        };
+        assert_eq!(config.real_model_max_length(), None);
+    }
+}
