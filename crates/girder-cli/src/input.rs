@@ -43,12 +43,14 @@ fn lines_of(bytes: &[u8], source: &str) -> Result<Vec<String>> {
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<String>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut texts = Vec::new();
     for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         let where_ = || format!("{} line {}", path.display(), n + 1);
-        let line = std::str::from_utf8(&line).with_context(|| format!("{}: not valid UTF-8", where_()))?;
+        let line =
+            std::str::from_utf8(&line).with_context(|| format!("{}: not valid UTF-8", where_()))?;
         if line.trim().is_empty() {
             continue;
         }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "girder", version, about = "Hugging Face transformers pipelines in Rust, with guard rails")]
+#[command(
+    name = "girder",
+    version,
+    about = "Hugging Face transformers pipelines in Rust, with guard rails"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,7 +27,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GIRDER_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("GIRDER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

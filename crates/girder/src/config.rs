@@ -182,12 +182,9 @@ mod tests {
 
     #[test]
     fn bad_field_is_named() {
-        let err = parse_json::<CommonFields>(
-            Path::new("config.json"),
-            r#"{"vocab_size": "many"}"#,
-        )
-        .err()
-        .unwrap();
+        let err = parse_json::<CommonFields>(Path::new("config.json"), r#"{"vocab_size": "many"}"#)
+            .err()
+            .unwrap();
         let msg = err.to_string();
         assert!(msg.contains("vocab_size"), "{msg}");
     }

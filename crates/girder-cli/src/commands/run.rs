@@ -84,7 +84,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         },
         ..LoadOptions::default()
     };
-    let model = Model::load(&args.model, &options).with_context(|| format!("cannot load model `{}`", args.model))?;
+    let model = Model::load(&args.model, &options)
+        .with_context(|| format!("cannot load model `{}`", args.model))?;
     let mut out = JsonLines::new(std::io::stdout().lock(), args.pretty);
     match Task::from(args.task) {
         Task::Embeddings => {

@@ -67,13 +67,12 @@ impl ModelRef {
             ModelRef::Hub { repo_id, revision } => {
                 let cache = hf_cache_dir();
                 let revision = revision.clone().unwrap_or_else(|| "main".to_string());
-                let folder = snapshot_dir(&cache, repo_id, &revision).ok_or_else(|| {
-                    Error::NotInCache {
+                let folder =
+                    snapshot_dir(&cache, repo_id, &revision).ok_or_else(|| Error::NotInCache {
                         repo_id: repo_id.clone(),
                         revision: revision.clone(),
                         cache: cache.clone(),
-                    }
-                })?;
+                    })?;
                 ModelFolder::open(&folder)
             }
         }

@@ -111,10 +111,12 @@ impl Weights {
             });
         };
         let (path, st) = &self.checkpoint.files[index];
-        let tensor = st.load(&full, &self.device).map_err(|e| Error::BadWeights {
-            file: path.clone(),
-            reason: format!("tensor `{full}`: {}", root_cause(&e)),
-        })?;
+        let tensor = st
+            .load(&full, &self.device)
+            .map_err(|e| Error::BadWeights {
+                file: path.clone(),
+                reason: format!("tensor `{full}`: {}", root_cause(&e)),
+            })?;
         if tensor.dims() != expected.as_slice() {
             return Err(Error::ShapeMismatch {
                 tensor: full,
@@ -127,7 +129,12 @@ impl Weights {
 
     /// Like [`get`](Self::get), trying a legacy name when the first is absent
     /// (old BERT checkpoints call LayerNorm's weight `gamma` and its bias `beta`).
-    pub fn get_either(&self, shape: impl Into<Vec<usize>>, name: &str, legacy: &str) -> Result<Tensor> {
+    pub fn get_either(
+        &self,
+        shape: impl Into<Vec<usize>>,
+        name: &str,
+        legacy: &str,
+    ) -> Result<Tensor> {
         if !self.contains(name) && self.contains(legacy) {
             self.get(shape, legacy)
         } else {

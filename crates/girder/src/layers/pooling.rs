@@ -39,6 +39,10 @@ pub fn pool(hidden: &Tensor, batch: &RaggedBatch, pooling: Pooling) -> Result<Te
 
 /// Divides each row by its L2 norm (with PyTorch's `F.normalize` floor of 1e-12).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     Ok(x.broadcast_div(&norm)?)
 }

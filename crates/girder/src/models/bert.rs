@@ -96,7 +96,10 @@ impl Config {
         if cfg.position_embedding_type != "absolute" {
             return Err(bad(
                 "position_embedding_type",
-                format!("`{}` is not supported (only `absolute`)", cfg.position_embedding_type),
+                format!(
+                    "`{}` is not supported (only `absolute`)",
+                    cfg.position_embedding_type
+                ),
             ));
         }
         Ok(cfg)
@@ -118,7 +121,11 @@ struct Embeddings {
 impl Embeddings {
     fn load(w: &Weights, cfg: &Config) -> Result<Self> {
         Ok(Embeddings {
-            word_embeddings: Embedding::load(&w.pp("word_embeddings"), cfg.vocab_size, cfg.hidden_size)?,
+            word_embeddings: Embedding::load(
+                &w.pp("word_embeddings"),
+                cfg.vocab_size,
+                cfg.hidden_size,
+            )?,
             position_embeddings: Embedding::load(
                 &w.pp("position_embeddings"),
                 cfg.max_position_embeddings,
@@ -134,7 +141,12 @@ impl Embeddings {
     }
 
     /// `[total_tokens]` ids, types and positions → `[total_tokens, hidden]`.
-    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        positions: &Tensor,
+    ) -> Result<Tensor> {
         let x = self.word_embeddings.forward(input_ids)?;
         let x = (x + self.token_type_embeddings.forward(token_type_ids)?)?;
         let x = (x + self.position_embeddings.forward(positions)?)?;
@@ -196,16 +208,30 @@ impl Layer {
     fn load(w: &Weights, cfg: &Config, activation: Activation) -> Result<Self> {
         Ok(Layer {
             attention: Attention::load(&w.pp("attention"), cfg)?,
-            intermediate: Linear::load(&w.pp("intermediate.dense"), cfg.hidden_size, cfg.intermediate_size)?,
+            intermediate: Linear::load(
+                &w.pp("intermediate.dense"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            )?,
             activation,
-            output: Linear::load(&w.pp("output.dense"), cfg.intermediate_size, cfg.hidden_size)?,
-            output_norm: layer_norm(&w.pp("output.LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            output: Linear::load(
+                &w.pp("output.dense"),
+                cfg.intermediate_size,
+                cfg.hidden_size,
+            )?,
+            output_norm: layer_norm(
+                &w.pp("output.LayerNorm"),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+            )?,
         })
     }
 
     fn forward(&self, x: &Tensor, batch: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
         let attended = self.attention.forward(x, batch, max_seqlen)?;
-        let h = self.activation.forward(&self.intermediate.forward(&attended)?)?;
+        let h = self
+            .activation
+            .forward(&self.intermediate.forward(&attended)?)?;
         let out = self.output.forward(&h)?;
         Ok(self.output_norm.forward(&(out + attended)?)?)
     }
@@ -224,7 +250,12 @@ impl Encoder {
         Ok(Encoder { layers })
     }
 
-    pub(crate) fn forward(&self, x: Tensor, batch: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: Tensor,
+        batch: &BatchTensors,
+        max_seqlen: usize,
+    ) -> Result<Tensor> {
         self.layers
             .iter()
             .try_fold(x, |x, layer| layer.forward(&x, batch, max_seqlen))
@@ -273,7 +304,12 @@ pub struct BertModel {
 
 impl BertModel {
     /// `w` is the checkpoint root; the `bert.` prefix of head checkpoints is found here.
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig, with_pooler: bool) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        cfg: &Config,
+        common: &CommonConfig,
+        with_pooler: bool,
+    ) -> Result<Self> {
         let w = base_weights(w, "bert");
         let pooler = if with_pooler && w.contains("pooler.dense.weight") {
             Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
@@ -296,7 +332,9 @@ impl EncoderForward for BertModel {
     fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
         let device = self.word_embeddings().device();
         let t = batch.to_tensors(device)?;
-        let x = self.embeddings.forward(&t.input_ids, &t.token_type_ids, &t.positions)?;
+        let x = self
+            .embeddings
+            .forward(&t.input_ids, &t.token_type_ids, &t.positions)?;
         let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
         let pooler_output = match &self.pooler {
             Some(p) => Some(p.forward(&last_hidden_state, batch)?),
@@ -345,11 +383,19 @@ impl EncoderForward for BertForSequenceClassification {
         self.bert.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, _rows: Option<&[u32]>) -> Result<Tensor> {
-        let pooled = out.pooler_output.as_ref().ok_or_else(|| Error::MissingTensor {
-            name: "bert.pooler.dense.weight".into(),
-            files: "a sequence classifier needs the pooler".into(),
-        })?;
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        _batch: &RaggedBatch,
+        _rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        let pooled = out
+            .pooler_output
+            .as_ref()
+            .ok_or_else(|| Error::MissingTensor {
+                name: "bert.pooler.dense.weight".into(),
+                files: "a sequence classifier needs the pooler".into(),
+            })?;
         self.classifier.forward(pooled)
     }
 }
@@ -374,8 +420,14 @@ impl EncoderForward for BertForTokenClassification {
         self.bert.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
-        self.classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        _batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        self.classifier
+            .forward(&select_rows(&out.last_hidden_state, rows)?)
     }
 }
 
@@ -419,7 +471,12 @@ impl EncoderForward for BertForMaskedLM {
         self.bert.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        _batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
         let h = select_rows(&out.last_hidden_state, rows)?;
         let h = self.activation.forward(&self.transform.forward(&h)?)?;
         let h = self.transform_norm.forward(&h)?;

@@ -69,7 +69,10 @@ impl Config {
             return Err(Error::BadConfig {
                 file: common.path.clone(),
                 field: "n_heads".into(),
-                reason: format!("dim {} is not a multiple of n_heads {}", cfg.dim, cfg.n_heads),
+                reason: format!(
+                    "dim {} is not a multiple of n_heads {}",
+                    cfg.dim, cfg.n_heads
+                ),
             });
         }
         Ok(cfg)
@@ -90,7 +93,11 @@ impl Embeddings {
     fn load(w: &Weights, cfg: &Config) -> Result<Self> {
         Ok(Embeddings {
             word_embeddings: Embedding::load(&w.pp("word_embeddings"), cfg.vocab_size, cfg.dim)?,
-            position_embeddings: Embedding::load(&w.pp("position_embeddings"), cfg.max_position_embeddings, cfg.dim)?,
+            position_embeddings: Embedding::load(
+                &w.pp("position_embeddings"),
+                cfg.max_position_embeddings,
+                cfg.dim,
+            )?,
             layer_norm: layer_norm(&w.pp("LayerNorm"), cfg.dim, LAYER_NORM_EPS)?,
         })
     }
@@ -132,7 +139,8 @@ impl Attention {
         let k = self.k_lin.forward(x)?.reshape(shape)?;
         let v = self.v_lin.forward(x)?.reshape(shape)?;
         let context = varlen_attention(&q, &k, &v, &t.seqlens, max_seqlen, false)?; // [n, heads, head_dim]
-        self.out_lin.forward(&context.reshape((n, self.n_heads * self.head_dim))?)
+        self.out_lin
+            .forward(&context.reshape((n, self.n_heads * self.head_dim))?)
     }
 }
 
@@ -160,7 +168,9 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, t: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
-        let attended = self.sa_layer_norm.forward(&(self.attention.forward(x, t, max_seqlen)? + x)?)?;
+        let attended = self
+            .sa_layer_norm
+            .forward(&(self.attention.forward(x, t, max_seqlen)? + x)?)?;
         let h = self.activation.forward(&self.lin1.forward(&attended)?)?;
         let out = self.lin2.forward(&h)?;
         Ok(self.output_layer_norm.forward(&(out + attended)?)?)
@@ -229,7 +239,12 @@ impl EncoderForward for DistilBertForSequenceClassification {
         self.distilbert.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, batch: &RaggedBatch, _rows: Option<&[u32]>) -> Result<Tensor> {
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        batch: &RaggedBatch,
+        _rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
         let x = first_tokens(&out.last_hidden_state, batch)?;
         let x = self.pre_classifier.forward(&x)?.relu()?;
         self.classifier.forward(&x)
@@ -256,8 +271,14 @@ impl EncoderForward for DistilBertForTokenClassification {
         self.distilbert.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
-        self.classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        _batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        self.classifier
+            .forward(&select_rows(&out.last_hidden_state, rows)?)
     }
 }
 
@@ -284,7 +305,10 @@ impl DistilBertForMaskedLM {
             vocab_transform: Linear::load(&w.pp("vocab_transform"), d, d)?,
             activation: cfg.activation(common)?,
             vocab_layer_norm: layer_norm(&w.pp("vocab_layer_norm"), d, LAYER_NORM_EPS)?,
-            vocab_projector: Linear::from_parts(projector_weight, Some(w.get([v], "vocab_projector.bias")?)),
+            vocab_projector: Linear::from_parts(
+                projector_weight,
+                Some(w.get([v], "vocab_projector.bias")?),
+            ),
             distilbert,
         })
     }
@@ -295,9 +319,16 @@ impl EncoderForward for DistilBertForMaskedLM {
         self.distilbert.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        _batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
         let h = select_rows(&out.last_hidden_state, rows)?;
-        let h = self.activation.forward(&self.vocab_transform.forward(&h)?)?;
+        let h = self
+            .activation
+            .forward(&self.vocab_transform.forward(&h)?)?;
         let h = self.vocab_layer_norm.forward(&h)?;
         self.vocab_projector.forward(&h)
     }

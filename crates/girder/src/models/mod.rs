@@ -31,7 +31,12 @@ pub trait EncoderForward: Send + Sync {
     /// The head on top of [`encode`](Self::encode)'s output. Sequence classifiers return
     /// `[num_seqs, num_labels]`; token-level heads return one row per token, restricted to
     /// `rows` (indices into the packed tokens) when given: `[rows, num_labels | vocab]`.
-    fn head(&self, out: &EncoderOutput, batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
         let _ = (out, batch, rows);
         Err(Error::TaskMismatch {
             model: "this model".into(),
@@ -153,7 +158,9 @@ pub fn resolve(config: &CommonConfig) -> Result<(&'static Architecture, Head, St
         None => Err(Error::BadConfig {
             file: config.path.clone(),
             field: "architectures".into(),
-            reason: "neither `architectures` nor `model_type` is set, so the architecture is unknown".into(),
+            reason:
+                "neither `architectures` nor `model_type` is set, so the architecture is unknown"
+                    .into(),
         }),
     }
 }
@@ -182,8 +189,10 @@ impl EncoderModel {
     pub fn load(config: &CommonConfig, weights: &Weights) -> Result<Self> {
         let (arch, head, class_name) = resolve(config)?;
         let labels = |head: Head| -> Result<()> {
-            if matches!(head, Head::SequenceClassification | Head::TokenClassification)
-                && config.id2label.is_empty()
+            if matches!(
+                head,
+                Head::SequenceClassification | Head::TokenClassification
+            ) && config.id2label.is_empty()
             {
                 return Err(Error::BadConfig {
                     file: config.path.clone(),
@@ -194,52 +203,65 @@ impl EncoderModel {
             Ok(())
         };
         labels(head)?;
-        let (inner, position_limit, vocab_size): (Box<dyn EncoderForward>, usize, usize) = match arch.family {
-            Family::Bert => {
-                let cfg = bert::Config::from_common(config)?;
-                let inner: Box<dyn EncoderForward> = match head {
-                    Head::Base => Box::new(bert::BertModel::load(weights, &cfg, config, true)?),
-                    Head::SequenceClassification => {
-                        Box::new(bert::BertForSequenceClassification::load(weights, &cfg, config)?)
-                    }
-                    Head::TokenClassification => {
-                        Box::new(bert::BertForTokenClassification::load(weights, &cfg, config)?)
-                    }
-                    Head::MaskedLM => Box::new(bert::BertForMaskedLM::load(weights, &cfg, config)?),
-                };
-                (inner, cfg.max_position_embeddings, cfg.vocab_size)
-            }
-            Family::DistilBert => {
-                let cfg = distilbert::Config::from_common(config)?;
-                let inner: Box<dyn EncoderForward> = match head {
-                    Head::Base => Box::new(distilbert::DistilBertModel::load(weights, &cfg, config)?),
-                    Head::SequenceClassification => Box::new(
-                        distilbert::DistilBertForSequenceClassification::load(weights, &cfg, config)?,
-                    ),
-                    Head::TokenClassification => Box::new(
-                        distilbert::DistilBertForTokenClassification::load(weights, &cfg, config)?,
-                    ),
-                    Head::MaskedLM => {
-                        Box::new(distilbert::DistilBertForMaskedLM::load(weights, &cfg, config)?)
-                    }
-                };
-                (inner, cfg.max_position_embeddings, cfg.vocab_size)
-            }
-            Family::Roberta => {
-                let cfg = bert::Config::from_common(config)?;
-                let inner: Box<dyn EncoderForward> = match head {
-                    Head::Base => Box::new(roberta::RobertaModel::load(weights, &cfg, config, true)?),
-                    Head::SequenceClassification => {
-                        Box::new(roberta::RobertaForSequenceClassification::load(weights, &cfg, config)?)
-                    }
-                    Head::TokenClassification => {
-                        Box::new(roberta::RobertaForTokenClassification::load(weights, &cfg, config)?)
-                    }
-                    Head::MaskedLM => Box::new(roberta::RobertaForMaskedLM::load(weights, &cfg, config)?),
-                };
-                (inner, roberta::position_limit(&cfg), cfg.vocab_size)
-            }
-        };
+        let (inner, position_limit, vocab_size): (Box<dyn EncoderForward>, usize, usize) =
+            match arch.family {
+                Family::Bert => {
+                    let cfg = bert::Config::from_common(config)?;
+                    let inner: Box<dyn EncoderForward> = match head {
+                        Head::Base => Box::new(bert::BertModel::load(weights, &cfg, config, true)?),
+                        Head::SequenceClassification => Box::new(
+                            bert::BertForSequenceClassification::load(weights, &cfg, config)?,
+                        ),
+                        Head::TokenClassification => Box::new(
+                            bert::BertForTokenClassification::load(weights, &cfg, config)?,
+                        ),
+                        Head::MaskedLM => {
+                            Box::new(bert::BertForMaskedLM::load(weights, &cfg, config)?)
+                        }
+                    };
+                    (inner, cfg.max_position_embeddings, cfg.vocab_size)
+                }
+                Family::DistilBert => {
+                    let cfg = distilbert::Config::from_common(config)?;
+                    let inner: Box<dyn EncoderForward> = match head {
+                        Head::Base => {
+                            Box::new(distilbert::DistilBertModel::load(weights, &cfg, config)?)
+                        }
+                        Head::SequenceClassification => {
+                            Box::new(distilbert::DistilBertForSequenceClassification::load(
+                                weights, &cfg, config,
+                            )?)
+                        }
+                        Head::TokenClassification => {
+                            Box::new(distilbert::DistilBertForTokenClassification::load(
+                                weights, &cfg, config,
+                            )?)
+                        }
+                        Head::MaskedLM => Box::new(distilbert::DistilBertForMaskedLM::load(
+                            weights, &cfg, config,
+                        )?),
+                    };
+                    (inner, cfg.max_position_embeddings, cfg.vocab_size)
+                }
+                Family::Roberta => {
+                    let cfg = bert::Config::from_common(config)?;
+                    let inner: Box<dyn EncoderForward> = match head {
+                        Head::Base => {
+                            Box::new(roberta::RobertaModel::load(weights, &cfg, config, true)?)
+                        }
+                        Head::SequenceClassification => Box::new(
+                            roberta::RobertaForSequenceClassification::load(weights, &cfg, config)?,
+                        ),
+                        Head::TokenClassification => Box::new(
+                            roberta::RobertaForTokenClassification::load(weights, &cfg, config)?,
+                        ),
+                        Head::MaskedLM => {
+                            Box::new(roberta::RobertaForMaskedLM::load(weights, &cfg, config)?)
+                        }
+                    };
+                    (inner, roberta::position_limit(&cfg), cfg.vocab_size)
+                }
+            };
         Ok(EncoderModel {
             class_name,
             family: arch.family,
@@ -281,7 +303,12 @@ impl EncoderModel {
     }
 
     /// The head's logits for an already-encoded batch (see [`EncoderForward::head`]).
-    pub fn head_logits(&self, out: &EncoderOutput, batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+    pub fn head_logits(
+        &self,
+        out: &EncoderOutput,
+        batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
         if self.head == Head::Base {
             return Err(Error::TaskMismatch {
                 model: self.class_name.clone(),
@@ -298,7 +325,11 @@ mod tests {
     use super::*;
 
     fn config(json: &str) -> CommonConfig {
-        let dir = std::env::temp_dir().join(format!("girder-models-{}-{}", std::process::id(), json.len()));
+        let dir = std::env::temp_dir().join(format!(
+            "girder-models-{}-{}",
+            std::process::id(),
+            json.len()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.json");
         std::fs::write(&path, json).unwrap();
@@ -307,12 +338,16 @@ mod tests {
 
     #[test]
     fn dispatch_follows_automodel() {
-        let (a, h, _) = resolve(&config(r#"{"architectures": ["XLMRobertaForMaskedLM"]}"#)).unwrap();
+        let (a, h, _) =
+            resolve(&config(r#"{"architectures": ["XLMRobertaForMaskedLM"]}"#)).unwrap();
         assert_eq!((a.family, h), (Family::Roberta, Head::MaskedLM));
         let (a, h, _) = resolve(&config(r#"{"model_type": "distilbert"}"#)).unwrap();
         assert_eq!((a.family, h), (Family::DistilBert, Head::Base));
         let err = resolve(&config(r#"{"architectures": ["GPTJForCausalLM"]}"#)).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("GPTJForCausalLM") && msg.contains("BertForMaskedLM"), "{msg}");
+        assert!(
+            msg.contains("GPTJForCausalLM") && msg.contains("BertForMaskedLM"),
+            "{msg}"
+        );
     }
 }

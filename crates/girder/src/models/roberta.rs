@@ -57,14 +57,27 @@ impl Embeddings {
         let h = cfg.hidden_size;
         Ok(Embeddings {
             word_embeddings: Embedding::load(&w.pp("word_embeddings"), cfg.vocab_size, h)?,
-            position_embeddings: Embedding::load(&w.pp("position_embeddings"), cfg.max_position_embeddings, h)?,
-            token_type_embeddings: Embedding::load(&w.pp("token_type_embeddings"), cfg.type_vocab_size, h)?,
+            position_embeddings: Embedding::load(
+                &w.pp("position_embeddings"),
+                cfg.max_position_embeddings,
+                h,
+            )?,
+            token_type_embeddings: Embedding::load(
+                &w.pp("token_type_embeddings"),
+                cfg.type_vocab_size,
+                h,
+            )?,
             layer_norm: layer_norm(&w.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             padding_idx: padding_idx(cfg),
         })
     }
 
-    fn forward(&self, batch: &RaggedBatch, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        batch: &RaggedBatch,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+    ) -> Result<Tensor> {
         let positions = position_ids(batch, self.padding_idx);
         let positions = Tensor::from_vec(positions, batch.total_tokens(), input_ids.device())?;
         let x = self.word_embeddings.forward(input_ids)?;
@@ -83,7 +96,12 @@ pub struct RobertaModel {
 
 impl RobertaModel {
     /// `w` is the checkpoint root; the `roberta.` prefix of head checkpoints is found here.
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig, with_pooler: bool) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        cfg: &Config,
+        common: &CommonConfig,
+        with_pooler: bool,
+    ) -> Result<Self> {
         let w = base_weights(w, "roberta");
         let pooler = if with_pooler && w.contains("pooler.dense.weight") {
             Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
@@ -105,7 +123,9 @@ impl RobertaModel {
 impl EncoderForward for RobertaModel {
     fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
         let t = batch.to_tensors(self.word_embeddings().device())?;
-        let x = self.embeddings.forward(batch, &t.input_ids, &t.token_type_ids)?;
+        let x = self
+            .embeddings
+            .forward(batch, &t.input_ids, &t.token_type_ids)?;
         let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
         let pooler_output = match &self.pooler {
             Some(p) => Some(p.forward(&last_hidden_state, batch)?),
@@ -142,7 +162,12 @@ impl EncoderForward for RobertaForSequenceClassification {
         self.roberta.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, batch: &RaggedBatch, _rows: Option<&[u32]>) -> Result<Tensor> {
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        batch: &RaggedBatch,
+        _rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
         let x = first_tokens(&out.last_hidden_state, batch)?;
         let x = self.dense.forward(&x)?.tanh()?;
         self.out_proj.forward(&x)
@@ -169,8 +194,14 @@ impl EncoderForward for RobertaForTokenClassification {
         self.roberta.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
-        self.classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        _batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        self.classifier
+            .forward(&select_rows(&out.last_hidden_state, rows)?)
     }
 }
 
@@ -212,14 +243,18 @@ impl EncoderForward for RobertaForMaskedLM {
         self.roberta.encode(batch)
     }
 
-    fn head(&self, out: &EncoderOutput, _batch: &RaggedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        _batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
         let h = select_rows(&out.last_hidden_state, rows)?;
         let h = Activation::Gelu.forward(&self.dense.forward(&h)?)?;
         let h = self.layer_norm.forward(&h)?;
         self.decoder.forward(&h)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

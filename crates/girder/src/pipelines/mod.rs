@@ -5,6 +5,12 @@
 //! transformers' default, and returns one output per text, in input order.
 
 pub mod embeddings;
+pub mod fill_mask;
+mod postprocess;
+pub mod text_classification;
+pub mod token_classification;
+
+pub use postprocess::PostprocessError;
 
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
@@ -120,9 +126,12 @@ impl Model {
 
     /// Loads an already located folder.
     pub fn load_folder(folder: ModelFolder, options: &LoadOptions) -> Result<Self> {
-        let config = CommonConfig::from_file(&folder.require("config.json", "a model folder needs config.json")?)?;
+        let config = CommonConfig::from_file(
+            &folder.require("config.json", "a model folder needs config.json")?,
+        )?;
         let mut tokenizer = TextTokenizer::from_folder(&folder)?;
-        let weights = Weights::from_safetensors(&folder.weight_files()?, DType::F32, &options.device)?;
+        let weights =
+            Weights::from_safetensors(&folder.weight_files()?, DType::F32, &options.device)?;
         let encoder = EncoderModel::load(&config, &weights)?;
         let sentence = embeddings::SentenceConfig::from_folder(&folder)?;
         let limits = InputLimits {
@@ -171,7 +180,9 @@ impl Model {
         while start < encodings.len() {
             let mut end = start;
             let mut tokens = 0;
-            while end < encodings.len() && (end == start || tokens + encodings[end].len() <= MAX_BATCH_TOKENS) {
+            while end < encodings.len()
+                && (end == start || tokens + encodings[end].len() <= MAX_BATCH_TOKENS)
+            {
                 tokens += encodings[end].len();
                 end += 1;
             }

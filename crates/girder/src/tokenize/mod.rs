@@ -173,7 +173,9 @@ impl TextTokenizer {
             return Err(Error::MissingFile {
                 folder: folder.root().to_path_buf(),
                 file: "tokenizer.json".into(),
-                needs: "a model folder needs tokenizer.json (or vocab.txt for a WordPiece tokenizer)".into(),
+                needs:
+                    "a model folder needs tokenizer.json (or vocab.txt for a WordPiece tokenizer)"
+                        .into(),
             });
         };
         let special_map = read_special_tokens_map(folder)?;
@@ -291,7 +293,14 @@ impl TextTokenizer {
             truncated: !encoding.get_overflowing().is_empty(),
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
-            tokens: encoding.get_tokens().to_vec(),
+            // As convert_ids_to_tokens: the vocabulary entry, not the matched text (an lstrip
+            // token such as RoBERTa's `<mask>` would otherwise carry the space it absorbed).
+            tokens: encoding
+                .get_ids()
+                .iter()
+                .zip(encoding.get_tokens())
+                .map(|(&id, token)| self.inner.id_to_token(id).unwrap_or_else(|| token.clone()))
+                .collect(),
             offsets: encoding.get_offsets().to_vec(),
             word_ids: encoding.get_word_ids().to_vec(),
             special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),

@@ -38,13 +38,14 @@ pub(super) fn from_vocab(vocab: &Path, config: &TokenizerConfig) -> Result<Token
         .map_err(|e| bad(e.to_string()))?;
     let mut tokenizer = Tokenizer::new(model);
     let lowercase = config.do_lower_case.unwrap_or(true);
-    tokenizer.with_normalizer(Some(BertNormalizer::new(
-        true,
-        config.tokenize_chinese_chars.unwrap_or(true),
-        config.strip_accents,
-        lowercase,
-    )))
-    .map_err(|e| bad(e.to_string()))?;
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(
+            true,
+            config.tokenize_chinese_chars.unwrap_or(true),
+            config.strip_accents,
+            lowercase,
+        )))
+        .map_err(|e| bad(e.to_string()))?;
     tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
     let id = |t: &str| {
         tokenizer
@@ -52,7 +53,10 @@ pub(super) fn from_vocab(vocab: &Path, config: &TokenizerConfig) -> Result<Token
             .ok_or_else(|| bad(format!("special token `{t}` is not in the vocabulary")))
     };
     let (sep_id, cls_id) = (id(&sep)?, id(&cls)?);
-    tokenizer.with_post_processor(Some(BertProcessing::new((sep.clone(), sep_id), (cls.clone(), cls_id))));
+    tokenizer.with_post_processor(Some(BertProcessing::new(
+        (sep.clone(), sep_id),
+        (cls.clone(), cls_id),
+    )));
     tokenizer.with_decoder(Some(WordPieceDecoder::default()));
     let specials = [unk, sep, cls, pad, mask]
         .into_iter()
