@@ -29,6 +29,9 @@ pub fn read_texts(args: &[String], input: Option<&Path>) -> Result<Vec<String>> 
 /// Splits bytes into lines, rejecting invalid UTF-8 with the line number.
 fn lines_of(bytes: &[u8], source: &str) -> Result<Vec<String>> {
     let mut texts = Vec::new();
+    if bytes.is_empty() {
+        return Ok(texts);
+    }
     for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = std::str::from_utf8(line)
@@ -73,6 +76,7 @@ mod tests {
     fn lines_keep_empty_ones_but_not_the_trailing_newline() {
         assert_eq!(lines_of(b"a\n\nb\n", "stdin").unwrap(), ["a", "", "b"]);
         assert_eq!(lines_of(b"a\r\nb", "stdin").unwrap(), ["a", "b"]);
+        assert!(lines_of(b"", "stdin").unwrap().is_empty());
     }
 
     #[test]

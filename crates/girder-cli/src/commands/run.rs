@@ -5,7 +5,9 @@ use crate::output::JsonLines;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use girder::layers::pooling::Pooling;
-use girder::pipelines::{embeddings, LoadOptions, Model, Task};
+use girder::pipelines::text_classification::{self as tc, FunctionToApply, TopK};
+use girder::pipelines::token_classification::{self as tok, AggregationStrategy};
+use girder::pipelines::{embeddings, fill_mask, LoadOptions, Model, Task};
 use girder::tokenize::Truncation;
 use std::path::PathBuf;
 
@@ -41,6 +43,22 @@ pub enum PoolingArg {
     LastToken,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FunctionArg {
+    Sigmoid,
+    Softmax,
+    None,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AggregationArg {
+    None,
+    Simple,
+    First,
+    Average,
+    Max,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// The task.
@@ -62,6 +80,22 @@ pub struct RunArgs {
     /// Refuse inputs over the limit instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
+    /// text-classification: how many labels (a number, or `all`); default: the best one.
+    /// fill-mask: predictions per mask (default 5).
+    #[arg(long)]
+    top_k: Option<String>,
+    /// text-classification: sigmoid, softmax or none (default: by problem_type and label count).
+    #[arg(long, value_enum)]
+    function_to_apply: Option<FunctionArg>,
+    /// token-classification: how subword predictions become entities.
+    #[arg(long, value_enum, default_value = "none")]
+    aggregation: AggregationArg,
+    /// token-classification: labels to drop, comma-separated (default: O).
+    #[arg(long, value_delimiter = ',')]
+    ignore_labels: Option<Vec<String>>,
+    /// fill-mask: restrict predictions to these words, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
     /// embeddings: L2-normalise (default: as modules.json says).
     #[arg(long, conflicts_with = "no_normalize")]
     normalize: bool,
@@ -106,7 +140,59 @@ pub fn run(args: RunArgs) -> Result<()> {
                 out.write(&o)?;
             }
         }
-        other => anyhow::bail!("task {} is not wired yet", other.name()),
+        Task::TextClassification => {
+            let opts = tc::Options {
+                top_k: match args.top_k.as_deref() {
+                    None => TopK::NotGiven,
+                    Some("all") => TopK::All,
+                    Some(k) => TopK::K(parse_top_k(k)?),
+                },
+                function_to_apply: args.function_to_apply.map(|f| match f {
+                    FunctionArg::Sigmoid => FunctionToApply::Sigmoid,
+                    FunctionArg::Softmax => FunctionToApply::Softmax,
+                    FunctionArg::None => FunctionToApply::None,
+                }),
+            };
+            for o in tc::run(&model, &texts, &opts)? {
+                out.write(&o)?;
+            }
+        }
+        Task::TokenClassification => {
+            let mut opts = tok::Options {
+                aggregation_strategy: match args.aggregation {
+                    AggregationArg::None => AggregationStrategy::None,
+                    AggregationArg::Simple => AggregationStrategy::Simple,
+                    AggregationArg::First => AggregationStrategy::First,
+                    AggregationArg::Average => AggregationStrategy::Average,
+                    AggregationArg::Max => AggregationStrategy::Max,
+                },
+                ..Default::default()
+            };
+            if let Some(labels) = args.ignore_labels {
+                opts.ignore_labels = labels;
+            }
+            for o in tok::run(&model, &texts, &opts)? {
+                out.write(&o)?;
+            }
+        }
+        Task::FillMask => {
+            let mut opts = fill_mask::Options {
+                targets: args.targets,
+                ..Default::default()
+            };
+            if let Some(k) = args.top_k.as_deref() {
+                opts.top_k = parse_top_k(k)?;
+            }
+            for o in fill_mask::run(&model, &texts, &opts)? {
+                out.write(&o)?;
+            }
+        }
     }
     out.finish()
+}
+
+fn parse_top_k(value: &str) -> Result<usize> {
+    value
+        .parse()
+        .with_context(|| format!("--top-k {value:?}: expected a whole number (or `all` for text-classification)"))
 }

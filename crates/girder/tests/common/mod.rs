@@ -141,3 +141,45 @@ pub fn json_diff(
         (a, b) => Err(format!("{path}: expected {a}, got {b}")),
     }
 }
+
+/// A scratch copy of a fixture folder that tests may damage; removed on drop.
+pub struct ScratchModel {
+    pub dir: PathBuf,
+}
+
+impl ScratchModel {
+    /// Copies `tests/fixtures/<fixture>` into a fresh temporary folder.
+    pub fn copy_of(fixture: &str, tag: &str) -> ScratchModel {
+        let dir = std::env::temp_dir().join(format!("girder-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        copy_dir(&fixtures_dir().join(fixture), &dir);
+        ScratchModel { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+}
+
+impl Drop for ScratchModel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
