@@ -84,7 +84,8 @@ impl Config {
             field: field.into(),
             reason,
         };
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(bad(
                 "num_attention_heads",
                 format!(

@@ -65,7 +65,7 @@ impl Config {
     /// Parses and validates the DistilBERT view of config.json.
     pub fn from_common(common: &CommonConfig) -> Result<Self> {
         let cfg: Config = common.parse_as()?;
-        if cfg.n_heads == 0 || cfg.dim % cfg.n_heads != 0 {
+        if cfg.n_heads == 0 || !cfg.dim.is_multiple_of(cfg.n_heads) {
             return Err(Error::BadConfig {
                 file: common.path.clone(),
                 field: "n_heads".into(),

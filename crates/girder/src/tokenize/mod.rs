@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// One tokenized text under girder's policy (special tokens added, truncated to the limit).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
@@ -132,7 +132,7 @@ impl TokenizerConfig {
     /// transformers writes 1e30 (`VERY_LARGE_INTEGER`) when the limit is unknown.
     fn real_model_max_length(&self) -> Option<usize> {
         self.model_max_length
-            .filter(|&m| m.is_finite() && m >= 1.0 && m < 1e29)
+            .filter(|m| (1.0..1e29).contains(m))
             .map(|m| m as usize)
     }
 }
