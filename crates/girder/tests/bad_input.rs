@@ -12,7 +12,8 @@ fn load(dir: &str) -> girder::Result<Model> {
 }
 
 fn edit_json(path: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
@@ -29,18 +30,30 @@ fn missing_files_say_what_a_folder_needs() {
     let m = ScratchModel::copy_of("bert-seqcls", "no-config");
     std::fs::remove_file(m.path("config.json")).unwrap();
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::MissingFile { file, .. } if file == "config.json"), "{err}");
-    assert!(err.to_string().contains("tokenizer.json"), "lists what a folder needs: {err}");
+    assert!(
+        matches!(&err, Error::MissingFile { file, .. } if file == "config.json"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("tokenizer.json"),
+        "lists what a folder needs: {err}"
+    );
 
     let m = ScratchModel::copy_of("bert-seqcls", "no-weights");
     std::fs::remove_file(m.path("model.safetensors")).unwrap();
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::MissingFile { file, .. } if file == "model.safetensors"), "{err}");
+    assert!(
+        matches!(&err, Error::MissingFile { file, .. } if file == "model.safetensors"),
+        "{err}"
+    );
 
     let m = ScratchModel::copy_of("roberta-seqcls", "no-tokenizer");
     std::fs::remove_file(m.path("tokenizer.json")).unwrap();
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::MissingFile { file, .. } if file == "tokenizer.json"), "{err}");
+    assert!(
+        matches!(&err, Error::MissingFile { file, .. } if file == "tokenizer.json"),
+        "{err}"
+    );
 
     let m = ScratchModel::copy_of("bert-base", "no-shard");
     std::fs::remove_file(m.path("model-00002-of-00002.safetensors")).unwrap();
@@ -62,27 +75,49 @@ fn malformed_config_names_the_field() {
     let m = ScratchModel::copy_of("bert-seqcls", "bad-field");
     edit_json(&m.path("config.json"), |v| v["hidden_size"] = "big".into());
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::BadConfig { field, .. } if field == "hidden_size"), "{err}");
+    assert!(
+        matches!(&err, Error::BadConfig { field, .. } if field == "hidden_size"),
+        "{err}"
+    );
 
     let m = ScratchModel::copy_of("bert-seqcls", "bad-labels");
-    edit_json(&m.path("config.json"), |v| v["id2label"] = serde_json::json!({"0": "a", "5": "b"}));
+    edit_json(&m.path("config.json"), |v| {
+        v["id2label"] = serde_json::json!({"0": "a", "5": "b"})
+    });
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::BadConfig { field, .. } if field == "id2label"), "{err}");
+    assert!(
+        matches!(&err, Error::BadConfig { field, .. } if field == "id2label"),
+        "{err}"
+    );
 
     let m = ScratchModel::copy_of("bert-seqcls", "bad-act");
-    edit_json(&m.path("config.json"), |v| v["hidden_act"] = "swiglu9".into());
+    edit_json(&m.path("config.json"), |v| {
+        v["hidden_act"] = "swiglu9".into()
+    });
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::BadConfig { field, .. } if field == "hidden_act"), "{err}");
+    assert!(
+        matches!(&err, Error::BadConfig { field, .. } if field == "hidden_act"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unsupported_architecture_lists_supported_ones() {
     let m = ScratchModel::copy_of("bert-seqcls", "arch");
-    edit_json(&m.path("config.json"), |v| v["architectures"] = serde_json::json!(["T5ForConditionalGeneration"]));
+    edit_json(&m.path("config.json"), |v| {
+        v["architectures"] = serde_json::json!(["T5ForConditionalGeneration"])
+    });
     let err = load(m.as_str()).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::UnsupportedArchitecture { .. }), "{msg}");
-    assert!(msg.contains("T5ForConditionalGeneration") && msg.contains("XLMRobertaForTokenClassification"), "{msg}");
+    assert!(
+        matches!(err, Error::UnsupportedArchitecture { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("T5ForConditionalGeneration")
+            && msg.contains("XLMRobertaForTokenClassification"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -91,10 +126,17 @@ fn truncated_or_corrupt_safetensors_names_the_file() {
     let bytes = std::fs::read(m.path("model.safetensors")).unwrap();
     std::fs::write(m.path("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::BadWeights { file, .. } if file.ends_with("model.safetensors")), "{err}");
+    assert!(
+        matches!(&err, Error::BadWeights { file, .. } if file.ends_with("model.safetensors")),
+        "{err}"
+    );
 
     let m = ScratchModel::copy_of("bert-seqcls", "garbage");
-    std::fs::write(m.path("model.safetensors"), b"this is not a safetensors file").unwrap();
+    std::fs::write(
+        m.path("model.safetensors"),
+        b"this is not a safetensors file",
+    )
+    .unwrap();
     let err = load(m.as_str()).unwrap_err();
     assert!(matches!(err, Error::BadWeights { .. }), "{err}");
 }
@@ -103,7 +145,9 @@ fn truncated_or_corrupt_safetensors_names_the_file() {
 fn missing_tensor_and_wrong_shape_are_named() {
     // A config asking for a third layer the checkpoint lacks.
     let m = ScratchModel::copy_of("bert-seqcls", "layers");
-    edit_json(&m.path("config.json"), |v| v["num_hidden_layers"] = 3.into());
+    edit_json(&m.path("config.json"), |v| {
+        v["num_hidden_layers"] = 3.into()
+    });
     let err = load(m.as_str()).unwrap_err();
     assert!(
         matches!(&err, Error::MissingTensor { name, .. } if name.contains("encoder.layer.2.")),
@@ -117,7 +161,11 @@ fn missing_tensor_and_wrong_shape_are_named() {
     });
     let err = load(m.as_str()).unwrap_err();
     match &err {
-        Error::ShapeMismatch { tensor, expected, actual } => {
+        Error::ShapeMismatch {
+            tensor,
+            expected,
+            actual,
+        } => {
             assert!(tensor.contains("intermediate.dense.weight"), "{err}");
             assert_ne!(expected, actual);
         }
@@ -130,7 +178,10 @@ fn unparsable_tokenizer_json() {
     let m = ScratchModel::copy_of("bert-seqcls", "tokenizer");
     std::fs::write(m.path("tokenizer.json"), "{\"model\": 42}").unwrap();
     let err = load(m.as_str()).unwrap_err();
-    assert!(matches!(&err, Error::BadTokenizer { file, .. } if file.ends_with("tokenizer.json")), "{err}");
+    assert!(
+        matches!(&err, Error::BadTokenizer { file, .. } if file.ends_with("tokenizer.json")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -148,14 +199,27 @@ fn empty_input_and_too_long_input() {
     let model = Model::load(dir.to_str().unwrap(), &refuse).unwrap();
     let long = "word ".repeat(200);
     let err = embeddings::run(&model, &["short", long.as_str()], &Default::default()).unwrap_err();
-    assert!(matches!(err, Error::InputTooLong { index: 1, max: 48, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::InputTooLong {
+                index: 1,
+                max: 48,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let too_far = LoadOptions {
         max_length: Some(4096),
         ..Default::default()
     };
     let err = Model::load(dir.to_str().unwrap(), &too_far).unwrap_err();
-    assert!(matches!(&err, Error::InvalidOption { option, .. } if option == "max_length"), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidOption { option, .. } if option == "max_length"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -25,20 +25,27 @@ fn batch_equals_one_at_a_time_for_every_fixture() {
         let batch = RaggedBatch::from_encodings(&encodings);
         let packed = model.encoder.encode(&batch).unwrap();
         let has_head = model.encoder.head() != girder::models::Head::Base;
-        let packed_head = has_head.then(|| model.encoder.head_logits(&packed, &batch, None).unwrap());
+        let packed_head =
+            has_head.then(|| model.encoder.head_logits(&packed, &batch, None).unwrap());
         let mut worst = 0.0f32;
         let mut worst_head = 0.0f32;
         for (i, enc) in encodings.iter().enumerate() {
             let single_batch = RaggedBatch::from_encodings([enc]);
             let single = model.encoder.encode(&single_batch).unwrap();
             let range = batch.seq_range(i);
-            let rows = packed.last_hidden_state.narrow(0, range.start, range.len()).unwrap();
+            let rows = packed
+                .last_hidden_state
+                .narrow(0, range.start, range.len())
+                .unwrap();
             worst = worst.max(max_abs_diff(&single.last_hidden_state, &rows, "hidden"));
             if let (Some(p), Some(s)) = (&packed.pooler_output, &single.pooler_output) {
                 worst = worst.max(max_abs_diff(&p.narrow(0, i, 1).unwrap(), s, "pooler"));
             }
             if let Some(packed_head) = &packed_head {
-                let single_head = model.encoder.head_logits(&single, &single_batch, None).unwrap();
+                let single_head = model
+                    .encoder
+                    .head_logits(&single, &single_batch, None)
+                    .unwrap();
                 let rows: Tensor = if packed_head.dim(0).unwrap() == batch.num_seqs() {
                     packed_head.narrow(0, i, 1).unwrap()
                 } else {
@@ -47,18 +54,30 @@ fn batch_equals_one_at_a_time_for_every_fixture() {
                 worst_head = worst_head.max(max_abs_diff(&single_head, &rows, "head"));
             }
         }
-        println!("{:<26} ragged vs single: hidden {worst:.2e}, head {worst_head:.2e}", fx.name);
+        println!(
+            "{:<26} ragged vs single: hidden {worst:.2e}, head {worst_head:.2e}",
+            fx.name
+        );
         if worst > TOLERANCE || worst_head > HEAD_TOLERANCE {
-            failures.push(format!("{}: hidden {worst:e}, head {worst_head:e}", fx.name));
+            failures.push(format!(
+                "{}: hidden {worst:e}, head {worst_head:e}",
+                fx.name
+            ));
         }
         // The oracle's padded batch (attention mask), sliced to real lengths.
         for (i, _) in encodings.iter().enumerate() {
             if let Some(padded) = fx.tensor(&format!("batch.last_hidden_state_text{i}")) {
                 let range = batch.seq_range(i);
-                let rows = packed.last_hidden_state.narrow(0, range.start, range.len()).unwrap();
+                let rows = packed
+                    .last_hidden_state
+                    .narrow(0, range.start, range.len())
+                    .unwrap();
                 let d = max_abs_diff(padded, &rows, "padded");
                 if d > 1e-4 {
-                    failures.push(format!("{}: text {i} differs from transformers' padded batch by {d:e}", fx.name));
+                    failures.push(format!(
+                        "{}: text {i} differs from transformers' padded batch by {d:e}",
+                        fx.name
+                    ));
                 }
             }
         }

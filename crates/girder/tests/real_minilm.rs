@@ -47,7 +47,10 @@ fn minilm_matches_sentence_transformers() {
     for (i, text) in exp.texts.iter().enumerate() {
         let enc = model.tokenizer.encode(text, i).unwrap();
         assert_eq!(enc.ids, exp.input_ids[i], "token ids of text {i}");
-        assert_eq!(enc.truncated, exp.truncated[i], "truncated flag of text {i}");
+        assert_eq!(
+            enc.truncated, exp.truncated[i],
+            "truncated flag of text {i}"
+        );
     }
     // All texts in one ragged batch, as `girder run embeddings` does.
     let out = embeddings::run(&model, &exp.texts, &embeddings::Options::default()).unwrap();
@@ -67,7 +70,10 @@ fn minilm_matches_sentence_transformers() {
     println!("all-MiniLM-L6-v2: max |embedding diff| {worst:e}, max |cosine diff| {worst_cos:e}");
     assert!(worst <= 1e-4, "embedding diff {worst}");
     assert!(worst_cos <= 1e-4, "cosine diff {worst_cos}");
-    assert!(out[exp.texts.len() - 1].embedding.iter().all(|x| x.is_finite()));
+    assert!(out[exp.texts.len() - 1]
+        .embedding
+        .iter()
+        .all(|x| x.is_finite()));
 }
 
 #[test]
@@ -75,12 +81,18 @@ fn minilm_batch_equals_one_at_a_time() {
     let exp = expected();
     let model = Model::load(model_dir().to_str().unwrap(), &LoadOptions::default()).unwrap();
     let encodings = model.encode_texts(&exp.texts).unwrap();
-    let packed = model.encoder.encode(&RaggedBatch::from_encodings(&encodings)).unwrap();
+    let packed = model
+        .encoder
+        .encode(&RaggedBatch::from_encodings(&encodings))
+        .unwrap();
     let packed = packed.last_hidden_state.to_vec2::<f32>().unwrap();
     let mut row = 0;
     let mut worst = 0.0f32;
     for enc in &encodings {
-        let single = model.encoder.encode(&RaggedBatch::from_encodings([enc])).unwrap();
+        let single = model
+            .encoder
+            .encode(&RaggedBatch::from_encodings([enc]))
+            .unwrap();
         for r in single.last_hidden_state.to_vec2::<f32>().unwrap() {
             for (a, b) in r.iter().zip(&packed[row]) {
                 worst = worst.max((a - b).abs());

@@ -28,8 +28,12 @@ fn baked_in_padding_is_ignored_and_user_limit_applies() {
     // The fixture's tokenizer.json (MiniLM's) pads to 128 and truncates at 128.
     let dir = common::fixtures_dir().join("bert-seqcls");
     let raw: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
-    assert!(!raw["padding"].is_null(), "the fixture is meant to carry baked-in padding");
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    assert!(
+        !raw["padding"].is_null(),
+        "the fixture is meant to carry baked-in padding"
+    );
     let options = LoadOptions {
         max_length: Some(8),
         ..Default::default()
@@ -38,7 +42,10 @@ fn baked_in_padding_is_ignored_and_user_limit_applies() {
     let short = model.tokenizer.encode("hi", 0).unwrap();
     assert_eq!(short.len(), 3, "no padding: [CLS] hi [SEP]");
     assert!(!short.truncated);
-    let long = model.tokenizer.encode("one two three four five six seven eight nine", 1).unwrap();
+    let long = model
+        .tokenizer
+        .encode("one two three four five six seven eight nine", 1)
+        .unwrap();
     assert_eq!(long.len(), 8);
     assert!(long.truncated);
     assert_eq!(long.tokens.last().map(String::as_str), Some("[SEP]"));

@@ -192,7 +192,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 fn parse_top_k(value: &str) -> Result<usize> {
-    value
-        .parse()
-        .with_context(|| format!("--top-k {value:?}: expected a whole number (or `all` for text-classification)"))
+    value.parse().with_context(|| {
+        format!("--top-k {value:?}: expected a whole number (or `all` for text-classification)")
+    })
 }
