@@ -101,9 +101,43 @@ impl RaggedBatch {
     }
 }
 
+/// Groups sequences into batches of at most `max_batch_tokens` tokens (a sequence longer
+/// than the budget gets a batch of its own). Sequences are sorted by length first, so each
+/// batch holds sequences of similar length: attention work per batch stays balanced and
+/// short texts are not held back by long ones. Returns input indices per batch; the
+/// caller puts results back in input order.
+pub fn plan_batches(lengths: &[usize], max_batch_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut tokens = 0;
+    for i in order {
+        if !current.is_empty() && tokens + lengths[i] > max_batch_tokens {
+            batches.push(std::mem::take(&mut current));
+            tokens = 0;
+        }
+        tokens += lengths[i];
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_sorts_by_length_and_respects_the_budget() {
+        let plan = plan_batches(&[5, 1, 9, 3, 20], 10);
+        assert_eq!(plan, vec![vec![1, 3, 0], vec![2], vec![4]]);
+        let all: usize = plan.iter().map(Vec::len).sum();
+        assert_eq!(all, 5);
+        assert!(plan_batches(&[], 10).is_empty());
+    }
 
     #[test]
     fn packs_sequences_end_to_end() {

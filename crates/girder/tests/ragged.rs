@@ -84,3 +84,29 @@ fn batch_equals_one_at_a_time_for_every_fixture() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn many_small_batches_give_the_same_results_in_input_order() {
+    let dir = common::fixtures_dir().join("bert-st-mean");
+    let fx = Fixture::load(&dir);
+    let one_batch = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let small = LoadOptions {
+        max_batch_tokens: 16,
+        ..Default::default()
+    };
+    let many_batches = Model::load(dir.to_str().unwrap(), &small).unwrap();
+    let opts = girder::pipelines::embeddings::Options::default();
+    let a = girder::pipelines::embeddings::run(&one_batch, &fx.expected.texts, &opts).unwrap();
+    let b = girder::pipelines::embeddings::run(&many_batches, &fx.expected.texts, &opts).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let d = x
+            .embedding
+            .iter()
+            .zip(&y.embedding)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(d <= 1e-5, "{d}");
+        assert_eq!(x.truncated, y.truncated);
+    }
+}

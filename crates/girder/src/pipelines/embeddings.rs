@@ -2,10 +2,11 @@
 //! transformer, then the modules listed in `modules.json` (Pooling, optional Normalize).
 //! Folders without modules.json pool by mean and do not normalise unless asked.
 
-use super::Model;
+use super::{in_input_order, Model};
 use crate::error::{Error, Result};
 use crate::hub::ModelFolder;
 use crate::layers::pooling::{l2_normalize, pool, Pooling};
+use crate::tokenize::Encoded;
 use serde::{Deserialize, Serialize};
 
 /// What `modules.json`, `1_Pooling/config.json` and `sentence_bert_config.json` say.
@@ -138,6 +139,11 @@ pub struct Output {
 /// Embeds each text; one output per text, in order.
 pub fn run<S: AsRef<str>>(model: &Model, texts: &[S], options: &Options) -> Result<Vec<Output>> {
     let encodings = model.encode_texts(texts)?;
+    run_encoded(model, &encodings, options)
+}
+
+/// [`run`] on texts already tokenized with `model.tokenizer`.
+pub fn run_encoded(model: &Model, encodings: &[Encoded], options: &Options) -> Result<Vec<Output>> {
     let sentence = model.sentence.as_ref();
     let pooling = options
         .pooling
@@ -146,19 +152,19 @@ pub fn run<S: AsRef<str>>(model: &Model, texts: &[S], options: &Options) -> Resu
     let normalize = options
         .normalize
         .unwrap_or(sentence.is_some_and(|s| s.normalize));
-    let mut outputs = Vec::with_capacity(texts.len());
-    model.forward_batches(&encodings, |start, batch, out| {
+    let mut outputs = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
+    model.forward_batches(encodings, |indices, batch, out| {
         let mut pooled = pool(&out.last_hidden_state, batch, pooling)?;
         if normalize {
             pooled = l2_normalize(&pooled)?;
         }
-        for (i, row) in pooled.to_vec2::<f32>()?.into_iter().enumerate() {
-            outputs.push(Output {
+        for (&index, row) in indices.iter().zip(pooled.to_vec2::<f32>()?) {
+            outputs[index] = Some(Output {
                 embedding: row,
-                truncated: encodings[start + i].truncated,
+                truncated: encodings[index].truncated,
             });
         }
         Ok(())
     })?;
-    Ok(outputs)
+    Ok(in_input_order(outputs))
 }

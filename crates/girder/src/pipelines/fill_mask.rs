@@ -11,15 +11,14 @@
 //!   filled, the other masks stay, and special tokens are kept
 //!   (`skip_special_tokens` is only used for the single-mask case).
 
-use super::Model;
+use super::{in_input_order, Model};
 use crate::error::{Error, Result};
 use crate::models::Head;
+use crate::tokenize::Encoded;
 use std::collections::HashMap;
 
 use serde::Serialize;
 use tokenizers::Tokenizer;
-
-use crate::tokenize::Encoded;
 
 use super::postprocess::{is_bpe, PostprocessError};
 
@@ -386,6 +385,12 @@ pub fn run<S: AsRef<str>>(
     texts: &[S],
     options: &Options,
 ) -> Result<Vec<TextResult>> {
+    check_head(model)?;
+    let encodings = model.encode_texts(texts)?;
+    run_encoded(model, &encodings, options)
+}
+
+fn check_head(model: &Model) -> Result<()> {
     if model.encoder.head() != Head::MaskedLM {
         return Err(Error::TaskMismatch {
             model: model.encoder.class_name().to_string(),
@@ -394,12 +399,21 @@ pub fn run<S: AsRef<str>>(
                 .into(),
         });
     }
+    Ok(())
+}
+
+/// [`run`] on texts already tokenized with `model.tokenizer`.
+pub fn run_encoded(
+    model: &Model,
+    encodings: &[Encoded],
+    options: &Options,
+) -> Result<Vec<TextResult>> {
+    check_head(model)?;
     let tokenizer = model.tokenizer.inner();
     let mut options = options.clone();
     if options.mask_token.is_none() {
         options.mask_token = model.tokenizer.mask_token().map(String::from);
     }
-    let encodings = model.encode_texts(texts)?;
     // Only the mask rows go through the vocabulary projection: [masks, vocab], not [tokens, vocab].
     let positions = encodings
         .iter()
@@ -411,20 +425,19 @@ pub fn run<S: AsRef<str>>(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut results = Vec::with_capacity(texts.len());
-    model.forward_batches(&encodings, |start, batch, out| {
+    let mut results = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
+    model.forward_batches(encodings, |indices, batch, out| {
         let mut rows = Vec::new();
-        for i in 0..batch.num_seqs() {
+        for (i, &index) in indices.iter().enumerate() {
             let first = batch.seq_range(i).start as u32;
-            rows.extend(positions[start + i].iter().map(|&p| first + p as u32));
+            rows.extend(positions[index].iter().map(|&p| first + p as u32));
         }
         let logits = model
             .encoder
             .head_logits(out, batch, Some(&rows))?
             .to_vec2::<f32>()?;
         let mut next = 0;
-        for i in 0..batch.num_seqs() {
-            let index = start + i;
+        for &index in indices {
             let count = positions[index].len();
             let enc = &encodings[index];
             let predictions = postprocess(enc, &logits[next..next + count], tokenizer, &options)
@@ -433,14 +446,14 @@ pub fn run<S: AsRef<str>>(
                     reason: e.to_string(),
                 })?;
             next += count;
-            results.push(TextResult {
+            results[index] = Some(TextResult {
                 predictions,
                 truncated: enc.truncated,
             });
         }
         Ok(())
     })?;
-    Ok(results)
+    Ok(in_input_order(results))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ pub mod token_classification;
 
 pub use postprocess::PostprocessError;
 
-use crate::batch::RaggedBatch;
+use crate::batch::{plan_batches, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::{ModelFolder, ModelRef, Weights};
@@ -81,6 +81,8 @@ pub struct LoadOptions {
     pub truncation: Truncation,
     /// Where to compute.
     pub device: Device,
+    /// Tokens per forward pass at most (see [`DEFAULT_MAX_BATCH_TOKENS`]).
+    pub max_batch_tokens: usize,
 }
 
 impl Default for LoadOptions {
@@ -89,12 +91,14 @@ impl Default for LoadOptions {
             max_length: None,
             truncation: Truncation::Truncate,
             device: Device::Cpu,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
         }
     }
 }
 
-/// The most tokens one forward pass packs; bounds activation memory.
-const MAX_BATCH_TOKENS: usize = 16_384;
+/// The default budget of tokens per forward pass (`--max-batch-tokens`); it bounds
+/// activation memory.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
 
 /// A model folder loaded for inference: config, tokenizer and weights.
 ///
@@ -115,6 +119,8 @@ pub struct Model {
     pub encoder: EncoderModel,
     /// sentence-transformers' configuration, when the folder has modules.json.
     pub sentence: Option<embeddings::SentenceConfig>,
+    /// Tokens per forward pass at most.
+    pub max_batch_tokens: usize,
 }
 
 impl Model {
@@ -160,6 +166,7 @@ impl Model {
             tokenizer,
             encoder,
             sentence,
+            max_batch_tokens: options.max_batch_tokens.max(1),
         })
     }
 
@@ -168,29 +175,26 @@ impl Model {
         self.tokenizer.encode_all(texts)
     }
 
-    /// Runs the base model over `encodings` in packed batches of at most
-    /// [`MAX_BATCH_TOKENS`], calling `each` with every batch, the index of its first
-    /// encoding, and the output. Order is preserved.
+    /// Runs the base model over `encodings` in packed batches planned by
+    /// [`plan_batches`] under [`Model::max_batch_tokens`], calling `each` with the input indices of
+    /// the batch's sequences (in batch order), the batch and the output. Batches come in
+    /// length order, not input order: callers place results by index.
     pub fn forward_batches(
         &self,
         encodings: &[Encoded],
-        mut each: impl FnMut(usize, &RaggedBatch, &EncoderOutput) -> Result<()>,
+        mut each: impl FnMut(&[usize], &RaggedBatch, &EncoderOutput) -> Result<()>,
     ) -> Result<()> {
-        let mut start = 0;
-        while start < encodings.len() {
-            let mut end = start;
-            let mut tokens = 0;
-            while end < encodings.len()
-                && (end == start || tokens + encodings[end].len() <= MAX_BATCH_TOKENS)
-            {
-                tokens += encodings[end].len();
-                end += 1;
-            }
-            let batch = RaggedBatch::from_encodings(&encodings[start..end]);
+        let lengths: Vec<usize> = encodings.iter().map(Encoded::len).collect();
+        for indices in plan_batches(&lengths, self.max_batch_tokens) {
+            let batch = RaggedBatch::from_encodings(indices.iter().map(|&i| &encodings[i]));
             let out = self.encoder.encode(&batch)?;
-            each(start, &batch, &out)?;
-            start = end;
+            each(&indices, &batch, &out)?;
         }
         Ok(())
     }
+}
+
+/// Puts per-index results back in input order.
+pub(crate) fn in_input_order<T>(slots: Vec<Option<T>>) -> Vec<T> {
+    slots.into_iter().flatten().collect()
 }

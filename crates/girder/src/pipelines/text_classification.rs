@@ -16,9 +16,10 @@
 //! The scoring function defaults by `config.problem_type` and `num_labels`
 //! (see [`default_function`]).
 
-use super::Model;
+use super::{in_input_order, Model};
 use crate::error::{Error, Result};
 use crate::models::Head;
+use crate::tokenize::Encoded;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::postprocess::{np_argmax, np_max, np_sigmoid, np_softmax, PostprocessError};
@@ -259,6 +260,12 @@ pub fn run<S: AsRef<str>>(
     texts: &[S],
     options: &Options,
 ) -> Result<Vec<TextResult>> {
+    check_head(model)?;
+    let encodings = model.encode_texts(texts)?;
+    run_encoded(model, &encodings, options)
+}
+
+fn check_head(model: &Model) -> Result<()> {
     if model.encoder.head() != Head::SequenceClassification {
         return Err(Error::TaskMismatch {
             model: model.encoder.class_name().to_string(),
@@ -266,23 +273,31 @@ pub fn run<S: AsRef<str>>(
             reason: "it has no sequence-classification head (architectures must name a …ForSequenceClassification class)".into(),
         });
     }
-    let encodings = model.encode_texts(texts)?;
+    Ok(())
+}
+
+/// [`run`] on texts already tokenized with `model.tokenizer`.
+pub fn run_encoded(
+    model: &Model,
+    encodings: &[Encoded],
+    options: &Options,
+) -> Result<Vec<TextResult>> {
+    check_head(model)?;
     let labels = &model.config.id2label;
-    let mut results = Vec::with_capacity(texts.len());
-    model.forward_batches(&encodings, |start, batch, out| {
+    let mut results = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
+    model.forward_batches(encodings, |indices, batch, out| {
         let logits = model
             .encoder
             .head_logits(out, batch, None)?
             .to_vec2::<f32>()?;
-        for (i, row) in logits.iter().enumerate() {
-            let index = start + i;
+        for (&index, row) in indices.iter().zip(&logits) {
             let output = postprocess_item(row, labels, model.config.problem_type, options)
                 .map_err(|e| Error::BadInput {
                     index,
                     reason: e.to_string(),
                 })?;
             let truncated = encodings[index].truncated;
-            results.push(match output {
+            results[index] = Some(match output {
                 Output::Best(best) => TextResult {
                     best: Some(best),
                     labels: None,
@@ -297,7 +312,7 @@ pub fn run<S: AsRef<str>>(
         }
         Ok(())
     })?;
-    Ok(results)
+    Ok(in_input_order(results))
 }
 
 #[cfg(test)]

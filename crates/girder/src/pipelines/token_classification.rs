@@ -15,13 +15,12 @@
 //! are dropped after aggregation; `start`/`end` are character offsets, `null`
 //! when the tokenizer gives no offsets.
 
-use super::Model;
+use super::{in_input_order, Model};
 use crate::error::{Error, Result};
 use crate::models::Head;
+use crate::tokenize::Encoded;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
-
-use crate::tokenize::Encoded;
 
 use super::postprocess::{
     char_slice, continuing_subword_prefix, convert_tokens_to_string, np_argmax, np_max, np_nanmean,
@@ -478,6 +477,12 @@ pub fn run<S: AsRef<str>>(
     texts: &[S],
     options: &Options,
 ) -> Result<Vec<TextResult>> {
+    check_head(model)?;
+    let encodings = model.encode_texts(texts)?;
+    run_encoded(model, texts, &encodings, options)
+}
+
+fn check_head(model: &Model) -> Result<()> {
     if model.encoder.head() != Head::TokenClassification {
         return Err(Error::TaskMismatch {
             model: model.encoder.class_name().to_string(),
@@ -485,14 +490,24 @@ pub fn run<S: AsRef<str>>(
             reason: "it has no token-classification head (architectures must name a …ForTokenClassification class)".into(),
         });
     }
-    let encodings = model.encode_texts(texts)?;
+    Ok(())
+}
+
+/// [`run`] on texts already tokenized with `model.tokenizer` (the texts are needed for
+/// the entities' words).
+pub fn run_encoded<S: AsRef<str>>(
+    model: &Model,
+    texts: &[S],
+    encodings: &[Encoded],
+    options: &Options,
+) -> Result<Vec<TextResult>> {
+    check_head(model)?;
     let tokenizer = model.tokenizer.inner();
     let labels = &model.config.id2label;
-    let mut results = Vec::with_capacity(texts.len());
-    model.forward_batches(&encodings, |start, batch, out| {
+    let mut results = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
+    model.forward_batches(encodings, |indices, batch, out| {
         let logits = model.encoder.head_logits(out, batch, None)?;
-        for i in 0..batch.num_seqs() {
-            let index = start + i;
+        for (i, &index) in indices.iter().enumerate() {
             let range = batch.seq_range(i);
             let rows = logits
                 .narrow(0, range.start, range.len())?
@@ -511,14 +526,14 @@ pub fn run<S: AsRef<str>>(
                 index,
                 reason: e.to_string(),
             })?;
-            results.push(TextResult {
+            results[index] = Some(TextResult {
                 entities,
                 truncated: enc.truncated,
             });
         }
         Ok(())
     })?;
-    Ok(results)
+    Ok(in_input_order(results))
 }
 
 #[cfg(test)]
