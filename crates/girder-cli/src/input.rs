@@ -1,87 +1,147 @@
-//! Where texts come from: arguments, a JSON Lines file (`text` field), or stdin (one per line).
+//! Where texts come from: arguments, a JSON Lines file (`text` field), or stdin (one per
+//! line). Files and stdin are read lazily, in windows, so input of any size streams through
+//! in constant memory.
 
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, Read};
-use std::path::Path;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 
-/// Texts from the first source given: arguments, then `--input`, then stdin.
-pub fn read_texts(args: &[String], input: Option<&Path>) -> Result<Vec<String>> {
-    if !args.is_empty() {
-        return Ok(args.to_vec());
-    }
-    let texts = match input {
-        Some(path) => read_jsonl(path)?,
-        None => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut bytes)
-                .context("cannot read stdin")?;
-            lines_of(&bytes, "stdin")?
-        }
-    };
-    if texts.is_empty() {
-        bail!("no input texts: pass them as arguments, with --input file.jsonl, or one per line on stdin");
-    }
-    Ok(texts)
+/// A lazy sequence of texts.
+pub enum TextSource {
+    Args(std::vec::IntoIter<String>),
+    Lines {
+        reader: Box<dyn BufRead + Send>,
+        name: String,
+        line: usize,
+        jsonl: bool,
+    },
 }
 
-/// Splits bytes into lines, rejecting invalid UTF-8 with the line number.
-fn lines_of(bytes: &[u8], source: &str) -> Result<Vec<String>> {
-    let mut texts = Vec::new();
-    if bytes.is_empty() {
-        return Ok(texts);
+impl TextSource {
+    /// The first source given: arguments, then `--input`, then stdin.
+    pub fn open(args: Vec<String>, input: Option<&Path>) -> Result<Self> {
+        if !args.is_empty() {
+            return Ok(TextSource::Args(args.into_iter()));
+        }
+        Ok(match input {
+            Some(path) => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                TextSource::Lines {
+                    reader: Box::new(std::io::BufReader::new(file)),
+                    name: PathBuf::from(path).display().to_string(),
+                    line: 0,
+                    jsonl: true,
+                }
+            }
+            None => TextSource::Lines {
+                reader: Box::new(std::io::BufReader::new(std::io::stdin())),
+                name: "stdin".into(),
+                line: 0,
+                jsonl: false,
+            },
+        })
     }
-    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let text = std::str::from_utf8(line)
-            .with_context(|| format!("{source} line {}: not valid UTF-8", n + 1))?;
-        texts.push(text.to_string());
+
+    /// Up to `n` more texts; an empty vector at the end of the input.
+    pub fn next_window(&mut self, n: usize) -> Result<Vec<String>> {
+        let mut texts = Vec::new();
+        while texts.len() < n {
+            match self.next_text()? {
+                Some(t) => texts.push(t),
+                None => break,
+            }
+        }
+        Ok(texts)
     }
-    // A trailing newline ends the last line; it does not start an empty one.
-    if bytes.ends_with(b"\n") {
-        texts.pop();
+
+    fn next_text(&mut self) -> Result<Option<String>> {
+        match self {
+            TextSource::Args(args) => Ok(args.next()),
+            TextSource::Lines {
+                reader,
+                name,
+                line,
+                jsonl,
+            } => loop {
+                let mut bytes = Vec::new();
+                let read = reader
+                    .read_until(b'\n', &mut bytes)
+                    .with_context(|| format!("cannot read {name}"))?;
+                if read == 0 {
+                    return Ok(None);
+                }
+                *line += 1;
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                let where_ = format!("{name} line {line}");
+                let text = String::from_utf8(bytes)
+                    .with_context(|| format!("{where_}: not valid UTF-8"))?;
+                if !*jsonl {
+                    return Ok(Some(text));
+                }
+                if text.trim().is_empty() {
+                    continue;
+                }
+                return Ok(Some(text_field(&text).with_context(|| where_.clone())?));
+            },
+        }
     }
-    Ok(texts)
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<String>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut texts = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let where_ = || format!("{} line {}", path.display(), n + 1);
-        let line =
-            std::str::from_utf8(&line).with_context(|| format!("{}: not valid UTF-8", where_()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", where_()))?;
-        match value.get("text") {
-            Some(serde_json::Value::String(text)) => texts.push(text.clone()),
-            Some(_) => bail!("{}: field `text` is not a string", where_()),
-            None => bail!("{}: no `text` field", where_()),
-        }
+fn text_field(line: &str) -> Result<String> {
+    let value: serde_json::Value = serde_json::from_str(line).context("not valid JSON")?;
+    match value.get("text") {
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        Some(_) => bail!("field `text` is not a string"),
+        None => bail!("no `text` field"),
     }
-    Ok(texts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lines(bytes: &'static [u8], jsonl: bool) -> TextSource {
+        TextSource::Lines {
+            reader: Box::new(std::io::Cursor::new(bytes)),
+            name: "stdin".into(),
+            line: 0,
+            jsonl,
+        }
+    }
+
     #[test]
     fn lines_keep_empty_ones_but_not_the_trailing_newline() {
-        assert_eq!(lines_of(b"a\n\nb\n", "stdin").unwrap(), ["a", "", "b"]);
-        assert_eq!(lines_of(b"a\r\nb", "stdin").unwrap(), ["a", "b"]);
-        assert!(lines_of(b"", "stdin").unwrap().is_empty());
+        assert_eq!(
+            lines(b"a\n\nb\n", false).next_window(10).unwrap(),
+            ["a", "", "b"]
+        );
+        assert_eq!(lines(b"a\r\nb", false).next_window(10).unwrap(), ["a", "b"]);
+        assert!(lines(b"", false).next_window(10).unwrap().is_empty());
+        let mut src = lines(b"1\n2\n3\n", false);
+        assert_eq!(src.next_window(2).unwrap(), ["1", "2"]);
+        assert_eq!(src.next_window(2).unwrap(), ["3"]);
     }
 
     #[test]
     fn invalid_utf8_names_the_line() {
-        let err = lines_of(b"ok\n\xff\xfe\n", "stdin").unwrap_err();
-        assert!(err.to_string().contains("stdin line 2"), "{err}");
+        let err = lines(b"ok\n\xff\xfe\n", false).next_window(10).unwrap_err();
+        assert!(format!("{err:#}").contains("stdin line 2"), "{err:#}");
+    }
+
+    #[test]
+    fn jsonl_reads_the_text_field() {
+        let mut src = lines(b"{\"text\": \"a\"}\n\n{\"text\": \"b\", \"id\": 2}\n", true);
+        assert_eq!(src.next_window(10).unwrap(), ["a", "b"]);
+        let err = lines(b"{\"txt\": 1}\n", true).next_window(10).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("line 1: no `text` field"),
+            "{err:#}"
+        );
     }
 }

@@ -318,6 +318,20 @@ impl TextTokenizer {
             .map(|(i, t)| self.encode(t.as_ref(), i))
             .collect()
     }
+
+    /// Tokenizes a window of a longer input whose first text has index `first_index`
+    /// (errors name the index in the whole input).
+    pub fn encode_window<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        first_index: usize,
+    ) -> Result<Vec<Encoded>> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.encode(t.as_ref(), first_index + i))
+            .collect()
+    }
 }
 
 fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
