@@ -93,6 +93,23 @@ impl TextSource {
     }
 }
 
+/// Every text of the first source given (for commands whose inputs are few, like prompts).
+pub fn read_texts(args: &[String], input: Option<&Path>) -> Result<Vec<String>> {
+    let mut source = TextSource::open(args.to_vec(), input)?;
+    let mut texts = Vec::new();
+    loop {
+        let window = source.next_window(1024)?;
+        if window.is_empty() {
+            break;
+        }
+        texts.extend(window);
+    }
+    if texts.is_empty() {
+        bail!("no input texts: pass them as arguments, with --input file.jsonl, or one per line on stdin");
+    }
+    Ok(texts)
+}
+
 fn text_field(line: &str) -> Result<String> {
     let value: serde_json::Value = serde_json::from_str(line).context("not valid JSON")?;
     match value.get("text") {

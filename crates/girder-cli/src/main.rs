@@ -12,6 +12,10 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` of mimalloc.h (the same index in mimalloc v2 and v3);
+/// libmimalloc-sys names no constant for it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 #[derive(Parser)]
 #[command(
     name = "girder",
@@ -27,9 +31,25 @@ struct Cli {
 enum Command {
     /// Run a pipeline over texts and print one JSON object per text (JSON Lines).
     Run(commands::run::RunArgs),
+    /// Generate text with a causal language model (greedy by default).
+    Generate(commands::generate::GenerateArgs),
+    /// Chat with a model interactively: its chat template is applied and replies stream.
+    Chat(commands::chat::ChatArgs),
+    /// Time one workload of the encoder benchmark (see scripts/bench-encoders).
+    Bench(commands::bench::BenchArgs),
+    /// Check that a tokenizer fits its model (and, with --lock, that nothing drifted).
+    /// Exit 0: no error; 1: an error; 2: the check could not run.
+    Check(commands::check::CheckArgs),
+    /// Pin the tokenizer and the probe's results for a later `girder check --lock`.
+    Lock(commands::lock::LockArgs),
 }
 
 fn main() -> ExitCode {
+    // mimalloc hands freed pages back to the OS after 10 ms by default, and every forward
+    // pass then page-faults them in again (perf: 7,049 page faults against 1,897 without
+    // purging, for 12 passes of 32 sentences). Keep them.
+    // SAFETY: sets a process-wide allocator option before any model work starts.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GIRDER_LOG")
@@ -40,6 +60,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+        Command::Check(args) => return commands::check::run(args),
+        Command::Lock(args) => commands::lock::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

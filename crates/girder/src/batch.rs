@@ -34,8 +34,8 @@ pub struct BatchTensors {
     pub token_type_ids: Tensor,
     /// `[total_tokens]` u32
     pub positions: Tensor,
-    /// `[num_seqs]` u32: each sequence's length
-    pub seqlens: Tensor,
+    /// `[num_seqs + 1]`, on the host: sequence `i` owns rows `cu_seqlens[i]..cu_seqlens[i + 1]`.
+    pub cu_seqlens: Vec<u32>,
 }
 
 impl RaggedBatch {
@@ -60,6 +60,18 @@ impl RaggedBatch {
         self.token_type_ids
             .extend((0..ids.len()).map(|i| type_ids.get(i).copied().unwrap_or(0)));
         self.positions.extend(0..ids.len() as u32);
+        self.cu_seqlens.push(self.input_ids.len() as u32);
+        self.max_seqlen = self.max_seqlen.max(ids.len());
+    }
+
+    /// Appends one sequence that continues a cached one: its positions start at
+    /// `first_position` (the cache's length), as a decoder's prefill (0) and decode steps need.
+    pub fn push_from(&mut self, ids: &[u32], first_position: usize) {
+        self.input_ids.extend_from_slice(ids);
+        self.token_type_ids
+            .extend(std::iter::repeat_n(0, ids.len()));
+        let first = first_position as u32;
+        self.positions.extend(first..first + ids.len() as u32);
         self.cu_seqlens.push(self.input_ids.len() as u32);
         self.max_seqlen = self.max_seqlen.max(ids.len());
     }
@@ -96,7 +108,7 @@ impl RaggedBatch {
             input_ids: Tensor::from_slice(&self.input_ids, n, device)?,
             token_type_ids: Tensor::from_slice(&self.token_type_ids, n, device)?,
             positions: Tensor::from_slice(&self.positions, n, device)?,
-            seqlens: Tensor::new(self.seqlens(), device)?,
+            cu_seqlens: self.cu_seqlens.clone(),
         })
     }
 }

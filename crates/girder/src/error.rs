@@ -55,6 +55,18 @@ pub enum Error {
     #[error("{file}: not a valid safetensors file: {reason}")]
     BadWeights { file: PathBuf, reason: String },
 
+    /// A GGUF file that cannot be parsed, or whose metadata is wrong.
+    #[error("{file}: not a valid GGUF file: {reason}")]
+    BadGguf { file: PathBuf, reason: String },
+
+    /// A GGUF file of an architecture, tensor type or tokenizer girder does not read.
+    #[error("{file}: unsupported GGUF {what}")]
+    UnsupportedGguf { file: PathBuf, what: String },
+
+    /// A chat template that does not compile or fails to render.
+    #[error("chat template from {origin}: {reason}")]
+    ChatTemplate { origin: String, reason: String },
+
     /// The checkpoint lacks a tensor the architecture needs.
     #[error("tensor `{name}` is missing from the checkpoint ({files})")]
     MissingTensor { name: String, files: String },
@@ -83,6 +95,14 @@ pub enum Error {
         max: usize,
     },
 
+    /// A sequence needs more positions than the model's context holds (decoders).
+    #[error("input {index}: needs {tokens} positions (the prompt and at least one new token), more than the model's context of {max}: shorten the prompt (it is never cut silently)")]
+    ContextLength {
+        index: usize,
+        tokens: usize,
+        max: usize,
+    },
+
     /// The caller passed no inputs at all.
     #[error("no input texts were given")]
     EmptyInput,
@@ -102,6 +122,14 @@ pub enum Error {
         task: String,
         reason: String,
     },
+
+    /// A lock file (`girder lock`) that cannot be read, parsed or trusted.
+    #[error("lock file {path}: {reason}")]
+    BadLock { path: PathBuf, reason: String },
+
+    /// A model card (README.md) whose YAML front matter does not parse.
+    #[error("{file}: YAML front matter: {reason}")]
+    BadCard { file: PathBuf, reason: String },
 
     /// A tensor operation failed inside the model.
     #[error("tensor computation failed: {0}")]

@@ -19,8 +19,10 @@
 //! ```
 
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod hub;
 pub mod layers;
 pub mod models;

@@ -1,3 +1,8 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod chat;
+pub mod check;
+pub mod generate;
+pub mod lock;
 pub mod run;

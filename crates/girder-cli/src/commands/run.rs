@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// Tokens per forward pass at most.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
+    /// Run even when the pre-flight check (`girder check`) finds that the tokenizer does not
+    /// fit the model; every error is then printed as a warning.
+    #[arg(long)]
+    allow_mismatch: bool,
     /// text-classification: how many labels (a number, or `all`); default: the best one.
     /// fill-mask: predictions per mask (default 5).
     #[arg(long)]
@@ -228,6 +232,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let model = Model::load(&args.model, &options)
         .with_context(|| format!("cannot load model `{}`", args.model))?;
+    super::check::preflight_gate(&model, args.allow_mismatch)?;
     let mut source = TextSource::open(args.texts.clone(), args.input.as_deref())?;
     let mut out = JsonLines::new(std::io::stdout().lock(), args.pretty);
     let progress = Progress::new(args.max_batch_tokens);

@@ -4,8 +4,10 @@
 //! fetched. The cache layout is `models--{org}--{name}/snapshots/{commit}/`, with
 //! `refs/{branch}` holding the commit a branch points to.
 
+pub mod gguf;
 mod weights;
 
+pub use gguf::GgufFile;
 pub use weights::Weights;
 
 use crate::error::{Error, Result};
@@ -62,18 +64,26 @@ impl ModelRef {
 
     /// The folder holding the model's files.
     pub fn resolve(&self) -> Result<ModelFolder> {
+        ModelFolder::open(self.locate()?)
+    }
+
+    /// The folder holding a tokenizer, which may lack config.json (a tokenizer-only repo,
+    /// or a folder of tokenizer files to check against another model).
+    pub fn resolve_tokenizer(&self) -> Result<ModelFolder> {
+        ModelFolder::open_tokenizer(self.locate()?)
+    }
+
+    fn locate(&self) -> Result<PathBuf> {
         match self {
-            ModelRef::Path(path) => ModelFolder::open(path),
+            ModelRef::Path(path) => Ok(path.clone()),
             ModelRef::Hub { repo_id, revision } => {
                 let cache = hf_cache_dir();
                 let revision = revision.clone().unwrap_or_else(|| "main".to_string());
-                let folder =
-                    snapshot_dir(&cache, repo_id, &revision).ok_or_else(|| Error::NotInCache {
-                        repo_id: repo_id.clone(),
-                        revision: revision.clone(),
-                        cache: cache.clone(),
-                    })?;
-                ModelFolder::open(&folder)
+                snapshot_dir(&cache, repo_id, &revision).ok_or_else(|| Error::NotInCache {
+                    repo_id: repo_id.clone(),
+                    revision: revision.clone(),
+                    cache: cache.clone(),
+                })
             }
         }
     }
@@ -125,6 +135,15 @@ impl ModelFolder {
             "a model folder needs config.json, tokenizer.json (or vocab.txt) and model.safetensors (or model.safetensors.index.json with its shards)",
         )?;
         Ok(folder)
+    }
+
+    /// Opens a folder of tokenizer files; unlike [`open`](Self::open) it needs no config.json.
+    pub fn open_tokenizer(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(Error::FolderNotFound { folder: root });
+        }
+        Ok(ModelFolder { root })
     }
 
     /// The folder's path.

@@ -3,8 +3,14 @@
 //! Plays the role of candle's `VarBuilder`, with two differences that matter to users:
 //! errors are typed and name the tensor (and its expected and actual shapes), and every
 //! tensor is upcast to the compute dtype (f32) on load, so bf16/f16 checkpoints just work.
+//!
+//! A GGUF file ([`GgufFile`]) serves the same lookups under transformers' names. Its tensors
+//! are dequantized by [`get`](Weights::get), or kept quantized for [`Weights::qmatmul`] when
+//! the weights were opened with `keep_quantized`.
 
+use super::GgufFile;
 use crate::error::{Error, Result};
+use candle_core::quantized::QMatMul;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -15,6 +21,8 @@ struct Checkpoint {
     files: Vec<(PathBuf, MmapedSafetensors)>,
     /// tensor name → index into `files`
     routing: HashMap<String, usize>,
+    /// Set instead of `files` for a GGUF checkpoint.
+    gguf: Option<(GgufFile, bool)>,
 }
 
 /// A view of a checkpoint under a name prefix (`pp` adds a segment, like `VarBuilder::pp`).
@@ -48,11 +56,51 @@ impl Weights {
             checkpoint: Arc::new(Checkpoint {
                 files: mapped,
                 routing,
+                gguf: None,
             }),
             prefix: String::new(),
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// Serves the tensors of a GGUF file; with `keep_quantized`, [`qmatmul`](Self::qmatmul)
+    /// hands out its quantized matrices (otherwise everything is dequantized to `dtype`).
+    pub fn from_gguf(gguf: GgufFile, keep_quantized: bool, dtype: DType, device: &Device) -> Self {
+        Weights {
+            checkpoint: Arc::new(Checkpoint {
+                files: Vec::new(),
+                routing: HashMap::new(),
+                gguf: Some((gguf, keep_quantized)),
+            }),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// A quantized `[out, in]` matrix for `prefix.name`, when the weights keep GGUF tensors
+    /// quantized; `None` for safetensors and dequantized GGUF (use [`get`](Self::get)).
+    pub fn qmatmul(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Option<QMatMul>> {
+        let Some((gguf, true)) = &self.checkpoint.gguf else {
+            return Ok(None);
+        };
+        let full = self.full_name(name);
+        let Some(tensor) = gguf.tensor(&full) else {
+            return Err(Error::MissingTensor {
+                name: full,
+                files: self.file_list(),
+            });
+        };
+        let expected = shape.into();
+        if tensor.shape().dims() != expected.as_slice() {
+            return Err(Error::ShapeMismatch {
+                tensor: full,
+                expected,
+                actual: tensor.shape().dims().to_vec(),
+            });
+        }
+        Ok(Some(QMatMul::from_arc(tensor.clone())?))
     }
 
     /// The same checkpoint one level down: `w.pp("encoder").pp("layer.0")`.
@@ -89,12 +137,18 @@ impl Weights {
 
     /// Whether `prefix.name` is in the checkpoint.
     pub fn contains(&self, name: &str) -> bool {
+        if let Some((gguf, _)) = &self.checkpoint.gguf {
+            return gguf.tensor(&self.full_name(name)).is_some();
+        }
         self.checkpoint.routing.contains_key(&self.full_name(name))
     }
 
     /// The stored shape of `prefix.name`, if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         let full = self.full_name(name);
+        if let Some((gguf, _)) = &self.checkpoint.gguf {
+            return gguf.tensor(&full).map(|t| t.shape().dims().to_vec());
+        }
         let index = *self.checkpoint.routing.get(&full)?;
         let view = self.checkpoint.files[index].1.get(&full).ok()?;
         Some(view.shape().to_vec())
@@ -104,6 +158,22 @@ impl Weights {
     pub fn get(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Tensor> {
         let expected = shape.into();
         let full = self.full_name(name);
+        if let Some((gguf, _)) = &self.checkpoint.gguf {
+            let Some(tensor) = gguf.tensor(&full) else {
+                return Err(Error::MissingTensor {
+                    name: full,
+                    files: self.file_list(),
+                });
+            };
+            if tensor.shape().dims() != expected.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    tensor: full,
+                    expected,
+                    actual: tensor.shape().dims().to_vec(),
+                });
+            }
+            return Ok(tensor.dequantize(&self.device)?.to_dtype(self.dtype)?);
+        }
         let Some(&index) = self.checkpoint.routing.get(&full) else {
             return Err(Error::MissingTensor {
                 name: full,
@@ -143,6 +213,9 @@ impl Weights {
     }
 
     fn file_list(&self) -> String {
+        if let Some((gguf, _)) = &self.checkpoint.gguf {
+            return gguf.path().display().to_string();
+        }
         self.checkpoint
             .files
             .iter()

@@ -1,18 +1,22 @@
 //! Building blocks shared by every architecture, written once: linear layers, norms,
-//! activations, embeddings, ragged attention and pooling.
+//! activations, embeddings, rotary embeddings, ragged attention, causal attention over a
+//! key/value cache, and pooling.
 //!
 //! Every block works on packed `[total_tokens, hidden]` tensors (see [`crate::batch`]).
 
 mod activation;
 mod attention;
+mod kv_cache;
 mod linear;
 mod norm;
 pub mod pooling;
+pub mod rope;
 
 pub use activation::Activation;
-pub use attention::varlen_attention;
+pub use attention::{causal_attention, ragged_causal_attention, varlen_attention};
+pub use kv_cache::KvCache;
 pub use linear::Linear;
-pub use norm::layer_norm;
+pub use norm::{layer_norm, RmsNorm};
 
 use crate::error::Result;
 use crate::hub::Weights;

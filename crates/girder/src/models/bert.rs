@@ -5,7 +5,8 @@
 //! `[total_tokens, hidden]`, attention runs per sequence (see [`crate::layers`]).
 //! RoBERTa reuses [`Encoder`] and [`Config`] from here and brings its own embeddings and heads.
 
-use super::{EncoderForward, EncoderOutput};
+use super::heads::{first_tokens, tied_decoder, EncoderHead, WithHead};
+use super::{EncoderForward, EncoderOutput, Head};
 use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
@@ -182,13 +183,13 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, batch: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, batch: &BatchTensors) -> Result<Tensor> {
         let n = x.dim(0)?;
         let shape = (n, self.num_heads, self.head_dim);
         let q = self.query.forward(x)?.reshape(shape)?;
         let k = self.key.forward(x)?.reshape(shape)?;
         let v = self.value.forward(x)?.reshape(shape)?;
-        let context = varlen_attention(&q, &k, &v, &batch.seqlens, max_seqlen, false)?; // [n, heads, head_dim]
+        let context = varlen_attention(&q, &k, &v, &batch.cu_seqlens)?; // [n, heads, head_dim]
         let context = context.reshape((n, self.num_heads * self.head_dim))?;
         let out = self.output.forward(&context)?;
         Ok(self.output_norm.forward(&(out + x)?)?)
@@ -228,8 +229,8 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, batch: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
-        let attended = self.attention.forward(x, batch, max_seqlen)?;
+    fn forward(&self, x: &Tensor, batch: &BatchTensors) -> Result<Tensor> {
+        let attended = self.attention.forward(x, batch)?;
         let h = self
             .activation
             .forward(&self.intermediate.forward(&attended)?)?;
@@ -251,15 +252,10 @@ impl Encoder {
         Ok(Encoder { layers })
     }
 
-    pub(crate) fn forward(
-        &self,
-        x: Tensor,
-        batch: &BatchTensors,
-        max_seqlen: usize,
-    ) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: Tensor, batch: &BatchTensors) -> Result<Tensor> {
         self.layers
             .iter()
-            .try_fold(x, |x, layer| layer.forward(&x, batch, max_seqlen))
+            .try_fold(x, |x, layer| layer.forward(&x, batch))
     }
 }
 
@@ -280,20 +276,6 @@ impl Pooler {
         let first = first_tokens(hidden, batch)?;
         Ok(self.dense.forward(&first)?.tanh()?)
     }
-}
-
-/// Rows of each sequence's first token: `[total_tokens, h]` → `[num_seqs, h]`.
-pub(crate) fn first_tokens(hidden: &Tensor, batch: &RaggedBatch) -> Result<Tensor> {
-    let rows = Tensor::new(batch.first_token_rows(), hidden.device())?;
-    Ok(hidden.index_select(&rows, 0)?)
-}
-
-/// Selects `rows` of `hidden`, or all of them.
-pub(crate) fn select_rows(hidden: &Tensor, rows: Option<&[u32]>) -> Result<Tensor> {
-    Ok(match rows {
-        Some(rows) => hidden.index_select(&Tensor::new(rows, hidden.device())?, 0)?,
-        None => hidden.clone(),
-    })
 }
 
 /// The bare encoder: last hidden state and, when the checkpoint has one, the pooler output.
@@ -336,7 +318,7 @@ impl EncoderForward for BertModel {
         let x = self
             .embeddings
             .forward(&t.input_ids, &t.token_type_ids, &t.positions)?;
-        let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
+        let last_hidden_state = self.encoder.forward(x, &t)?;
         let pooler_output = match &self.pooler {
             Some(p) => Some(p.forward(&last_hidden_state, batch)?),
             None => None,
@@ -357,130 +339,49 @@ pub(crate) fn base_weights(w: &Weights, prefix: &str) -> Weights {
     }
 }
 
-/// `BertForSequenceClassification`: pooler output → linear classifier.
-pub struct BertForSequenceClassification {
-    bert: BertModel,
-    classifier: Linear,
-}
-
-impl BertForSequenceClassification {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        let bert = BertModel::load(w, cfg, common, true)?;
-        if bert.pooler.is_none() {
-            return Err(Error::MissingTensor {
-                name: "bert.pooler.dense.weight".into(),
-                files: "a sequence classifier needs the pooler".into(),
-            });
+/// Loads `BertModel` (with its pooler), `BertForSequenceClassification` (pooler output →
+/// `classifier`), `BertForTokenClassification` (`classifier` on every token) or
+/// `BertForMaskedLM` (`cls.predictions`: transform, then the decoder tied to the word
+/// embeddings).
+pub fn load(
+    w: &Weights,
+    cfg: &Config,
+    common: &CommonConfig,
+    head: Head,
+) -> Result<Box<dyn EncoderForward>> {
+    let (h, labels) = (cfg.hidden_size, common.id2label.len());
+    let with_pooler = matches!(head, Head::Base | Head::SequenceClassification);
+    let bert = BertModel::load(w, cfg, common, with_pooler)?;
+    let head = match head {
+        Head::Base => return Ok(Box::new(bert)),
+        Head::SequenceClassification => {
+            if bert.pooler.is_none() {
+                return Err(Error::MissingTensor {
+                    name: "bert.pooler.dense.weight".into(),
+                    files: "BertForSequenceClassification classifies the pooler output".into(),
+                });
+            }
+            EncoderHead::Pooled {
+                classifier: Linear::load(&w.pp("classifier"), h, labels)?,
+            }
         }
-        Ok(BertForSequenceClassification {
-            bert,
-            classifier: Linear::load(&w.pp("classifier"), cfg.hidden_size, common.id2label.len())?,
-        })
-    }
-}
-
-impl EncoderForward for BertForSequenceClassification {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.bert.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        _batch: &RaggedBatch,
-        _rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        let pooled = out
-            .pooler_output
-            .as_ref()
-            .ok_or_else(|| Error::MissingTensor {
-                name: "bert.pooler.dense.weight".into(),
-                files: "a sequence classifier needs the pooler".into(),
-            })?;
-        self.classifier.forward(pooled)
-    }
-}
-
-/// `BertForTokenClassification`: a linear classifier on every token.
-pub struct BertForTokenClassification {
-    bert: BertModel,
-    classifier: Linear,
-}
-
-impl BertForTokenClassification {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        Ok(BertForTokenClassification {
-            bert: BertModel::load(w, cfg, common, false)?,
-            classifier: Linear::load(&w.pp("classifier"), cfg.hidden_size, common.id2label.len())?,
-        })
-    }
-}
-
-impl EncoderForward for BertForTokenClassification {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.bert.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        _batch: &RaggedBatch,
-        rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        self.classifier
-            .forward(&select_rows(&out.last_hidden_state, rows)?)
-    }
-}
-
-/// `BertForMaskedLM`: transform (dense, activation, LayerNorm), then the decoder tied to
-/// the word embeddings, plus a bias.
-pub struct BertForMaskedLM {
-    bert: BertModel,
-    transform: Linear,
-    activation: Activation,
-    transform_norm: LayerNorm,
-    decoder: Linear,
-}
-
-impl BertForMaskedLM {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        let bert = BertModel::load(w, cfg, common, false)?;
-        let p = w.pp("cls.predictions");
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let decoder_weight = if p.contains("decoder.weight") {
-            p.get([v, h], "decoder.weight")?
-        } else {
-            bert.word_embeddings().clone()
-        };
-        let bias = if p.contains("bias") {
-            p.get([v], "bias")?
-        } else {
-            p.get([v], "decoder.bias")?
-        };
-        Ok(BertForMaskedLM {
-            transform: Linear::load(&p.pp("transform.dense"), h, h)?,
-            activation: cfg.activation(common)?,
-            transform_norm: layer_norm(&p.pp("transform.LayerNorm"), h, cfg.layer_norm_eps)?,
-            decoder: Linear::from_parts(decoder_weight, Some(bias)),
-            bert,
-        })
-    }
-}
-
-impl EncoderForward for BertForMaskedLM {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.bert.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        _batch: &RaggedBatch,
-        rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        let h = select_rows(&out.last_hidden_state, rows)?;
-        let h = self.activation.forward(&self.transform.forward(&h)?)?;
-        let h = self.transform_norm.forward(&h)?;
-        self.decoder.forward(&h)
-    }
+        Head::TokenClassification => EncoderHead::PerToken {
+            classifier: Linear::load(&w.pp("classifier"), h, labels)?,
+        },
+        Head::MaskedLM => {
+            let p = w.pp("cls.predictions");
+            EncoderHead::MaskedLm {
+                dense: Linear::load(&p.pp("transform.dense"), h, h)?,
+                activation: cfg.activation(common)?,
+                norm: layer_norm(&p.pp("transform.LayerNorm"), h, cfg.layer_norm_eps)?,
+                decoder: tied_decoder(
+                    &p,
+                    "decoder.weight",
+                    &["bias", "decoder.bias"],
+                    bert.word_embeddings(),
+                )?,
+            }
+        }
+    };
+    Ok(Box::new(WithHead { base: bert, head }))
 }

@@ -4,8 +4,9 @@
 //! positions, no token types) → layers of attention and feed-forward, each with a residual
 //! LayerNorm → heads. Its config names differ from BERT's (`dim`, `n_layers`, `hidden_dim`).
 
-use super::bert::{base_weights, first_tokens, select_rows};
-use super::{EncoderForward, EncoderOutput};
+use super::bert::base_weights;
+use super::heads::{tied_decoder, EncoderHead, WithHead};
+use super::{EncoderForward, EncoderOutput, Head};
 use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
@@ -132,13 +133,13 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, t: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, t: &BatchTensors) -> Result<Tensor> {
         let n = x.dim(0)?;
         let shape = (n, self.n_heads, self.head_dim);
         let q = self.q_lin.forward(x)?.reshape(shape)?;
         let k = self.k_lin.forward(x)?.reshape(shape)?;
         let v = self.v_lin.forward(x)?.reshape(shape)?;
-        let context = varlen_attention(&q, &k, &v, &t.seqlens, max_seqlen, false)?; // [n, heads, head_dim]
+        let context = varlen_attention(&q, &k, &v, &t.cu_seqlens)?; // [n, heads, head_dim]
         self.out_lin
             .forward(&context.reshape((n, self.n_heads * self.head_dim))?)
     }
@@ -167,10 +168,10 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, t: &BatchTensors, max_seqlen: usize) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, t: &BatchTensors) -> Result<Tensor> {
         let attended = self
             .sa_layer_norm
-            .forward(&(self.attention.forward(x, t, max_seqlen)? + x)?)?;
+            .forward(&(self.attention.forward(x, t)? + x)?)?;
         let h = self.activation.forward(&self.lin1.forward(&attended)?)?;
         let out = self.lin2.forward(&h)?;
         Ok(self.output_layer_norm.forward(&(out + attended)?)?)
@@ -209,7 +210,7 @@ impl EncoderForward for DistilBertModel {
         let last_hidden_state = self
             .layers
             .iter()
-            .try_fold(x, |x, layer| layer.forward(&x, &t, batch.max_seqlen))?;
+            .try_fold(x, |x, layer| layer.forward(&x, &t))?;
         Ok(EncoderOutput {
             last_hidden_state,
             pooler_output: None,
@@ -217,119 +218,42 @@ impl EncoderForward for DistilBertModel {
     }
 }
 
-/// `DistilBertForSequenceClassification`: `pre_classifier` + ReLU on `[CLS]`, then `classifier`.
-pub struct DistilBertForSequenceClassification {
-    distilbert: DistilBertModel,
-    pre_classifier: Linear,
-    classifier: Linear,
-}
-
-impl DistilBertForSequenceClassification {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        Ok(DistilBertForSequenceClassification {
-            distilbert: DistilBertModel::load(w, cfg, common)?,
-            pre_classifier: Linear::load(&w.pp("pre_classifier"), cfg.dim, cfg.dim)?,
-            classifier: Linear::load(&w.pp("classifier"), cfg.dim, common.id2label.len())?,
-        })
-    }
-}
-
-impl EncoderForward for DistilBertForSequenceClassification {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.distilbert.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        batch: &RaggedBatch,
-        _rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        let x = first_tokens(&out.last_hidden_state, batch)?;
-        let x = self.pre_classifier.forward(&x)?.relu()?;
-        self.classifier.forward(&x)
-    }
-}
-
-/// `DistilBertForTokenClassification`: a linear classifier on every token.
-pub struct DistilBertForTokenClassification {
-    distilbert: DistilBertModel,
-    classifier: Linear,
-}
-
-impl DistilBertForTokenClassification {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        Ok(DistilBertForTokenClassification {
-            distilbert: DistilBertModel::load(w, cfg, common)?,
-            classifier: Linear::load(&w.pp("classifier"), cfg.dim, common.id2label.len())?,
-        })
-    }
-}
-
-impl EncoderForward for DistilBertForTokenClassification {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.distilbert.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        _batch: &RaggedBatch,
-        rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        self.classifier
-            .forward(&select_rows(&out.last_hidden_state, rows)?)
-    }
-}
-
-/// `DistilBertForMaskedLM`: `vocab_transform`, activation, `vocab_layer_norm`, then
-/// `vocab_projector` tied to the word embeddings.
-pub struct DistilBertForMaskedLM {
-    distilbert: DistilBertModel,
-    vocab_transform: Linear,
-    activation: Activation,
-    vocab_layer_norm: LayerNorm,
-    vocab_projector: Linear,
-}
-
-impl DistilBertForMaskedLM {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        let distilbert = DistilBertModel::load(w, cfg, common)?;
-        let (d, v) = (cfg.dim, cfg.vocab_size);
-        let projector_weight = if w.contains("vocab_projector.weight") {
-            w.get([v, d], "vocab_projector.weight")?
-        } else {
-            distilbert.word_embeddings().clone()
-        };
-        Ok(DistilBertForMaskedLM {
-            vocab_transform: Linear::load(&w.pp("vocab_transform"), d, d)?,
+/// Loads `DistilBertModel`, `DistilBertForSequenceClassification` (`pre_classifier` + ReLU
+/// on `[CLS]`, then `classifier`), `DistilBertForTokenClassification` (`classifier` on every
+/// token) or `DistilBertForMaskedLM` (`vocab_transform`, activation, `vocab_layer_norm`,
+/// then `vocab_projector` tied to the word embeddings).
+pub fn load(
+    w: &Weights,
+    cfg: &Config,
+    common: &CommonConfig,
+    head: Head,
+) -> Result<Box<dyn EncoderForward>> {
+    let (d, labels) = (cfg.dim, common.id2label.len());
+    let distilbert = DistilBertModel::load(w, cfg, common)?;
+    let head = match head {
+        Head::Base => return Ok(Box::new(distilbert)),
+        Head::SequenceClassification => EncoderHead::FirstToken {
+            dense: Linear::load(&w.pp("pre_classifier"), d, d)?,
+            activation: Activation::Relu,
+            out_proj: Linear::load(&w.pp("classifier"), d, labels)?,
+        },
+        Head::TokenClassification => EncoderHead::PerToken {
+            classifier: Linear::load(&w.pp("classifier"), d, labels)?,
+        },
+        Head::MaskedLM => EncoderHead::MaskedLm {
+            dense: Linear::load(&w.pp("vocab_transform"), d, d)?,
             activation: cfg.activation(common)?,
-            vocab_layer_norm: layer_norm(&w.pp("vocab_layer_norm"), d, LAYER_NORM_EPS)?,
-            vocab_projector: Linear::from_parts(
-                projector_weight,
-                Some(w.get([v], "vocab_projector.bias")?),
-            ),
-            distilbert,
-        })
-    }
-}
-
-impl EncoderForward for DistilBertForMaskedLM {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.distilbert.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        _batch: &RaggedBatch,
-        rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        let h = select_rows(&out.last_hidden_state, rows)?;
-        let h = self
-            .activation
-            .forward(&self.vocab_transform.forward(&h)?)?;
-        let h = self.vocab_layer_norm.forward(&h)?;
-        self.vocab_projector.forward(&h)
-    }
+            norm: layer_norm(&w.pp("vocab_layer_norm"), d, LAYER_NORM_EPS)?,
+            decoder: tied_decoder(
+                &w.pp("vocab_projector"),
+                "weight",
+                &["bias"],
+                distilbert.word_embeddings(),
+            )?,
+        },
+    };
+    Ok(Box::new(WithHead {
+        base: distilbert,
+        head,
+    }))
 }

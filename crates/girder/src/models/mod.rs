@@ -1,17 +1,22 @@
 //! The architectures girder implements, and the registry that picks one from config.json
 //! the way transformers' AutoModel does: `architectures[0]` first, else `model_type`.
 //!
-//! [`ARCHITECTURES`] is the only table that lists architectures. Models never see text,
-//! files or threads: they get [`Weights`], a config and a [`RaggedBatch`].
+//! [`ARCHITECTURES`] lists the encoders and [`DECODERS`] the causal language models; they are
+//! the only tables that list architectures. Models never see text, files or threads: they
+//! get [`Weights`], a config and a [`RaggedBatch`] (decoders also each sequence's [`KvCache`]).
 
 pub mod bert;
 pub mod distilbert;
+pub mod gpt2;
+mod heads;
+pub mod llama;
 pub mod roberta;
 
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
+use crate::layers::KvCache;
 use candle_core::Tensor;
 
 /// What an encoder's base model returns.
@@ -203,65 +208,23 @@ impl EncoderModel {
             Ok(())
         };
         labels(head)?;
-        let (inner, position_limit, vocab_size): (Box<dyn EncoderForward>, usize, usize) =
-            match arch.family {
-                Family::Bert => {
-                    let cfg = bert::Config::from_common(config)?;
-                    let inner: Box<dyn EncoderForward> = match head {
-                        Head::Base => Box::new(bert::BertModel::load(weights, &cfg, config, true)?),
-                        Head::SequenceClassification => Box::new(
-                            bert::BertForSequenceClassification::load(weights, &cfg, config)?,
-                        ),
-                        Head::TokenClassification => Box::new(
-                            bert::BertForTokenClassification::load(weights, &cfg, config)?,
-                        ),
-                        Head::MaskedLM => {
-                            Box::new(bert::BertForMaskedLM::load(weights, &cfg, config)?)
-                        }
-                    };
-                    (inner, cfg.max_position_embeddings, cfg.vocab_size)
-                }
-                Family::DistilBert => {
-                    let cfg = distilbert::Config::from_common(config)?;
-                    let inner: Box<dyn EncoderForward> = match head {
-                        Head::Base => {
-                            Box::new(distilbert::DistilBertModel::load(weights, &cfg, config)?)
-                        }
-                        Head::SequenceClassification => {
-                            Box::new(distilbert::DistilBertForSequenceClassification::load(
-                                weights, &cfg, config,
-                            )?)
-                        }
-                        Head::TokenClassification => {
-                            Box::new(distilbert::DistilBertForTokenClassification::load(
-                                weights, &cfg, config,
-                            )?)
-                        }
-                        Head::MaskedLM => Box::new(distilbert::DistilBertForMaskedLM::load(
-                            weights, &cfg, config,
-                        )?),
-                    };
-                    (inner, cfg.max_position_embeddings, cfg.vocab_size)
-                }
-                Family::Roberta => {
-                    let cfg = bert::Config::from_common(config)?;
-                    let inner: Box<dyn EncoderForward> = match head {
-                        Head::Base => {
-                            Box::new(roberta::RobertaModel::load(weights, &cfg, config, true)?)
-                        }
-                        Head::SequenceClassification => Box::new(
-                            roberta::RobertaForSequenceClassification::load(weights, &cfg, config)?,
-                        ),
-                        Head::TokenClassification => Box::new(
-                            roberta::RobertaForTokenClassification::load(weights, &cfg, config)?,
-                        ),
-                        Head::MaskedLM => {
-                            Box::new(roberta::RobertaForMaskedLM::load(weights, &cfg, config)?)
-                        }
-                    };
-                    (inner, roberta::position_limit(&cfg), cfg.vocab_size)
-                }
-            };
+        let (inner, position_limit, vocab_size) = match arch.family {
+            Family::Bert => {
+                let cfg = bert::Config::from_common(config)?;
+                let inner = bert::load(weights, &cfg, config, head)?;
+                (inner, cfg.max_position_embeddings, cfg.vocab_size)
+            }
+            Family::DistilBert => {
+                let cfg = distilbert::Config::from_common(config)?;
+                let inner = distilbert::load(weights, &cfg, config, head)?;
+                (inner, cfg.max_position_embeddings, cfg.vocab_size)
+            }
+            Family::Roberta => {
+                let cfg = bert::Config::from_common(config)?;
+                let inner = roberta::load(weights, &cfg, config, head)?;
+                (inner, roberta::position_limit(&cfg), cfg.vocab_size)
+            }
+        };
         Ok(EncoderModel {
             class_name,
             family: arch.family,
@@ -317,6 +280,261 @@ impl EncoderModel {
             });
         }
         self.inner.head(out, batch, rows)
+    }
+}
+
+/// Which rows a decoder turns into logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// The last token of each sequence: `[num_seqs, vocab]` (generation).
+    Last,
+    /// Every token: `[total_tokens, vocab]` (scoring a prompt, parity tests).
+    All,
+}
+
+/// The forward pass every causal language model implements.
+///
+/// `batch` holds each sequence's new tokens, with `positions` continuing from what its cache
+/// holds ([`RaggedBatch::push_from`]); `caches[i]` belongs to sequence `i` and receives its
+/// keys and values. A prompt is processed in one call (prefill), then one token per call.
+pub trait DecoderForward: Send + Sync {
+    /// Logits of the rows `logits` selects.
+    fn forward(
+        &self,
+        batch: &RaggedBatch,
+        caches: &mut [&mut KvCache],
+        logits: Logits,
+    ) -> Result<Tensor>;
+
+    /// An empty cache for one sequence, with room for `capacity` positions (it grows beyond).
+    fn new_cache(&self, capacity: usize) -> Result<KvCache>;
+
+    /// Positions the model can attend over (`max_position_embeddings` / `n_positions`).
+    fn context_length(&self) -> usize;
+
+    /// Rows of the output projection.
+    fn vocab_size(&self) -> usize;
+}
+
+/// Checks what a decoder needs of its batch: one cache per sequence, positions continuing
+/// from the cache, and no position past the context.
+pub(crate) fn check_decoder_batch(
+    batch: &RaggedBatch,
+    caches: &[&mut KvCache],
+    context_length: usize,
+) -> Result<()> {
+    if caches.len() != batch.num_seqs() {
+        return Err(Error::InvalidOption {
+            option: "caches".into(),
+            reason: format!(
+                "{} caches for {} sequences: each sequence needs its own",
+                caches.len(),
+                batch.num_seqs()
+            ),
+        });
+    }
+    for (i, cache) in caches.iter().enumerate() {
+        let range = batch.seq_range(i);
+        if range.is_empty() {
+            return Err(Error::BadInput {
+                index: i,
+                reason: "the sequence has no tokens".into(),
+            });
+        }
+        let first = batch.positions[range.start] as usize;
+        if first != cache.len() {
+            return Err(Error::InvalidOption {
+                option: "positions".into(),
+                reason: format!(
+                    "sequence {i} starts at position {first} but its cache holds {} positions",
+                    cache.len()
+                ),
+            });
+        }
+        let end = cache.len() + range.len();
+        if end > context_length {
+            return Err(Error::ContextLength {
+                index: i,
+                tokens: end,
+                max: context_length,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `hidden` `[total_tokens, hidden]` restricted to the rows `logits` selects.
+pub(crate) fn logit_rows(hidden: &Tensor, batch: &RaggedBatch, logits: Logits) -> Result<Tensor> {
+    match logits {
+        Logits::All => Ok(hidden.clone()),
+        Logits::Last => {
+            let rows: Vec<u32> = batch.cu_seqlens[1..].iter().map(|&end| end - 1).collect();
+            let rows = Tensor::new(rows, hidden.device())?;
+            Ok(hidden.index_select(&rows, 0)?)
+        }
+    }
+}
+
+/// The decoder implementations (one file per family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderFamily {
+    Gpt2,
+    Llama,
+}
+
+/// One row of the decoder registry.
+#[derive(Debug)]
+pub struct DecoderArchitecture {
+    /// `model_type` of config.json.
+    pub model_type: &'static str,
+    /// transformers' class name, `architectures[0]`.
+    pub class_name: &'static str,
+    /// The implementation.
+    pub family: DecoderFamily,
+}
+
+/// Every causal language model girder supports.
+pub const DECODERS: &[DecoderArchitecture] = &[
+    DecoderArchitecture {
+        model_type: "gpt2",
+        class_name: "GPT2LMHeadModel",
+        family: DecoderFamily::Gpt2,
+    },
+    DecoderArchitecture {
+        model_type: "llama",
+        class_name: "LlamaForCausalLM",
+        family: DecoderFamily::Llama,
+    },
+    DecoderArchitecture {
+        model_type: "mistral",
+        class_name: "MistralForCausalLM",
+        family: DecoderFamily::Llama,
+    },
+    DecoderArchitecture {
+        model_type: "qwen2",
+        class_name: "Qwen2ForCausalLM",
+        family: DecoderFamily::Llama,
+    },
+];
+
+/// AutoModelForCausalLM dispatch: `architectures[0]`, else `model_type`.
+pub fn resolve_decoder(config: &CommonConfig) -> Result<&'static DecoderArchitecture> {
+    let unsupported = |name: &str| Error::UnsupportedArchitecture {
+        name: name.to_string(),
+        supported: DECODERS
+            .iter()
+            .map(|d| d.class_name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    if let Some(class) = config.architectures.first() {
+        return DECODERS
+            .iter()
+            .find(|d| d.class_name == class)
+            .ok_or_else(|| unsupported(class));
+    }
+    match &config.model_type {
+        Some(model_type) => DECODERS
+            .iter()
+            .find(|d| d.model_type == model_type)
+            .ok_or_else(|| unsupported(model_type)),
+        None => Err(Error::BadConfig {
+            file: config.path.clone(),
+            field: "architectures".into(),
+            reason:
+                "neither `architectures` nor `model_type` is set, so the architecture is unknown"
+                    .into(),
+        }),
+    }
+}
+
+/// A loaded causal language model, dispatched from config.json.
+pub struct DecoderModel {
+    class_name: String,
+    inner: Box<dyn DecoderForward>,
+}
+
+impl std::fmt::Debug for DecoderModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecoderModel")
+            .field("class_name", &self.class_name)
+            .finish()
+    }
+}
+
+impl DecoderModel {
+    /// Builds the class named by the config from a safetensors checkpoint.
+    pub fn load(config: &CommonConfig, weights: &Weights) -> Result<Self> {
+        let arch = resolve_decoder(config)?;
+        let inner: Box<dyn DecoderForward> = match arch.family {
+            DecoderFamily::Gpt2 => {
+                let cfg = gpt2::Config::from_common(config)?;
+                Box::new(gpt2::GPT2LMHeadModel::load(weights, &cfg)?)
+            }
+            DecoderFamily::Llama => {
+                let cfg = llama::Config::from_common(config)?;
+                Box::new(llama::LlamaForCausalLM::load(weights, &cfg)?)
+            }
+        };
+        Ok(DecoderModel {
+            class_name: arch.class_name.to_string(),
+            inner,
+        })
+    }
+
+    /// Builds a LLaMA-family model from a GGUF file (`llama`, `qwen2`). With
+    /// `keep_quantized`, the projections stay quantized and run on candle's quantized matmul;
+    /// otherwise every tensor is dequantized to f32.
+    pub fn load_gguf(gguf: crate::hub::GgufFile, keep_quantized: bool) -> Result<Self> {
+        let cfg = llama::Config::from_gguf(&gguf)?;
+        let class_name = match gguf.architecture() {
+            "qwen2" => "Qwen2ForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        let device = candle_core::Device::Cpu;
+        let weights = Weights::from_gguf(gguf, keep_quantized, candle_core::DType::F32, &device);
+        Ok(DecoderModel {
+            class_name: class_name.to_string(),
+            inner: Box::new(llama::LlamaForCausalLM::load(&weights, &cfg)?),
+        })
+    }
+
+    /// Wraps an implementation built elsewhere.
+    pub fn from_parts(class_name: impl Into<String>, inner: Box<dyn DecoderForward>) -> Self {
+        DecoderModel {
+            class_name: class_name.into(),
+            inner,
+        }
+    }
+
+    /// transformers' class name, e.g. `LlamaForCausalLM`.
+    pub fn class_name(&self) -> &str {
+        &self.class_name
+    }
+
+    /// See [`DecoderForward::forward`].
+    pub fn forward(
+        &self,
+        batch: &RaggedBatch,
+        caches: &mut [&mut KvCache],
+        logits: Logits,
+    ) -> Result<Tensor> {
+        self.inner.forward(batch, caches, logits)
+    }
+
+    /// See [`DecoderForward::new_cache`].
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        self.inner.new_cache(capacity)
+    }
+
+    /// See [`DecoderForward::context_length`].
+    pub fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+
+    /// See [`DecoderForward::vocab_size`].
+    pub fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
     }
 }
 

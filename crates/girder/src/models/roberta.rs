@@ -5,8 +5,9 @@
 //! ([`super::bert::Encoder`]); what differs is the embeddings (positions start after
 //! `padding_idx`) and the heads (a two-layer classification head, an LM head with GELU).
 
-use super::bert::{base_weights, first_tokens, select_rows, Config, Encoder, Pooler};
-use super::{EncoderForward, EncoderOutput};
+use super::bert::{base_weights, Config, Encoder, Pooler};
+use super::heads::{tied_decoder, EncoderHead, WithHead};
+use super::{EncoderForward, EncoderOutput, Head};
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::Result;
@@ -126,7 +127,7 @@ impl EncoderForward for RobertaModel {
         let x = self
             .embeddings
             .forward(batch, &t.input_ids, &t.token_type_ids)?;
-        let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
+        let last_hidden_state = self.encoder.forward(x, &t)?;
         let pooler_output = match &self.pooler {
             Some(p) => Some(p.forward(&last_hidden_state, batch)?),
             None => None,
@@ -138,122 +139,48 @@ impl EncoderForward for RobertaModel {
     }
 }
 
-/// `RobertaForSequenceClassification`: dense + tanh on `<s>`, then `out_proj`
-/// (`RobertaClassificationHead`; no pooler).
-pub struct RobertaForSequenceClassification {
-    roberta: RobertaModel,
-    dense: Linear,
-    out_proj: Linear,
-}
-
-impl RobertaForSequenceClassification {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        Ok(RobertaForSequenceClassification {
-            roberta: RobertaModel::load(w, cfg, common, false)?,
+/// Loads `RobertaModel` / `XLMRobertaModel` (with its pooler), `…ForSequenceClassification`
+/// (`RobertaClassificationHead`: dense + tanh on `<s>`, then `out_proj`; no pooler),
+/// `…ForTokenClassification` (`classifier` on every token) or `…ForMaskedLM` (`lm_head`:
+/// dense, exact GELU whatever `hidden_act` says, as `RobertaLMHead` hard-codes it,
+/// LayerNorm, decoder tied to the word embeddings).
+pub fn load(
+    w: &Weights,
+    cfg: &Config,
+    common: &CommonConfig,
+    head: Head,
+) -> Result<Box<dyn EncoderForward>> {
+    let (h, labels) = (cfg.hidden_size, common.id2label.len());
+    let roberta = RobertaModel::load(w, cfg, common, head == Head::Base)?;
+    let head = match head {
+        Head::Base => return Ok(Box::new(roberta)),
+        Head::SequenceClassification => EncoderHead::FirstToken {
             dense: Linear::load(&w.pp("classifier.dense"), h, h)?,
-            out_proj: Linear::load(&w.pp("classifier.out_proj"), h, common.id2label.len())?,
-        })
-    }
-}
-
-impl EncoderForward for RobertaForSequenceClassification {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.roberta.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        batch: &RaggedBatch,
-        _rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        let x = first_tokens(&out.last_hidden_state, batch)?;
-        let x = self.dense.forward(&x)?.tanh()?;
-        self.out_proj.forward(&x)
-    }
-}
-
-/// `RobertaForTokenClassification`: a linear classifier on every token.
-pub struct RobertaForTokenClassification {
-    roberta: RobertaModel,
-    classifier: Linear,
-}
-
-impl RobertaForTokenClassification {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        Ok(RobertaForTokenClassification {
-            roberta: RobertaModel::load(w, cfg, common, false)?,
-            classifier: Linear::load(&w.pp("classifier"), cfg.hidden_size, common.id2label.len())?,
-        })
-    }
-}
-
-impl EncoderForward for RobertaForTokenClassification {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.roberta.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        _batch: &RaggedBatch,
-        rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        self.classifier
-            .forward(&select_rows(&out.last_hidden_state, rows)?)
-    }
-}
-
-/// `RobertaForMaskedLM`: dense, exact GELU (whatever `hidden_act` says, as
-/// `RobertaLMHead` hard-codes it), LayerNorm, decoder tied to the word embeddings, bias.
-pub struct RobertaForMaskedLM {
-    roberta: RobertaModel,
-    dense: Linear,
-    layer_norm: LayerNorm,
-    decoder: Linear,
-}
-
-impl RobertaForMaskedLM {
-    pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        let roberta = RobertaModel::load(w, cfg, common, false)?;
-        let p = w.pp("lm_head");
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let decoder_weight = if p.contains("decoder.weight") {
-            p.get([v, h], "decoder.weight")?
-        } else {
-            roberta.word_embeddings().clone()
-        };
-        let bias = if p.contains("bias") {
-            p.get([v], "bias")?
-        } else {
-            p.get([v], "decoder.bias")?
-        };
-        Ok(RobertaForMaskedLM {
-            dense: Linear::load(&p.pp("dense"), h, h)?,
-            layer_norm: layer_norm(&p.pp("layer_norm"), h, cfg.layer_norm_eps)?,
-            decoder: Linear::from_parts(decoder_weight, Some(bias)),
-            roberta,
-        })
-    }
-}
-
-impl EncoderForward for RobertaForMaskedLM {
-    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.roberta.encode(batch)
-    }
-
-    fn head(
-        &self,
-        out: &EncoderOutput,
-        _batch: &RaggedBatch,
-        rows: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        let h = select_rows(&out.last_hidden_state, rows)?;
-        let h = Activation::Gelu.forward(&self.dense.forward(&h)?)?;
-        let h = self.layer_norm.forward(&h)?;
-        self.decoder.forward(&h)
-    }
+            activation: Activation::Tanh,
+            out_proj: Linear::load(&w.pp("classifier.out_proj"), h, labels)?,
+        },
+        Head::TokenClassification => EncoderHead::PerToken {
+            classifier: Linear::load(&w.pp("classifier"), h, labels)?,
+        },
+        Head::MaskedLM => {
+            let p = w.pp("lm_head");
+            EncoderHead::MaskedLm {
+                dense: Linear::load(&p.pp("dense"), h, h)?,
+                activation: Activation::Gelu,
+                norm: layer_norm(&p.pp("layer_norm"), h, cfg.layer_norm_eps)?,
+                decoder: tied_decoder(
+                    &p,
+                    "decoder.weight",
+                    &["bias", "decoder.bias"],
+                    roberta.word_embeddings(),
+                )?,
+            }
+        }
+    };
+    Ok(Box::new(WithHead {
+        base: roberta,
+        head,
+    }))
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// Tokens per forward pass at most (see [`DEFAULT_MAX_BATCH_TOKENS`]).
     pub max_batch_tokens: usize,
+    /// Take the tokenizer from this folder or hub id instead of the model's own folder
+    /// (to check a tokenizer against a model: `girder check --tokenizer`).
+    pub tokenizer: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -92,6 +95,7 @@ impl Default for LoadOptions {
             truncation: Truncation::Truncate,
             device: Device::Cpu,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            tokenizer: None,
         }
     }
 }
@@ -135,7 +139,12 @@ impl Model {
         let config = CommonConfig::from_file(
             &folder.require("config.json", "a model folder needs config.json")?,
         )?;
-        let mut tokenizer = TextTokenizer::from_folder(&folder)?;
+        let mut tokenizer = match &options.tokenizer {
+            Some(reference) => {
+                TextTokenizer::from_folder(&ModelRef::parse(reference).resolve_tokenizer()?)?
+            }
+            None => TextTokenizer::from_folder(&folder)?,
+        };
         let weights =
             Weights::from_safetensors(&folder.weight_files()?, DType::F32, &options.device)?;
         let encoder = EncoderModel::load(&config, &weights)?;

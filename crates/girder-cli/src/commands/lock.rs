@@ -1,0 +1,69 @@
+//! `girder lock`: pin the tokenizer's fingerprint, the probe's token ids and (for
+//! classifiers) the label distribution, for `girder check --lock` to compare with later.
+
+use super::check::{load, read_probe};
+use anyhow::{bail, Result};
+use clap::Args;
+use girder::check::{self, lock, CheckOptions, Severity};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct LockArgs {
+    /// A model folder, or a hub id (`org/name[@revision]`) in the Hugging Face cache.
+    #[arg(long, short)]
+    model: String,
+    /// Pin this tokenizer (a folder or hub id) instead of the model's own.
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Probe texts: one per line (or a .jsonl file with a `text` field); default: built in.
+    #[arg(long)]
+    probe: Option<PathBuf>,
+    /// Where to write the lock.
+    #[arg(long, default_value = "girder.lock")]
+    out: PathBuf,
+    /// Pin even when the pre-flight check finds errors.
+    #[arg(long)]
+    allow_mismatch: bool,
+}
+
+pub fn run(args: LockArgs) -> Result<()> {
+    let probe = read_probe(args.probe.as_deref())?;
+    let loaded = load(&args.model, args.tokenizer.as_deref())?;
+    let subject = loaded.subject();
+    let options = CheckOptions {
+        probe,
+        ..CheckOptions::default()
+    };
+    let texts = check::probe_texts(&options);
+    let report = check::preflight_subject(&subject, &texts)?;
+    let errors: Vec<String> = report
+        .with_severity(Severity::Error)
+        .map(|f| format!("{}: {}", f.code, f.message))
+        .collect();
+    if !errors.is_empty() {
+        if !args.allow_mismatch {
+            bail!(
+                "refusing to pin a model that fails the pre-flight check ({}); fix it, or pass --allow-mismatch",
+                errors.join("; ")
+            );
+        }
+        eprintln!(
+            "WARNING: pinning despite pre-flight errors: {}",
+            errors.join("; ")
+        );
+    }
+    let pinned = lock::create(&subject, &texts)?;
+    lock::write(&pinned, &args.out)?;
+    println!(
+        "wrote {}: {} probe texts, tokenizer sha256 {}{}",
+        args.out.display(),
+        pinned.probe.len(),
+        pinned.tokenizer.sha256.get(..12).unwrap_or_default(),
+        pinned
+            .classifier
+            .as_ref()
+            .map(|c| format!(", label distribution over {}", c.labels.join("/")))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The pre-flight guard: does this tokenizer fit this model, and has tokenization drifted?
+//!
+//! A wrong tokenizer (or a library upgrade that changed tokenization) produces garbage
+//! without an error: transformers warns in a few cases and checks none of them properly.
+//! [`check`] runs every check on a loaded [`Model`] and returns a [`Report`] of
+//! [`Finding`]s, each with a severity, a stable code, a message that names the numbers,
+//! and the fix. [`preflight`] is the subset `girder run` runs at load.
+//!
+//! | module | checks | codes |
+//! |---|---|---|
+//! | [`fit`] | vocabulary against the embedding matrix, special tokens, length limits, casing and accents, unknown-token rate | `vocab-overflow`, `vocab-truncated`, `vocab-smaller`, `vocab-size-config`, `special-token-unknown`, `special-token-mismatch`, `pad-token-missing`, `max-length-unset`, `max-length-exceeds-positions`, `baked-padding`, `baked-truncation`, `casing-mismatch`, `accents-stripped`, `unk-rate` |
+//! | [`canary`] | the model's own embedding rows tell a wrong tokenizer of plausible size | `tokenizer-mismatch`, `canary-passed`, `canary-untrained`, `canary-inconclusive` |
+//! | [`lock`] | drift against a pinned `girder.lock` | `lock-ids-changed`, `lock-fingerprint-changed`, `lock-label-drift`, `lock-label-takeover`, `lock-scores-drift`, `lock-ok` |
+//! | [`model_card`] | README.md's YAML front matter, license and language policy | `card`, `card-missing`, `card-invalid`, `license-denied`, `language-missing` |
+//!
+//! Severity: an error means the model must not be trusted as loaded; a warning means the
+//! user must act; info is what girder handles safely by itself.
+
+pub mod canary;
+pub mod fit;
+pub mod lock;
+pub mod model_card;
+
+use crate::config::CommonConfig;
+use crate::error::Result;
+use crate::hub::{ModelFolder, ModelRef};
+use crate::models::{self, DecoderFamily, Family};
+use crate::pipelines::{LoadOptions, Model};
+use crate::tokenize::TextTokenizer;
+use serde::{Deserialize, Serialize};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Handled safely by girder, or a fact worth showing.
+    Info,
+    /// The user must act (outputs may be degraded, or another tool would break).
+    Warning,
+    /// The model and tokenizer must not be used together as they are.
+    Error,
+}
+
+impl Severity {
+    /// `error`, `warning`, `info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// One result of a check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable, kebab-case (`vocab-overflow`); scripts may match on it.
+    pub code: String,
+    /// One line that names the numbers.
+    pub message: String,
+    /// What to do about it (empty for plain information).
+    pub fix: String,
+}
+
+impl Finding {
+    /// A finding; `fix` may be empty.
+    pub fn new(
+        severity: Severity,
+        code: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Finding {
+            severity,
+            code: code.to_string(),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The findings of one check run; serialises as `{"ok": bool, "findings": [...]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// No finding is an error.
+    pub ok: bool,
+    /// Errors first, then warnings, then info; in check order within a severity.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// A report of `findings`, sorted by severity (stable within one).
+    pub fn new(mut findings: Vec<Finding>) -> Self {
+        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+        Report {
+            ok: !findings.iter().any(|f| f.severity == Severity::Error),
+            findings,
+        }
+    }
+
+    /// Adds findings, keeping the order and `ok` right.
+    pub fn extend(&mut self, more: impl IntoIterator<Item = Finding>) {
+        let mut all = std::mem::take(&mut self.findings);
+        all.extend(more);
+        *self = Report::new(all);
+    }
+
+    /// The findings with this severity.
+    pub fn with_severity(&self, severity: Severity) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(move |f| f.severity == severity)
+    }
+
+    /// Whether a finding has this code.
+    pub fn has(&self, code: &str) -> bool {
+        self.findings.iter().any(|f| f.code == code)
+    }
+
+    /// The first finding with this code.
+    pub fn get(&self, code: &str) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.code == code)
+    }
+}
+
+/// What [`check`] looks at besides the model.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Probe texts (`--probe`); `None`: the built-in [`PROBE`].
+    pub probe: Option<Vec<String>>,
+    /// Licenses (model-card ids such as `cc-by-nc-4.0`) that make the check fail.
+    pub deny_licenses: Vec<String>,
+    /// Languages the model card must list (any one of them suffices per entry).
+    pub require_languages: Vec<String>,
+}
+
+/// The built-in probe: everyday English across domains and registers (reviews, news,
+/// instructions, science), then a few lines in other languages and scripts, so that a
+/// tokenizer's coverage and the embedding rows it lands on are both exercised.
+pub const PROBE: &[&str] = &[
+    "The quick brown fox jumps over the lazy dog.",
+    "I loved this movie, but the ending was terrible and the actors seemed bored.",
+    "The company reported higher revenue in the third quarter than analysts expected.",
+    "Please send the documents to my office before Friday afternoon.",
+    "Scientists discovered a new species of frog in the rainforests of Brazil.",
+    "She was running late, so she took a taxi to the airport.",
+    "The children played happily in the park while their parents talked.",
+    "Our government announced new policies on education, health and housing.",
+    "He works as a doctor at the hospital and teaches students at the university.",
+    "The weather will be cold and rainy tomorrow, with strong winds in the north.",
+    "This product is great, I would buy it again and recommend it to my friends.",
+    "Absolutely awful service: the food was cold and the waiter was rude.",
+    "What time does the next train to London leave?",
+    "Les enfants jouent dans le jardin pendant que leurs parents parlent.",
+    "Die Regierung hat neue Gesetze für Bildung und Gesundheit beschlossen.",
+    "El presidente visitó la ciudad y habló con los trabajadores.",
+    "Il tempo sarà freddo domani, con pioggia e vento forte.",
+    "Москва является столицей России.",
+    "東京は日本の首都です。",
+    "北京是中国的首都。",
+];
+
+/// The probe texts to use: the caller's, else [`PROBE`].
+pub fn probe_texts(options: &CheckOptions) -> Vec<String> {
+    match &options.probe {
+        Some(texts) if !texts.is_empty() => texts.clone(),
+        _ => PROBE.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// What the checks look at: a model folder (config, weights) and the tokenizer to check.
+///
+/// Borrowed from a loaded encoder ([`Subject::of`]) or from a [`Loaded`] decoder's files;
+/// the checks read the tokenizer, config.json and the embedding tensor, never run the network
+/// (except the lock's classifier probe, which needs [`Subject::model`]).
+#[derive(Clone, Copy)]
+pub struct Subject<'a> {
+    pub folder: &'a ModelFolder,
+    pub config: &'a CommonConfig,
+    pub tokenizer: &'a TextTokenizer,
+    /// transformers' class name, e.g. `BertModel`, `LlamaForCausalLM`.
+    pub class_name: &'a str,
+    /// A causal language model (girder generates without padding).
+    pub decoder: bool,
+    /// Positions the model can index (RoBERTa's padding offset already removed).
+    pub position_limit: usize,
+    /// Positions lost to an offset (RoBERTa: `padding_idx + 1`), for messages.
+    pub position_offset: usize,
+    /// The longest input girder feeds the model.
+    pub max_length: usize,
+    /// The loaded encoder, for checks that run it.
+    pub model: Option<&'a Model>,
+}
+
+impl<'a> Subject<'a> {
+    /// The subject of a loaded encoder.
+    pub fn of(model: &'a Model) -> Self {
+        let positions = model.encoder.position_limit();
+        let offset = match (model.encoder.family(), model.config.max_position_embeddings) {
+            (Family::Roberta, Some(declared)) => declared.saturating_sub(positions),
+            _ => 0,
+        };
+        Subject {
+            folder: &model.folder,
+            config: &model.config,
+            tokenizer: &model.tokenizer,
+            class_name: model.encoder.class_name(),
+            decoder: false,
+            position_limit: positions,
+            position_offset: offset,
+            max_length: model.tokenizer.max_length(),
+            model: Some(model),
+        }
+    }
+}
+
+/// A model opened for checking: an encoder loaded as for `girder run`, or a causal language
+/// model's files (its network is not built: the checks read only files and the embedding).
+#[derive(Debug)]
+pub enum Loaded {
+    Encoder(Box<Model>),
+    Decoder(Box<DecoderFiles>),
+}
+
+/// The files of a causal language model, as the checks need them.
+#[derive(Debug)]
+pub struct DecoderFiles {
+    pub folder: ModelFolder,
+    pub config: CommonConfig,
+    pub tokenizer: TextTokenizer,
+    pub class_name: String,
+    pub position_limit: usize,
+}
+
+impl Loaded {
+    /// Opens `reference` (folder or hub id) with its own tokenizer, or with `tokenizer`
+    /// (a folder or hub id) when given. Encoders are loaded whole, so a checkpoint that
+    /// does not fit its architecture fails here.
+    pub fn open(reference: &str, tokenizer: Option<&str>) -> Result<Self> {
+        let folder = ModelRef::parse(reference).resolve()?;
+        let config = CommonConfig::from_file(
+            &folder.require("config.json", "a model folder needs config.json")?,
+        )?;
+        let decoder = match models::resolve(&config) {
+            Ok(_) => None,
+            Err(encoder_error) => match models::resolve_decoder(&config) {
+                Ok(arch) => Some(arch),
+                Err(_) => return Err(encoder_error),
+            },
+        };
+        let Some(arch) = decoder else {
+            let options = LoadOptions {
+                tokenizer: tokenizer.map(String::from),
+                ..LoadOptions::default()
+            };
+            return Ok(Loaded::Encoder(Box::new(Model::load_folder(
+                folder, &options,
+            )?)));
+        };
+        let tokenizer = match tokenizer {
+            Some(t) => TextTokenizer::from_folder(&ModelRef::parse(t).resolve_tokenizer()?)?,
+            None => TextTokenizer::from_folder(&folder)?,
+        };
+        let position_limit = match arch.family {
+            DecoderFamily::Gpt2 => models::gpt2::Config::from_common(&config)?.n_positions,
+            DecoderFamily::Llama => {
+                models::llama::Config::from_common(&config)?.max_position_embeddings
+            }
+        };
+        Ok(Loaded::Decoder(Box::new(DecoderFiles {
+            folder,
+            config,
+            tokenizer,
+            class_name: arch.class_name.to_string(),
+            position_limit,
+        })))
+    }
+
+    /// What the checks look at.
+    pub fn subject(&self) -> Subject<'_> {
+        match self {
+            Loaded::Encoder(model) => Subject::of(model),
+            Loaded::Decoder(d) => Subject {
+                folder: &d.folder,
+                config: &d.config,
+                tokenizer: &d.tokenizer,
+                class_name: &d.class_name,
+                decoder: true,
+                position_limit: d.position_limit,
+                position_offset: 0,
+                max_length: d.position_limit,
+                model: None,
+            },
+        }
+    }
+}
+
+/// The checks that decide whether a model may run: vocabulary fit, special tokens,
+/// length, casing, unknown-token rate and the weight-based canary. `girder run` runs
+/// this at load and refuses to start on an error unless `--allow-mismatch` is given.
+pub fn preflight(model: &Model) -> Result<Report> {
+    preflight_subject(&Subject::of(model), &probe_texts(&CheckOptions::default()))
+}
+
+/// [`preflight`] on any subject, with these probe texts.
+pub fn preflight_subject(subject: &Subject, probe: &[String]) -> Result<Report> {
+    let embedding = canary::EmbeddingMatrix::load(subject)?;
+    let mut findings = fit::check(subject, embedding.as_ref().map(|e| e.rows()), probe)?;
+    findings.extend(canary::check(subject, embedding.as_ref(), probe)?);
+    Ok(Report::new(findings))
+}
+
+/// Every check except the lock: [`preflight`] plus the model card.
+///
+/// ```
+/// # fn main() -> girder::Result<()> {
+/// use girder::check::{self, CheckOptions, Severity};
+/// use girder::pipelines::{LoadOptions, Model};
+///
+/// let model = Model::load("tests/fixtures/bert-seqcls", &LoadOptions::default())?;
+/// let report = check::check(&model, &CheckOptions::default())?;
+/// assert!(report.ok);
+/// // A fixture has no model card: a warning, not an error.
+/// assert_eq!(report.get("card-missing").map(|f| f.severity), Some(Severity::Warning));
+///
+/// // The same model with RoBERTa's tokenizer: its ids overflow the embedding matrix.
+/// let options = LoadOptions {
+///     tokenizer: Some("tests/fixtures/roberta-base".into()),
+///     ..LoadOptions::default()
+/// };
+/// let mismatched = Model::load("tests/fixtures/bert-seqcls", &options)?;
+/// let report = check::check(&mismatched, &CheckOptions::default())?;
+/// assert!(!report.ok && report.has("vocab-overflow"));
+/// # Ok(())
+/// # }
+/// ```
+pub fn check(model: &Model, options: &CheckOptions) -> Result<Report> {
+    check_subject(&Subject::of(model), options)
+}
+
+/// [`check`] on any subject.
+pub fn check_subject(subject: &Subject, options: &CheckOptions) -> Result<Report> {
+    let probe = probe_texts(options);
+    let mut report = preflight_subject(subject, &probe)?;
+    report.extend(model_card::check(
+        subject.folder.root(),
+        &options.deny_licenses,
+        &options.require_languages,
+    ));
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_sorts_by_severity_and_knows_ok() {
+        let report = Report::new(vec![
+            Finding::new(Severity::Info, "a", "m", ""),
+            Finding::new(Severity::Error, "b", "m", "f"),
+            Finding::new(Severity::Warning, "c", "m", "f"),
+        ]);
+        assert!(!report.ok);
+        let codes: Vec<_> = report.findings.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, ["b", "c", "a"]);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["findings"][0]["severity"], "error");
+        assert_eq!(json["ok"], false);
+        let mut report = Report::new(vec![]);
+        assert!(report.ok);
+        report.extend([Finding::new(Severity::Error, "x", "m", "f")]);
+        assert!(!report.ok && report.has("x"));
+    }
+}

@@ -1,0 +1,519 @@
+//! Text generation with a causal language model: the loop that turns prompts into
+//! continuations, and when it stops.
+//!
+//! Each prompt gets its own [`KvCache`], sized once for `prompt + max_new_tokens` positions.
+//! All prompts are processed in one forward pass (prefill, packed without padding), then
+//! every unfinished sequence advances by one token per forward pass. Because batches are
+//! ragged, there is no padding, no attention mask and no pad token that could be mistaken for
+//! eos: a prompt's continuation does not depend on the other prompts of its batch.
+//!
+//! A sequence stops at an eos id (`eos_token_id` of generation_config.json, else config.json;
+//! either may list several), after `max_new_tokens`, or when it fills the model's context.
+//! Or at a stop string ([`stream`]). The next token is chosen greedily or sampled
+//! ([`sampling`]). Follows transformers `generation/utils.py` (`GenerationMixin.generate`).
+
+pub mod chat;
+pub mod sampling;
+pub mod stream;
+
+pub use sampling::Sampling;
+
+use crate::batch::RaggedBatch;
+use crate::config::{read_json, CommonConfig};
+use crate::error::{Error, Result};
+use crate::hub::{GgufFile, ModelFolder, ModelRef, Weights};
+use crate::layers::KvCache;
+use crate::models::{DecoderModel, Logits};
+use crate::tokenize::{TextTokenizer, Truncation};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One or several token ids, as `eos_token_id` is written in config files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<u32> {
+        match self {
+            OneOrMany::One(id) => vec![id],
+            OneOrMany::Many(ids) => ids,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IdFields {
+    #[serde(default)]
+    eos_token_id: Option<OneOrMany>,
+    #[serde(default)]
+    bos_token_id: Option<OneOrMany>,
+}
+
+/// What generation_config.json (else config.json) says about generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerationConfig {
+    /// Ids that end a sequence.
+    pub eos_token_ids: Vec<u32>,
+    /// The id a tokenizer prepends, if any.
+    pub bos_token_id: Option<u32>,
+}
+
+impl GenerationConfig {
+    /// Reads `generation_config.json` when present; config.json fills what it lacks.
+    pub fn from_folder(folder: &ModelFolder, config: &CommonConfig) -> Result<Self> {
+        let from_config: IdFields = config.parse_as()?;
+        let from_generation: IdFields = match folder.file("generation_config.json") {
+            Some(path) => read_json(&path)?,
+            None => IdFields::default(),
+        };
+        let eos = from_generation
+            .eos_token_id
+            .or(from_config.eos_token_id)
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
+        let bos = from_generation
+            .bos_token_id
+            .or(from_config.bos_token_id)
+            .and_then(|b| b.into_vec().first().copied());
+        Ok(GenerationConfig {
+            eos_token_ids: eos,
+            bos_token_id: bos,
+        })
+    }
+}
+
+/// How to generate. `Default` is greedy decoding of up to 256 new tokens (the default of
+/// transformers' text-generation pipeline), stopping at the model's eos ids.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Options {
+    /// New tokens per prompt, at most; `None`: 256.
+    pub max_new_tokens: Option<usize>,
+    /// Ids that end a sequence; `None`: the model's (generation_config.json / config.json).
+    pub eos_token_ids: Option<Vec<u32>>,
+    /// Strings that end a sequence; the text stops before them. None may be empty.
+    pub stop: Vec<String>,
+    /// Greedy (default) or sampling.
+    pub sampling: Sampling,
+}
+
+impl Options {
+    /// [`max_new_tokens`](Self::max_new_tokens) with its default.
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_new_tokens.unwrap_or(256)
+    }
+
+    /// Checks every option; the first bad one is named.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "max_new_tokens".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        stream::validate_stops(&self.stop)?;
+        self.sampling.validate()
+    }
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `max_new_tokens` reached, or the model's context is full.
+    Length,
+    /// A stop string appeared in the text.
+    Stop,
+    /// An eos id was generated (it is the last of `token_ids`).
+    Eos,
+}
+
+/// The continuation of one prompt, as token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedIds {
+    /// The new tokens (an eos id that ended the sequence included, as transformers returns it).
+    pub token_ids: Vec<u32>,
+    /// Why generation stopped.
+    pub finish_reason: FinishReason,
+}
+
+/// The continuation of one prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Generation {
+    /// The new tokens decoded, special tokens skipped.
+    pub text: String,
+    /// The new tokens.
+    pub token_ids: Vec<u32>,
+    /// Why generation stopped.
+    pub finish_reason: FinishReason,
+    /// Tokens of the prompt, special tokens included.
+    pub prompt_tokens: usize,
+    /// `token_ids.len()`.
+    pub completion_tokens: usize,
+}
+
+struct Sequence {
+    index: usize,
+    /// Prompt, then the continuation.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    cache: KvCache,
+    sampler: sampling::Sampler,
+    finish: Option<FinishReason>,
+}
+
+/// How a GGUF file's tensors are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GgufMode {
+    /// Projections stay quantized (candle's quantized matmul).
+    #[default]
+    Quantized,
+    /// Every tensor dequantized to f32 (the reference transformers computes).
+    Dequantized,
+}
+
+/// A causal language model with its tokenizer and generation settings.
+pub struct TextGenerator {
+    model: DecoderModel,
+    /// Padding and truncation off: a prompt is never cut silently.
+    tokenizer: tokenizers::Tokenizer,
+    tokenizer_source: PathBuf,
+    generation_config: GenerationConfig,
+    chat_template: Option<chat::ChatTemplate>,
+}
+
+impl std::fmt::Debug for TextGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextGenerator")
+            .field("model", &self.model)
+            .field("tokenizer", &self.tokenizer_source)
+            .field("generation_config", &self.generation_config)
+            .field("chat_template", &self.chat_template)
+            .finish()
+    }
+}
+
+impl TextGenerator {
+    /// Loads a model folder, a hub id in the Hugging Face cache, or a `.gguf` file
+    /// (quantized; see [`load_gguf`](Self::load_gguf)).
+    pub fn load(reference: &str) -> Result<Self> {
+        let path = Path::new(reference);
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Self::load_gguf(path, GgufMode::Quantized);
+        }
+        Self::from_folder(&ModelRef::parse(reference).resolve()?)
+    }
+
+    /// Loads a GGUF file: model, tokenizer and eos/bos ids all come from its metadata.
+    pub fn load_gguf(path: impl AsRef<Path>, mode: GgufMode) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                folder: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                file: path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                needs: "the GGUF file to generate with".into(),
+            });
+        }
+        let gguf = GgufFile::open(path)?;
+        let tokenizer = gguf.tokenizer()?;
+        let generation_config = GenerationConfig {
+            eos_token_ids: gguf
+                .opt_u32("tokenizer.ggml.eos_token_id")?
+                .into_iter()
+                .collect(),
+            bos_token_id: gguf.opt_u32("tokenizer.ggml.bos_token_id")?,
+        };
+        let chat_template = chat::ChatTemplate::from_gguf(&gguf, &tokenizer)?;
+        let model = DecoderModel::load_gguf(gguf, mode == GgufMode::Quantized)?;
+        Ok(TextGenerator {
+            model,
+            tokenizer,
+            tokenizer_source: path.to_path_buf(),
+            generation_config,
+            chat_template,
+        })
+    }
+
+    /// Loads config.json, the safetensors weights (as f32, on the CPU), tokenizer.json and
+    /// generation_config.json of a folder.
+    pub fn from_folder(folder: &ModelFolder) -> Result<Self> {
+        let config = CommonConfig::from_file(&folder.require("config.json", "a causal language model folder needs config.json, tokenizer.json and model.safetensors")?)?;
+        let weights = Weights::from_safetensors(&folder.weight_files()?, DType::F32, &Device::Cpu)?;
+        let model = DecoderModel::load(&config, &weights)?;
+        // girder's tokenizer policy switches off padding and truncation baked into the file.
+        let mut policy = TextTokenizer::from_folder(folder)?;
+        policy.set_max_length(model.context_length().max(2), Truncation::Refuse)?;
+        let generation_config = GenerationConfig::from_folder(folder, &config)?;
+        Ok(TextGenerator {
+            model,
+            tokenizer: policy.inner().clone(),
+            tokenizer_source: policy.source().to_path_buf(),
+            generation_config,
+            chat_template: chat::ChatTemplate::from_folder(folder)?,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &DecoderModel {
+        &self.model
+    }
+
+    /// The tokenizer (padding and truncation off).
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The model's chat template, if it has one.
+    pub fn chat_template(&self) -> Option<&chat::ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Renders a conversation with the model's chat template, ready for the assistant's
+    /// reply, and tokenizes it (the template writes the special tokens).
+    pub fn encode_chat_messages(&self, messages: &[chat::Message]) -> Result<Vec<u32>> {
+        let template = self.chat_template.as_ref().ok_or_else(|| Error::InvalidOption {
+            option: "chat".into(),
+            reason: format!(
+                "{} has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json / GGUF metadata)",
+                self.tokenizer_source.display()
+            ),
+        })?;
+        self.encode_chat(&template.render(messages, true)?)
+    }
+
+    /// The generation settings read from the folder.
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation_config
+    }
+
+    /// Tokenizes a prompt (special tokens added, as `tokenizer(prompt)` does); `index` names
+    /// it in errors.
+    pub fn encode_prompt(&self, prompt: &str, index: usize) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| Error::Tokenize {
+                index,
+                reason: e.to_string(),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Decodes ids to text, special tokens skipped.
+    pub fn decode(&self, ids: &[u32], index: usize) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenize {
+                index,
+                reason: format!("cannot decode the generated ids: {e}"),
+            })
+    }
+
+    /// Tokenizes a rendered chat (special tokens not added: the template wrote them, as
+    /// transformers' `apply_chat_template(tokenize=True)` does).
+    pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(rendered, false)
+            .map_err(|e| Error::Tokenize {
+                index: 0,
+                reason: e.to_string(),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Generates a continuation of every prompt, all in one batch.
+    pub fn generate<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        options: &Options,
+    ) -> Result<Vec<Generation>> {
+        if prompts.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let ids = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.encode_prompt(p.as_ref(), i))
+            .collect::<Result<Vec<_>>>()?;
+        self.generate_from_ids(&ids, options, &mut |_, _| {})
+    }
+
+    /// Generates from token ids, calling `on_text(prompt_index, text)` with each piece of
+    /// text as soon as it is complete (whole characters, never part of a stop string).
+    pub fn generate_from_ids(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &Options,
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> Result<Vec<Generation>> {
+        let mut streams: Vec<stream::TextStream> = prompts
+            .iter()
+            .map(|_| stream::TextStream::new(&options.stop))
+            .collect();
+        let tokenizer = &self.tokenizer;
+        let outs = self.run(prompts, options, &mut |i, id| {
+            let (text, stopped) = streams[i].push(tokenizer, id)?;
+            if !text.is_empty() {
+                on_text(i, &text);
+            }
+            Ok(stopped)
+        })?;
+        outs.into_iter()
+            .zip(streams)
+            .zip(prompts)
+            .enumerate()
+            .map(|(i, ((out, mut stream), prompt))| {
+                let rest = stream.finish(tokenizer)?;
+                if !rest.is_empty() {
+                    on_text(i, &rest);
+                }
+                let text = if out.finish_reason == FinishReason::Stop {
+                    stream.text().to_string()
+                } else {
+                    // The whole continuation decoded at once, as transformers' decode.
+                    self.decode(&out.token_ids, i)?
+                };
+                Ok(Generation {
+                    text,
+                    completion_tokens: out.token_ids.len(),
+                    prompt_tokens: prompt.len(),
+                    token_ids: out.token_ids,
+                    finish_reason: out.finish_reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Generates from token ids: one prefill pass over all prompts, then one token per pass.
+    /// Stop strings need text; use [`generate_from_ids`](Self::generate_from_ids) for them.
+    pub fn generate_ids(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &Options,
+    ) -> Result<Vec<GeneratedIds>> {
+        self.run(prompts, options, &mut |_, _| Ok(false))
+    }
+
+    /// The loop. `on_token(prompt_index, id)` sees every new token and returns whether a stop
+    /// string ended the sequence.
+    fn run(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &Options,
+        on_token: &mut dyn FnMut(usize, u32) -> Result<bool>,
+    ) -> Result<Vec<GeneratedIds>> {
+        if prompts.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        options.validate()?;
+        let max_new_tokens = options.max_new_tokens();
+        let eos = options
+            .eos_token_ids
+            .as_deref()
+            .unwrap_or(&self.generation_config.eos_token_ids);
+        let context = self.model.context_length();
+        let vocab = self.model.vocab_size();
+        let mut seqs = Vec::with_capacity(prompts.len());
+        for (index, prompt) in prompts.iter().enumerate() {
+            if prompt.is_empty() {
+                return Err(Error::BadInput {
+                    index,
+                    reason: "the prompt has no tokens (the tokenizer adds no BOS token, so an empty prompt cannot be continued)".into(),
+                });
+            }
+            if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::BadInput {
+                    index,
+                    reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+                });
+            }
+            // One position must stay free for the first new token.
+            if prompt.len() >= context {
+                return Err(Error::ContextLength {
+                    index,
+                    tokens: prompt.len() + 1,
+                    max: context,
+                });
+            }
+            let capacity = (prompt.len() + max_new_tokens).min(context);
+            seqs.push(Sequence {
+                index,
+                tokens: prompt.clone(),
+                prompt_len: prompt.len(),
+                cache: self.model.new_cache(capacity)?,
+                sampler: sampling::Sampler::new(options.sampling),
+                finish: None,
+            });
+        }
+
+        let mut batch = RaggedBatch::from_encodings([]);
+        for prompt in prompts {
+            batch.push_from(prompt, 0);
+        }
+        let mut active: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        loop {
+            let logits = {
+                let mut caches: Vec<&mut KvCache> =
+                    active.iter_mut().map(|s| &mut s.cache).collect();
+                self.model.forward(&batch, &mut caches, Logits::Last)?
+            };
+            let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (seq, mut row) in active.iter_mut().zip(rows) {
+                let next = seq.sampler.next(&mut row, &seq.tokens);
+                seq.tokens.push(next);
+                let generated = seq.tokens.len() - seq.prompt_len;
+                let stopped = on_token(seq.index, next)?;
+                if eos.contains(&next) {
+                    seq.finish = Some(FinishReason::Eos);
+                } else if stopped {
+                    seq.finish = Some(FinishReason::Stop);
+                } else if generated >= max_new_tokens || seq.tokens.len() >= context {
+                    seq.finish = Some(FinishReason::Length);
+                }
+            }
+            active.retain(|s| s.finish.is_none());
+            if active.is_empty() {
+                break;
+            }
+            batch = RaggedBatch::from_encodings([]);
+            for seq in &active {
+                let last = seq.tokens[seq.tokens.len() - 1];
+                batch.push_from(&[last], seq.cache.len());
+            }
+        }
+        seqs.sort_by_key(|s| s.index);
+        Ok(seqs
+            .into_iter()
+            .map(|mut s| GeneratedIds {
+                token_ids: s.tokens.split_off(s.prompt_len),
+                finish_reason: s.finish.unwrap_or(FinishReason::Length),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eos_may_be_one_id_or_a_list() {
+        let one: IdFields = serde_json::from_str(r#"{"eos_token_id": 2}"#).unwrap();
+        assert_eq!(one.eos_token_id.unwrap().into_vec(), [2]);
+        let many: IdFields = serde_json::from_str(r#"{"eos_token_id": [2, 7]}"#).unwrap();
+        assert_eq!(many.eos_token_id.unwrap().into_vec(), [2, 7]);
+        let none: IdFields = serde_json::from_str(r#"{"eos_token_id": null}"#).unwrap();
+        assert!(none.eos_token_id.is_none());
+    }
+}

@@ -1,0 +1,461 @@
+//! GGUF files (llama.cpp's format): metadata, quantized tensors under Hugging Face names, and
+//! the tokenizer the metadata describes.
+//!
+//! Tensors are renamed to the names of the transformers checkpoint (`blk.3.attn_q.weight` →
+//! `model.layers.3.self_attn.q_proj.weight`), so the model files load a GGUF through the same
+//! [`Weights`](super::Weights) lookups as safetensors. llama.cpp's converter permutes the rows
+//! of LLaMA's q/k projections for its interleaved RoPE (`LlamaModel.permute` in
+//! `convert_hf_to_gguf.py`); they are un-permuted on load, as transformers'
+//! `integrations/ggml.py` does, so one RoPE layout serves both formats. Qwen2 files are not
+//! permuted. Rows are independent in every GGML block format, so un-permuting moves whole
+//! rows of quantized bytes and never requantizes.
+
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::Device;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Architectures (`general.architecture`) girder reads from GGUF.
+pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// An opened GGUF file: its metadata and its tensors (renamed, q/k un-permuted).
+pub struct GgufFile {
+    path: PathBuf,
+    metadata: HashMap<String, Value>,
+    architecture: String,
+    /// Hugging Face tensor name → tensor.
+    tensors: HashMap<String, Arc<QTensor>>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("architecture", &self.architecture)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+/// GGML type ids (ggml.h `enum ggml_type`), to name a type candle cannot read.
+fn ggml_type_name(id: u32) -> Option<&'static str> {
+    Some(match id {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        30 => "BF16",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return None,
+    })
+}
+
+/// `blk.{i}.{suffix}` and the top-level GGUF names → transformers' LLaMA/Qwen2 names.
+fn hf_name(gguf: &str) -> Option<String> {
+    let top = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(top) = top {
+        return Some(top.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, suffix) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, param) = suffix.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{param}"))
+}
+
+impl GgufFile {
+    /// Reads the metadata and every tensor; an unsupported architecture or tensor type is
+    /// named in the error.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let bad = |reason: String| Error::BadGguf {
+            file: path.clone(),
+            reason,
+        };
+        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let content = Content::read(&mut file).map_err(|e| {
+            let msg = root_message(&e);
+            match msg
+                .strip_prefix("unknown dtype for tensor ")
+                .and_then(|id| id.trim().parse::<u32>().ok())
+            {
+                Some(id) => Error::UnsupportedGguf {
+                    file: path.clone(),
+                    what: format!(
+                        "tensor type {} (GGML type {id}); supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q8_K",
+                        ggml_type_name(id).unwrap_or("unknown")
+                    ),
+                },
+                None => bad(msg),
+            }
+        })?;
+        let architecture = match content.metadata.get("general.architecture") {
+            Some(Value::String(a)) => a.clone(),
+            _ => return Err(bad("no `general.architecture` in the metadata".into())),
+        };
+        if !GGUF_ARCHITECTURES.contains(&architecture.as_str()) {
+            return Err(Error::UnsupportedGguf {
+                file: path.clone(),
+                what: format!(
+                    "architecture `{architecture}`; supported: {}",
+                    GGUF_ARCHITECTURES.join(", ")
+                ),
+            });
+        }
+        let mut gguf = GgufFile {
+            path: path.clone(),
+            metadata: HashMap::new(),
+            architecture,
+            tensors: HashMap::new(),
+        };
+        let prefix = gguf.architecture.clone();
+        let mut tensors = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let tensor = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .map_err(|e| bad(format!("tensor `{name}`: {}", root_message(&e))))?;
+            tensors.insert(name.clone(), tensor);
+        }
+        gguf.metadata = content.metadata;
+        let heads = gguf.u32_key(&format!("{prefix}.attention.head_count"))? as usize;
+        let kv_heads = gguf
+            .opt_u32(&format!("{prefix}.attention.head_count_kv"))?
+            .map_or(heads, |h| h as usize);
+        for (name, tensor) in tensors {
+            let hf = hf_name(&name).unwrap_or_else(|| name.clone());
+            // llama.cpp permutes LLaMA's q/k rows (not Qwen2's): undo it.
+            let tensor = match (gguf.architecture.as_str(), name.rsplit('.').nth(1)) {
+                ("llama", Some("attn_q")) if name.ends_with(".weight") => {
+                    unpermute_rows(&tensor, heads)
+                        .map_err(|e| bad(format!("tensor `{name}`: {e}")))?
+                }
+                ("llama", Some("attn_k")) if name.ends_with(".weight") => {
+                    unpermute_rows(&tensor, kv_heads)
+                        .map_err(|e| bad(format!("tensor `{name}`: {e}")))?
+                }
+                _ => tensor,
+            };
+            gguf.tensors.insert(hf, Arc::new(tensor));
+        }
+        Ok(gguf)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `general.architecture` (`llama`, `qwen2`).
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// The raw metadata.
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.metadata
+    }
+
+    /// A tensor by its Hugging Face name (or its GGUF name when it has no HF counterpart).
+    pub fn tensor(&self, name: &str) -> Option<&Arc<QTensor>> {
+        self.tensors.get(name)
+    }
+
+    /// Names of all tensors (Hugging Face names where mapped).
+    pub fn tensor_names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    fn bad_key(&self, key: &str, reason: String) -> Error {
+        Error::BadGguf {
+            file: self.path.clone(),
+            reason: format!("metadata `{key}`: {reason}"),
+        }
+    }
+
+    /// An integer metadata value, if present.
+    pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
+        let Some(v) = self.metadata.get(key) else {
+            return Ok(None);
+        };
+        let n = match v {
+            Value::U8(x) => *x as u64,
+            Value::U16(x) => *x as u64,
+            Value::U32(x) => *x as u64,
+            Value::U64(x) => *x,
+            Value::I8(x) if *x >= 0 => *x as u64,
+            Value::I16(x) if *x >= 0 => *x as u64,
+            Value::I32(x) if *x >= 0 => *x as u64,
+            Value::I64(x) if *x >= 0 => *x as u64,
+            other => {
+                return Err(self.bad_key(
+                    key,
+                    format!("expected an unsigned integer, found {other:?}"),
+                ))
+            }
+        };
+        u32::try_from(n)
+            .map(Some)
+            .map_err(|_| self.bad_key(key, format!("{n} is too large")))
+    }
+
+    /// An integer metadata value that must be present.
+    pub fn u32_key(&self, key: &str) -> Result<u32> {
+        self.opt_u32(key)?
+            .ok_or_else(|| self.bad_key(key, "missing".into()))
+    }
+
+    /// A float metadata value, if present.
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::F32(x)) => Ok(Some(*x)),
+            Some(Value::F64(x)) => Ok(Some(*x as f32)),
+            Some(other) => Err(self.bad_key(key, format!("expected a float, found {other:?}"))),
+        }
+    }
+
+    /// A string metadata value, if present.
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.bad_key(key, format!("expected a string, found {other:?}"))),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<&str>> {
+        match self.metadata.get(key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.as_str()),
+                    other => Err(self.bad_key(key, format!("expected strings, found {other:?}"))),
+                })
+                .collect(),
+            Some(other) => Err(self.bad_key(key, format!("expected an array, found {other:?}"))),
+            None => Err(self.bad_key(key, "missing".into())),
+        }
+    }
+
+    /// The tokenizer the metadata describes, as transformers' GGUF loader builds it
+    /// (`integrations/ggml.py`, `GGUFGPTConverter`): byte-level BPE with the vocabulary and
+    /// merges of `tokenizer.ggml.*`, GPT-2's pre-tokenizer, control tokens (type 3) as special
+    /// added tokens, and no template (transformers adds no BOS for these files).
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        let model = self.opt_str("tokenizer.ggml.model")?.unwrap_or("");
+        if model != "gpt2" {
+            return Err(Error::UnsupportedGguf {
+                file: self.path.clone(),
+                what: format!("tokenizer model `{model}` (only byte-level BPE, `gpt2`)"),
+            });
+        }
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let merges = self.strings("tokenizer.ggml.merges")?;
+        let types: Vec<u32> = match self.metadata.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::I32(x) => *x as u32,
+                    Value::U32(x) => *x,
+                    _ => 1,
+                })
+                .collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let added: Vec<serde_json::Value> = tokens
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter(|(_, (_, &t))| t == 3)
+            .map(|(id, (content, _))| {
+                serde_json::json!({"id": id, "content": content, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), serde_json::Value::from(i)))
+            .collect();
+        let merges: Vec<[&str; 2]> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ').map(|(a, b)| [a, b]).ok_or_else(|| {
+                    self.bad_key("tokenizer.ggml.merges", format!("entry `{m}` is not `a b`"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+            "trim_offsets": true, "use_regex": true});
+        let mut decoder = byte_level.clone();
+        decoder["add_prefix_space"] = true.into();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": byte_level,
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {},
+            },
+            "decoder": decoder,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
+                "ignore_merges": false, "vocab": vocab, "merges": merges,
+            },
+        });
+        let bytes = serde_json::to_vec(&json).map_err(|e| Error::BadTokenizer {
+            file: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::BadTokenizer {
+            file: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `tokenizer.chat_template`, if the file has one.
+    pub fn chat_template(&self) -> Result<Option<&str>> {
+        self.opt_str("tokenizer.chat_template")
+    }
+}
+
+/// Undoes llama.cpp's `permute(w, n_head)`: rows `[n_head, 2, half, ..]` were reordered as
+/// `[n_head, half, 2, ..]`; moves whole rows (of quantized bytes) back.
+fn unpermute_rows(t: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let (rows, cols) = t.shape().dims2()?;
+    if heads == 0 || rows % (2 * heads) != 0 {
+        candle_core::bail!("{rows} rows do not split into {heads} heads of two halves");
+    }
+    let dtype: GgmlDType = t.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = t.data()?;
+    if data.len() != rows * row_bytes {
+        candle_core::bail!("{} bytes for {rows} rows of {row_bytes}", data.len());
+    }
+    let half = rows / heads / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                // GGUF row (h, i, j) holds HF row (h, j, i).
+                let src = (h * half + i) * 2 + j;
+                let dst = (h * 2 + j) * half + i;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    let storage = QStorage::from_data(Cow::Owned(out), &Device::Cpu, dtype)?;
+    QTensor::new(storage, (rows, cols))
+}
+
+fn root_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. }
+        | candle_core::Error::Context { inner, .. }
+        | candle_core::Error::WithBacktrace { inner, .. } => root_message(inner),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_transformers() {
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").as_deref(),
+            Some("model.layers.3.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // 2 heads × head_dim 4 = 8 rows of 32 f32 columns; row r holds the value r.
+        let heads = 2;
+        let hf: Vec<f32> = (0..8)
+            .flat_map(|r| std::iter::repeat_n(r as f32, 32))
+            .collect();
+        // llama.cpp: reshape(heads, 2, half, cols).swapaxes(1, 2)
+        let mut permuted = Vec::new();
+        for h in 0..heads {
+            for i in 0..2 {
+                for j in 0..2 {
+                    let r = (h * 2 + j) * 2 + i;
+                    permuted.extend_from_slice(&hf[r * 32..(r + 1) * 32]);
+                }
+            }
+        }
+        let t = candle_core::Tensor::from_vec(permuted, (8, 32), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
+        let back = unpermute_rows(&q, heads)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let rows: Vec<f32> = back.get_on_dim(1, 0).unwrap().to_vec1().unwrap();
+        assert_eq!(rows, (0..8).map(|r| r as f32).collect::<Vec<_>>());
+    }
+}

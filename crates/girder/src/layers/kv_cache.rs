@@ -1,0 +1,150 @@
+//! The key/value cache of one sequence, allocated once and written in place.
+//!
+//! Each layer keeps keys and values in a preallocated `[kv_heads, capacity, head_dim]` buffer;
+//! a decode step writes its new row with `slice_set` and attention reads the `[.., len, ..]`
+//! prefix as a view, so a step costs nothing proportional to the tokens already cached (only
+//! attention itself reads them). Concatenating per step, as many candle models do, copies the
+//! whole cache every token: quadratic in the generation length. When a sequence outgrows the
+//! buffer the capacity doubles (one copy, amortised O(1) per token); callers that know the
+//! prompt and `max_new_tokens` size it once and it never grows.
+//!
+//! The cache belongs to the caller (one per sequence); models receive it as `&mut`.
+
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+
+#[derive(Debug, Clone)]
+struct LayerKv {
+    k: Tensor, // [kv_heads, capacity, head_dim]
+    v: Tensor, // [kv_heads, capacity, head_dim]
+    len: usize,
+}
+
+/// Keys and values of every layer for one sequence.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Allocates `num_layers` buffers of `capacity` positions.
+    pub fn new(
+        num_layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let capacity = capacity.max(1);
+        let layers = (0..num_layers)
+            .map(|_| {
+                Ok(LayerKv {
+                    k: Tensor::zeros((kv_heads, capacity, head_dim), dtype, device)?,
+                    v: Tensor::zeros((kv_heads, capacity, head_dim), dtype, device)?,
+                    len: 0,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            kv_heads,
+            head_dim,
+            capacity,
+        })
+    }
+
+    /// Positions cached (those of the last layer written, equal for all after a forward pass).
+    pub fn len(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.len)
+    }
+
+    /// True before the prompt is processed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Positions the buffers hold before they must grow.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Appends `k`, `v` `[t, kv_heads, head_dim]` to `layer` and returns the layer's keys and
+    /// values so far, `[kv_heads, len, head_dim]` views into the buffers.
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(0)?;
+        let (kv_heads, head_dim) = (self.kv_heads, self.head_dim);
+        let needed = self.layers[layer].len + t;
+        if needed > self.capacity {
+            self.grow(needed.max(2 * self.capacity))?;
+        }
+        let entry = &mut self.layers[layer];
+        let k = k
+            .reshape((t, kv_heads, head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let v = v
+            .reshape((t, kv_heads, head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        entry.k.slice_set(&k, 1, entry.len)?;
+        entry.v.slice_set(&v, 1, entry.len)?;
+        entry.len += t;
+        Ok((
+            entry.k.narrow(1, 0, entry.len)?,
+            entry.v.narrow(1, 0, entry.len)?,
+        ))
+    }
+
+    /// Reallocates every layer with `capacity` positions, keeping what is cached.
+    fn grow(&mut self, capacity: usize) -> Result<()> {
+        for entry in &mut self.layers {
+            let (dtype, device) = (entry.k.dtype(), entry.k.device().clone());
+            let shape = (self.kv_heads, capacity, self.head_dim);
+            let k = Tensor::zeros(shape, dtype, &device)?;
+            let v = Tensor::zeros(shape, dtype, &device)?;
+            if entry.len > 0 {
+                k.slice_set(&entry.k.narrow(1, 0, entry.len)?.contiguous()?, 1, 0)?;
+                v.slice_set(&entry.v.narrow(1, 0, entry.len)?.contiguous()?, 1, 0)?;
+            }
+            entry.k = k;
+            entry.v = v;
+        }
+        self.capacity = capacity;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_in_place_and_grows_by_doubling() {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::new(1, 2, 3, 2, DType::F32, &dev).unwrap();
+        let step = |i: f32| Tensor::full(i, (1, 2, 3), &dev).unwrap();
+        for i in 0..5 {
+            let (k, _) = cache
+                .append(0, &step(i as f32), &step(-(i as f32)))
+                .unwrap();
+            assert_eq!(k.dims(), [2, i + 1, 3]);
+        }
+        assert_eq!(cache.len(), 5);
+        assert_eq!(cache.capacity(), 8);
+        let (k, v) = cache.append(0, &step(5.0), &step(-5.0)).unwrap();
+        let k: Vec<f32> = k
+            .get(1)
+            .unwrap()
+            .get_on_dim(1, 0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let per_pos: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        assert_eq!(k, per_pos);
+        assert_eq!(v.dims(), [2, 6, 3]);
+    }
+}

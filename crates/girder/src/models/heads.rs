@@ -1,0 +1,137 @@
+//! The task heads of the encoder families, written once.
+//!
+//! transformers gives every family its own head classes, but they come in three shapes:
+//! a classifier on the first token (after a dense layer, or BERT's pooler), a classifier on
+//! every token, and a masked-LM head whose decoder is tied to the word embeddings. Each
+//! family file names its checkpoint tensors and builds one of these; [`WithHead`] puts it
+//! on the base model.
+
+use super::{EncoderForward, EncoderOutput};
+use crate::batch::RaggedBatch;
+use crate::error::{Error, Result};
+use crate::hub::Weights;
+use crate::layers::{Activation, Linear};
+use candle_core::Tensor;
+use candle_nn::{LayerNorm, Module};
+
+/// A head on top of an encoder's output.
+pub(crate) enum EncoderHead {
+    /// A classifier on the base model's pooler output (BERT).
+    Pooled { classifier: Linear },
+    /// `dense → activation` on each sequence's first token, then `out_proj`
+    /// (RoBERTa's classification head, DistilBERT's `pre_classifier` + `classifier`).
+    FirstToken {
+        dense: Linear,
+        activation: Activation,
+        out_proj: Linear,
+    },
+    /// A linear classifier on every token.
+    PerToken { classifier: Linear },
+    /// `dense → activation → LayerNorm → decoder + bias`, with the decoder usually tied to
+    /// the word embeddings.
+    MaskedLm {
+        dense: Linear,
+        activation: Activation,
+        norm: LayerNorm,
+        decoder: Linear,
+    },
+}
+
+impl EncoderHead {
+    /// Sequence heads return `[num_seqs, labels]`; token heads `[rows or total_tokens, labels | vocab]`.
+    fn forward(
+        &self,
+        out: &EncoderOutput,
+        batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        match self {
+            EncoderHead::Pooled { classifier } => {
+                let pooled = out
+                    .pooler_output
+                    .as_ref()
+                    .ok_or_else(|| Error::MissingTensor {
+                        name: "pooler.dense.weight".into(),
+                        files: "a sequence classifier on the pooler needs the pooler".into(),
+                    })?;
+                classifier.forward(pooled)
+            }
+            EncoderHead::FirstToken {
+                dense,
+                activation,
+                out_proj,
+            } => {
+                let first = first_tokens(&out.last_hidden_state, batch)?;
+                out_proj.forward(&activation.forward(&dense.forward(&first)?)?)
+            }
+            EncoderHead::PerToken { classifier } => {
+                classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+            }
+            EncoderHead::MaskedLm {
+                dense,
+                activation,
+                norm,
+                decoder,
+            } => {
+                let h = select_rows(&out.last_hidden_state, rows)?;
+                let h = norm.forward(&activation.forward(&dense.forward(&h)?)?)?;
+                decoder.forward(&h)
+            }
+        }
+    }
+}
+
+/// The decoder of a masked-LM head: its own `weight` when the checkpoint stores one, else the
+/// word embeddings (tied, as transformers ties them); the bias under the first of `biases`
+/// the checkpoint has.
+pub(crate) fn tied_decoder(
+    w: &Weights,
+    decoder_weight: &str,
+    biases: &[&str],
+    word_embeddings: &Tensor,
+) -> Result<Linear> {
+    let (vocab, hidden) = word_embeddings.dims2()?;
+    let weight = if w.contains(decoder_weight) {
+        w.get([vocab, hidden], decoder_weight)?
+    } else {
+        word_embeddings.clone()
+    };
+    let bias_name = biases.iter().find(|b| w.contains(b)).unwrap_or(&biases[0]);
+    Ok(Linear::from_parts(weight, Some(w.get([vocab], bias_name)?)))
+}
+
+/// Rows of each sequence's first token: `[total_tokens, h]` → `[num_seqs, h]`.
+pub(crate) fn first_tokens(hidden: &Tensor, batch: &RaggedBatch) -> Result<Tensor> {
+    let rows = Tensor::new(batch.first_token_rows(), hidden.device())?;
+    Ok(hidden.index_select(&rows, 0)?)
+}
+
+/// Selects `rows` of `hidden`, or all of them.
+fn select_rows(hidden: &Tensor, rows: Option<&[u32]>) -> Result<Tensor> {
+    Ok(match rows {
+        Some(rows) => hidden.index_select(&Tensor::new(rows, hidden.device())?, 0)?,
+        None => hidden.clone(),
+    })
+}
+
+/// A base model with a head: `BertForTokenClassification` is a `BertModel` with a
+/// [`EncoderHead::PerToken`] head.
+pub(crate) struct WithHead<B> {
+    pub base: B,
+    pub head: EncoderHead,
+}
+
+impl<B: EncoderForward> EncoderForward for WithHead<B> {
+    fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.base.encode(batch)
+    }
+
+    fn head(
+        &self,
+        out: &EncoderOutput,
+        batch: &RaggedBatch,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        self.head.forward(out, batch, rows)
+    }
+}
