@@ -44,6 +44,12 @@ enum Command {
     Lock(commands::lock::LockArgs),
 }
 
+impl Command {
+    fn is_server(&self) -> bool {
+        false
+    }
+}
+
 fn main() -> ExitCode {
     // mimalloc hands freed pages back to the OS after 10 ms by default, and every forward
     // pass then page-faults them in again (perf: 7,049 page faults against 1,897 without
@@ -58,6 +64,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !cli.command.is_server() {
+        // A command whose output is piped into `head` should end quietly when the pipe
+        // closes, as Unix tools do; Rust ignores SIGPIPE and would panic in println! instead.
+        // A server keeps ignoring it: a client hanging up must not end the process.
+        // SAFETY: restores the default disposition before any thread is started.
+        #[cfg(unix)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Generate(args) => commands::generate::run(args),
