@@ -97,7 +97,7 @@ pub(crate) fn tied_decoder(
         word_embeddings.clone()
     };
     let bias_name = biases.iter().find(|b| w.contains(b)).unwrap_or(&biases[0]);
-    Ok(Linear::from_parts(weight, Some(w.get([vocab], bias_name)?)))
+    Linear::from_parts(weight, Some(w.get([vocab], bias_name)?))
 }
 
 /// Rows of each sequence's first token: `[total_tokens, h]` → `[num_seqs, h]`.
