@@ -5,12 +5,12 @@
 //! tensor is upcast to the compute dtype (f32) on load, so bf16/f16 checkpoints just work.
 //!
 //! A GGUF file ([`GgufFile`]) serves the same lookups under transformers' names. Its tensors
-//! are dequantized by [`get`](Weights::get), or kept quantized for [`Weights::qmatmul`] when
+//! are dequantized by [`get`](Weights::get), or kept quantized for [`Weights::qtensor`] when
 //! the weights were opened with `keep_quantized`.
 
 use super::GgufFile;
 use crate::error::{Error, Result};
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::QTensor;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -79,9 +79,13 @@ impl Weights {
         }
     }
 
-    /// A quantized `[out, in]` matrix for `prefix.name`, when the weights keep GGUF tensors
+    /// The quantized `[out, in]` tensor `prefix.name`, when the weights keep GGUF tensors
     /// quantized; `None` for safetensors and dequantized GGUF (use [`get`](Self::get)).
-    pub fn qmatmul(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Option<QMatMul>> {
+    pub fn qtensor(
+        &self,
+        shape: impl Into<Vec<usize>>,
+        name: &str,
+    ) -> Result<Option<Arc<QTensor>>> {
         let Some((gguf, true)) = &self.checkpoint.gguf else {
             return Ok(None);
         };
@@ -100,7 +104,7 @@ impl Weights {
                 actual: tensor.shape().dims().to_vec(),
             });
         }
-        Ok(Some(QMatMul::from_arc(tensor.clone())?))
+        Ok(Some(tensor.clone()))
     }
 
     /// The same checkpoint one level down: `w.pp("encoder").pp("layer.0")`.

@@ -10,6 +10,7 @@ mod kv_cache;
 mod linear;
 mod norm;
 pub mod pooling;
+pub mod quant_matmul;
 pub mod rope;
 
 pub use activation::Activation;

@@ -487,9 +487,9 @@ impl LlamaForCausalLM {
         let model = LlamaModel::load(&w.pp("model"), cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             let embed = w.pp("model.embed_tokens");
-            match embed.qmatmul([cfg.vocab_size, cfg.hidden_size], "weight")? {
-                Some(q) => Linear::from_qmatmul(q, None),
-                None => Linear::from_parts(model.embed_tokens.table().clone(), None),
+            match embed.qtensor([cfg.vocab_size, cfg.hidden_size], "weight")? {
+                Some(q) => Linear::from_qtensor(q, None)?,
+                None => Linear::from_parts(model.embed_tokens.table().clone(), None)?,
             }
         } else {
             Linear::load_no_bias(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size)?
@@ -538,5 +538,74 @@ impl DecoderForward for LlamaForCausalLM {
 
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Result<Config> {
+        let dir = std::env::temp_dir().join(format!(
+            "girder-llama-{}-{:x}",
+            std::process::id(),
+            json.len() * 31 + json.bytes().map(usize::from).sum::<usize>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(&path, json).unwrap();
+        Config::from_common(&CommonConfig::from_file(&path).unwrap())
+    }
+
+    const BASE: &str = r#""hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4"#;
+
+    #[test]
+    fn family_differences_come_from_model_type() {
+        let qwen2 = config(&format!(r#"{{"model_type": "qwen2", {BASE}}}"#)).unwrap();
+        assert!(qwen2.qkv_bias && !qwen2.o_bias);
+        assert_eq!(qwen2.windows, [None, None]);
+        let mistral = config(&format!(
+            r#"{{"model_type": "mistral", "sliding_window": 8, {BASE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(mistral.windows, [Some(8), Some(8)]);
+        let full = config(&format!(
+            r#"{{"model_type": "mistral", "sliding_window": null, {BASE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(full.windows, [None, None]);
+        let typed = config(&format!(
+            r#"{{"model_type": "qwen2", "sliding_window": 4, "layer_types": ["full_attention", "sliding_attention"], {BASE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(typed.windows, [None, Some(4)]);
+    }
+
+    #[test]
+    fn rope_reads_both_config_generations() {
+        let v4 = config(&format!(
+            r#"{{"model_type": "llama", "rope_theta": 500000.0, "rope_scaling": {{"type": "linear", "factor": 2.0}}, {BASE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(v4.rope_theta, 500000.0);
+        assert_eq!(v4.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        let v5 = config(&format!(
+            r#"{{"model_type": "llama", "rope_parameters": {{"rope_type": "default", "rope_theta": 1000.0}}, {BASE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (v5.rope_theta, v5.rope_scaling),
+            (1000.0, RopeScaling::Default)
+        );
+    }
+
+    #[test]
+    fn bad_head_counts_are_named() {
+        let err = config(&format!(
+            r#"{{"model_type": "llama", "num_key_value_heads": 3, {BASE}}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("num_key_value_heads"), "{err}");
     }
 }
