@@ -42,11 +42,13 @@ enum Command {
     Check(commands::check::CheckArgs),
     /// Pin the tokenizer and the probe's results for a later `girder check --lock`.
     Lock(commands::lock::LockArgs),
+    /// Serve a model over HTTP: batched encoder endpoints, OpenAI /v1/embeddings, metrics.
+    Serve(commands::serve::ServeArgs),
 }
 
 impl Command {
     fn is_server(&self) -> bool {
-        false
+        matches!(self, Command::Serve(_))
     }
 }
 
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Check(args) => return commands::check::run(args),
         Command::Lock(args) => commands::lock::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,3 +6,4 @@ pub mod check;
 pub mod generate;
 pub mod lock;
 pub mod run;
+pub mod serve;

@@ -179,6 +179,19 @@ impl Model {
         })
     }
 
+    /// The task the model's head implies: text-classification for `…ForSequenceClassification`,
+    /// token-classification for `…ForTokenClassification`, fill-mask for `…ForMaskedLM`, and
+    /// embeddings for a base (or sentence-transformers) model. `girder serve` uses it when no
+    /// `--task` is given.
+    pub fn default_task(&self) -> Task {
+        match self.encoder.head() {
+            crate::models::Head::SequenceClassification => Task::TextClassification,
+            crate::models::Head::TokenClassification => Task::TokenClassification,
+            crate::models::Head::MaskedLM => Task::FillMask,
+            crate::models::Head::Base => Task::Embeddings,
+        }
+    }
+
     /// Tokenizes `texts` under the policy.
     pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoded>> {
         self.tokenizer.encode_all(texts)

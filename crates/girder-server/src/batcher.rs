@@ -1,0 +1,300 @@
+//! Dynamic batching: handlers enqueue tokenized requests; one thread packs them into batches
+//! under a token budget and another, which owns the model, runs each batch in one ragged
+//! forward pass and answers every request with its own rows.
+//!
+//! The two threads overlap: while the model thread computes batch N, the batcher thread has
+//! already formed batch N+1 from the queue (a channel of one batch between them, as TEI's
+//! `core/src/queue.rs` hands batches to its backend). Only requests with equal [`Work`] share a
+//! batch; the batcher stops packing at the first request that differs or does not fit, and
+//! that request heads the next batch, so order is kept.
+//!
+//! A failed batch is rerun one request at a time, so that one bad input fails only its own
+//! request; a panic in the model is caught and answered as a 500 to the requests it hit, and
+//! the thread keeps serving.
+
+use crate::engine::{Item, Runner, Work};
+use crate::error::ApiError;
+use crate::metrics as m;
+use girder::tokenize::Encoded;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a request gets back: one item per text, or the error that stopped it.
+pub type Reply = Result<Vec<Item>, ApiError>;
+
+/// One request's tokenized texts, waiting for the model.
+pub struct Job {
+    work: Work,
+    texts: Vec<String>,
+    encodings: Vec<Encoded>,
+    reply: oneshot::Sender<Reply>,
+    enqueued: Instant,
+}
+
+impl Job {
+    fn tokens(&self) -> usize {
+        self.encodings.iter().map(Encoded::len).sum()
+    }
+}
+
+/// The handle handlers use to enqueue work; cheap to share behind an `Arc`.
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    max_queue: usize,
+    alive: Arc<AtomicBool>,
+}
+
+impl Batcher {
+    /// Starts the batcher and model threads. At most `max_queue` requests wait; a batch
+    /// holds at most `max_batch_tokens` tokens unless one request alone is larger.
+    pub fn spawn(
+        runner: Arc<dyn Runner>,
+        max_batch_tokens: usize,
+        max_queue: usize,
+    ) -> std::io::Result<Batcher> {
+        let max_queue = max_queue.max(1);
+        let (tx, rx) = mpsc::channel::<Job>(max_queue);
+        let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Vec<Job>>(1);
+        let alive = Arc::new(AtomicBool::new(true));
+        std::thread::Builder::new()
+            .name("girder-batcher".into())
+            .spawn(move || form_batches(rx, batch_tx, max_batch_tokens.max(1)))?;
+        let model_alive = alive.clone();
+        std::thread::Builder::new()
+            .name("girder-model".into())
+            .spawn(move || {
+                run_batches(&*runner, batch_rx);
+                model_alive.store(false, Ordering::SeqCst);
+            })?;
+        Ok(Batcher {
+            tx,
+            max_queue,
+            alive,
+        })
+    }
+
+    /// Whether the model thread still runs.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Enqueues `texts` (tokenized as `encodings`) and waits for their results.
+    /// A full queue answers [`ApiError::Overloaded`] at once.
+    pub async fn call(&self, work: Work, texts: Vec<String>, encodings: Vec<Encoded>) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            work,
+            texts,
+            encodings,
+            reply,
+            enqueued: Instant::now(),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(ApiError::Overloaded {
+                    max_queue: self.max_queue,
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ApiError::Unavailable("the model thread has stopped".into()))
+            }
+        }
+        metrics::gauge!(m::QUEUE_DEPTH).set((self.tx.max_capacity() - self.tx.capacity()) as f64);
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::Internal(
+                "the model thread stopped before answering".into(),
+            ))
+        })
+    }
+}
+
+/// The batcher thread: packs queued jobs into batches until the queue closes.
+fn form_batches(
+    mut rx: mpsc::Receiver<Job>,
+    batches: std_mpsc::SyncSender<Vec<Job>>,
+    max_batch_tokens: usize,
+) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let Some(first) = carry.take().or_else(|| rx.blocking_recv()) else {
+            return;
+        };
+        let mut tokens = first.tokens();
+        let mut batch = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            let fits = tokens + job.tokens() <= max_batch_tokens;
+            if job.work == batch[0].work && fits {
+                tokens += job.tokens();
+                batch.push(job);
+            } else {
+                carry = Some(job);
+                break;
+            }
+        }
+        metrics::gauge!(m::QUEUE_DEPTH).set(rx.len() as f64);
+        // A client that hung up while waiting needs no forward pass.
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        if batches.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// The model thread: runs each batch and answers its jobs.
+fn run_batches(runner: &dyn Runner, batches: std_mpsc::Receiver<Vec<Job>>) {
+    while let Ok(batch) = batches.recv() {
+        let start = Instant::now();
+        for job in &batch {
+            metrics::histogram!(m::QUEUE_DURATION)
+                .record(start.duration_since(job.enqueued).as_secs_f64());
+        }
+        let tokens: usize = batch.iter().map(Job::tokens).sum();
+        metrics::histogram!(m::BATCH_REQUESTS).record(batch.len() as f64);
+        metrics::histogram!(m::BATCH_TOKENS).record(tokens as f64);
+        let outcome = run_guarded(runner, &batch);
+        metrics::histogram!(m::BATCH_DURATION).record(start.elapsed().as_secs_f64());
+        match outcome {
+            Ok(items) => answer(batch, items),
+            Err(err) if batch.len() == 1 => {
+                for job in batch {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+            // One request's input can fail (or crash) a whole batch: rerun each alone so the
+            // error reaches only the request that caused it, with its own indices.
+            Err(_) => {
+                for job in batch {
+                    let outcome = run_guarded(runner, std::slice::from_ref(&job));
+                    let _ = job.reply.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `jobs` as one batch, turning a library error or a panic into an [`ApiError`].
+fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Reply {
+    let work = &jobs[0].work;
+    let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
+    let encodings: Vec<Encoded> = jobs
+        .iter()
+        .flat_map(|j| j.encodings.iter().cloned())
+        .collect();
+    // The runner only reads the model (`forward` takes `&self`), so state seen after a panic
+    // is the state before it.
+    match catch_unwind(AssertUnwindSafe(|| runner.run(work, &texts, &encodings))) {
+        Ok(Ok(items)) if items.len() == texts.len() => Ok(items),
+        Ok(Ok(items)) => Err(ApiError::Internal(format!(
+            "the model returned {} results for {} inputs",
+            items.len(),
+            texts.len()
+        ))),
+        Ok(Err(err)) => Err(ApiError::from_library(err, "input")),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(
+                "the model panicked on a batch of {} requests: {what}",
+                jobs.len()
+            );
+            Err(ApiError::Internal(format!(
+                "the model failed on this batch: {what}"
+            )))
+        }
+    }
+}
+
+/// Splits a batch's items back into its jobs, in order.
+fn answer(batch: Vec<Job>, items: Vec<Item>) {
+    let mut items = items.into_iter();
+    for job in batch {
+        let own: Vec<Item> = items.by_ref().take(job.texts.len()).collect();
+        let _ = job.reply.send(Ok(own));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use girder::pipelines::embeddings;
+
+    /// Embeds each text as `[len]`; panics on "boom", fails on "bad".
+    struct Fake;
+
+    impl Runner for Fake {
+        fn run(&self, _: &Work, texts: &[String], _: &[Encoded]) -> girder::Result<Vec<Item>> {
+            texts
+                .iter()
+                .enumerate()
+                .map(|(index, t)| match t.as_str() {
+                    "boom" => panic!("boom"),
+                    "bad" => Err(girder::Error::BadInput {
+                        index,
+                        reason: "bad".into(),
+                    }),
+                    _ => Ok(Item::Embedding(embeddings::Output {
+                        embedding: vec![t.len() as f32],
+                        truncated: false,
+                    })),
+                })
+                .collect()
+        }
+    }
+
+    fn encoded(n: usize) -> Encoded {
+        Encoded {
+            ids: vec![0; n],
+            ..Default::default()
+        }
+    }
+
+    async fn ask(b: &Batcher, texts: &[&str]) -> Reply {
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        let encodings = texts.iter().map(|t| encoded(t.len().max(1))).collect();
+        b.call(Work::Embed { normalize: None }, texts, encodings)
+            .await
+    }
+
+    fn first(reply: &Reply) -> Vec<f32> {
+        match reply {
+            Ok(items) => items
+                .iter()
+                .map(|i| match i {
+                    Item::Embedding(e) => e.embedding[0],
+                    _ => -1.0,
+                })
+                .collect(),
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_request_gets_its_rows_and_a_panic_hits_only_its_batch() {
+        let b = Batcher::spawn(Arc::new(Fake), 64, 16).unwrap();
+        let (a, c, d) = tokio::join!(ask(&b, &["a", "bb"]), ask(&b, &["ccc"]), ask(&b, &["dddd"]));
+        assert_eq!(first(&a), vec![1.0, 2.0]);
+        assert_eq!(first(&c), vec![3.0]);
+        assert_eq!(first(&d), vec![4.0]);
+        let (boom, ok, bad) =
+            tokio::join!(ask(&b, &["boom"]), ask(&b, &["ok"]), ask(&b, &["x", "bad"]));
+        assert!(matches!(boom, Err(ApiError::Internal(_))), "{boom:?}");
+        assert_eq!(first(&ok), vec![2.0]);
+        match bad {
+            Err(ApiError::Validation { field, .. }) => assert_eq!(field, "input[1]"),
+            other => panic!("{other:?}"),
+        }
+        // Still serving after the panic.
+        assert_eq!(first(&ask(&b, &["after"]).await), vec![5.0]);
+        assert!(b.is_alive());
+    }
+}

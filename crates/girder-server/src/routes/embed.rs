@@ -1,0 +1,47 @@
+//! `POST /embed`: text-embeddings-inference's embeddings API: `{"inputs", "normalize",
+//! "truncate"}` → one vector per input (a list of lists, also for a single string).
+
+use super::{encode, ApiJson, AppState, Texts};
+use crate::engine::{Item, Work};
+use crate::error::ApiError;
+use axum::extract::State;
+use axum::Json;
+use girder::pipelines::Task;
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Debug, Deserialize)]
+pub struct Request {
+    pub inputs: Texts,
+    /// TEI normalises unless told not to.
+    #[serde(default = "yes")]
+    pub normalize: bool,
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn handler(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<Request>,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    state.require(Task::Embeddings, "/embed")?;
+    let (texts, encodings) = encode(&state, request.inputs, request.truncate, "inputs").await?;
+    let work = Work::Embed {
+        normalize: Some(request.normalize),
+    };
+    let items = state.batcher.call(work, texts, encodings).await?;
+    items
+        .into_iter()
+        .map(|item| match item {
+            Item::Embedding(out) => Ok(out.embedding),
+            _ => Err(ApiError::Internal(
+                "the engine returned no embedding".into(),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Json)
+}
