@@ -36,6 +36,15 @@ impl Activation {
         })
     }
 
+    /// Applies the function to a tensor that was just computed and is not shared (a
+    /// layer's output), overwriting it where a vectorized in-place kernel exists (GELU).
+    pub fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Gelu => super::kernels::gelu_erf(x),
+            _ => self.forward(&x),
+        }
+    }
+
     /// Applies the function elementwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {

@@ -25,7 +25,7 @@ pub fn varlen_attention(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &[u32]) 
         let q = (heads_first(q)? * scale)?;
         let (k, v) = (heads_first(k)?, heads_first(v)?);
         let scores = q.matmul(&k.t()?)?; // [heads, len, len]
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = super::kernels::softmax_last_dim(scores)?;
         outs.push(probs.matmul(&v)?.transpose(0, 1)?); // [len, heads, head_dim]
     }
     Ok(match outs.len() {
@@ -95,7 +95,7 @@ pub fn causal_attention(
     } else {
         scores
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = super::kernels::softmax_last_dim(scores)?;
     let out = probs.matmul(&v.contiguous()?)?; // [kv_heads, groups * t, head_dim]
     Ok(out
         .reshape((heads, t, head_dim))?

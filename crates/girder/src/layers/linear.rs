@@ -93,7 +93,7 @@ impl Linear {
             Weight::Blocks(m) => m.forward(x)?,
         };
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => super::kernels::add_in_place(y, b)?,
             None => y,
         })
     }

@@ -6,6 +6,7 @@
 
 mod activation;
 mod attention;
+mod kernels;
 mod kv_cache;
 mod linear;
 mod norm;
@@ -15,6 +16,7 @@ pub mod rope;
 
 pub use activation::Activation;
 pub use attention::{causal_attention, ragged_causal_attention, varlen_attention};
+pub use kernels::{add_in_place, gelu_erf, softmax_last_dim};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use norm::{layer_norm, RmsNorm};

@@ -11,7 +11,7 @@ use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
-use crate::layers::{layer_norm, varlen_attention, Activation, Embedding, Linear};
+use crate::layers::{add_in_place, layer_norm, varlen_attention, Activation, Embedding, Linear};
 use candle_core::Tensor;
 use candle_nn::{LayerNorm, Module};
 use serde::Deserialize;
@@ -192,7 +192,7 @@ impl Attention {
         let context = varlen_attention(&q, &k, &v, &batch.cu_seqlens)?; // [n, heads, head_dim]
         let context = context.reshape((n, self.num_heads * self.head_dim))?;
         let out = self.output.forward(&context)?;
-        Ok(self.output_norm.forward(&(out + x)?)?)
+        Ok(self.output_norm.forward(&add_in_place(out, x)?)?)
     }
 }
 
@@ -233,9 +233,9 @@ impl Layer {
         let attended = self.attention.forward(x, batch)?;
         let h = self
             .activation
-            .forward(&self.intermediate.forward(&attended)?)?;
+            .forward_owned(self.intermediate.forward(&attended)?)?;
         let out = self.output.forward(&h)?;
-        Ok(self.output_norm.forward(&(out + attended)?)?)
+        Ok(self.output_norm.forward(&add_in_place(out, &attended)?)?)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
-use crate::layers::{layer_norm, varlen_attention, Activation, Embedding, Linear};
+use crate::layers::{add_in_place, layer_norm, varlen_attention, Activation, Embedding, Linear};
 use candle_core::Tensor;
 use candle_nn::{LayerNorm, Module};
 use serde::Deserialize;
@@ -171,10 +171,14 @@ impl Layer {
     fn forward(&self, x: &Tensor, t: &BatchTensors) -> Result<Tensor> {
         let attended = self
             .sa_layer_norm
-            .forward(&(self.attention.forward(x, t)? + x)?)?;
-        let h = self.activation.forward(&self.lin1.forward(&attended)?)?;
+            .forward(&add_in_place(self.attention.forward(x, t)?, x)?)?;
+        let h = self
+            .activation
+            .forward_owned(self.lin1.forward(&attended)?)?;
         let out = self.lin2.forward(&h)?;
-        Ok(self.output_layer_norm.forward(&(out + attended)?)?)
+        Ok(self
+            .output_layer_norm
+            .forward(&add_in_place(out, &attended)?)?)
     }
 }
 
