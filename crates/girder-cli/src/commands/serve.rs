@@ -88,6 +88,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let signal = ShutdownSignal::watch()?;
         let server = girder_server::start(model, options).await?;
         eprintln!(
             "girder serve: {} ({}) listening on http://{}",
@@ -95,7 +96,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             server.task.name(),
             server.addr
         );
-        shutdown_signal().await?;
+        signal.received().await?;
         eprintln!("girder serve: shutting down, finishing in-flight requests");
         if !server.shutdown().await? {
             eprintln!("girder serve: some requests were still running after the grace period");
@@ -165,20 +166,41 @@ fn gate(report: &girder::check::Report, allow_mismatch: bool) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() -> Result<()> {
+/// SIGTERM and Ctrl-C, watched from creation on: a signal that arrives right after the
+/// "listening" line must shut down gracefully rather than kill the process.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    /// Installs the handlers (inside the runtime).
+    fn watch() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignal {
+                term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot watch Ctrl-C")?;
-    Ok(())
+
+    /// Resolves on the first signal.
+    async fn received(mut self) -> Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot watch Ctrl-C")?;
+        Ok(())
+    }
 }
