@@ -14,6 +14,8 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Starts `girder serve --port 0 <args>`; returns the child, its stderr and the address from
 /// the "listening on" line (the pre-flight findings come before it).
+// The child is returned running: every caller signals it and waits (`sigterm_and_wait`).
+#[allow(clippy::zombie_processes)]
 fn start_serve(args: &[&str]) -> (Child, BufReader<ChildStderr>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_girder"))
         .arg("serve")
@@ -27,10 +29,10 @@ fn start_serve(args: &[&str]) -> (Child, BufReader<ChildStderr>, String, String)
     let mut before = String::new();
     loop {
         let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "girder serve ended before listening:\n{before}"
-        );
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("girder serve ended ({status:?}) before listening:\n{before}");
+        }
         if let Some(addr) = line.trim().split("listening on http://").nth(1) {
             before.push_str(&line);
             return (child, stderr, addr.to_string(), before);

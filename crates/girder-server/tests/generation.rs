@@ -32,8 +32,14 @@ fn greedy(max_new_tokens: usize) -> Options {
 /// whether the last one was `[DONE]`.
 async fn read_events(response: reqwest::Response) -> (Vec<Value>, bool) {
     assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
     let body = response.text().await.unwrap();
     let data: Vec<&str> = body
         .lines()
@@ -112,7 +118,10 @@ async fn completions_equal_the_library_while_batched_continuously() {
         };
         assert_eq!(choice["finish_reason"], reason, "{answer}");
         assert_eq!(answer["usage"]["prompt_tokens"], expected.prompt_tokens);
-        assert_eq!(answer["usage"]["completion_tokens"], expected.completion_tokens);
+        assert_eq!(
+            answer["usage"]["completion_tokens"],
+            expected.completion_tokens
+        );
         assert_eq!(
             answer["usage"]["total_tokens"],
             expected.prompt_tokens + expected.completion_tokens
@@ -193,8 +202,10 @@ async fn streamed_completions_and_chat_equal_the_whole_answer() {
     let expected = &library.generate(&["Hello world"], &greedy(24)).unwrap()[0];
     let response = client
         .post(url(&server, "/v1/completions"))
-        .json(&json!({"prompt": "Hello world", "max_tokens": 24, "temperature": 0,
-                      "stream": true, "stream_options": {"include_usage": true}}))
+        .json(
+            &json!({"prompt": "Hello world", "max_tokens": 24, "temperature": 0,
+                      "stream": true, "stream_options": {"include_usage": true}}),
+        )
         .send()
         .await
         .unwrap();
@@ -209,13 +220,16 @@ async fn streamed_completions_and_chat_equal_the_whole_answer() {
     assert!(last_choice["finish_reason"].is_string(), "{last_choice}");
     let usage = &events[events.len() - 1];
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!(usage["usage"]["completion_tokens"], expected.completion_tokens);
+    assert_eq!(
+        usage["usage"]["completion_tokens"],
+        expected.completion_tokens
+    );
 
     // Chat: the template is applied as the library applies it.
     let messages = [Message::new("user", "What is the capital of France?")];
     let ids = library.encode_chat_messages(&messages).unwrap();
     let expected = &library
-        .generate_from_ids(&[ids.clone()], &greedy(20), &mut |_, _| {})
+        .generate_from_ids(std::slice::from_ref(&ids), &greedy(20), &mut |_, _| {})
         .unwrap()[0];
     let body = json!({
         "model": "tiny", "temperature": 0, "max_tokens": 20,
@@ -225,7 +239,10 @@ async fn streamed_completions_and_chat_equal_the_whole_answer() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["object"], "chat.completion");
     assert_eq!(answer["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(answer["choices"][0]["message"]["content"], expected.text.as_str());
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        expected.text.as_str()
+    );
     assert_eq!(answer["usage"]["prompt_tokens"], ids.len());
 
     // Content as text parts is the same message.
@@ -233,7 +250,10 @@ async fn streamed_completions_and_chat_equal_the_whole_answer() {
     parts["messages"][0]["content"] =
         json!([{"type": "text", "text": "What is the capital of France?"}]);
     let (_, same) = post(&server, "/v1/chat/completions", parts).await;
-    assert_eq!(same["choices"][0]["message"], answer["choices"][0]["message"]);
+    assert_eq!(
+        same["choices"][0]["message"],
+        answer["choices"][0]["message"]
+    );
 
     let mut streamed = body;
     streamed["stream"] = json!(true);
@@ -278,13 +298,37 @@ async fn bad_generation_requests_get_the_right_status_and_name_the_field() {
         ("/v1/completions", json!({"prompt": ""}), "prompt"),
         ("/v1/completions", json!({"prompt": 3}), "prompt"),
         ("/v1/completions", json!({"prompt": ["a", "b"]}), "prompt"),
-        ("/v1/completions", json!({"prompt": "a", "max_tokens": "x"}), "max_tokens"),
-        ("/v1/completions", json!({"prompt": "a", "max_tokens": 0}), "max_tokens"),
-        ("/v1/completions", json!({"prompt": "a", "temperature": -1}), "temperature"),
-        ("/v1/completions", json!({"prompt": "a", "top_p": 2}), "top_p"),
-        ("/v1/completions", json!({"prompt": "a", "stop": [""]}), "stop"),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": "x"}),
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": 0}),
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "temperature": -1}),
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "top_p": 2}),
+            "top_p",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "stop": [""]}),
+            "stop",
+        ),
         ("/v1/completions", json!({"prompt": "a", "n": 2}), "n"),
-        ("/v1/completions", json!({"prompt": "a", "logprobs": 2}), "logprobs"),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "logprobs": 2}),
+            "logprobs",
+        ),
         ("/v1/chat/completions", json!({"messages": []}), "messages"),
         ("/v1/chat/completions", json!({"prompt": "a"}), "messages"),
         (
@@ -296,7 +340,10 @@ async fn bad_generation_requests_get_the_right_status_and_name_the_field() {
         let (status, answer) = post(&server, path, body.clone()).await;
         assert_eq!(status, 422, "{body} → {answer}");
         let message = error_message(&answer);
-        assert!(message.contains(field), "{body}: `{message}` does not name {field}");
+        assert!(
+            message.contains(field),
+            "{body}: `{message}` does not name {field}"
+        );
     }
     // The llama fixture has no chat template: named, 422.
     let (status, answer) = post(
@@ -393,7 +440,10 @@ async fn a_client_that_hangs_up_stops_its_sequence() {
     drop(response);
     let mut waited = Duration::ZERO;
     while metric(&server, "girder_generations_cancelled_total").await <= cancelled_before {
-        assert!(waited < Duration::from_secs(10), "the sequence was not cancelled");
+        assert!(
+            waited < Duration::from_secs(10),
+            "the sequence was not cancelled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += Duration::from_millis(20);
     }
@@ -411,8 +461,10 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
     let addr = server.addr;
     let mut response = reqwest::Client::new()
         .post(url(&server, "/v1/completions"))
-        .json(&json!({"prompt": "Hi", "max_tokens": 200, "ignore_eos": true, "stream": true,
-                      "stream_options": {"include_usage": true}}))
+        .json(
+            &json!({"prompt": "Hi", "max_tokens": 200, "ignore_eos": true, "stream": true,
+                      "stream_options": {"include_usage": true}}),
+        )
         .send()
         .await
         .unwrap();
