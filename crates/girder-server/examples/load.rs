@@ -21,7 +21,9 @@
 //! ```
 //!
 //! or targets a running server with `--url http://127.0.0.1:8080 [--pid PID]`.
-//! Exits 1 when any request failed.
+//! Exits 1 when any request failed. `--write-texts FILE --count N` writes the first N texts of
+//! the embeddings workload as JSON Lines (for the offline `girder run embeddings --input FILE`
+//! baseline) and exits.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +41,8 @@ struct Args {
     texts_per_request: usize,
     max_batch_tokens: Option<usize>,
     chat: bool,
+    write_texts: Option<String>,
+    count: usize,
     single_seconds: u64,
     max_tokens: usize,
 }
@@ -55,6 +59,8 @@ fn parse_args() -> Result<Args, String> {
         texts_per_request: 1,
         max_batch_tokens: None,
         chat: false,
+        write_texts: None,
+        count: 1024,
         single_seconds: 20,
         max_tokens: 64,
     };
@@ -73,6 +79,8 @@ fn parse_args() -> Result<Args, String> {
             "--texts-per-request" => args.texts_per_request = number(value()?)?.max(1),
             "--max-batch-tokens" => args.max_batch_tokens = Some(number(value()?)?),
             "--chat" => args.chat = true,
+            "--write-texts" => args.write_texts = Some(value()?),
+            "--count" => args.count = number(value()?)?.max(1),
             "--single-seconds" => args.single_seconds = number(value()?)?.clamp(1, 600) as u64,
             "--max-tokens" => args.max_tokens = number(value()?)?.max(1),
             "--help" | "-h" => {
@@ -81,7 +89,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other} (see --help)")),
         }
     }
-    if args.girder.is_none() && args.url.is_none() {
+    if args.girder.is_none() && args.url.is_none() && args.write_texts.is_none() {
         return Err("give --girder BIN (to start a server) or --url URL".into());
     }
     Ok(args)
@@ -199,6 +207,19 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(path) = &args.write_texts {
+        // The pool the clients cycle through, repeated up to `count` texts.
+        let pool = texts(1024);
+        let lines: String = (0..args.count)
+            .map(|i| format!("{}\n", serde_json::json!({"text": pool[i % pool.len()]})))
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("cannot write {path}: {e}");
+            std::process::exit(2);
+        }
+        println!("wrote {} texts to {path}", args.count);
+        return;
+    }
     let (mut child, url, pid) = match (&args.girder, &args.url) {
         (Some(girder), _) => match start_server(girder, &args) {
             Ok((child, url)) => {

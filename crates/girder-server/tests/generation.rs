@@ -449,6 +449,28 @@ async fn a_client_that_hangs_up_stops_its_sequence() {
     }
     let generated = metric(&server, "girder_generated_tokens_total").await - tokens_before;
     assert!(generated < 250.0, "{generated} tokens: it ran to the end");
+
+    // A client waiting for a whole answer that gives up: its connection closes and the
+    // sequence stops too.
+    let cancelled_before = metric(&server, "girder_generations_cancelled_total").await;
+    let tokens_before = metric(&server, "girder_generated_tokens_total").await;
+    let waiting = reqwest::Client::new()
+        .post(url(&server, "/v1/completions"))
+        .json(&json!({"prompt": "Hi", "max_tokens": 250, "ignore_eos": true}))
+        .send();
+    let gave_up = tokio::time::timeout(Duration::from_millis(30), waiting).await;
+    assert!(gave_up.is_err(), "the answer came within 30 ms");
+    let mut waited = Duration::ZERO;
+    while metric(&server, "girder_generations_cancelled_total").await <= cancelled_before {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the sequence was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    let generated = metric(&server, "girder_generated_tokens_total").await - tokens_before;
+    assert!(generated < 250.0, "{generated} tokens: it ran to the end");
     // Still serving.
     let (status, _) = post(&server, "/v1/completions", json!({"prompt": "Hi"})).await;
     assert_eq!(status, 200);
