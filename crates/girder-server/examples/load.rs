@@ -43,6 +43,7 @@ struct Args {
     chat: bool,
     write_texts: Option<String>,
     count: usize,
+    max_sequences: Option<usize>,
     single_seconds: u64,
     max_tokens: usize,
 }
@@ -61,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         chat: false,
         write_texts: None,
         count: 1024,
+        max_sequences: None,
         single_seconds: 20,
         max_tokens: 64,
     };
@@ -81,10 +83,11 @@ fn parse_args() -> Result<Args, String> {
             "--chat" => args.chat = true,
             "--write-texts" => args.write_texts = Some(value()?),
             "--count" => args.count = number(value()?)?.max(1),
+            "--max-sequences" => args.max_sequences = Some(number(value()?)?.max(1)),
             "--single-seconds" => args.single_seconds = number(value()?)?.clamp(1, 600) as u64,
             "--max-tokens" => args.max_tokens = number(value()?)?.max(1),
             "--help" | "-h" => {
-                return Err("usage: load [--girder BIN --model DIR | --url URL [--pid PID]] [--clients N] [--seconds T] [--max-requests N] [--texts-per-request K] [--max-batch-tokens N] [--chat [--single-seconds T] [--max-tokens N]]".into())
+                return Err("usage: load [--girder BIN --model DIR | --url URL [--pid PID]] [--clients N] [--seconds T] [--max-requests N] [--texts-per-request K] [--max-batch-tokens N] [--chat [--single-seconds T] [--max-tokens N] [--max-sequences N]] [--write-texts FILE --count N]".into())
             }
             other => return Err(format!("unknown argument {other} (see --help)")),
         }
@@ -170,7 +173,8 @@ fn start_server(girder: &str, args: &Args) -> Result<(Child, String), String> {
     // Enough queue for every client: this measures throughput, not back-pressure.
     cmd.args(["--max-queue", &(args.clients * 2).to_string()]);
     if args.chat {
-        cmd.args(["--max-sequences", &args.clients.max(1).to_string()]);
+        let max_sequences = args.max_sequences.unwrap_or(args.clients);
+        cmd.args(["--max-sequences", &max_sequences.to_string()]);
     }
     let mut child = cmd
         .stdout(Stdio::null())
