@@ -42,7 +42,8 @@ enum Command {
     Check(commands::check::CheckArgs),
     /// Pin the tokenizer and the probe's results for a later `girder check --lock`.
     Lock(commands::lock::LockArgs),
-    /// Serve a model over HTTP: batched encoder endpoints, OpenAI /v1/embeddings, metrics.
+    /// Serve a model over HTTP: batched encoder endpoints, OpenAI /v1/embeddings and
+    /// /v1/(chat/)completions with continuous batching, metrics.
     Serve(commands::serve::ServeArgs),
 }
 

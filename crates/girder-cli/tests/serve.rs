@@ -1,11 +1,68 @@
-//! `girder serve` end to end: it prints its address, answers over loopback, and on SIGTERM
-//! finishes and exits 0.
+//! `girder serve` end to end: it runs the pre-flight check before the port opens, prints its
+//! address, answers over loopback (greedy completions equal `girder generate`'s), and on
+//! SIGTERM finishes and exits 0.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../girder/tests/fixtures/{name}"))
+}
+
+/// Starts `girder serve --port 0 <args>`; returns the child, its stderr and the address from
+/// the "listening on" line (the pre-flight findings come before it).
+// The child is returned running: every caller signals it and waits (`sigterm_and_wait`).
+#[allow(clippy::zombie_processes)]
+fn start_serve(args: &[&str]) -> (Child, BufReader<ChildStderr>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_girder"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut before = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("girder serve ended ({status:?}) before listening:\n{before}");
+        }
+        if let Some(addr) = line.trim().split("listening on http://").nth(1) {
+            before.push_str(&line);
+            return (child, stderr, addr.to_string(), before);
+        }
+        before.push_str(&line);
+    }
+}
+
+fn post(addr: &str, path: &str, body: &str) -> String {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// The JSON body of an HTTP answer.
+fn json_body(answer: &str) -> serde_json::Value {
+    let body = answer.split("\r\n\r\n").nth(1).expect("no body");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+fn sigterm_and_wait(mut child: Child) {
+    // SAFETY: signals our own child process by its id.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
 
 /// A bare HTTP/1.1 request (the CLI's tests need no HTTP client); returns the whole answer.
 fn http(addr: &str, request: &str) -> String {
@@ -22,24 +79,8 @@ fn http(addr: &str, request: &str) -> String {
 #[cfg(unix)]
 #[test]
 fn serve_answers_and_exits_0_on_sigterm() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../girder/tests/fixtures/bert-st-mean");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_girder"))
-        .args(["serve", "--model"])
-        .arg(&model)
-        .args(["--port", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap_or_else(|| panic!("no address in `{line}`"))
-        .to_string();
+    let model = fixture("bert-st-mean");
+    let (mut child, mut stderr, addr, line) = start_serve(&["--model", model.to_str().unwrap()]);
     assert!(line.contains("(embeddings)"), "{line}");
 
     let body = r#"{"input": ["hello", "world"]}"#;
@@ -60,4 +101,89 @@ fn serve_answers_and_exits_0_on_sigterm() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("shutting down"), "{rest}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_failed_preflight_refuses_to_start_unless_allowed() {
+    // A lock pinned on RoBERTa's tokenizer: BERT's tokenizer drifts from it.
+    let lock = std::env::temp_dir().join(format!("girder-serve-test-{}.lock", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_girder"))
+        .args(["lock", "--allow-mismatch", "--model"])
+        .arg(fixture("roberta-base"))
+        .arg("--out")
+        .arg(&lock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let model = fixture("bert-st-mean");
+    let refused = Command::new(env!("CARGO_BIN_EXE_girder"))
+        .args(["serve", "--port", "0", "--model"])
+        .arg(&model)
+        .arg("--lock")
+        .arg(&lock)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lock-ids-changed"), "{stderr}");
+    assert!(stderr.contains("pre-flight check failed"), "{stderr}");
+    assert!(!stderr.contains("listening"), "the port opened: {stderr}");
+
+    let (child, _stderr, addr, before) = start_serve(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--lock",
+        lock.to_str().unwrap(),
+        "--allow-mismatch",
+    ]);
+    assert!(before.contains("--allow-mismatch"), "{before}");
+    let info = json_body(&http(
+        &addr,
+        "GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ));
+    assert_eq!(info["preflight"]["ok"], false, "{info}");
+    assert!(info["preflight"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["code"] == "lock-ids-changed"));
+    assert_eq!(info["tokenizer_sha256"].as_str().map(str::len), Some(64));
+    sigterm_and_wait(child);
+    let _ = std::fs::remove_file(lock);
+}
+
+#[cfg(unix)]
+#[test]
+fn greedy_completions_equal_girder_generate() {
+    let model = fixture("llama-causal-lm");
+    let generated = Command::new(env!("CARGO_BIN_EXE_girder"))
+        .args(["generate", "--max-new-tokens", "12", "--model"])
+        .arg(&model)
+        .arg("Hello world")
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let line = String::from_utf8(generated.stdout).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+
+    let (child, _stderr, addr, line) = start_serve(&["--model", model.to_str().unwrap()]);
+    assert!(line.contains("(text-generation)"), "{line}");
+    let answer = json_body(&post(
+        &addr,
+        "/v1/completions",
+        r#"{"prompt": "Hello world", "max_tokens": 12, "temperature": 0}"#,
+    ));
+    assert_eq!(answer["choices"][0]["text"], expected["text"], "{answer}");
+    assert_eq!(
+        answer["usage"]["completion_tokens"],
+        expected["completion_tokens"]
+    );
+    sigterm_and_wait(child);
 }

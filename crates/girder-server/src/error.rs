@@ -151,19 +151,26 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
+impl ApiError {
+    /// The JSON body: `{"error": {"message", "type", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
         let (r#type, code) = self.kind();
         let message = self.message();
-        let body = Body {
+        serde_json::to_value(Body {
             error: Detail {
                 message: &message,
                 r#type,
                 code,
             },
-        };
-        let mut response = (status, axum::Json(body)).into_response();
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, axum::Json(self.body())).into_response();
         if let ApiError::Overloaded { .. } = self {
             response
                 .headers_mut()

@@ -1,17 +1,22 @@
-//! girder's HTTP server: encoder pipelines behind OpenAI- and TEI-shaped endpoints, with
-//! dynamic batching, back-pressure and Prometheus metrics.
+//! girder's HTTP server: encoder pipelines behind OpenAI- and TEI-shaped endpoints with
+//! dynamic batching, text generation behind OpenAI's completion APIs with continuous
+//! batching, back-pressure and Prometheus metrics.
 //!
-//! The model is loaded (by the caller) before the port opens. Handlers validate and tokenize;
-//! the [`batcher`] packs queued requests under a token budget and its model thread runs them
-//! through the [`engine`]. Errors map to statuses in one place ([`error`]). The CLI's
-//! `girder serve` is [`start`] plus a signal handler; tests call [`start`] directly.
+//! The model is loaded and checked ([`preflight`]) by the caller before the port opens.
+//! Handlers validate and tokenize; for an encoder the [`batcher`] packs queued requests under
+//! a token budget and its model thread runs them through the [`engine`]; for a causal
+//! language model the [`generation`] engine steps a continuous batch. Errors map to statuses
+//! in one place ([`error`]). The CLI's `girder serve` is [`preflight`], [`start`] and a
+//! signal handler; tests call [`start`] directly.
 //!
-//! Endpoints: `POST /v1/embeddings`, `/embed`, `/predict`, `/ner`, `/fill-mask`,
-//! `/tokenize`; `GET /health`, `/info`, `/metrics`.
+//! Endpoints: `POST /v1/embeddings`, `/embed`, `/predict`, `/ner`, `/fill-mask` (encoders),
+//! `/v1/completions`, `/v1/chat/completions` (generation), `/tokenize`; `GET /health`,
+//! `/info`, `/metrics`.
 
 pub mod batcher;
 pub mod engine;
 pub mod error;
+pub mod generation;
 pub mod metrics;
 pub mod routes;
 
@@ -20,9 +25,14 @@ use axum::routing::{get, post};
 use axum::Router;
 use batcher::Batcher;
 use engine::EncoderEngine;
+use generation::Generator;
+use girder::check::{self, lock, CheckOptions, Loaded, Report, Subject};
+use girder::generate::TextGenerator;
 use girder::pipelines::{Model, Task};
 use girder::tokenize::Truncation;
-use routes::AppState;
+use routes::info::Info;
+pub use routes::ServedTask;
+use routes::{AppState, EncoderState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,8 +60,12 @@ pub struct ServeOptions {
     pub max_batch_tokens: usize,
     /// Requests waiting at most; beyond, 429.
     pub max_queue: usize,
+    /// Sequences decoding together at most (generation); more wait in the queue.
+    pub max_sequences: usize,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// What [`preflight`] found, reported by `/info`.
+    pub preflight: Option<Preflight>,
 }
 
 impl ServeOptions {
@@ -62,8 +76,10 @@ impl ServeOptions {
             model_ref: model_ref.into(),
             max_batch_tokens: girder::pipelines::DEFAULT_MAX_BATCH_TOKENS,
             max_queue: DEFAULT_MAX_QUEUE,
+            max_sequences: generation::DEFAULT_MAX_SEQUENCES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            preflight: None,
         }
     }
 }
@@ -73,7 +89,7 @@ pub struct Running {
     /// The bound address (the real port when 0 was asked).
     pub addr: SocketAddr,
     /// The task it serves.
-    pub task: Task,
+    pub task: ServedTask,
     state: Arc<AppState>,
     stop: oneshot::Sender<()>,
     join: JoinHandle<std::io::Result<()>>,
@@ -108,6 +124,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/predict", post(routes::predict::handler))
         .route("/ner", post(routes::ner::handler))
         .route("/fill-mask", post(routes::fill_mask::handler))
+        .route("/v1/completions", post(routes::completions::handler))
+        .route(
+            "/v1/chat/completions",
+            post(routes::chat_completions::handler),
+        )
         .route("/tokenize", post(routes::tokenize::handler))
         .route("/health", get(routes::health::handler))
         .route("/info", get(routes::info::handler))
@@ -117,38 +138,167 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Checks that `model` can serve the task, starts the batcher and binds the port.
+/// What a server runs: an encoder (the pipelines) or a causal language model.
+pub enum ServedModel {
+    Encoder(Model),
+    Generator(TextGenerator),
+}
+
+impl From<Model> for ServedModel {
+    fn from(model: Model) -> Self {
+        ServedModel::Encoder(model)
+    }
+}
+
+impl From<TextGenerator> for ServedModel {
+    fn from(model: TextGenerator) -> Self {
+        ServedModel::Generator(model)
+    }
+}
+
+/// The pre-flight check's outcome, as `/info` reports it.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    /// The findings of `girder check` (and of the lock comparison when a lock was given).
+    pub report: Report,
+    /// `girder lock`'s fingerprint of the tokenizer.
+    pub tokenizer_sha256: String,
+    /// The tokenizer file checked.
+    pub tokenizer_source: String,
+}
+
+/// Runs the checks of `girder check` on what will be served, and compares it with `pinned`
+/// (a `girder lock` file) when given. `Ok(None)`: nothing to check (a GGUF file carries no
+/// model folder). The caller decides whether an error refuses to start.
+pub fn preflight(
+    model: &ServedModel,
+    model_ref: &str,
+    pinned: Option<&lock::Lock>,
+) -> girder::Result<Option<Preflight>> {
+    let run = |subject: &Subject| -> girder::Result<Preflight> {
+        let mut report = check::check_subject(subject, &CheckOptions::default())?;
+        if let Some(pinned) = pinned {
+            report.extend(lock::compare(pinned, subject)?);
+        }
+        Ok(Preflight {
+            report,
+            tokenizer_sha256: lock::fingerprint(subject.tokenizer)?,
+            tokenizer_source: subject.tokenizer.source().display().to_string(),
+        })
+    };
+    match model {
+        ServedModel::Encoder(model) => run(&Subject::of(model)).map(Some),
+        ServedModel::Generator(_) if model_ref.to_ascii_lowercase().ends_with(".gguf") => Ok(None),
+        // The checks read the folder's files; the loaded network is not needed.
+        ServedModel::Generator(_) => run(&Loaded::open(model_ref, None)?.subject()).map(Some),
+    }
+}
+
+/// Checks that `model` can serve the task, starts its engine and binds the port.
 /// Must be called inside a tokio runtime.
-pub async fn start(model: Model, options: ServeOptions) -> Result<Running, StartError> {
-    let task = options.task.unwrap_or_else(|| model.default_task());
-    check_task(&model, task)?;
+pub async fn start(
+    model: impl Into<ServedModel>,
+    options: ServeOptions,
+) -> Result<Running, StartError> {
     metrics::handle();
-    let max_length = model.tokenizer.max_length();
-    let truncating = {
-        let mut t = model.tokenizer.clone();
-        t.set_max_length(max_length, Truncation::Truncate)?;
-        t
+    let preflight = options.preflight.clone();
+    let (task, encoder, generator, info) = match model.into() {
+        ServedModel::Encoder(model) => {
+            let task = options.task.unwrap_or_else(|| model.default_task());
+            check_task(&model, task)?;
+            let max_length = model.tokenizer.max_length();
+            let truncating = {
+                let mut t = model.tokenizer.clone();
+                t.set_max_length(max_length, Truncation::Truncate)?;
+                t
+            };
+            let refusing = {
+                let mut t = model.tokenizer.clone();
+                t.set_max_length(max_length, Truncation::Refuse)?;
+                t
+            };
+            let info = Info {
+                model: options.model_ref.clone(),
+                model_path: model.folder.root().display().to_string(),
+                architecture: model.encoder.class_name().to_string(),
+                task: task.name(),
+                // `Model::load_folder` loads encoder weights as f32 (on CPU and GPU alike).
+                dtype: "float32",
+                max_input_length: max_length,
+                context_length: None,
+                max_batch_tokens: options.max_batch_tokens,
+                max_queue: options.max_queue,
+                max_sequences: None,
+                tokenizer_source: Some(model.tokenizer.source().display().to_string()),
+                tokenizer_sha256: Some(lock::fingerprint(&model.tokenizer)?),
+                preflight: preflight.map(|p| p.report),
+                version: env!("CARGO_PKG_VERSION"),
+            };
+            let model = Arc::new(model);
+            let batcher = Batcher::spawn(
+                Arc::new(EncoderEngine::new(model.clone())),
+                options.max_batch_tokens,
+                options.max_queue,
+            )?;
+            let encoder = EncoderState {
+                model,
+                batcher,
+                truncating,
+                refusing,
+            };
+            (ServedTask::Encoder(task), Some(encoder), None, info)
+        }
+        ServedModel::Generator(model) => {
+            if let Some(task) = options.task {
+                return Err(StartError::Model(girder::Error::TaskMismatch {
+                    model: model.model().class_name().to_string(),
+                    task: task.name().to_string(),
+                    reason: "a causal language model serves text-generation".into(),
+                }));
+            }
+            let context = model.model().context_length();
+            let gguf = options.model_ref.to_ascii_lowercase().ends_with(".gguf");
+            let info = Info {
+                model: options.model_ref.clone(),
+                model_path: match &preflight {
+                    Some(p) => std::path::Path::new(&p.tokenizer_source)
+                        .parent()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                    None => options.model_ref.clone(),
+                },
+                architecture: model.model().class_name().to_string(),
+                task: ServedTask::TextGeneration.name(),
+                dtype: if gguf {
+                    "gguf (quantized weights, f32 activations)"
+                } else {
+                    "float32"
+                },
+                max_input_length: context.saturating_sub(1),
+                context_length: Some(context),
+                max_batch_tokens: options.max_batch_tokens,
+                max_queue: options.max_queue,
+                max_sequences: Some(options.max_sequences),
+                tokenizer_source: preflight.as_ref().map(|p| p.tokenizer_source.clone()),
+                tokenizer_sha256: preflight.as_ref().map(|p| p.tokenizer_sha256.clone()),
+                preflight: preflight.map(|p| p.report),
+                version: env!("CARGO_PKG_VERSION"),
+            };
+            let generator = Generator::spawn(
+                Arc::new(model),
+                options.max_queue,
+                options.max_sequences,
+                options.max_batch_tokens,
+            )?;
+            (ServedTask::TextGeneration, None, Some(generator), info)
+        }
     };
-    let refusing = {
-        let mut t = model.tokenizer.clone();
-        t.set_max_length(max_length, Truncation::Refuse)?;
-        t
-    };
-    let model = Arc::new(model);
-    let batcher = Batcher::spawn(
-        Arc::new(EncoderEngine::new(model.clone())),
-        options.max_batch_tokens,
-        options.max_queue,
-    )?;
     let state = Arc::new(AppState {
-        model,
         model_ref: options.model_ref.clone(),
         task,
-        batcher,
-        truncating,
-        refusing,
-        max_batch_tokens: options.max_batch_tokens,
-        max_queue: options.max_queue,
+        encoder,
+        generator,
+        info,
         shutting_down: AtomicBool::new(false),
     });
     let listener = tokio::net::TcpListener::bind(options.addr).await?;

@@ -116,6 +116,13 @@ async fn health_info_and_metrics() {
         .as_str()
         .unwrap()
         .ends_with("tokenizer.json"));
+    // girder lock's fingerprint; no pre-flight was run by this test's caller.
+    let model = load("bert-st-mean");
+    assert_eq!(
+        info["tokenizer_sha256"],
+        girder::check::lock::fingerprint(&model.tokenizer).unwrap()
+    );
+    assert!(info["preflight"].is_null());
 
     let (status, _) = post(&server, "/embed", json!({"inputs": "hi"})).await;
     assert_eq!(status, 200);

@@ -1,20 +1,27 @@
-//! `girder serve`: load the model once, then serve it over HTTP (see the `girder-server`
-//! crate) until SIGTERM or Ctrl-C, after which in-flight requests finish and it exits 0.
+//! `girder serve`: load the model once, run the pre-flight check (and the lock comparison)
+//! before the port opens, then serve it over HTTP (see the `girder-server` crate) until
+//! SIGTERM or Ctrl-C, after which in-flight requests finish and it exits 0.
 
 use anyhow::{Context, Result};
 use clap::Args;
+use girder::check::{lock, Severity};
+use girder::config::CommonConfig;
+use girder::generate::TextGenerator;
+use girder::hub::ModelRef;
 use girder::pipelines::{LoadOptions, Model, Task, DEFAULT_MAX_BATCH_TOKENS};
-use girder_server::{ServeOptions, DEFAULT_MAX_QUEUE};
+use girder_server::{ServeOptions, ServedModel, DEFAULT_MAX_QUEUE};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A model folder, or a hub id (`org/name[@revision]`) in the Hugging Face cache.
+    /// A model folder, a hub id (`org/name[@revision]`) in the Hugging Face cache, or a
+    /// `.gguf` file. A causal language model serves /v1/completions and /v1/chat/completions.
     #[arg(long, short)]
     model: String,
-    /// The task (text-classification, token-classification, fill-mask, embeddings); default:
-    /// the one the model's head implies.
+    /// The task of an encoder (text-classification, token-classification, fill-mask,
+    /// embeddings); default: the one the model's head implies.
     #[arg(long)]
     task: Option<String>,
     /// The address to listen on.
@@ -23,12 +30,24 @@ pub struct ServeArgs {
     /// The port to listen on (0: any free port, printed at start).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Tokens per batch at most (one request alone may exceed it).
+    /// Tokens per batch at most (one request alone may exceed it); for generation, prompt
+    /// tokens prefilled per step.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
     /// Requests waiting for the model at most; beyond, 429 with Retry-After.
     #[arg(long, default_value_t = DEFAULT_MAX_QUEUE)]
     max_queue: usize,
+    /// Sequences decoding together at most (generation); more wait in the queue.
+    #[arg(long, default_value_t = girder_server::generation::DEFAULT_MAX_SEQUENCES)]
+    max_sequences: usize,
+    /// Compare with a lock file written by `girder lock` before opening the port; drift that
+    /// is an error refuses to start.
+    #[arg(long)]
+    lock: Option<PathBuf>,
+    /// Start even when the pre-flight check (or the lock) finds errors; they are printed as
+    /// warnings and reported by /info.
+    #[arg(long)]
+    allow_mismatch: bool,
     /// Request bodies larger than this many bytes get 413.
     #[arg(long, default_value_t = girder_server::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -39,16 +58,28 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let task = args.task.as_deref().map(Task::parse).transpose()?;
-    let load = LoadOptions {
-        max_batch_tokens: args.max_batch_tokens,
-        ..LoadOptions::default()
-    };
-    let model =
-        Model::load(&args.model, &load).with_context(|| format!("cannot load {}", args.model))?;
+    // Read the lock before loading the model: a corrupt lock fails fast and clearly.
+    let pinned = args.lock.as_deref().map(lock::read).transpose()?;
+    let model = load(&args).with_context(|| format!("cannot load {}", args.model))?;
+    let preflight = girder_server::preflight(&model, &args.model, pinned.as_ref())
+        .context("the pre-flight check could not run")?;
+    match &preflight {
+        Some(preflight) => gate(&preflight.report, args.allow_mismatch)?,
+        None if pinned.is_some() => {
+            anyhow::bail!(
+                "--lock needs a model folder: a .gguf file cannot be checked against a lock"
+            )
+        }
+        None => eprintln!(
+            "girder serve: no pre-flight check for a .gguf file (it has no model folder to check)"
+        ),
+    }
     let mut options = ServeOptions::new(SocketAddr::new(args.host, args.port), &args.model);
     options.task = task;
+    options.preflight = preflight;
     options.max_batch_tokens = args.max_batch_tokens;
     options.max_queue = args.max_queue;
+    options.max_sequences = args.max_sequences;
     options.max_body_bytes = args.max_body_bytes;
     options.shutdown_grace = Duration::from_secs(args.shutdown_grace_s);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +88,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let signal = ShutdownSignal::watch()?;
         let server = girder_server::start(model, options).await?;
         eprintln!(
             "girder serve: {} ({}) listening on http://{}",
@@ -64,7 +96,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             server.task.name(),
             server.addr
         );
-        shutdown_signal().await?;
+        signal.received().await?;
         eprintln!("girder serve: shutting down, finishing in-flight requests");
         if !server.shutdown().await? {
             eprintln!("girder serve: some requests were still running after the grace period");
@@ -73,20 +105,102 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() -> Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
-            _ = term.recv() => {}
-        }
+/// Loads an encoder as `girder run` does, or a causal language model as `girder generate`.
+fn load(args: &ServeArgs) -> Result<ServedModel> {
+    if args.model.to_ascii_lowercase().ends_with(".gguf") {
+        return Ok(TextGenerator::load(&args.model)?.into());
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot watch Ctrl-C")?;
+    let folder = ModelRef::parse(&args.model).resolve()?;
+    let config = CommonConfig::from_file(
+        &folder.require("config.json", "a model folder needs config.json")?,
+    )?;
+    let generates = girder::models::resolve(&config).is_err()
+        && girder::models::resolve_decoder(&config).is_ok();
+    if generates {
+        return Ok(TextGenerator::from_folder(&folder)?.into());
+    }
+    let load = LoadOptions {
+        max_batch_tokens: args.max_batch_tokens,
+        ..LoadOptions::default()
+    };
+    Ok(Model::load_folder(folder, &load)?.into())
+}
+
+/// Refuses to start on a pre-flight error unless `allow_mismatch`; prints every warning and
+/// error either way.
+fn gate(report: &girder::check::Report, allow_mismatch: bool) -> Result<()> {
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.severity >= Severity::Warning)
+    {
+        eprintln!(
+            "girder serve: pre-flight {} {}: {}{}",
+            f.severity.name(),
+            f.code,
+            f.message,
+            if f.fix.is_empty() {
+                String::new()
+            } else {
+                format!(" (fix: {})", f.fix)
+            }
+        );
+    }
+    if report.ok {
+        return Ok(());
+    }
+    let errors: Vec<&str> = report
+        .with_severity(Severity::Error)
+        .map(|f| f.code.as_str())
+        .collect();
+    if !allow_mismatch {
+        anyhow::bail!(
+            "pre-flight check failed ({}): not serving; run `girder check` for the fixes, or pass --allow-mismatch to serve anyway",
+            errors.join(", ")
+        );
+    }
+    eprintln!(
+        "WARNING: --allow-mismatch: serving despite a failed pre-flight check ({})",
+        errors.join(", ")
+    );
     Ok(())
+}
+
+/// SIGTERM and Ctrl-C, watched from creation on: a signal that arrives right after the
+/// "listening" line must shut down gracefully rather than kill the process.
+struct ShutdownSignal {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    /// Installs the handlers (inside the runtime).
+    fn watch() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignal {
+                term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
+    }
+
+    /// Resolves on the first signal.
+    async fn received(mut self) -> Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot watch Ctrl-C")?;
+        Ok(())
+    }
 }

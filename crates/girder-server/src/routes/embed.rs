@@ -28,12 +28,12 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
-    state.require(Task::Embeddings, "/embed")?;
-    let (texts, encodings) = encode(&state, request.inputs, request.truncate, "inputs").await?;
+    let encoder = state.require(Task::Embeddings, "/embed")?;
+    let (texts, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
     let work = Work::Embed {
         normalize: Some(request.normalize),
     };
-    let items = state.batcher.call(work, texts, encodings).await?;
+    let items = encoder.batcher.call(work, texts, encodings).await?;
     items
         .into_iter()
         .map(|item| match item {

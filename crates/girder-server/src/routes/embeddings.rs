@@ -69,10 +69,10 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Json<Response>, ApiError> {
-    state.require(Task::Embeddings, "/v1/embeddings")?;
-    let (texts, encodings) = encode(&state, request.input, request.truncate, "input").await?;
+    let encoder = state.require(Task::Embeddings, "/v1/embeddings")?;
+    let (texts, encodings) = encode(encoder, request.input, request.truncate, "input").await?;
     let prompt_tokens = encodings.iter().map(|e| e.len()).sum();
-    let items = state
+    let items = encoder
         .batcher
         .call(Work::Embed { normalize: None }, texts, encodings)
         .await?;

@@ -36,10 +36,10 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Json<Response>, ApiError> {
-    state.require(Task::FillMask, "/fill-mask")?;
+    let encoder = state.require(Task::FillMask, "/fill-mask")?;
     let mut options = Options {
         targets: request.targets,
-        mask_token: state.model.tokenizer.mask_token().map(String::from),
+        mask_token: encoder.model.tokenizer.mask_token().map(String::from),
         ..Options::default()
     };
     if let Some(k) = request.top_k {
@@ -58,9 +58,9 @@ pub async fn handler(
         });
     }
     let single = request.inputs.is_single();
-    let (texts, encodings) = encode(&state, request.inputs, request.truncate, "inputs").await?;
+    let (texts, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
     // A text without a mask token fails the whole batch in the library: refuse it here.
-    let tokenizer = state.model.tokenizer.inner();
+    let tokenizer = encoder.model.tokenizer.inner();
     for (i, enc) in encodings.iter().enumerate() {
         if let Err(e) = fill_mask::mask_positions(enc, tokenizer, &options) {
             return Err(ApiError::Validation {
@@ -73,7 +73,7 @@ pub async fn handler(
             });
         }
     }
-    let items = state
+    let items = encoder
         .batcher
         .call(Work::FillMask(options), texts, encodings)
         .await?;

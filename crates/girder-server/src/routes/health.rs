@@ -12,7 +12,12 @@ pub async fn handler(State(state): State<Arc<AppState>>) -> Result<Json<Value>, 
     if state.is_shutting_down() {
         return Err(ApiError::Unavailable("the server is shutting down".into()));
     }
-    if !state.batcher.is_alive() {
+    let alive = match (&state.encoder, &state.generator) {
+        (Some(encoder), _) => encoder.batcher.is_alive(),
+        (None, Some(generator)) => generator.is_alive(),
+        (None, None) => false,
+    };
+    if !alive {
         return Err(ApiError::Unavailable("the model thread has stopped".into()));
     }
     Ok(Json(json!({"status": "ok"})))

@@ -1,43 +1,42 @@
-//! `GET /info`: what this server runs.
+//! `GET /info`: what this server runs, and what the pre-flight check found before the port
+//! opened.
 
 use super::AppState;
 use axum::extract::State;
 use axum::Json;
+use girder::check::Report;
 use serde::Serialize;
 use std::sync::Arc;
 
-#[derive(Debug, Serialize)]
+/// Fixed at start.
+#[derive(Debug, Clone, Serialize)]
 pub struct Info {
     /// `--model` as given.
     pub model: String,
-    /// The folder it resolved to.
+    /// The folder (or file) it resolved to.
     pub model_path: String,
     /// `architectures[0]` as girder runs it.
     pub architecture: String,
     pub task: &'static str,
     pub dtype: &'static str,
-    /// Tokens per input, special tokens included.
+    /// Tokens per input, special tokens included (a prompt: the context less one position
+    /// for the first new token).
     pub max_input_length: usize,
+    /// Positions a causal language model attends over; absent for encoders.
+    pub context_length: Option<usize>,
     pub max_batch_tokens: usize,
     pub max_queue: usize,
+    /// Sequences decoding together at most; absent for encoders.
+    pub max_sequences: Option<usize>,
     /// The tokenizer file.
-    pub tokenizer_source: String,
+    pub tokenizer_source: Option<String>,
+    /// `girder lock`'s fingerprint of the tokenizer (SHA-256 of its canonical JSON).
+    pub tokenizer_sha256: Option<String>,
+    /// The findings of the pre-flight check run before the port opened (`None`: not run).
+    pub preflight: Option<Report>,
     pub version: &'static str,
 }
 
 pub async fn handler(State(state): State<Arc<AppState>>) -> Json<Info> {
-    let model = &state.model;
-    Json(Info {
-        model: state.model_ref.clone(),
-        model_path: model.folder.root().display().to_string(),
-        architecture: model.encoder.class_name().to_string(),
-        task: state.task.name(),
-        // `Model::load_folder` loads encoder weights as f32 (on CPU and GPU alike).
-        dtype: "float32",
-        max_input_length: model.tokenizer.max_length(),
-        max_batch_tokens: state.max_batch_tokens,
-        max_queue: state.max_queue,
-        tokenizer_source: model.tokenizer.source().display().to_string(),
-        version: env!("CARGO_PKG_VERSION"),
-    })
+    Json(state.info.clone())
 }

@@ -1,6 +1,8 @@
 //! The HTTP routes, one file per endpoint, and what they share: the server's state, the
 //! JSON extractor whose rejections become [`ApiError`]s, and tokenization of inputs.
 
+pub mod chat_completions;
+pub mod completions;
 pub mod embed;
 pub mod embeddings;
 pub mod fill_mask;
@@ -13,6 +15,7 @@ pub mod tokenize;
 
 use crate::batcher::Batcher;
 use crate::error::ApiError;
+use crate::generation::Generator;
 use axum::extract::{FromRequest, Request};
 use girder::pipelines::{Model, Task};
 use girder::tokenize::{Encoded, TextTokenizer};
@@ -22,34 +25,74 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// What every handler sees.
+/// What every handler sees. Exactly one of `encoder` and `generator` is set.
 pub struct AppState {
-    pub model: Arc<Model>,
     /// The model reference the server was started with (`--model`).
     pub model_ref: String,
-    pub task: Task,
+    pub task: ServedTask,
+    /// The encoder pipelines and their batcher, when the model is an encoder.
+    pub encoder: Option<EncoderState>,
+    /// The continuous-batching engine, when the model generates.
+    pub generator: Option<Generator>,
+    /// What `/info` reports, fixed at start.
+    pub info: info::Info,
+    /// Set once shutdown starts: `/health` then answers 503.
+    pub shutting_down: AtomicBool,
+}
+
+/// An encoder model with its batcher.
+pub struct EncoderState {
+    pub model: Arc<Model>,
     pub batcher: Batcher,
     /// The model's tokenizer, cutting inputs to the limit (requests with `"truncate": true`).
     pub truncating: TextTokenizer,
     /// The same tokenizer, refusing inputs over the limit with their token count.
     pub refusing: TextTokenizer,
-    pub max_batch_tokens: usize,
-    pub max_queue: usize,
-    /// Set once shutdown starts: `/health` then answers 503.
-    pub shutting_down: AtomicBool,
+}
+
+/// What a server runs: an encoder pipeline, or text generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedTask {
+    Encoder(Task),
+    TextGeneration,
+}
+
+impl ServedTask {
+    /// transformers' task name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServedTask::Encoder(task) => task.name(),
+            ServedTask::TextGeneration => "text-generation",
+        }
+    }
+}
+
+impl PartialEq<Task> for ServedTask {
+    fn eq(&self, other: &Task) -> bool {
+        *self == ServedTask::Encoder(*other)
+    }
 }
 
 impl AppState {
-    /// Fails with 400 unless this server runs `task`.
-    pub fn require(&self, task: Task, endpoint: &str) -> Result<(), ApiError> {
-        if self.task == task {
-            Ok(())
-        } else {
-            Err(ApiError::TaskMismatch {
+    /// The encoder, or 400 unless this server runs `task`.
+    pub fn require(&self, task: Task, endpoint: &str) -> Result<&EncoderState, ApiError> {
+        match &self.encoder {
+            Some(encoder) if self.task == task => Ok(encoder),
+            _ => Err(ApiError::TaskMismatch {
                 endpoint: format!("{endpoint} ({})", task.name()),
                 served: self.task.name().to_string(),
-            })
+            }),
         }
+    }
+
+    /// The generation engine, or 400 when this server runs an encoder.
+    pub fn require_generator(&self, endpoint: &str) -> Result<&Generator, ApiError> {
+        self.generator
+            .as_ref()
+            .ok_or_else(|| ApiError::TaskMismatch {
+                endpoint: format!("{endpoint} (text-generation)"),
+                served: self.task.name().to_string(),
+            })
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -124,7 +167,7 @@ impl<'de> Deserialize<'de> for Texts {
 /// an empty list or an empty string is a 422, an input over the limit a 413 unless
 /// `truncate`. Returns the texts with their encodings.
 pub async fn encode(
-    state: &Arc<AppState>,
+    encoder: &EncoderState,
     texts: Texts,
     truncate: bool,
     field: &'static str,
@@ -150,13 +193,12 @@ pub async fn encode(
             message: "must not be an empty string".into(),
         });
     }
-    let state = state.clone();
+    let tokenizer = if truncate {
+        encoder.truncating.clone()
+    } else {
+        encoder.refusing.clone()
+    };
     let job = tokio::task::spawn_blocking(move || {
-        let tokenizer = if truncate {
-            &state.truncating
-        } else {
-            &state.refusing
-        };
         let encodings = texts
             .iter()
             .enumerate()

@@ -36,7 +36,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Json<Response>, ApiError> {
-    state.require(Task::TokenClassification, "/ner")?;
+    let encoder = state.require(Task::TokenClassification, "/ner")?;
     let mut options = Options::default();
     if let Some(name) = &request.aggregation_strategy {
         options.aggregation_strategy =
@@ -50,8 +50,8 @@ pub async fn handler(
         options.ignore_labels = labels;
     }
     let single = request.inputs.is_single();
-    let (texts, encodings) = encode(&state, request.inputs, request.truncate, "inputs").await?;
-    let items = state
+    let (texts, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
+    let items = encoder
         .batcher
         .call(Work::Ner(options), texts, encodings)
         .await?;

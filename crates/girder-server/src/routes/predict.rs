@@ -33,14 +33,14 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Json<Response>, ApiError> {
-    state.require(Task::TextClassification, "/predict")?;
+    let encoder = state.require(Task::TextClassification, "/predict")?;
     let single = request.inputs.is_single();
-    let (texts, encodings) = encode(&state, request.inputs, request.truncate, "inputs").await?;
+    let (texts, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
     let work = Work::Classify(Options {
         top_k: TopK::All,
         function_to_apply: request.raw_scores.then_some(FunctionToApply::None),
     });
-    let items = state.batcher.call(work, texts, encodings).await?;
+    let items = encoder.batcher.call(work, texts, encodings).await?;
     let mut ranked = items
         .into_iter()
         .map(|item| match item {

@@ -1,9 +1,11 @@
 //! `POST /tokenize`: text-embeddings-inference's tokenize API: `{"inputs", "truncate"}` → one
 //! list of tokens per input, each `{id, text, special, start, stop}` (character offsets into
-//! the input). Tokenization only: the model thread is not involved.
+//! the input). Tokenization only: the model thread is not involved. A generating model's
+//! tokenizer adds what `tokenizer(prompt)` adds and never truncates (`truncate` is ignored).
 
 use super::{encode, ApiJson, AppState, Texts};
 use crate::error::ApiError;
+use crate::generation::Generator;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -29,7 +31,14 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
-    let (_, encodings) = encode(&state, request.inputs, request.truncate, "inputs").await?;
+    if let Some(generator) = &state.generator {
+        return tokenize_prompts(generator, request.inputs).await.map(Json);
+    }
+    let encoder = state
+        .encoder
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("the server runs no model".into()))?;
+    let (_, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
     Ok(Json(
         encodings
             .into_iter()
@@ -50,4 +59,55 @@ pub async fn handler(
             })
             .collect(),
     ))
+}
+
+/// The tokens of each prompt, with the generating model's tokenizer.
+async fn tokenize_prompts(
+    generator: &Generator,
+    inputs: Texts,
+) -> Result<Vec<Vec<Token>>, ApiError> {
+    let single = inputs.is_single();
+    let texts = inputs.into_vec();
+    if texts.is_empty() {
+        return Err(ApiError::Validation {
+            field: "inputs".into(),
+            message: "must not be empty".into(),
+        });
+    }
+    let model = generator.model().clone();
+    tokio::task::spawn_blocking(move || {
+        let tokenizer = model.tokenizer();
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let encoding =
+                    tokenizer
+                        .encode(text.as_str(), true)
+                        .map_err(|e| ApiError::Validation {
+                            field: if single {
+                                "inputs".into()
+                            } else {
+                                format!("inputs[{i}]")
+                            },
+                            message: format!("tokenization failed: {e}"),
+                        })?;
+                Ok((0..encoding.len())
+                    .map(|t| {
+                        let special = encoding.get_special_tokens_mask()[t] == 1;
+                        let span = (!special).then(|| encoding.get_offsets()[t]);
+                        Token {
+                            id: encoding.get_ids()[t],
+                            text: encoding.get_tokens()[t].clone(),
+                            special,
+                            start: span.map(|s| s.0),
+                            stop: span.map(|s| s.1),
+                        }
+                    })
+                    .collect())
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
 }

@@ -13,6 +13,7 @@
 //! ([`sampling`]). Follows transformers `generation/utils.py` (`GenerationMixin.generate`).
 
 pub mod chat;
+pub mod continuous;
 pub mod sampling;
 pub mod stream;
 

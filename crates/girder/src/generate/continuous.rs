@@ -1,0 +1,266 @@
+//! Continuous batching: a decode batch that sequences join and leave between forward passes.
+//!
+//! [`TextGenerator::generate_from_ids`] takes a fixed set of prompts and returns when the
+//! last one ends. A server cannot wait for that: requests arrive while others decode.
+//! [`ContinuousBatch`] keeps the running sequences, each with its own [`KvCache`], sampler,
+//! options and stop strings; every [`step`](ContinuousBatch::step) is one ragged forward pass
+//! that holds the whole prompt of each newly admitted sequence (its prefill) next to one
+//! token of each running one. A sequence leaves in the step that ends it, and
+//! [`cancel`](ContinuousBatch::cancel) removes one at once (a client that hung up).
+//!
+//! The stopping rules, the sampling and the text are those of the fixed-batch loop in
+//! `generate/mod.rs`, so a sequence's continuation does not depend on who shares its steps:
+//! greedy output equals [`TextGenerator::generate`]'s for the same prompt.
+
+use super::{sampling, stream, FinishReason, Generation, Options, TextGenerator};
+use crate::batch::RaggedBatch;
+use crate::error::{Error, Result};
+use crate::layers::KvCache;
+use crate::models::Logits;
+use candle_core::DType;
+
+/// Names a sequence of a [`ContinuousBatch`] (unique within it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SequenceId(pub u64);
+
+/// What a step produced for one sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Text that may be shown now: whole characters, never part of a stop string.
+    Text { id: SequenceId, text: String },
+    /// The sequence ended and left the batch; its whole result.
+    Finished {
+        id: SequenceId,
+        generation: Generation,
+    },
+}
+
+/// The outcome of one forward pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// In order of the batch; a sequence's `Text` events come before its `Finished`.
+    pub events: Vec<Event>,
+    /// Sequences that received a new token (one each).
+    pub new_tokens: usize,
+    /// Prompt tokens prefilled in this pass.
+    pub prefill_tokens: usize,
+}
+
+struct Live {
+    id: SequenceId,
+    /// Prompt, then the continuation.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Positions already in `cache`; 0 until the prefill step.
+    cache: KvCache,
+    sampler: sampling::Sampler,
+    stream: stream::TextStream,
+    max_new_tokens: usize,
+    eos: Vec<u32>,
+}
+
+/// Sequences decoding together; see the [module docs](self).
+///
+/// ```
+/// # fn main() -> girder::Result<()> {
+/// use girder::generate::continuous::{ContinuousBatch, Event};
+/// use girder::generate::{Options, TextGenerator};
+///
+/// let generator = TextGenerator::load("tests/fixtures/llama-causal-lm")?;
+/// let options = Options { max_new_tokens: Some(4), ..Options::default() };
+/// let mut batch = ContinuousBatch::new(&generator);
+/// let first = batch.admit(generator.encode_prompt("Hello", 0)?, &options)?;
+/// batch.step()?; // `first` prefilled, one token
+/// let second = batch.admit(generator.encode_prompt("world", 0)?, &options)?;
+/// let mut finished = Vec::new();
+/// while !batch.is_empty() {
+///     for event in batch.step()?.events {
+///         if let Event::Finished { id, generation } = event {
+///             finished.push((id, generation));
+///         }
+///     }
+/// }
+/// // The late joiner's greedy text is what it would be alone.
+/// let alone = generator.generate(&["world"], &options)?;
+/// let (_, late) = finished.iter().find(|(id, _)| *id == second).unwrap();
+/// assert_eq!(late.token_ids, alone[0].token_ids);
+/// assert!(finished.iter().any(|(id, _)| *id == first));
+/// # Ok(())
+/// # }
+/// ```
+pub struct ContinuousBatch<'g> {
+    generator: &'g TextGenerator,
+    live: Vec<Live>,
+    next_id: u64,
+}
+
+impl<'g> ContinuousBatch<'g> {
+    /// An empty batch over `generator`.
+    pub fn new(generator: &'g TextGenerator) -> Self {
+        ContinuousBatch {
+            generator,
+            live: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Sequences in the batch (admitted and not yet finished or cancelled).
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether no sequence is running.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The running sequences.
+    pub fn ids(&self) -> Vec<SequenceId> {
+        self.live.iter().map(|s| s.id).collect()
+    }
+
+    /// Adds a prompt (token ids) with its own options; it is prefilled at the next step.
+    /// Checks what [`TextGenerator::generate_from_ids`] checks (errors name index 0).
+    pub fn admit(&mut self, prompt: Vec<u32>, options: &Options) -> Result<SequenceId> {
+        options.validate()?;
+        let model = self.generator.model();
+        let context = model.context_length();
+        let vocab = model.vocab_size();
+        if prompt.is_empty() {
+            return Err(Error::BadInput {
+                index: 0,
+                reason: "the prompt has no tokens".into(),
+            });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::BadInput {
+                index: 0,
+                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        // One position must stay free for the first new token.
+        if prompt.len() >= context {
+            return Err(Error::ContextLength {
+                index: 0,
+                tokens: prompt.len() + 1,
+                max: context,
+            });
+        }
+        let max_new_tokens = options.max_new_tokens();
+        let eos = options
+            .eos_token_ids
+            .clone()
+            .unwrap_or_else(|| self.generator.generation_config().eos_token_ids.clone());
+        let id = SequenceId(self.next_id);
+        self.next_id += 1;
+        self.live.push(Live {
+            id,
+            prompt_len: prompt.len(),
+            cache: model.new_cache((prompt.len() + max_new_tokens).min(context))?,
+            tokens: prompt,
+            sampler: sampling::Sampler::new(options.sampling),
+            stream: stream::TextStream::new(&options.stop),
+            max_new_tokens,
+            eos,
+        });
+        Ok(id)
+    }
+
+    /// Removes a sequence at once (its cache is freed). Returns whether it was running.
+    pub fn cancel(&mut self, id: SequenceId) -> bool {
+        let before = self.live.len();
+        self.live.retain(|s| s.id != id);
+        self.live.len() != before
+    }
+
+    /// One forward pass over every running sequence: the whole prompt of those admitted
+    /// since the last step, the last token of the others. Each gets one new token; those
+    /// that end leave the batch.
+    ///
+    /// On an error every sequence is dropped (their caches may hold half a step), so the
+    /// caller fails all of them; the batch itself stays usable.
+    pub fn step(&mut self) -> Result<Step> {
+        if self.live.is_empty() {
+            return Ok(Step::default());
+        }
+        match self.advance() {
+            Ok(step) => Ok(step),
+            Err(err) => {
+                self.live.clear();
+                Err(err)
+            }
+        }
+    }
+
+    fn advance(&mut self) -> Result<Step> {
+        let generator = self.generator;
+        let model = generator.model();
+        let tokenizer = generator.tokenizer();
+        let context = model.context_length();
+        let mut step = Step::default();
+        let mut batch = RaggedBatch::from_encodings([]);
+        for seq in &self.live {
+            if seq.cache.is_empty() {
+                batch.push_from(&seq.tokens, 0);
+                step.prefill_tokens += seq.tokens.len();
+            } else {
+                batch.push_from(&seq.tokens[seq.tokens.len() - 1..], seq.cache.len());
+            }
+        }
+        let logits = {
+            let mut caches: Vec<&mut KvCache> =
+                self.live.iter_mut().map(|s| &mut s.cache).collect();
+            model.forward(&batch, &mut caches, Logits::Last)?
+        };
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut finished = Vec::new();
+        for (seq, mut row) in self.live.iter_mut().zip(rows) {
+            let next = seq.sampler.next(&mut row, &seq.tokens);
+            seq.tokens.push(next);
+            step.new_tokens += 1;
+            let (text, stopped) = seq.stream.push(tokenizer, next)?;
+            if !text.is_empty() {
+                step.events.push(Event::Text { id: seq.id, text });
+            }
+            let generated = seq.tokens.len() - seq.prompt_len;
+            let finish = if seq.eos.contains(&next) {
+                Some(FinishReason::Eos)
+            } else if stopped {
+                Some(FinishReason::Stop)
+            } else if generated >= seq.max_new_tokens || seq.tokens.len() >= context {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = finish {
+                let rest = seq.stream.finish(tokenizer)?;
+                if !rest.is_empty() {
+                    step.events.push(Event::Text {
+                        id: seq.id,
+                        text: rest,
+                    });
+                }
+                let token_ids = seq.tokens[seq.prompt_len..].to_vec();
+                let text = if reason == FinishReason::Stop {
+                    seq.stream.text().to_string()
+                } else {
+                    // The whole continuation decoded at once, as the fixed-batch loop does.
+                    generator.decode(&token_ids, 0)?
+                };
+                step.events.push(Event::Finished {
+                    id: seq.id,
+                    generation: Generation {
+                        text,
+                        completion_tokens: token_ids.len(),
+                        prompt_tokens: seq.prompt_len,
+                        token_ids,
+                        finish_reason: reason,
+                    },
+                });
+                finished.push(seq.id);
+            }
+        }
+        self.live.retain(|s| !finished.contains(&s.id));
+        Ok(step)
+    }
+}
