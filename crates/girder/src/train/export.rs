@@ -1,0 +1,260 @@
+//! Writes a trained classifier as a model folder that transformers' `from_pretrained`
+//! loads unchanged: config.json, model.safetensors with transformers' tensor names, the
+//! base model's tokenizer files, and a README.md model card.
+
+use super::data::LabelSet;
+use super::metrics::ClassificationMetrics;
+use super::TrainingArguments;
+use crate::check::model_card;
+use crate::error::{Error, Result};
+use crate::hub::ModelFolder;
+use candle_core::Tensor;
+use safetensors::tensor::TensorView;
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The tokenizer files copied from the base folder when present (WordPiece, BPE and
+/// SentencePiece layouts).
+const TOKENIZER_FILES: [&str; 7] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+];
+
+/// Everything the folder records about a trained sequence classifier.
+#[derive(Debug, Clone)]
+pub struct SequenceClassifier<'a> {
+    /// The base model's folder (config, weights and tokenizer are taken from it).
+    pub base: &'a ModelFolder,
+    /// How the user named the base (`base_model` in the card).
+    pub base_reference: &'a str,
+    pub labels: &'a LabelSet,
+    /// `classifier.weight` `[num_labels, hidden]`
+    pub weight: &'a Tensor,
+    /// `classifier.bias` `[num_labels]`
+    pub bias: &'a Tensor,
+    /// The training data's names (`datasets` in the card).
+    pub datasets: Vec<String>,
+    /// The evaluation data's name and the kept epoch's metrics on it.
+    pub evaluation: Option<(String, &'a ClassificationMetrics)>,
+    pub method: &'a str,
+    pub args: &'a TrainingArguments,
+    pub best_epoch: usize,
+}
+
+/// Writes `BertForSequenceClassification` into `out` (created if needed).
+pub fn write_sequence_classifier(model: &SequenceClassifier, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let config_path = model
+        .base
+        .require("config.json", "the base model's config is the starting point")?;
+    let config_text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&config_text).map_err(|e| Error::BadConfig {
+            file: config_path.clone(),
+            field: "(root)".into(),
+            reason: e.to_string(),
+        })?;
+    let model_type = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    if model_type != "bert" {
+        return Err(Error::UnsupportedArchitecture {
+            name: format!("{model_type} (training writes BERT classifiers only so far)"),
+            supported: "bert".into(),
+        });
+    }
+    let id2label: serde_json::Map<String, serde_json::Value> = model
+        .labels
+        .names()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), n.clone().into()))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = model
+        .labels
+        .names()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i.into()))
+        .collect();
+    config.insert(
+        "architectures".into(),
+        serde_json::json!(["BertForSequenceClassification"]),
+    );
+    config.insert("id2label".into(), id2label.into());
+    config.insert("label2id".into(), label2id.into());
+    config.insert("problem_type".into(), "single_label_classification".into());
+    config.remove("_name_or_path");
+    write_file(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&config).map_err(|e| Error::BadConfig {
+            file: out.join("config.json"),
+            field: "(root)".into(),
+            reason: e.to_string(),
+        })?,
+    )?;
+
+    write_weights(model, &out.join("model.safetensors"))?;
+
+    for name in TOKENIZER_FILES {
+        if let Some(source) = model.base.file(name) {
+            let target = out.join(name);
+            std::fs::copy(&source, &target).map_err(|e| Error::io(&target, e))?;
+        }
+    }
+    write_file(&out.join("README.md"), model_card_text(model, out)?)
+}
+
+fn write_file(path: &Path, contents: String) -> Result<()> {
+    std::fs::write(path, contents).map_err(|e| Error::io(path, e))
+}
+
+/// The base checkpoint's tensors under transformers' `bert.` names (bytes and dtypes
+/// unchanged; a base's own head is dropped), plus `classifier.weight` and `classifier.bias`.
+fn write_weights(model: &SequenceClassifier, path: &Path) -> Result<()> {
+    let files = model.base.weight_files()?;
+    let buffers = files
+        .iter()
+        .map(|f| std::fs::read(f).map_err(|e| Error::io(f, e)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut views: Vec<(String, TensorView)> = Vec::new();
+    for (file, buffer) in files.iter().zip(&buffers) {
+        let st = SafeTensors::deserialize(buffer).map_err(|e| Error::BadWeights {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        for (name, view) in st.tensors() {
+            let bare = name.strip_prefix("bert.").unwrap_or(&name);
+            let is_base = ["embeddings.", "encoder.", "pooler."]
+                .iter()
+                .any(|p| bare.starts_with(p));
+            if is_base {
+                views.push((format!("bert.{bare}"), view));
+            }
+        }
+    }
+    if !views.iter().any(|(n, _)| n == "bert.pooler.dense.weight") {
+        return Err(Error::MissingTensor {
+            name: "pooler.dense.weight".into(),
+            files: "BertForSequenceClassification classifies the pooler output".into(),
+        });
+    }
+    let weight = f32_bytes(model.weight)?;
+    let bias = f32_bytes(model.bias)?;
+    let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    views.push((
+        "classifier.weight".into(),
+        TensorView::new(safetensors::Dtype::F32, model.weight.dims().to_vec(), &weight)
+            .map_err(bad)?,
+    ));
+    views.push((
+        "classifier.bias".into(),
+        TensorView::new(safetensors::Dtype::F32, model.bias.dims().to_vec(), &bias)
+            .map_err(bad)?,
+    ));
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    // transformers refuses safetensors files whose metadata lacks format = "pt".
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(bad)
+}
+
+fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect())
+}
+
+/// A YAML string: JSON's double-quoted form is valid YAML.
+fn yaml(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn model_card_text(model: &SequenceClassifier, out: &Path) -> Result<String> {
+    // The license is inherited from the base's card: fine-tuning does not change it.
+    let license = match model.base.file("README.md") {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            model_card::parse(&path, &text)?
+                .and_then(|card| card.license)
+                .map(|l| l.values())
+        }
+        None => None,
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let mut y = vec!["---".to_string()];
+    y.push(format!("base_model: {}", yaml(model.base_reference)));
+    if let Some(license) = &license {
+        match license.as_slice() {
+            [one] => y.push(format!("license: {}", yaml(one))),
+            many => {
+                y.push("license:".into());
+                y.extend(many.iter().map(|l| format!("- {}", yaml(l))));
+            }
+        }
+    }
+    y.push("datasets:".into());
+    y.extend(model.datasets.iter().map(|d| format!("- {}", yaml(d))));
+    y.push("pipeline_tag: text-classification".into());
+    y.push("library_name: transformers".into());
+    y.push("tags:\n- girder\n- text-classification".into());
+    if let Some((data, metrics)) = &model.evaluation {
+        y.push("model-index:".into());
+        y.push(format!("- name: {}", yaml(&name)));
+        y.push("  results:".into());
+        y.push("  - task:\n      type: text-classification\n      name: Text Classification".into());
+        y.push(format!(
+            "    dataset:\n      name: {}\n      type: {}",
+            yaml(data),
+            yaml(data)
+        ));
+        y.push(format!(
+            "    metrics:\n    - type: accuracy\n      value: {:.4}\n    - type: f1\n      name: macro F1\n      value: {:.4}",
+            metrics.accuracy, metrics.macro_f1
+        ));
+    }
+    y.push("---".into());
+    let a = model.args;
+    let mut body = format!(
+        "\n# {name}\n\n`{}` fine-tuned for text classification by `girder train text-classification --method {}` on {}.\n\nLabels: {}.\n\n## Training\n\n| setting | value |\n|---|---|\n| epochs | {} (epoch {} kept) |\n| learning rate | {} (linear schedule, warm-up ratio {}) |\n| batch size | {} |\n| weight decay | {} |\n| classifier dropout | {} |\n| seed | {} |\n",
+        model.base_reference,
+        model.method,
+        model.datasets.join(", "),
+        model.labels.listing(),
+        a.num_train_epochs,
+        model.best_epoch,
+        a.learning_rate,
+        a.warmup_ratio,
+        a.per_device_train_batch_size,
+        a.weight_decay,
+        a.classifier_dropout,
+        a.seed,
+    );
+    if let Some((data, metrics)) = &model.evaluation {
+        body.push_str(&format!(
+            "\n## Evaluation on {data} ({} examples)\n\n- accuracy: {:.4}\n- macro F1: {:.4}\n\nConfusion matrix (rows: gold, columns: predicted):\n\n```\n{}\n```\n",
+            metrics.count,
+            metrics.accuracy,
+            metrics.macro_f1,
+            metrics.confusion_table(model.labels.names())
+        ));
+    }
+    if license.is_none() {
+        body.push_str("\nThe base model's card names no license; none is stated here.\n");
+    }
+    Ok(y.join("\n") + "\n" + &body)
+}
