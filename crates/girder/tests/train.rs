@@ -1,0 +1,203 @@
+//! Fine-tuning end to end on the tiny BERT fixture: a head trained on frozen pooled features
+//! is written as a model folder; girder loads it back as `BertForSequenceClassification`
+//! with the training path's logits, and (where the dev-only .venv-oracle exists)
+//! transformers loads it unchanged, with no missing or unexpected tensor, and the same
+//! logits within 1e-4.
+
+use girder::check::model_card;
+use girder::pipelines::{text_classification as tc, LoadOptions, Model};
+use girder::train::data::{read_classification, Columns};
+use girder::train::export::{write_sequence_classifier, SequenceClassifier};
+use girder::train::head::{pooled_features, predict, train_head, FeatureSet, Quiet};
+use girder::train::metrics::ClassificationMetrics;
+use girder::train::TrainingArguments;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+const TRAIN: &str = "text\tlabel
+what a lovely film\tgood
+great acting and a great story\tgood
+i loved every minute\tgood
+wonderful, warm and funny\tgood
+a delight from start to end\tgood
+the best film this year\tgood
+a dull and tedious mess\tbad
+i hated every minute\tbad
+boring, slow and far too long\tbad
+the worst film this year\tbad
+awful acting and a silly plot\tbad
+a tedious waste of time\tbad
+";
+
+/// Logits of `model`'s classifier for `texts`, in input order.
+fn girder_logits(model: &Model, texts: &[&str]) -> Vec<Vec<f32>> {
+    let encodings = model.encode_texts(texts).unwrap();
+    let mut rows = vec![Vec::new(); texts.len()];
+    model
+        .forward_batches(&encodings, |indices, batch, out| {
+            let logits = model.encoder.head_logits(out, batch, None)?.to_vec2::<f32>()?;
+            for (&i, row) in indices.iter().zip(logits) {
+                rows[i] = row;
+            }
+            Ok(())
+        })
+        .unwrap();
+    rows
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn a_trained_head_is_a_folder_that_girder_and_transformers_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_path = dir.path().join("train.tsv");
+    std::fs::write(&train_path, TRAIN).unwrap();
+    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
+    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let data = read_classification(&train_path, &Columns::default(), None).unwrap();
+    assert_eq!(data.labels.names(), ["bad", "good"]);
+    let texts = data.texts();
+    let features = pooled_features(&base, &texts, &mut Quiet).unwrap();
+    let labels = data.label_ids();
+    let set = FeatureSet {
+        features: &features,
+        labels: &labels,
+    };
+    let args = TrainingArguments {
+        num_train_epochs: 2,
+        learning_rate: 1e-2,
+        ..Default::default()
+    };
+    let trained = train_head(set, Some(set), 2, &args, &mut Quiet).unwrap();
+    let kept = trained.epochs[trained.best_epoch - 1].eval.clone().unwrap();
+    let out = dir.path().join("bert-tiny-sentiment");
+    write_sequence_classifier(
+        &SequenceClassifier {
+            base: &base.folder,
+            base_reference: "tests/fixtures/bert-base",
+            labels: &data.labels,
+            weight: &trained.weight,
+            bias: &trained.bias,
+            datasets: vec!["train.tsv".into()],
+            evaluation: Some(("train.tsv".into(), &kept)),
+            method: "head",
+            args: &args,
+            best_epoch: trained.best_epoch,
+        },
+        &out,
+    )
+    .unwrap();
+
+    // girder reads it as a classifier whose logits are the training path's.
+    let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        classifier.encoder.class_name(),
+        "BertForSequenceClassification"
+    );
+    assert_eq!(classifier.config.id2label, ["bad", "good"]);
+    let logits = girder_logits(&classifier, &texts);
+    let expected = features
+        .matmul(&trained.weight.t().unwrap())
+        .unwrap()
+        .broadcast_add(&trained.bias)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&logits, &expected);
+    assert!(diff < 1e-5, "exported logits differ by {diff}");
+    let results = tc::run(&classifier, &texts, &tc::Options::default()).unwrap();
+    let predicted: Vec<usize> = results
+        .iter()
+        .map(|r| usize::from(r.best.as_ref().unwrap().label == "good"))
+        .collect();
+    assert_eq!(
+        predicted,
+        predict(&features, &trained.weight, &trained.bias).unwrap()
+    );
+    assert_eq!(
+        ClassificationMetrics::compute(&labels, &predicted, 2).accuracy,
+        kept.accuracy
+    );
+
+    // The card's front matter parses and names the base and the data.
+    let readme = out.join("README.md");
+    let card = model_card::parse(&readme, &std::fs::read_to_string(&readme).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        card.base_model.unwrap().values(),
+        ["tests/fixtures/bert-base"]
+    );
+    assert_eq!(card.datasets.unwrap().values(), ["train.tsv"]);
+    assert_eq!(card.pipeline_tag.as_deref(), Some("text-classification"));
+
+    transformers_agrees(&out, &texts, &logits);
+}
+
+/// Dev-only: transformers' AutoModelForSequenceClassification on the folder.
+fn transformers_agrees(folder: &Path, texts: &[&str], girder: &[Vec<f32>]) {
+    let python = root().join(".venv-oracle/bin/python");
+    if !python.exists() {
+        println!(
+            "skipped the transformers comparison: {} does not exist (scripts/setup-oracle)",
+            python.display()
+        );
+        return;
+    }
+    const SCRIPT: &str = r#"
+import json, sys, torch
+from transformers import AutoTokenizer, AutoModelForSequenceClassification
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+tok = AutoTokenizer.from_pretrained(folder)
+model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+model.eval()
+with torch.no_grad():
+    logits = [model(**tok(t, return_tensors="pt")).logits[0].tolist() for t in texts]
+print(json.dumps({"logits": logits, "info": {k: sorted(map(str, v)) for k, v in info.items()},
+                  "class": type(model).__name__, "id2label": model.config.id2label,
+                  "problem_type": model.config.problem_type}))
+"#;
+    let output = Command::new(&python)
+        .args(["-c", SCRIPT])
+        .arg(folder)
+        .arg(serde_json::to_string(texts).unwrap())
+        .output()
+        .expect("cannot run the oracle");
+    assert!(
+        output.status.success(),
+        "transformers failed to load {}:\n{}",
+        folder.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let reply: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(reply["class"], "BertForSequenceClassification");
+    assert_eq!(reply["problem_type"], "single_label_classification");
+    assert_eq!(
+        reply["id2label"],
+        serde_json::json!({"0": "bad", "1": "good"})
+    );
+    for key in ["missing_keys", "unexpected_keys", "mismatched_keys"] {
+        let list = &reply["info"][key];
+        assert!(
+            list.as_array().is_none_or(|a| a.is_empty()),
+            "{key}: {list}"
+        );
+    }
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
+    let diff = max_abs_diff(girder, &theirs);
+    println!("transformers vs girder logits: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "logits differ from transformers by {diff}");
+}
