@@ -6,11 +6,13 @@
 
 use girder::check::model_card;
 use girder::pipelines::{text_classification as tc, LoadOptions, Model};
+use girder::train::bert::TrainableBert;
 use girder::train::data::{read_classification, Columns};
 use girder::train::export::{write_sequence_classifier, SequenceClassifier};
+use girder::train::full::{train_full, EncodedSet};
 use girder::train::head::{pooled_features, predict, train_head, FeatureSet, Quiet};
 use girder::train::metrics::ClassificationMetrics;
-use girder::train::TrainingArguments;
+use girder::train::{Rng, TrainingArguments};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -39,7 +41,10 @@ fn girder_logits(model: &Model, texts: &[&str]) -> Vec<Vec<f32>> {
     let mut rows = vec![Vec::new(); texts.len()];
     model
         .forward_batches(&encodings, |indices, batch, out| {
-            let logits = model.encoder.head_logits(out, batch, None)?.to_vec2::<f32>()?;
+            let logits = model
+                .encoder
+                .head_logits(out, batch, None)?
+                .to_vec2::<f32>()?;
             for (&i, row) in indices.iter().zip(logits) {
                 rows[i] = row;
             }
@@ -87,8 +92,10 @@ fn a_trained_head_is_a_folder_that_girder_and_transformers_load() {
             base: &base.folder,
             base_reference: "tests/fixtures/bert-base",
             labels: &data.labels,
-            weight: &trained.weight,
-            bias: &trained.bias,
+            trained: vec![
+                ("classifier.weight".into(), trained.weight.clone()),
+                ("classifier.bias".into(), trained.bias.clone()),
+            ],
             datasets: vec!["train.tsv".into()],
             evaluation: Some(("train.tsv".into(), &kept)),
             method: "head",
@@ -142,6 +149,94 @@ fn a_trained_head_is_a_folder_that_girder_and_transformers_load() {
     assert_eq!(card.datasets.unwrap().values(), ["train.tsv"]);
     assert_eq!(card.pipeline_tag.as_deref(), Some("text-classification"));
 
+    transformers_agrees(&out, &texts, &logits);
+}
+
+#[test]
+fn full_fine_tuning_exports_every_trained_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_path = dir.path().join("train.tsv");
+    std::fs::write(&train_path, TRAIN).unwrap();
+    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
+    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let data = read_classification(&train_path, &Columns::default(), None).unwrap();
+    let texts = data.texts();
+    let encodings = base.encode_texts(&texts).unwrap();
+    let labels = data.label_ids();
+    let args = TrainingArguments {
+        num_train_epochs: 2,
+        learning_rate: 1e-3,
+        per_device_train_batch_size: 4,
+        ..Default::default()
+    };
+    let mut bert =
+        TrainableBert::load(&base.folder, &base.config, 2, &mut Rng::new(args.seed)).unwrap();
+    // Copies: training updates the variables' storage in place.
+    let before: Vec<(String, candle_core::Tensor)> = bert
+        .checkpoint_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy().unwrap()))
+        .collect();
+    let trained = train_full(
+        &mut bert,
+        EncodedSet {
+            encodings: &encodings,
+            labels: &labels,
+        },
+        None,
+        2,
+        &args,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(trained.best_epoch, 2);
+    // The encoder moved, not only the classifier.
+    let moved = |name: &str| {
+        let a = &before.iter().find(|(n, _)| n == name).unwrap().1;
+        let b = &trained.tensors.iter().find(|(n, _)| n == name).unwrap().1;
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    };
+    assert!(moved("bert.encoder.layer.0.attention.self.query.weight"));
+    assert!(moved("bert.embeddings.word_embeddings.weight"));
+
+    let out = dir.path().join("bert-tiny-full");
+    write_sequence_classifier(
+        &SequenceClassifier {
+            base: &base.folder,
+            base_reference: "tests/fixtures/bert-base",
+            labels: &data.labels,
+            trained: trained.tensors.clone(),
+            datasets: vec!["train.tsv".into()],
+            evaluation: None,
+            method: "full",
+            args: &args,
+            best_epoch: trained.best_epoch,
+        },
+        &out,
+    )
+    .unwrap();
+    let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let logits = girder_logits(&classifier, &texts);
+    let batch = girder::batch::RaggedBatch::from_encodings(&encodings);
+    let expected = bert
+        .logits(&batch, &mut None)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&logits, &expected);
+    assert!(
+        diff < 1e-5,
+        "exported logits differ from the trained model's by {diff}"
+    );
     transformers_agrees(&out, &texts, &logits);
 }
 

@@ -5,11 +5,13 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use girder::pipelines::text_classification::{self as tc};
 use girder::pipelines::{LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
-use girder::train::data::{read_classification, Columns, LabelSet};
+use girder::train::bert::TrainableBert;
+use girder::train::data::{read_classification, ClassificationData, Columns, LabelSet};
 use girder::train::export::{write_sequence_classifier, SequenceClassifier};
+use girder::train::full::{self, EncodedSet};
 use girder::train::head::{self, EpochReport, FeatureSet, Observer, StepReport};
 use girder::train::metrics::ClassificationMetrics;
-use girder::train::{Method, TrainingArguments};
+use girder::train::{Method, Rng, TrainingArguments};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,8 @@ pub enum TrainTask {
 pub enum MethodArg {
     /// Train the classifier only, on the frozen encoder's pooled output.
     Head,
+    /// Train every weight (encoder, pooler, classifier).
+    Full,
 }
 
 #[derive(Args)]
@@ -57,7 +61,7 @@ pub struct TrainArgs {
     label_column: String,
     #[arg(long, alias = "epochs", default_value_t = 3)]
     num_train_epochs: usize,
-    /// Peak learning rate (default: 1e-3 for --method head).
+    /// Peak learning rate (default: 1e-3 for --method head, 5e-5 for full).
     #[arg(long)]
     learning_rate: Option<f64>,
     #[arg(long, alias = "batch-size", default_value_t = 8)]
@@ -102,8 +106,7 @@ impl Progress {
             ProgressBar::hidden()
         };
         self.bar.set_style(
-            ProgressStyle::with_template(template)
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
     }
 }
@@ -160,6 +163,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let TrainTask::TextClassification = args.task;
     let method = match args.method {
         MethodArg::Head => Method::Head,
+        MethodArg::Full => Method::Full,
     };
     let training = TrainingArguments {
         num_train_epochs: args.num_train_epochs,
@@ -205,34 +209,102 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let mut progress = Progress::new(labels.names().to_vec());
     let started = Instant::now();
+    let (trained, best_epoch, epochs) = match method {
+        Method::Head => {
+            let t = train_head_only(
+                &model,
+                &train_data,
+                eval_data.as_ref(),
+                &training,
+                &mut progress,
+            )?;
+            (
+                vec![
+                    ("classifier.weight".to_string(), t.weight),
+                    ("classifier.bias".to_string(), t.bias),
+                ],
+                t.best_epoch,
+                t.epochs,
+            )
+        }
+        Method::Full => {
+            let t = train_all(
+                &model,
+                &train_data,
+                eval_data.as_ref(),
+                &training,
+                &mut progress,
+            )?;
+            (t.tensors, t.best_epoch, t.epochs)
+        }
+    };
+    progress.bar.finish_and_clear();
+    let kept = epochs[best_epoch - 1].eval.clone();
+    let model_info = SequenceClassifier {
+        base: &model.folder,
+        base_reference: &args.base,
+        labels: &labels,
+        trained,
+        datasets: vec![file_name(&args.data)],
+        evaluation: match (&args.eval, &kept) {
+            (Some(path), Some(m)) => Some((file_name(path), m)),
+            _ => None,
+        },
+        method: method.name(),
+        args: &training,
+        best_epoch,
+    };
+    write_sequence_classifier(&model_info, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let epoch_rates: Vec<f64> = epochs.iter().map(|e| e.examples_per_s).collect();
+    let summary = serde_json::json!({
+        "out": args.out,
+        "method": method.name(),
+        "best_epoch": best_epoch,
+        "eval": kept,
+        "train_examples": train_data.examples.len(),
+        "train_examples_per_s_by_epoch": epoch_rates,
+        "total_s": started.elapsed().as_secs_f64(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Head-only: pooled features once, then the classifier.
+fn train_head_only(
+    model: &Model,
+    train_data: &ClassificationData,
+    eval_data: Option<&ClassificationData>,
+    training: &TrainingArguments,
+    progress: &mut Progress,
+) -> Result<head::TrainedHead> {
+    let started = Instant::now();
     let texts = train_data.texts();
     progress.start(
         texts.len(),
         "encoding {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
     );
-    let train_features = head::pooled_features(&model, &texts, &mut progress)?;
-    let eval_features = match &eval_data {
+    let train_features = head::pooled_features(model, &texts, progress)?;
+    let eval_features = match eval_data {
         Some(d) => {
             let texts = d.texts();
             progress.start(
                 texts.len(),
                 "encoding eval {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
             );
-            Some(head::pooled_features(&model, &texts, &mut progress)?)
+            Some(head::pooled_features(model, &texts, progress)?)
         }
         None => None,
     };
+    let encoded = texts.len() + eval_data.map_or(0, |d| d.examples.len());
     let encoded_s = started.elapsed().as_secs_f64();
     progress.bar.finish_and_clear();
     eprintln!(
-        "features of {} texts in {encoded_s:.1} s ({:.0} texts/s)",
-        texts.len() + eval_data.as_ref().map_or(0, |d| d.examples.len()),
-        (texts.len() + eval_data.as_ref().map_or(0, |d| d.examples.len())) as f64
-            / encoded_s.max(1e-9)
+        "pooled features of {encoded} texts in {encoded_s:.1} s ({:.1} texts/s)",
+        encoded as f64 / encoded_s.max(1e-9)
     );
-
     let train_labels = train_data.label_ids();
-    let eval_labels = eval_data.as_ref().map(|d| d.label_ids());
+    let eval_labels = eval_data.map(|d| d.label_ids());
     let train_set = FeatureSet {
         features: &train_features,
         labels: &train_labels,
@@ -241,46 +313,51 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (Some(features), Some(labels)) => Some(FeatureSet { features, labels }),
         _ => None,
     };
-    let trained_at = Instant::now();
-    let trained = head::train_head(
+    Ok(head::train_head(
         train_set,
         eval_set,
-        labels.len(),
-        &training,
-        &mut progress,
+        train_data.labels.len(),
+        training,
+        progress,
+    )?)
+}
+
+/// Full fine-tuning through the differentiable BERT.
+fn train_all(
+    model: &Model,
+    train_data: &ClassificationData,
+    eval_data: Option<&ClassificationData>,
+    training: &TrainingArguments,
+    progress: &mut Progress,
+) -> Result<full::TrainedModel> {
+    let mut bert = TrainableBert::load(
+        &model.folder,
+        &model.config,
+        train_data.labels.len(),
+        &mut Rng::new(training.seed),
     )?;
-    progress.bar.finish_and_clear();
-    let train_s = trained_at.elapsed().as_secs_f64();
-    let kept = trained.epochs[trained.best_epoch - 1].eval.clone();
-    let model_info = SequenceClassifier {
-        base: &model.folder,
-        base_reference: &args.base,
-        labels: &labels,
-        weight: &trained.weight,
-        bias: &trained.bias,
-        datasets: vec![file_name(&args.data)],
-        evaluation: match (&args.eval, &kept) {
-            (Some(path), Some(m)) => Some((file_name(path), m)),
-            _ => None,
-        },
-        method: "head",
-        args: &training,
-        best_epoch: trained.best_epoch,
+    let train_encodings = model.encode_texts(&train_data.texts())?;
+    let train_labels = train_data.label_ids();
+    let eval_encodings = match eval_data {
+        Some(d) => Some(model.encode_texts(&d.texts())?),
+        None => None,
     };
-    write_sequence_classifier(&model_info, &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    let summary = serde_json::json!({
-        "out": args.out,
-        "method": "head",
-        "best_epoch": trained.best_epoch,
-        "eval": kept,
-        "train_examples": train_labels.len(),
-        "features_s": encoded_s,
-        "head_training_s": train_s,
-        "total_s": started.elapsed().as_secs_f64(),
-    });
-    println!("{summary}");
-    Ok(())
+    let eval_labels = eval_data.map(|d| d.label_ids());
+    let eval_set = match (&eval_encodings, &eval_labels) {
+        (Some(encodings), Some(labels)) => Some(EncodedSet { encodings, labels }),
+        _ => None,
+    };
+    Ok(full::train_full(
+        &mut bert,
+        EncodedSet {
+            encodings: &train_encodings,
+            labels: &train_labels,
+        },
+        eval_set,
+        train_data.labels.len(),
+        training,
+        progress,
+    )?)
 }
 
 #[derive(Args)]

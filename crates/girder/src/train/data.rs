@@ -434,16 +434,14 @@ pub fn read_conll(path: &Path, tags: Option<&LabelSet>) -> Result<(Vec<TaggedSen
                 line,
             };
             for (number, word, raw) in words {
-                let id = tags
-                    .names()
-                    .iter()
-                    .position(|n| *n == raw)
-                    .ok_or_else(|| Error::UnknownLabel {
+                let id = tags.names().iter().position(|n| *n == raw).ok_or_else(|| {
+                    Error::UnknownLabel {
                         file: path.to_path_buf(),
                         line: number,
                         label: raw.clone(),
                         known: tags.listing(),
-                    })?;
+                    }
+                })?;
                 sentence.words.push(word);
                 sentence.tags.push(id);
             }
@@ -544,15 +542,24 @@ mod tests {
         let err = read_classification(&path, &Columns::default(), None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("t.tsv:3: 1 fields, but the header has 2"), "{err}");
+        assert!(
+            err.contains("t.tsv:3: 1 fields, but the header has 2"),
+            "{err}"
+        );
 
         let (_dir, path) = write("t.tsv", "sentence\tlabel\nfine\tpos\n");
         let err = read_classification(&path, &Columns::default(), None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("t.tsv:1: the header has no column `text`"), "{err}");
+        assert!(
+            err.contains("t.tsv:1: the header has no column `text`"),
+            "{err}"
+        );
 
-        let (_dir, path) = write("t.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\"}\n");
+        let (_dir, path) = write(
+            "t.jsonl",
+            "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\"}\n",
+        );
         let err = read_classification(&path, &Columns::default(), None)
             .unwrap_err()
             .to_string();

@@ -34,10 +34,10 @@ pub struct SequenceClassifier<'a> {
     /// How the user named the base (`base_model` in the card).
     pub base_reference: &'a str,
     pub labels: &'a LabelSet,
-    /// `classifier.weight` `[num_labels, hidden]`
-    pub weight: &'a Tensor,
-    /// `classifier.bias` `[num_labels]`
-    pub bias: &'a Tensor,
+    /// The trained tensors under `BertForSequenceClassification`'s names: at least
+    /// `classifier.weight` `[num_labels, hidden]` and `classifier.bias` `[num_labels]`, and
+    /// `bert.…` tensors that replace the base's after full fine-tuning.
+    pub trained: Vec<(String, Tensor)>,
     /// The training data's names (`datasets` in the card).
     pub datasets: Vec<String>,
     /// The evaluation data's name and the kept epoch's metrics on it.
@@ -50,12 +50,14 @@ pub struct SequenceClassifier<'a> {
 /// Writes `BertForSequenceClassification` into `out` (created if needed).
 pub fn write_sequence_classifier(model: &SequenceClassifier, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let config_path = model
-        .base
-        .require("config.json", "the base model's config is the starting point")?;
-    let config_text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let mut config: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&config_text).map_err(|e| Error::BadConfig {
+    let config_path = model.base.require(
+        "config.json",
+        "the base model's config is the starting point",
+    )?;
+    let config_text =
+        std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&config_text)
+        .map_err(|e| Error::BadConfig {
             file: config_path.clone(),
             field: "(root)".into(),
             reason: e.to_string(),
@@ -117,13 +119,31 @@ fn write_file(path: &Path, contents: String) -> Result<()> {
 }
 
 /// The base checkpoint's tensors under transformers' `bert.` names (bytes and dtypes
-/// unchanged; a base's own head is dropped), plus `classifier.weight` and `classifier.bias`.
+/// unchanged; a base's own head is dropped), with the trained tensors replacing or adding
+/// to them.
 fn write_weights(model: &SequenceClassifier, path: &Path) -> Result<()> {
     let files = model.base.weight_files()?;
     let buffers = files
         .iter()
         .map(|f| std::fs::read(f).map_err(|e| Error::io(f, e)))
         .collect::<Result<Vec<_>>>()?;
+    let trained = model
+        .trained
+        .iter()
+        .map(|(name, t)| Ok((name.clone(), t.dims().to_vec(), f32_bytes(t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    for required in ["classifier.weight", "classifier.bias"] {
+        if !trained.iter().any(|(n, _, _)| n == required) {
+            return Err(Error::MissingTensor {
+                name: required.into(),
+                files: "the trained tensors".into(),
+            });
+        }
+    }
+    let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let mut views: Vec<(String, TensorView)> = Vec::new();
     for (file, buffer) in files.iter().zip(&buffers) {
         let st = SafeTensors::deserialize(buffer).map_err(|e| Error::BadWeights {
@@ -135,10 +155,17 @@ fn write_weights(model: &SequenceClassifier, path: &Path) -> Result<()> {
             let is_base = ["embeddings.", "encoder.", "pooler."]
                 .iter()
                 .any(|p| bare.starts_with(p));
-            if is_base {
-                views.push((format!("bert.{bare}"), view));
+            let full = format!("bert.{bare}");
+            if is_base && !trained.iter().any(|(n, _, _)| *n == full) {
+                views.push((full, view));
             }
         }
+    }
+    for (name, shape, bytes) in &trained {
+        views.push((
+            name.clone(),
+            TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map_err(bad)?,
+        ));
     }
     if !views.iter().any(|(n, _)| n == "bert.pooler.dense.weight") {
         return Err(Error::MissingTensor {
@@ -146,22 +173,6 @@ fn write_weights(model: &SequenceClassifier, path: &Path) -> Result<()> {
             files: "BertForSequenceClassification classifies the pooler output".into(),
         });
     }
-    let weight = f32_bytes(model.weight)?;
-    let bias = f32_bytes(model.bias)?;
-    let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
-        file: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    views.push((
-        "classifier.weight".into(),
-        TensorView::new(safetensors::Dtype::F32, model.weight.dims().to_vec(), &weight)
-            .map_err(bad)?,
-    ));
-    views.push((
-        "classifier.bias".into(),
-        TensorView::new(safetensors::Dtype::F32, model.bias.dims().to_vec(), &bias)
-            .map_err(bad)?,
-    ));
     views.sort_by(|a, b| a.0.cmp(&b.0));
     // transformers refuses safetensors files whose metadata lacks format = "pt".
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -216,7 +227,9 @@ fn model_card_text(model: &SequenceClassifier, out: &Path) -> Result<String> {
         y.push("model-index:".into());
         y.push(format!("- name: {}", yaml(&name)));
         y.push("  results:".into());
-        y.push("  - task:\n      type: text-classification\n      name: Text Classification".into());
+        y.push(
+            "  - task:\n      type: text-classification\n      name: Text Classification".into(),
+        );
         y.push(format!(
             "    dataset:\n      name: {}\n      type: {}",
             yaml(data),

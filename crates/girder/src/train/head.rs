@@ -252,7 +252,11 @@ mod tests {
         for i in 0..n {
             let label = i % 2;
             for d in 0..8 {
-                let centre = if d == 0 { 2.0 * label as f64 - 1.0 } else { 0.0 };
+                let centre = if d == 0 {
+                    2.0 * label as f64 - 1.0
+                } else {
+                    0.0
+                };
                 values.push((centre + 0.3 * rng.normal()) as f32);
             }
             labels.push(label);
@@ -286,7 +290,10 @@ mod tests {
         let last = trained.epochs.last().unwrap();
         assert!(last.eval.as_ref().unwrap().accuracy > 0.95, "{last:?}");
         assert!(trained.epochs[0].train_loss > last.train_loss);
-        let kept = trained.epochs[trained.best_epoch - 1].eval.as_ref().unwrap();
+        let kept = trained.epochs[trained.best_epoch - 1]
+            .eval
+            .as_ref()
+            .unwrap();
         assert_eq!(
             ClassificationMetrics::compute(
                 &dev_y,

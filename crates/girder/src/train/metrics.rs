@@ -78,7 +78,10 @@ mod tests {
         // sklearn: accuracy_score = 5/6; f1_score(average="macro"): class 0 has tp 2,
         // 3 predicted, 2 gold → 0.8; class 1: tp 1, 1 predicted, 2 gold → 2/3; class 2 → 1.
         let m = ClassificationMetrics::compute(&[0, 0, 1, 1, 2, 2], &[0, 0, 1, 0, 2, 2], 3);
-        assert_eq!(m.confusion, vec![vec![2, 0, 0], vec![1, 1, 0], vec![0, 0, 2]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![2, 0, 0], vec![1, 1, 0], vec![0, 0, 2]]
+        );
         assert!((m.accuracy - 5.0 / 6.0).abs() < 1e-12);
         let expected = (0.8 + 2.0 / 3.0 + 1.0) / 3.0;
         assert!((m.macro_f1 - expected).abs() < 1e-12, "{}", m.macro_f1);

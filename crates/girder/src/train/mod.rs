@@ -5,10 +5,14 @@
 //! transformers' linear warm-up and decay schedule. The head-only method
 //! ([`head::train_head`]) freezes the encoder: each text's pooled features are computed
 //! once by the inference model, then only the classifier is trained, as
-//! `BertForSequenceClassification` with a frozen `bert` would be.
+//! `BertForSequenceClassification` with a frozen `bert` would be. Full fine-tuning
+//! ([`full::train_full`]) trains every weight through [`bert::TrainableBert`], a
+//! differentiable twin of the inference model.
 
+pub mod bert;
 pub mod data;
 pub mod export;
+pub mod full;
 pub mod head;
 pub mod metrics;
 
@@ -19,6 +23,8 @@ use crate::error::{Error, Result};
 pub enum Method {
     /// The classifier only; the encoder is frozen and its pooled features computed once.
     Head,
+    /// Every weight, through the differentiable [`bert::TrainableBert`].
+    Full,
 }
 
 /// Optimisation settings, with the names of transformers' `TrainingArguments`.
@@ -63,10 +69,19 @@ impl Default for TrainingArguments {
 }
 
 impl Method {
+    /// The name `--method` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Head => "head",
+            Method::Full => "full",
+        }
+    }
+
     /// The learning rate used when none is given.
     pub fn default_learning_rate(self) -> f64 {
         match self {
             Method::Head => 1e-3,
+            Method::Full => 5e-5,
         }
     }
 }
@@ -159,7 +174,9 @@ mod tests {
     fn schedule_matches_transformers() {
         // get_linear_schedule_with_warmup(opt, 2, 10): lambdas for steps 0..=10
         let lambdas: Vec<f64> = (0..=10).map(|s| linear_schedule(s, 2, 10)).collect();
-        let expected = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
+        let expected = [
+            0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0,
+        ];
         for (got, want) in lambdas.iter().zip(expected) {
             assert!((got - want).abs() < 1e-12, "{lambdas:?}");
         }
@@ -173,7 +190,10 @@ mod tests {
         let samples: Vec<f64> = (0..20_000).map(|_| a.normal()).collect();
         let mean = samples.iter().sum::<f64>() / samples.len() as f64;
         let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / samples.len() as f64;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
         let mut order: Vec<usize> = (0..10).collect();
         b.shuffle(&mut order);
         let mut sorted = order.clone();
