@@ -6,7 +6,7 @@
 
 use girder::check::model_card;
 use girder::pipelines::{text_classification as tc, LoadOptions, Model};
-use girder::train::bert::TrainableBert;
+use girder::train::bert::{Lora, TrainableBert};
 use girder::train::data::{read_classification, Columns};
 use girder::train::export::{write_sequence_classifier, SequenceClassifier};
 use girder::train::full::{train_full, EncodedSet};
@@ -238,6 +238,103 @@ fn full_fine_tuning_exports_every_trained_weight() {
         "exported logits differ from the trained model's by {diff}"
     );
     transformers_agrees(&out, &texts, &logits);
+}
+
+#[test]
+fn lora_trains_only_adapters_and_merges_into_a_plain_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_path = dir.path().join("train.tsv");
+    std::fs::write(&train_path, TRAIN).unwrap();
+    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
+    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let data = read_classification(&train_path, &Columns::default(), None).unwrap();
+    let texts = data.texts();
+    let encodings = base.encode_texts(&texts).unwrap();
+    let labels = data.label_ids();
+    let args = TrainingArguments {
+        num_train_epochs: 2,
+        learning_rate: 1e-2,
+        per_device_train_batch_size: 4,
+        ..Default::default()
+    };
+    let mut rng = Rng::new(args.seed);
+    let mut bert = TrainableBert::load(&base.folder, &base.config, 2, &mut rng).unwrap();
+    let batch = girder::batch::RaggedBatch::from_encodings(&encodings);
+    let untouched = bert
+        .pooled(&batch, &mut None)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let adapted = bert.enable_lora(Lora::default(), &mut rng).unwrap();
+    assert_eq!(
+        adapted,
+        [
+            "encoder.layer.0.attention.self.query",
+            "encoder.layer.0.attention.self.value",
+            "encoder.layer.1.attention.self.query",
+            "encoder.layer.1.attention.self.value",
+        ]
+    );
+    // B starts at zero: the adapted model computes the base model's function.
+    let start = bert
+        .pooled(&batch, &mut None)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(max_abs_diff(&untouched, &start) < 1e-6);
+    let trainable: Vec<&String> = bert.vars().keys().collect();
+    assert_eq!(trainable.len(), 4 * 2 + 2, "{trainable:?}");
+    train_full(
+        &mut bert,
+        EncodedSet {
+            encodings: &encodings,
+            labels: &labels,
+        },
+        None,
+        2,
+        &args,
+        &mut Quiet,
+    )
+    .unwrap();
+    let moved = bert
+        .pooled(&batch, &mut None)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(
+        max_abs_diff(&untouched, &moved) > 1e-6,
+        "the adapters did not train"
+    );
+
+    // Merged weights in a plain folder give the adapted model's logits.
+    let out = dir.path().join("bert-tiny-lora-merged");
+    write_sequence_classifier(
+        &SequenceClassifier {
+            base: &base.folder,
+            base_reference: "tests/fixtures/bert-base",
+            labels: &data.labels,
+            trained: bert.checkpoint_tensors().unwrap(),
+            datasets: vec!["train.tsv".into()],
+            evaluation: None,
+            method: "lora",
+            args: &args,
+            best_epoch: 2,
+        },
+        &out,
+    )
+    .unwrap();
+    let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let logits = girder_logits(&classifier, &texts);
+    let expected = bert
+        .logits(&batch, &mut None)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&logits, &expected);
+    assert!(
+        diff < 1e-5,
+        "merged logits differ from the adapted model's by {diff}"
+    );
 }
 
 /// Dev-only: transformers' AutoModelForSequenceClassification on the folder.

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use girder::pipelines::text_classification::{self as tc};
 use girder::pipelines::{LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
-use girder::train::bert::TrainableBert;
+use girder::train::bert::{Lora, TrainableBert};
 use girder::train::data::{read_classification, ClassificationData, Columns, LabelSet};
 use girder::train::export::{write_sequence_classifier, SequenceClassifier};
 use girder::train::full::{self, EncodedSet};
@@ -29,6 +29,9 @@ pub enum MethodArg {
     Head,
     /// Train every weight (encoder, pooler, classifier).
     Full,
+    /// Train LoRA adapters (--target-modules) and the classifier; the folder holds the
+    /// merged weights (PEFT's merge_and_unload).
+    Lora,
 }
 
 #[derive(Args)]
@@ -61,7 +64,7 @@ pub struct TrainArgs {
     label_column: String,
     #[arg(long, alias = "epochs", default_value_t = 3)]
     num_train_epochs: usize,
-    /// Peak learning rate (default: 1e-3 for --method head, 5e-5 for full).
+    /// Peak learning rate (default: 1e-3 for --method head, 5e-5 for full, 5e-4 for lora).
     #[arg(long)]
     learning_rate: Option<f64>,
     #[arg(long, alias = "batch-size", default_value_t = 8)]
@@ -82,6 +85,18 @@ pub struct TrainArgs {
     /// Tokens per forward pass at most.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    /// LoRA scaling numerator (the update is scaled by alpha / r).
+    #[arg(long, default_value_t = 8.0)]
+    lora_alpha: f64,
+    /// Dropout on the adapters' input.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
+    /// The encoder's linear layers that get adapters, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    target_modules: Vec<String>,
 }
 
 /// Progress bars on a terminal, epoch lines always (stderr).
@@ -164,6 +179,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let method = match args.method {
         MethodArg::Head => Method::Head,
         MethodArg::Full => Method::Full,
+        MethodArg::Lora => Method::Lora,
     };
     let training = TrainingArguments {
         num_train_epochs: args.num_train_epochs,
@@ -227,12 +243,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 t.epochs,
             )
         }
-        Method::Full => {
+        Method::Full | Method::Lora => {
+            let lora = (method == Method::Lora).then(|| Lora {
+                r: args.lora_r,
+                lora_alpha: args.lora_alpha,
+                lora_dropout: args.lora_dropout,
+                target_modules: args.target_modules.clone(),
+            });
             let t = train_all(
                 &model,
                 &train_data,
                 eval_data.as_ref(),
                 &training,
+                lora,
                 &mut progress,
             )?;
             (t.tensors, t.best_epoch, t.epochs)
@@ -322,20 +345,26 @@ fn train_head_only(
     )?)
 }
 
-/// Full fine-tuning through the differentiable BERT.
+/// Full fine-tuning or LoRA through the differentiable BERT.
 fn train_all(
     model: &Model,
     train_data: &ClassificationData,
     eval_data: Option<&ClassificationData>,
     training: &TrainingArguments,
+    lora: Option<Lora>,
     progress: &mut Progress,
 ) -> Result<full::TrainedModel> {
+    let mut rng = Rng::new(training.seed);
     let mut bert = TrainableBert::load(
         &model.folder,
         &model.config,
         train_data.labels.len(),
-        &mut Rng::new(training.seed),
+        &mut rng,
     )?;
+    if let Some(lora) = lora {
+        let adapted = bert.enable_lora(lora, &mut rng)?;
+        eprintln!("LoRA adapters on {} linear layers", adapted.len());
+    }
     let train_encodings = model.encode_texts(&train_data.texts())?;
     let train_labels = train_data.label_ids();
     let eval_encodings = match eval_data {

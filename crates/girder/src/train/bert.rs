@@ -24,7 +24,11 @@ use std::collections::BTreeMap;
 pub struct TrainableBert {
     cfg: Config,
     activation: Activation,
+    /// What the optimizer trains: every weight, or with LoRA the adapters and the classifier.
     vars: BTreeMap<String, Var>,
+    /// Weights frozen by LoRA (plain tensors: no gradient is computed for them).
+    frozen: BTreeMap<String, Tensor>,
+    lora: Option<Lora>,
     /// Dropout probability inside the encoder and before the classifier (`hidden_dropout_prob`,
     /// `attention_probs_dropout_prob`).
     pub dropout: f64,
@@ -113,8 +117,84 @@ impl TrainableBert {
             cfg,
             activation,
             vars,
+            frozen: BTreeMap::new(),
+            lora: None,
             dropout: 0.1,
         })
+    }
+
+    /// Freezes every weight but the classifier and adds LoRA adapters (Hu et al., 2021,
+    /// <https://arxiv.org/abs/2106.09685>) to the linear layers of each attention block whose
+    /// last name segment is in `lora.target_modules` (`query`, `key`, `value`, `dense`), as
+    /// PEFT's `LoraConfig` does: `y = W x + b + (B A dropout(x)) * lora_alpha / r`, with `A`
+    /// Kaiming-uniform and `B` zero, so training starts from the base model's function.
+    pub fn enable_lora(&mut self, lora: Lora, rng: &mut Rng) -> Result<Vec<String>> {
+        if lora.r == 0 {
+            return Err(Error::InvalidOption {
+                option: "lora_r".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let names: Vec<String> = self.vars.keys().cloned().collect();
+        for name in names {
+            if !name.starts_with("classifier.") {
+                if let Some(var) = self.vars.remove(&name) {
+                    self.frozen.insert(name, var.as_tensor().detach());
+                }
+            }
+        }
+        let mut adapted = Vec::new();
+        for (name, weight) in &self.frozen {
+            let Some(prefix) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            let leaf = prefix.rsplit('.').next().unwrap_or_default();
+            if !prefix.starts_with("encoder.layer.")
+                || !lora.target_modules.iter().any(|t| t == leaf)
+            {
+                continue;
+            }
+            let (out_dim, in_dim) = weight.dims2()?;
+            // kaiming_uniform_(a = sqrt(5)): bound = 1 / sqrt(fan_in).
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let a: Vec<f32> = (0..lora.r * in_dim)
+                .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+                .collect();
+            adapted.push(prefix.to_string());
+            self.vars.insert(
+                format!("{prefix}.lora_A.weight"),
+                Var::from_tensor(&Tensor::from_vec(a, (lora.r, in_dim), &Device::Cpu)?)?,
+            );
+            self.vars.insert(
+                format!("{prefix}.lora_B.weight"),
+                Var::zeros((out_dim, lora.r), DType::F32, &Device::Cpu)?,
+            );
+        }
+        if adapted.is_empty() {
+            return Err(Error::InvalidOption {
+                option: "target_modules".into(),
+                reason: format!(
+                    "{} names no linear layer of the encoder (query, key, value, dense)",
+                    lora.target_modules.join(",")
+                ),
+            });
+        }
+        self.lora = Some(lora);
+        Ok(adapted)
+    }
+
+    /// The LoRA settings, when adapters are on.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The LoRA adapters' tensors (`….lora_A.weight`, `….lora_B.weight`, names without the
+    /// `bert.` prefix) and the classifier, detached.
+    pub fn adapter_tensors(&self) -> Vec<(String, Tensor)> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
     }
 
     /// Every trainable variable with its name.
@@ -125,33 +205,61 @@ impl TrainableBert {
     /// The weights under the names of a `BertForSequenceClassification` checkpoint
     /// (`bert.` prefix on the encoder), current values detached from the tape.
     pub fn checkpoint_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        self.vars
-            .iter()
-            .map(|(name, var)| {
-                let full = if name.starts_with("classifier.") {
-                    name.clone()
-                } else {
-                    format!("bert.{name}")
-                };
-                Ok((full, var.as_tensor().detach()))
-            })
-            .collect()
+        let mut out = Vec::new();
+        let full = |name: &str| {
+            if name.starts_with("classifier.") {
+                name.to_string()
+            } else {
+                format!("bert.{name}")
+            }
+        };
+        for (name, var) in &self.vars {
+            if !name.contains(".lora_") {
+                out.push((full(name), var.as_tensor().detach()));
+            }
+        }
+        // With LoRA, the adapted weights are merged: W + (B A) * alpha / r.
+        for (name, weight) in &self.frozen {
+            let merged = match (name.strip_suffix(".weight"), &self.lora) {
+                (Some(prefix), Some(lora))
+                    if self.vars.contains_key(&format!("{prefix}.lora_A.weight")) =>
+                {
+                    let a = self.var(&format!("{prefix}.lora_A.weight"))?;
+                    let b = self.var(&format!("{prefix}.lora_B.weight"))?;
+                    (weight + (b.matmul(a)? * lora.scaling())?)?.detach()
+                }
+                _ => weight.clone(),
+            };
+            out.push((full(name), merged));
+        }
+        Ok(out)
     }
 
     fn var(&self, name: &str) -> Result<&Tensor> {
         self.vars
             .get(name)
             .map(Var::as_tensor)
+            .or_else(|| self.frozen.get(name))
             .ok_or_else(|| Error::MissingTensor {
                 name: name.to_string(),
                 files: "the trainable BERT".into(),
             })
     }
 
-    fn linear(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+    fn linear(&self, x: &Tensor, prefix: &str, rng: &mut DropoutRng) -> Result<Tensor> {
         let w = self.var(&format!("{prefix}.weight"))?;
         let b = self.var(&format!("{prefix}.bias"))?;
-        Ok(x.matmul(&w.t()?)?.broadcast_add(b)?)
+        let y = x.matmul(&w.t()?)?.broadcast_add(b)?;
+        let (Some(lora), Some(a)) = (
+            &self.lora,
+            self.vars.get(&format!("{prefix}.lora_A.weight")),
+        ) else {
+            return Ok(y);
+        };
+        let b = self.var(&format!("{prefix}.lora_B.weight"))?;
+        let x = self.dropout_p(x.clone(), lora.lora_dropout, rng)?;
+        let delta = x.matmul(&a.as_tensor().t()?)?.matmul(&b.t()?)?;
+        Ok((y + (delta * lora.scaling())?)?)
     }
 
     fn layer_norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
@@ -165,13 +273,17 @@ impl TrainableBert {
     }
 
     fn dropout(&self, x: Tensor, rng: &mut DropoutRng) -> Result<Tensor> {
+        self.dropout_p(x, self.dropout, rng)
+    }
+
+    fn dropout_p(&self, x: Tensor, p: f64, rng: &mut DropoutRng) -> Result<Tensor> {
         let Some(rng) = rng.as_deref_mut() else {
             return Ok(x);
         };
-        if self.dropout <= 0.0 {
+        if p <= 0.0 {
             return Ok(x);
         }
-        let keep = 1.0 - self.dropout;
+        let keep = 1.0 - p;
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| {
                 if rng.uniform() < keep {
@@ -206,9 +318,9 @@ impl TrainableBert {
         let n = x.dim(0)?;
         for l in 0..self.cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
-            let q = self.linear(&x, &format!("{p}.attention.self.query"))?;
-            let k = self.linear(&x, &format!("{p}.attention.self.key"))?;
-            let v = self.linear(&x, &format!("{p}.attention.self.value"))?;
+            let q = self.linear(&x, &format!("{p}.attention.self.query"), rng)?;
+            let k = self.linear(&x, &format!("{p}.attention.self.key"), rng)?;
+            let v = self.linear(&x, &format!("{p}.attention.self.value"), rng)?;
             let mut contexts = Vec::with_capacity(batch.num_seqs());
             for s in 0..batch.num_seqs() {
                 let range = batch.seq_range(s);
@@ -234,27 +346,57 @@ impl TrainableBert {
             }
             let context = Tensor::cat(&contexts, 0)?; // [n, hidden]
             debug_assert_eq!(context.dim(0)?, n);
-            let out = self.linear(&context, &format!("{p}.attention.output.dense"))?;
+            let out = self.linear(&context, &format!("{p}.attention.output.dense"), rng)?;
             let out = self.dropout(out, rng)?;
             let attended =
                 self.layer_norm(&(out + &x)?, &format!("{p}.attention.output.LayerNorm"))?;
-            let h = self
-                .activation
-                .forward(&self.linear(&attended, &format!("{p}.intermediate.dense"))?)?;
-            let out = self.linear(&h, &format!("{p}.output.dense"))?;
+            let h = self.activation.forward(&self.linear(
+                &attended,
+                &format!("{p}.intermediate.dense"),
+                rng,
+            )?)?;
+            let out = self.linear(&h, &format!("{p}.output.dense"), rng)?;
             let out = self.dropout(out, rng)?;
             x = self.layer_norm(&(out + attended)?, &format!("{p}.output.LayerNorm"))?;
         }
         let first = Tensor::new(batch.first_token_rows(), &device)?;
         let cls = x.index_select(&first, 0)?;
-        Ok(self.linear(&cls, "pooler.dense")?.tanh()?)
+        Ok(self.linear(&cls, "pooler.dense", rng)?.tanh()?)
     }
 
     /// Classifier logits `[num_seqs, num_labels]`; `rng` turns dropout on.
     pub fn logits(&self, batch: &RaggedBatch, rng: &mut DropoutRng) -> Result<Tensor> {
         let pooled = self.pooled(batch, rng)?;
         let pooled = self.dropout(pooled, rng)?;
-        self.linear(&pooled, "classifier")
+        self.linear(&pooled, "classifier", rng)
+    }
+}
+
+/// PEFT's `LoraConfig` fields that girder uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lora {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub target_modules: Vec<String>,
+}
+
+impl Default for Lora {
+    /// PEFT's defaults (r 8, alpha 8, dropout 0), with BERT's query and value as targets.
+    fn default() -> Self {
+        Lora {
+            r: 8,
+            lora_alpha: 8.0,
+            lora_dropout: 0.0,
+            target_modules: vec!["query".into(), "value".into()],
+        }
+    }
+}
+
+impl Lora {
+    /// `lora_alpha / r`
+    pub fn scaling(&self) -> f64 {
+        self.lora_alpha / self.r as f64
     }
 }
 

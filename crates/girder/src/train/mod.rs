@@ -25,6 +25,9 @@ pub enum Method {
     Head,
     /// Every weight, through the differentiable [`bert::TrainableBert`].
     Full,
+    /// LoRA adapters on the encoder's attention projections, plus the classifier; the
+    /// rest frozen ([`bert::TrainableBert::enable_lora`]).
+    Lora,
 }
 
 /// Optimisation settings, with the names of transformers' `TrainingArguments`.
@@ -74,6 +77,7 @@ impl Method {
         match self {
             Method::Head => "head",
             Method::Full => "full",
+            Method::Lora => "lora",
         }
     }
 
@@ -82,6 +86,8 @@ impl Method {
         match self {
             Method::Head => 1e-3,
             Method::Full => 5e-5,
+            // PEFT's LoRA examples train at 1e-4 to 1e-3: the adapters start at zero.
+            Method::Lora => 5e-4,
         }
     }
 }
