@@ -107,6 +107,67 @@ fn train_then_run_then_eval() {
 }
 
 #[test]
+fn lora_writes_a_peft_adapter_or_a_merged_folder() {
+    let dir = scratch("lora");
+    let data = dir.join("train.tsv");
+    std::fs::write(&data, TRAIN).unwrap();
+    let base = fixture("bert-base");
+    for merge in [false, true] {
+        let out = dir.join(if merge { "merged" } else { "adapter" });
+        let mut args = vec![
+            "train",
+            "text-classification",
+            "--method",
+            "lora",
+            "--base",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ];
+        if merge {
+            args.push("--merge");
+        }
+        let trained = girder(&args);
+        assert!(
+            trained.status.success(),
+            "{}",
+            String::from_utf8_lossy(&trained.stderr)
+        );
+        if merge {
+            assert!(out.join("model.safetensors").is_file());
+            let run = girder(&[
+                "run",
+                "text-classification",
+                "--model",
+                out.to_str().unwrap(),
+                "fine",
+            ]);
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+        } else {
+            let config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(config["peft_type"], "LORA");
+            assert_eq!(config["task_type"], "SEQ_CLS");
+            assert_eq!(
+                config["target_modules"],
+                serde_json::json!(["query", "value"])
+            );
+            assert!(out.join("adapter_model.safetensors").is_file());
+        }
+    }
+}
+
+#[test]
 fn bad_data_is_one_line_with_file_and_line() {
     let dir = scratch("bad");
     let data = dir.join("train.tsv");

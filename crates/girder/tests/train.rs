@@ -8,7 +8,9 @@ use girder::check::model_card;
 use girder::pipelines::{text_classification as tc, LoadOptions, Model};
 use girder::train::bert::{Lora, TrainableBert};
 use girder::train::data::{read_classification, Columns};
-use girder::train::export::{write_sequence_classifier, SequenceClassifier};
+use girder::train::export::{
+    write_lora_adapter, write_sequence_classifier, LoraAdapter, SequenceClassifier,
+};
 use girder::train::full::{train_full, EncodedSet};
 use girder::train::head::{pooled_features, predict, train_head, FeatureSet, Quiet};
 use girder::train::metrics::ClassificationMetrics;
@@ -335,6 +337,66 @@ fn lora_trains_only_adapters_and_merges_into_a_plain_folder() {
         diff < 1e-5,
         "merged logits differ from the adapted model's by {diff}"
     );
+    transformers_agrees(&out, &texts, &logits);
+
+    // The unmerged adapter, as PEFT writes it, gives the same logits in PEFT.
+    let adapter_dir = dir.path().join("bert-tiny-lora");
+    write_lora_adapter(
+        &LoraAdapter {
+            base_reference: base_path.canonicalize().unwrap().to_str().unwrap(),
+            lora: bert.lora().unwrap(),
+            tensors: bert.adapter_tensors(),
+            datasets: vec!["train.tsv".into()],
+        },
+        &adapter_dir,
+    )
+    .unwrap();
+    peft_agrees(&adapter_dir, &texts, &expected);
+}
+
+/// Dev-only: PEFT's `AutoPeftModelForSequenceClassification` on an adapter folder.
+fn peft_agrees(folder: &Path, texts: &[&str], girder: &[Vec<f32>]) {
+    let python = root().join(".venv-oracle/bin/python");
+    let has_peft = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import peft"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_peft {
+        println!("skipped the PEFT comparison: `peft` is not importable from .venv-oracle");
+        return;
+    }
+    const SCRIPT: &str = r#"
+import json, sys, torch
+from transformers import AutoTokenizer
+from peft import AutoPeftModelForSequenceClassification
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+model = AutoPeftModelForSequenceClassification.from_pretrained(folder)
+tok = AutoTokenizer.from_pretrained(model.peft_config["default"].base_model_name_or_path)
+model.eval()
+with torch.no_grad():
+    logits = [model(**tok(t, return_tensors="pt")).logits[0].tolist() for t in texts]
+print(json.dumps({"logits": logits}))
+"#;
+    let output = Command::new(&python)
+        .args(["-c", SCRIPT])
+        .arg(folder)
+        .arg(serde_json::to_string(texts).unwrap())
+        .output()
+        .expect("cannot run the oracle");
+    assert!(
+        output.status.success(),
+        "PEFT failed to load {}:\n{}",
+        folder.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
+    let diff = max_abs_diff(girder, &theirs);
+    println!("PEFT vs girder logits: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "logits differ from PEFT by {diff}");
 }
 
 /// Dev-only: transformers' AutoModelForSequenceClassification on the folder.

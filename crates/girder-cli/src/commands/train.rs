@@ -7,7 +7,9 @@ use girder::pipelines::text_classification::{self as tc};
 use girder::pipelines::{LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
 use girder::train::bert::{Lora, TrainableBert};
 use girder::train::data::{read_classification, ClassificationData, Columns, LabelSet};
-use girder::train::export::{write_sequence_classifier, SequenceClassifier};
+use girder::train::export::{
+    write_lora_adapter, write_sequence_classifier, LoraAdapter, SequenceClassifier,
+};
 use girder::train::full::{self, EncodedSet};
 use girder::train::head::{self, EpochReport, FeatureSet, Observer, StepReport};
 use girder::train::metrics::ClassificationMetrics;
@@ -29,8 +31,8 @@ pub enum MethodArg {
     Head,
     /// Train every weight (encoder, pooler, classifier).
     Full,
-    /// Train LoRA adapters (--target-modules) and the classifier; the folder holds the
-    /// merged weights (PEFT's merge_and_unload).
+    /// Train LoRA adapters (--target-modules) and the classifier; writes a PEFT adapter
+    /// folder, or with --merge a model folder with the merged weights.
     Lora,
 }
 
@@ -97,6 +99,10 @@ pub struct TrainArgs {
     /// The encoder's linear layers that get adapters, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "query,value")]
     target_modules: Vec<String>,
+    /// LoRA: write a model folder with the adapters merged into the weights instead of a
+    /// PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    merge: bool,
 }
 
 /// Progress bars on a terminal, epoch lines always (stderr).
@@ -258,6 +264,39 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 lora,
                 &mut progress,
             )?;
+            if let (Some(adapters), false) = (t.adapters, args.merge) {
+                let lora = Lora {
+                    r: args.lora_r,
+                    lora_alpha: args.lora_alpha,
+                    lora_dropout: args.lora_dropout,
+                    target_modules: args.target_modules.clone(),
+                };
+                write_lora_adapter(
+                    &LoraAdapter {
+                        base_reference: &args.base,
+                        lora: &lora,
+                        tensors: adapters,
+                        datasets: vec![file_name(&args.data)],
+                    },
+                    &args.out,
+                )
+                .with_context(|| format!("writing {}", args.out.display()))?;
+                let kept = t.epochs[t.best_epoch - 1].eval.clone();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "out": args.out,
+                        "method": "lora",
+                        "adapter": true,
+                        "best_epoch": t.best_epoch,
+                        "eval": kept,
+                        "train_examples": train_data.examples.len(),
+                        "train_examples_per_s_by_epoch": t.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+                        "total_s": started.elapsed().as_secs_f64(),
+                    })
+                );
+                return Ok(());
+            }
             (t.tensors, t.best_epoch, t.epochs)
         }
     };

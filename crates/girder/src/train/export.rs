@@ -2,6 +2,7 @@
 //! loads unchanged: config.json, model.safetensors with transformers' tensor names, the
 //! base model's tokenizer files, and a README.md model card.
 
+use super::bert::Lora;
 use super::data::LabelSet;
 use super::metrics::ClassificationMetrics;
 use super::TrainingArguments;
@@ -270,4 +271,99 @@ fn model_card_text(model: &SequenceClassifier, out: &Path) -> Result<String> {
         body.push_str("\nThe base model's card names no license; none is stated here.\n");
     }
     Ok(y.join("\n") + "\n" + &body)
+}
+
+/// A LoRA adapter as PEFT writes it for `task_type = SEQ_CLS`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter<'a> {
+    /// `base_model_name_or_path`: what PEFT loads the base from (a folder or a hub id).
+    pub base_reference: &'a str,
+    pub lora: &'a Lora,
+    /// The adapters (`encoder.layer.N.attention.self.query.lora_A.weight`, …, names
+    /// without `bert.`) and the classifier (`classifier.weight`, `classifier.bias`).
+    pub tensors: Vec<(String, Tensor)>,
+    pub datasets: Vec<String>,
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` with PEFT's names
+/// (`base_model.model.bert.….lora_A.weight`, `base_model.model.classifier.weight`; the
+/// classifier is one of PEFT's `modules_to_save`), plus a README.md card. PEFT loads the
+/// base as `AutoModelForSequenceClassification` with its default two labels.
+pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": adapter.base_reference,
+        "r": adapter.lora.r,
+        "lora_alpha": adapter.lora.lora_alpha,
+        "lora_dropout": adapter.lora.lora_dropout,
+        "target_modules": adapter.lora.target_modules,
+        "modules_to_save": ["classifier", "score"],
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null,
+    });
+    let config_path = out.join("adapter_config.json");
+    write_file(
+        &config_path,
+        serde_json::to_string_pretty(&config).map_err(|e| Error::BadConfig {
+            file: config_path.clone(),
+            field: "(root)".into(),
+            reason: e.to_string(),
+        })?,
+    )?;
+    let path = out.join("adapter_model.safetensors");
+    let owned = adapter
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            let full = if name.starts_with("classifier.") {
+                format!("base_model.model.{name}")
+            } else {
+                format!("base_model.model.bert.{name}")
+            };
+            Ok((full, t.dims().to_vec(), f32_bytes(t)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
+        file: path.clone(),
+        reason: e.to_string(),
+    };
+    let mut views = Vec::with_capacity(owned.len());
+    for (name, shape, bytes) in &owned {
+        views.push((
+            name.clone(),
+            TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map_err(bad)?,
+        ));
+    }
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), &path).map_err(bad)?;
+    let mut card = vec![
+        "---".to_string(),
+        format!("base_model: {}", yaml(adapter.base_reference)),
+        "library_name: peft".into(),
+        "pipeline_tag: text-classification".into(),
+        "datasets:".into(),
+    ];
+    card.extend(adapter.datasets.iter().map(|d| format!("- {}", yaml(d))));
+    card.push("tags:\n- girder\n- lora\n---\n".into());
+    card.push(format!(
+        "# LoRA adapter for `{}`\n\nTrained by `girder train text-classification --method lora` (r {}, alpha {}, dropout {}, target modules {}).\n",
+        adapter.base_reference,
+        adapter.lora.r,
+        adapter.lora.lora_alpha,
+        adapter.lora.lora_dropout,
+        adapter.lora.target_modules.join(", ")
+    ));
+    write_file(&out.join("README.md"), card.join("\n"))
 }

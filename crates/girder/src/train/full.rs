@@ -25,6 +25,9 @@ pub struct EncodedSet<'a> {
 pub struct TrainedModel {
     /// `BertForSequenceClassification` names (`bert.…`, `classifier.…`).
     pub tensors: Vec<(String, Tensor)>,
+    /// With LoRA: the kept epoch's adapters and classifier, unmerged
+    /// ([`TrainableBert::adapter_tensors`]).
+    pub adapters: Option<Vec<(String, Tensor)>>,
     pub epochs: Vec<EpochReport>,
     /// The epoch (from 1) whose weights were kept: the best evaluation accuracy (the
     /// earliest on ties), or the last epoch without evaluation data.
@@ -52,8 +55,13 @@ pub fn predict(
     Ok(predicted)
 }
 
-/// The kept epoch: its number, its score and its weights.
-type Snapshot = (usize, f64, Vec<(String, Tensor)>);
+/// The kept epoch: its number, its score, its weights and (LoRA) its adapters.
+type Snapshot = (
+    usize,
+    f64,
+    Vec<(String, Tensor)>,
+    Option<Vec<(String, Tensor)>>,
+);
 
 /// Whether AdamW decays a parameter: weights yes, biases and LayerNorm no (the Trainer's
 /// `get_decay_parameter_names`).
@@ -144,14 +152,24 @@ pub fn train_full(
             None => None,
         };
         let score = eval_metrics.as_ref().map_or(epoch as f64, |m| m.accuracy);
-        if best.as_ref().is_none_or(|(_, s, _)| score > *s) {
+        if best.as_ref().is_none_or(|(_, s, _, _)| score > *s) {
             // Copies: the variables' storage keeps changing in the later epochs.
             let snapshot = model
                 .checkpoint_tensors()?
                 .into_iter()
                 .map(|(n, t)| Ok((n, t.copy()?)))
                 .collect::<Result<_>>()?;
-            best = Some((epoch, score, snapshot));
+            let adapters = match model.lora() {
+                Some(_) => Some(
+                    model
+                        .adapter_tensors()
+                        .into_iter()
+                        .map(|(n, t)| Ok((n, t.copy()?)))
+                        .collect::<Result<_>>()?,
+                ),
+                None => None,
+            };
+            best = Some((epoch, score, snapshot, adapters));
         }
         let report = EpochReport {
             epoch,
@@ -162,9 +180,10 @@ pub fn train_full(
         observer.epoch(&report);
         epochs.push(report);
     }
-    let (best_epoch, _, tensors) = best.ok_or(Error::EmptyInput)?;
+    let (best_epoch, _, tensors, adapters) = best.ok_or(Error::EmptyInput)?;
     Ok(TrainedModel {
         tensors,
+        adapters,
         epochs,
         best_epoch,
     })
