@@ -7,13 +7,14 @@
 use girder::check::model_card;
 use girder::pipelines::{text_classification as tc, LoadOptions, Model};
 use girder::train::bert::{Lora, TrainableBert};
-use girder::train::data::{read_classification, Columns};
+use girder::train::data::{bio_tags, read_classification, read_conll, Columns};
 use girder::train::export::{
-    write_lora_adapter, write_sequence_classifier, LoraAdapter, SequenceClassifier,
+    write_lora_adapter, write_sequence_classifier, ClassifierHead, LoraAdapter, SequenceClassifier,
 };
 use girder::train::full::{train_full, EncodedSet};
 use girder::train::head::{pooled_features, predict, train_head, FeatureSet, Quiet};
 use girder::train::metrics::ClassificationMetrics;
+use girder::train::ner;
 use girder::train::{Rng, TrainingArguments};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,6 +92,8 @@ fn a_trained_head_is_a_folder_that_girder_and_transformers_load() {
     let out = dir.path().join("bert-tiny-sentiment");
     write_sequence_classifier(
         &SequenceClassifier {
+            head: ClassifierHead::Sequence,
+            ner_evaluation: None,
             base: &base.folder,
             base_reference: "tests/fixtures/bert-base",
             labels: &data.labels,
@@ -213,6 +216,8 @@ fn full_fine_tuning_exports_every_trained_weight() {
     let out = dir.path().join("bert-tiny-full");
     write_sequence_classifier(
         &SequenceClassifier {
+            head: ClassifierHead::Sequence,
+            ner_evaluation: None,
             base: &base.folder,
             base_reference: "tests/fixtures/bert-base",
             labels: &data.labels,
@@ -312,6 +317,8 @@ fn lora_trains_only_adapters_and_merges_into_a_plain_folder() {
     let out = dir.path().join("bert-tiny-lora-merged");
     write_sequence_classifier(
         &SequenceClassifier {
+            head: ClassifierHead::Sequence,
+            ner_evaluation: None,
             base: &base.folder,
             base_reference: "tests/fixtures/bert-base",
             labels: &data.labels,
@@ -397,6 +404,129 @@ print(json.dumps({"logits": logits}))
     let diff = max_abs_diff(girder, &theirs);
     println!("PEFT vs girder logits: max abs diff {diff:e}");
     assert!(diff < 1e-4, "logits differ from PEFT by {diff}");
+}
+
+#[test]
+fn a_token_classifier_is_a_folder_that_girder_and_transformers_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_path = dir.path().join("train.bio");
+    std::fs::write(
+        &data_path,
+        "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n",
+    )
+    .unwrap();
+    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
+    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let tags = bio_tags(&["PER".into(), "LOC".into()]).unwrap();
+    let (sentences, _) = read_conll(&data_path, Some(&tags)).unwrap();
+    let features = ner::word_features(&base, &sentences, &mut Quiet).unwrap();
+    // One row per word (no word is split by truncation here).
+    assert_eq!(features.labels, [1, 2, 0, 3, 1, 0, 0, 3, 4]);
+    let args = TrainingArguments {
+        num_train_epochs: 2,
+        learning_rate: 1e-2,
+        ..Default::default()
+    };
+    let set = FeatureSet {
+        features: &features.features,
+        labels: &features.labels,
+    };
+    let trained = train_head(set, None, tags.len(), &args, &mut Quiet).unwrap();
+    let out = dir.path().join("bert-tiny-ner");
+    write_sequence_classifier(
+        &SequenceClassifier {
+            head: ClassifierHead::Token,
+            ner_evaluation: None,
+            base: &base.folder,
+            base_reference: "tests/fixtures/bert-base",
+            labels: &tags,
+            trained: vec![
+                ("classifier.weight".into(), trained.weight.clone()),
+                ("classifier.bias".into(), trained.bias.clone()),
+            ],
+            datasets: vec!["train.bio".into()],
+            evaluation: None,
+            method: "head",
+            args: &args,
+            best_epoch: trained.best_epoch,
+        },
+        &out,
+    )
+    .unwrap();
+    let tagger = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(tagger.encoder.class_name(), "BertForTokenClassification");
+    // girder's logits on every token of "Angela Merkel visited Paris"
+    let text = "Angela Merkel visited Paris";
+    let logits = girder_logits_per_token(&tagger, text);
+    token_transformers_agrees(&out, text, &logits);
+}
+
+fn girder_logits_per_token(model: &Model, text: &str) -> Vec<Vec<f32>> {
+    let encodings = model.encode_texts(&[text]).unwrap();
+    let mut rows = Vec::new();
+    model
+        .forward_batches(&encodings, |_, batch, out| {
+            rows = model
+                .encoder
+                .head_logits(out, batch, None)?
+                .to_vec2::<f32>()?;
+            Ok(())
+        })
+        .unwrap();
+    rows
+}
+
+/// Dev-only: AutoModelForTokenClassification on the folder, no missing or unexpected tensor.
+fn token_transformers_agrees(folder: &Path, text: &str, girder: &[Vec<f32>]) {
+    let python = root().join(".venv-oracle/bin/python");
+    if !python.exists() {
+        println!(
+            "skipped the transformers comparison: {} does not exist",
+            python.display()
+        );
+        return;
+    }
+    const SCRIPT: &str = r#"
+import json, sys, torch
+from transformers import AutoTokenizer, AutoModelForTokenClassification
+folder, text = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(folder)
+model, info = AutoModelForTokenClassification.from_pretrained(folder, output_loading_info=True)
+model.eval()
+with torch.no_grad():
+    logits = model(**tok(text, return_tensors="pt")).logits[0].tolist()
+print(json.dumps({"logits": logits, "info": {k: sorted(map(str, v)) for k, v in info.items()},
+                  "class": type(model).__name__}))
+"#;
+    let output = Command::new(&python)
+        .args(["-c", SCRIPT])
+        .arg(folder)
+        .arg(text)
+        .output()
+        .expect("cannot run the oracle");
+    assert!(
+        output.status.success(),
+        "transformers failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(reply["class"], "BertForTokenClassification");
+    for key in ["missing_keys", "unexpected_keys", "mismatched_keys"] {
+        let list = &reply["info"][key];
+        assert!(
+            list.as_array().is_none_or(|a| a.is_empty()),
+            "{key}: {list}"
+        );
+    }
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
+    let diff = max_abs_diff(girder, &theirs);
+    println!("transformers vs girder token logits: max abs diff {diff:e}");
+    assert!(
+        diff < 1e-4,
+        "token logits differ from transformers by {diff}"
+    );
 }
 
 /// Dev-only: transformers' AutoModelForSequenceClassification on the folder.

@@ -1,18 +1,21 @@
 //! `girder train <task>`: fine-tune a base model on labelled data and write a model folder
 //! that transformers loads unchanged; `girder eval`: score a model folder on labelled data.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use girder::pipelines::text_classification::{self as tc};
 use girder::pipelines::{LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
 use girder::train::bert::{Lora, TrainableBert};
-use girder::train::data::{read_classification, ClassificationData, Columns, LabelSet};
+use girder::train::data::{
+    bio_tags, read_classification, read_conll, ClassificationData, Columns, LabelSet,
+};
 use girder::train::export::{
-    write_lora_adapter, write_sequence_classifier, LoraAdapter, SequenceClassifier,
+    write_lora_adapter, write_sequence_classifier, ClassifierHead, LoraAdapter, SequenceClassifier,
 };
 use girder::train::full::{self, EncodedSet};
 use girder::train::head::{self, EpochReport, FeatureSet, Observer, StepReport};
 use girder::train::metrics::ClassificationMetrics;
+use girder::train::ner;
 use girder::train::{Method, Rng, TrainingArguments};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -23,6 +26,8 @@ use std::time::Instant;
 pub enum TrainTask {
     #[value(name = "text-classification", alias = "sentiment-analysis")]
     TextClassification,
+    #[value(name = "token-classification", alias = "ner")]
+    TokenClassification,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -43,7 +48,8 @@ pub struct TrainArgs {
     /// The base model: a folder or a hub id in the Hugging Face cache (BERT with a pooler).
     #[arg(long)]
     base: String,
-    /// Training data: .tsv / .csv (with a header row) or .jsonl.
+    /// Training data: .tsv / .csv (with a header row) or .jsonl; token-classification:
+    /// CoNLL/BIO (`token<TAB>tag`, a blank line between sentences).
     #[arg(long)]
     data: PathBuf,
     /// Evaluation data, scored after each epoch; the best epoch's weights are kept.
@@ -56,6 +62,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "head")]
     method: MethodArg,
     /// The labels in id order, comma-separated; default: the training file's values, sorted.
+    /// token-classification: the entity types (tags O, B-type, I-type in that order).
     #[arg(long, value_delimiter = ',')]
     labels: Option<Vec<String>>,
     /// The column (or JSON key) holding the text.
@@ -181,7 +188,9 @@ fn file_name(path: &Path) -> String {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let TrainTask::TextClassification = args.task;
+    if let TrainTask::TokenClassification = args.task {
+        return run_ner(args);
+    }
     let method = match args.method {
         MethodArg::Head => Method::Head,
         MethodArg::Full => Method::Full,
@@ -303,6 +312,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     progress.bar.finish_and_clear();
     let kept = epochs[best_epoch - 1].eval.clone();
     let model_info = SequenceClassifier {
+        head: ClassifierHead::Sequence,
+        ner_evaluation: None,
         base: &model.folder,
         base_reference: &args.base,
         labels: &labels,
@@ -426,6 +437,134 @@ fn train_all(
         training,
         progress,
     )?)
+}
+
+/// `girder train token-classification`: head-only on the frozen encoder's word features.
+fn run_ner(args: TrainArgs) -> Result<()> {
+    if !matches!(args.method, MethodArg::Head) {
+        bail!("token-classification trains with --method head only so far");
+    }
+    let training = TrainingArguments {
+        num_train_epochs: args.num_train_epochs,
+        learning_rate: args
+            .learning_rate
+            .unwrap_or_else(|| Method::Head.default_learning_rate()),
+        per_device_train_batch_size: args.per_device_train_batch_size,
+        weight_decay: args.weight_decay,
+        warmup_ratio: args.warmup_ratio,
+        seed: args.seed,
+        classifier_dropout: args.classifier_dropout,
+        ..TrainingArguments::default()
+    };
+    training.validate()?;
+    let fixed = match &args.labels {
+        Some(types) => Some(bio_tags(types)?),
+        None => None,
+    };
+    let (train_sentences, tags) = read_conll(&args.data, fixed.as_ref())?;
+    let eval_sentences = match &args.eval {
+        Some(path) => Some(read_conll(path, Some(&tags))?.0),
+        None => None,
+    };
+    let options = LoadOptions {
+        max_length: args.max_length,
+        max_batch_tokens: args.max_batch_tokens,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(&args.base, &options)
+        .with_context(|| format!("loading the base model {}", args.base))?;
+    eprintln!(
+        "{} sentences ({} tags: {}), {} for evaluation; base {}",
+        train_sentences.len(),
+        tags.len(),
+        tags.listing(),
+        eval_sentences.as_ref().map_or(0, Vec::len),
+        args.base
+    );
+    let started = Instant::now();
+    let mut progress = Progress::new(tags.names().to_vec());
+    progress.start(
+        train_sentences.len(),
+        "encoding {bar:30} {pos}/{len} sentences, {per_sec}, {elapsed}",
+    );
+    let train_features = ner::word_features(&model, &train_sentences, &mut progress)?;
+    let eval_features = match &eval_sentences {
+        Some(s) => Some(ner::word_features(&model, s, &mut progress)?),
+        None => None,
+    };
+    progress.bar.finish_and_clear();
+    let features_s = started.elapsed().as_secs_f64();
+    let eval_set = eval_features.as_ref().map(|f| FeatureSet {
+        features: &f.features,
+        labels: &f.labels,
+    });
+    let trained = head::train_head(
+        FeatureSet {
+            features: &train_features.features,
+            labels: &train_features.labels,
+        },
+        eval_set,
+        tags.len(),
+        &training,
+        &mut progress,
+    )?;
+    progress.bar.finish_and_clear();
+    let ner_metrics = match (&eval_sentences, &eval_features) {
+        (Some(sentences), Some(features)) => {
+            let predicted = head::predict(&features.features, &trained.weight, &trained.bias)?;
+            let words = ner::word_tags(sentences, features, &predicted, &tags);
+            Some(ner::score(sentences, &words, &tags))
+        }
+        _ => None,
+    };
+    if let Some(m) = &ner_metrics {
+        for (kind, s) in &m.per_type {
+            eprintln!(
+                "{kind:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
+                s.precision, s.recall, s.f1, s.support
+            );
+        }
+        eprintln!(
+            "{:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
+            "micro avg", m.micro.precision, m.micro.recall, m.micro.f1, m.micro.support
+        );
+    }
+    write_sequence_classifier(
+        &SequenceClassifier {
+            head: ClassifierHead::Token,
+            ner_evaluation: match (&args.eval, &ner_metrics) {
+                (Some(path), Some(m)) => Some((file_name(path), m)),
+                _ => None,
+            },
+            base: &model.folder,
+            base_reference: &args.base,
+            labels: &tags,
+            trained: vec![
+                ("classifier.weight".into(), trained.weight.clone()),
+                ("classifier.bias".into(), trained.bias.clone()),
+            ],
+            datasets: vec![file_name(&args.data)],
+            evaluation: None,
+            method: "head",
+            args: &training,
+            best_epoch: trained.best_epoch,
+        },
+        &args.out,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": args.out,
+            "method": "head",
+            "best_epoch": trained.best_epoch,
+            "entities": ner_metrics,
+            "train_sentences": train_sentences.len(),
+            "features_s": features_s,
+            "total_s": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
 }
 
 #[derive(Args)]

@@ -5,6 +5,7 @@
 use super::bert::Lora;
 use super::data::LabelSet;
 use super::metrics::ClassificationMetrics;
+use super::seqeval::NerMetrics;
 use super::TrainingArguments;
 use crate::check::model_card;
 use crate::error::{Error, Result};
@@ -27,9 +28,35 @@ const TOKENIZER_FILES: [&str; 7] = [
     "sentencepiece.bpe.model",
 ];
 
-/// Everything the folder records about a trained sequence classifier.
+/// Which transformers head the folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassifierHead {
+    /// `BertForSequenceClassification`: the classifier reads the pooler output.
+    Sequence,
+    /// `BertForTokenClassification`: the classifier reads every token (no pooler).
+    Token,
+}
+
+impl ClassifierHead {
+    fn architecture(self) -> &'static str {
+        match self {
+            ClassifierHead::Sequence => "BertForSequenceClassification",
+            ClassifierHead::Token => "BertForTokenClassification",
+        }
+    }
+
+    fn task(self) -> &'static str {
+        match self {
+            ClassifierHead::Sequence => "text-classification",
+            ClassifierHead::Token => "token-classification",
+        }
+    }
+}
+
+/// Everything the folder records about a trained classifier.
 #[derive(Debug, Clone)]
 pub struct SequenceClassifier<'a> {
+    pub head: ClassifierHead,
     /// The base model's folder (config, weights and tokenizer are taken from it).
     pub base: &'a ModelFolder,
     /// How the user named the base (`base_model` in the card).
@@ -43,12 +70,15 @@ pub struct SequenceClassifier<'a> {
     pub datasets: Vec<String>,
     /// The evaluation data's name and the kept epoch's metrics on it.
     pub evaluation: Option<(String, &'a ClassificationMetrics)>,
+    /// Token classification: the evaluation data's name and seqeval's entity-level scores.
+    pub ner_evaluation: Option<(String, &'a NerMetrics)>,
     pub method: &'a str,
     pub args: &'a TrainingArguments,
     pub best_epoch: usize,
 }
 
-/// Writes `BertForSequenceClassification` into `out` (created if needed).
+/// Writes `BertForSequenceClassification` or `BertForTokenClassification` into `out`
+/// (created if needed).
 pub fn write_sequence_classifier(model: &SequenceClassifier, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let config_path = model.base.require(
@@ -89,11 +119,13 @@ pub fn write_sequence_classifier(model: &SequenceClassifier, out: &Path) -> Resu
         .collect();
     config.insert(
         "architectures".into(),
-        serde_json::json!(["BertForSequenceClassification"]),
+        serde_json::json!([model.head.architecture()]),
     );
     config.insert("id2label".into(), id2label.into());
     config.insert("label2id".into(), label2id.into());
-    config.insert("problem_type".into(), "single_label_classification".into());
+    if model.head == ClassifierHead::Sequence {
+        config.insert("problem_type".into(), "single_label_classification".into());
+    }
     config.remove("_name_or_path");
     write_file(
         &out.join("config.json"),
@@ -153,9 +185,12 @@ fn write_weights(model: &SequenceClassifier, path: &Path) -> Result<()> {
         })?;
         for (name, view) in st.tensors() {
             let bare = name.strip_prefix("bert.").unwrap_or(&name);
-            let is_base = ["embeddings.", "encoder.", "pooler."]
-                .iter()
-                .any(|p| bare.starts_with(p));
+            // BertForTokenClassification is built without a pooler.
+            let parts: &[&str] = match model.head {
+                ClassifierHead::Sequence => &["embeddings.", "encoder.", "pooler."],
+                ClassifierHead::Token => &["embeddings.", "encoder."],
+            };
+            let is_base = parts.iter().any(|p| bare.starts_with(p));
             let full = format!("bert.{bare}");
             if is_base && !trained.iter().any(|(n, _, _)| *n == full) {
                 views.push((full, view));
@@ -168,7 +203,9 @@ fn write_weights(model: &SequenceClassifier, path: &Path) -> Result<()> {
             TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map_err(bad)?,
         ));
     }
-    if !views.iter().any(|(n, _)| n == "bert.pooler.dense.weight") {
+    if model.head == ClassifierHead::Sequence
+        && !views.iter().any(|(n, _)| n == "bert.pooler.dense.weight")
+    {
         return Err(Error::MissingTensor {
             name: "pooler.dense.weight".into(),
             files: "BertForSequenceClassification classifies the pooler output".into(),
@@ -221,9 +258,9 @@ fn model_card_text(model: &SequenceClassifier, out: &Path) -> Result<String> {
     }
     y.push("datasets:".into());
     y.extend(model.datasets.iter().map(|d| format!("- {}", yaml(d))));
-    y.push("pipeline_tag: text-classification".into());
+    y.push(format!("pipeline_tag: {}", model.head.task()));
     y.push("library_name: transformers".into());
-    y.push("tags:\n- girder\n- text-classification".into());
+    y.push(format!("tags:\n- girder\n- {}", model.head.task()));
     if let Some((data, metrics)) = &model.evaluation {
         y.push("model-index:".into());
         y.push(format!("- name: {}", yaml(&name)));
@@ -241,11 +278,29 @@ fn model_card_text(model: &SequenceClassifier, out: &Path) -> Result<String> {
             metrics.accuracy, metrics.macro_f1
         ));
     }
+    if let Some((data, metrics)) = &model.ner_evaluation {
+        y.push("model-index:".into());
+        y.push(format!("- name: {}", yaml(&name)));
+        y.push("  results:".into());
+        y.push(
+            "  - task:\n      type: token-classification\n      name: Token Classification".into(),
+        );
+        y.push(format!(
+            "    dataset:\n      name: {}\n      type: {}",
+            yaml(data),
+            yaml(data)
+        ));
+        y.push(format!(
+            "    metrics:\n    - type: precision\n      value: {:.4}\n    - type: recall\n      value: {:.4}\n    - type: f1\n      value: {:.4}",
+            metrics.micro.precision, metrics.micro.recall, metrics.micro.f1
+        ));
+    }
     y.push("---".into());
     let a = model.args;
     let mut body = format!(
-        "\n# {name}\n\n`{}` fine-tuned for text classification by `girder train text-classification --method {}` on {}.\n\nLabels: {}.\n\n## Training\n\n| setting | value |\n|---|---|\n| epochs | {} (epoch {} kept) |\n| learning rate | {} (linear schedule, warm-up ratio {}) |\n| batch size | {} |\n| weight decay | {} |\n| classifier dropout | {} |\n| seed | {} |\n",
+        "\n# {name}\n\n`{}` fine-tuned by `girder train {} --method {}` on {}.\n\nLabels: {}.\n\n## Training\n\n| setting | value |\n|---|---|\n| epochs | {} (epoch {} kept) |\n| learning rate | {} (linear schedule, warm-up ratio {}) |\n| batch size | {} |\n| weight decay | {} |\n| classifier dropout | {} |\n| seed | {} |\n",
         model.base_reference,
+        model.head.task(),
         model.method,
         model.datasets.join(", "),
         model.labels.listing(),
@@ -266,6 +321,22 @@ fn model_card_text(model: &SequenceClassifier, out: &Path) -> Result<String> {
             metrics.macro_f1,
             metrics.confusion_table(model.labels.names())
         ));
+    }
+    if let Some((data, metrics)) = &model.ner_evaluation {
+        body.push_str(&format!(
+            "\n## Evaluation on {data} (entity level, seqeval default mode)\n\n| type | precision | recall | F1 | support |\n|---|---|---|---|---|\n"
+        ));
+        let rows = metrics
+            .per_type
+            .iter()
+            .map(|(t, s)| (t.as_str(), s))
+            .chain([("micro avg", &metrics.micro)]);
+        for (kind, s) in rows {
+            body.push_str(&format!(
+                "| {kind} | {:.4} | {:.4} | {:.4} | {} |\n",
+                s.precision, s.recall, s.f1, s.support
+            ));
+        }
     }
     if license.is_none() {
         body.push_str("\nThe base model's card names no license; none is stated here.\n");

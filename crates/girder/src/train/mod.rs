@@ -15,6 +15,7 @@ pub mod export;
 pub mod full;
 pub mod head;
 pub mod metrics;
+pub mod ner;
 pub mod seqeval;
 
 use crate::error::{Error, Result};
