@@ -168,6 +168,57 @@ fn lora_writes_a_peft_adapter_or_a_merged_folder() {
 }
 
 #[test]
+fn token_classification_trains_and_runs() {
+    let dir = scratch("ner");
+    let data = dir.join("train.bio");
+    std::fs::write(
+        &data,
+        "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n",
+    )
+    .unwrap();
+    let out = dir.join("model");
+    let base = fixture("bert-base");
+    let trained = girder(&[
+        "train",
+        "token-classification",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--eval",
+        data.to_str().unwrap(),
+        "--labels",
+        "PER,LOC",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    assert!(stderr.contains("micro avg  precision"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(trained.stdout.trim_ascii_end()).unwrap();
+    assert_eq!(summary["entities"]["micro"]["support"], 4);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["id2label"],
+        serde_json::json!({"0": "O", "1": "B-PER", "2": "I-PER", "3": "B-LOC", "4": "I-LOC"})
+    );
+    let run = girder(&[
+        "run",
+        "token-classification",
+        "--model",
+        out.to_str().unwrap(),
+        "Angela Merkel visited Paris",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
 fn bad_data_is_one_line_with_file_and_line() {
     let dir = scratch("bad");
     let data = dir.join("train.tsv");
