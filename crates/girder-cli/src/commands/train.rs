@@ -73,7 +73,7 @@ pub struct TrainArgs {
     label_column: String,
     #[arg(long, alias = "epochs", default_value_t = 3)]
     num_train_epochs: usize,
-    /// Peak learning rate (default: 1e-3 for --method head, 5e-5 for full, 5e-4 for lora).
+    /// Peak learning rate (default: 1e-2 for --method head, 5e-5 for full, 5e-4 for lora).
     #[arg(long)]
     learning_rate: Option<f64>,
     #[arg(long, alias = "batch-size", default_value_t = 8)]
