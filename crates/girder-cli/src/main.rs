@@ -45,6 +45,10 @@ enum Command {
     /// Serve a model over HTTP: batched encoder endpoints, OpenAI /v1/embeddings and
     /// /v1/(chat/)completions with continuous batching, metrics.
     Serve(commands::serve::ServeArgs),
+    /// Fine-tune a base model on labelled data and write a folder transformers loads.
+    Train(commands::train::TrainArgs),
+    /// Score a text-classification model on labelled data: accuracy, macro F1, confusion matrix.
+    Eval(commands::train::EvalArgs),
 }
 
 impl Command {
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
         Command::Check(args) => return commands::check::run(args),
         Command::Lock(args) => commands::lock::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::train::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -131,6 +131,23 @@ pub enum Error {
     #[error("{file}: YAML front matter: {reason}")]
     BadCard { file: PathBuf, reason: String },
 
+    /// A row of a training or evaluation file that cannot be read.
+    #[error("{file}:{line}: {reason}")]
+    BadData {
+        file: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// A label that is not in the label set.
+    #[error("{file}:{line}: unknown label `{label}`; the labels are: {known}")]
+    UnknownLabel {
+        file: PathBuf,
+        line: usize,
+        label: String,
+        known: String,
+    },
+
     /// A tensor operation failed inside the model.
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),

@@ -28,5 +28,6 @@ pub mod layers;
 pub mod models;
 pub mod pipelines;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -7,3 +7,4 @@ pub mod generate;
 pub mod lock;
 pub mod run;
 pub mod serve;
+pub mod train;

@@ -1,0 +1,632 @@
+//! `girder train <task>`: fine-tune a base model on labelled data and write a model folder
+//! that transformers loads unchanged; `girder eval`: score a model folder on labelled data.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use girder::pipelines::text_classification::{self as tc};
+use girder::pipelines::{LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
+use girder::train::bert::{Lora, TrainableBert};
+use girder::train::data::{
+    bio_tags, read_classification, read_conll, ClassificationData, Columns, LabelSet,
+};
+use girder::train::export::{
+    write_lora_adapter, write_sequence_classifier, ClassifierHead, LoraAdapter, SequenceClassifier,
+};
+use girder::train::full::{self, EncodedSet};
+use girder::train::head::{self, EpochReport, FeatureSet, Observer, StepReport};
+use girder::train::metrics::ClassificationMetrics;
+use girder::train::ner;
+use girder::train::{Method, Rng, TrainingArguments};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TrainTask {
+    #[value(name = "text-classification", alias = "sentiment-analysis")]
+    TextClassification,
+    #[value(name = "token-classification", alias = "ner")]
+    TokenClassification,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MethodArg {
+    /// Train the classifier only, on the frozen encoder's pooled output.
+    Head,
+    /// Train every weight (encoder, pooler, classifier).
+    Full,
+    /// Train LoRA adapters (--target-modules) and the classifier; writes a PEFT adapter
+    /// folder, or with --merge a model folder with the merged weights.
+    Lora,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The task.
+    task: TrainTask,
+    /// The base model: a folder or a hub id in the Hugging Face cache (BERT with a pooler).
+    #[arg(long)]
+    base: String,
+    /// Training data: .tsv / .csv (with a header row) or .jsonl; token-classification:
+    /// CoNLL/BIO (`token<TAB>tag`, a blank line between sentences).
+    #[arg(long)]
+    data: PathBuf,
+    /// Evaluation data, scored after each epoch; the best epoch's weights are kept.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// The model folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// What to train.
+    #[arg(long, value_enum, default_value = "head")]
+    method: MethodArg,
+    /// The labels in id order, comma-separated; default: the training file's values, sorted.
+    /// token-classification: the entity types (tags O, B-type, I-type in that order).
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// The column (or JSON key) holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// The column (or JSON key) holding the label: a name, or an id into --labels.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    #[arg(long, alias = "epochs", default_value_t = 3)]
+    num_train_epochs: usize,
+    /// Peak learning rate (default: 1e-2 for --method head, 5e-5 for full, 5e-4 for lora).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long, alias = "batch-size", default_value_t = 8)]
+    per_device_train_batch_size: usize,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Fraction of the steps spent warming up the learning rate linearly.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    /// Dropout on the pooled output (transformers: hidden_dropout_prob).
+    #[arg(long, default_value_t = 0.1)]
+    classifier_dropout: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Input limit in tokens; longer texts are truncated (default: the model's limit).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Tokens per forward pass at most.
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
+    max_batch_tokens: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    /// LoRA scaling numerator (the update is scaled by alpha / r).
+    #[arg(long, default_value_t = 8.0)]
+    lora_alpha: f64,
+    /// Dropout on the adapters' input.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
+    /// The encoder's linear layers that get adapters, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    target_modules: Vec<String>,
+    /// LoRA: write a model folder with the adapters merged into the weights instead of a
+    /// PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    merge: bool,
+}
+
+/// Progress bars on a terminal, epoch lines always (stderr).
+struct Progress {
+    bar: ProgressBar,
+    labels: Vec<String>,
+}
+
+impl Progress {
+    fn new(labels: Vec<String>) -> Self {
+        Progress {
+            bar: ProgressBar::hidden(),
+            labels,
+        }
+    }
+
+    fn start(&mut self, length: usize, template: &str) {
+        self.bar.finish_and_clear();
+        self.bar = if std::io::stderr().is_terminal() {
+            ProgressBar::new(length as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        self.bar.set_style(
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    }
+}
+
+impl Observer for Progress {
+    fn features(&mut self, done: usize, _total: usize) {
+        self.bar.set_position(done as u64);
+    }
+
+    fn step(&mut self, report: &StepReport) {
+        if report.step == 1 {
+            self.start(
+                report.total_steps,
+                "training {bar:30} {pos}/{len} steps, {per_sec}, loss {msg}",
+            );
+        }
+        self.bar.set_position(report.step as u64);
+        self.bar.set_message(format!("{:.4}", report.loss));
+    }
+
+    fn epoch(&mut self, report: &EpochReport) {
+        let eval = match &report.eval {
+            Some(m) => format!(
+                ", eval accuracy {:.4}, macro F1 {:.4}\n{}",
+                m.accuracy,
+                m.macro_f1,
+                m.confusion_table(&self.labels)
+            ),
+            None => String::new(),
+        };
+        self.bar.suspend(|| {
+            eprintln!(
+                "epoch {}: train loss {:.4}, {:.0} examples/s{eval}",
+                report.epoch, report.train_loss, report.examples_per_s
+            )
+        });
+    }
+}
+
+fn columns(text: &str, label: &str) -> Columns {
+    Columns {
+        text: text.to_string(),
+        label: label.to_string(),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    if let TrainTask::TokenClassification = args.task {
+        return run_ner(args);
+    }
+    let method = match args.method {
+        MethodArg::Head => Method::Head,
+        MethodArg::Full => Method::Full,
+        MethodArg::Lora => Method::Lora,
+    };
+    let training = TrainingArguments {
+        num_train_epochs: args.num_train_epochs,
+        learning_rate: args
+            .learning_rate
+            .unwrap_or_else(|| method.default_learning_rate()),
+        per_device_train_batch_size: args.per_device_train_batch_size,
+        weight_decay: args.weight_decay,
+        warmup_ratio: args.warmup_ratio,
+        seed: args.seed,
+        classifier_dropout: args.classifier_dropout,
+        ..TrainingArguments::default()
+    };
+    training.validate()?;
+    let cols = columns(&args.text_column, &args.label_column);
+    let labels = match &args.labels {
+        Some(names) => Some(LabelSet::new(names.clone())?),
+        None => None,
+    };
+    let train_data = read_classification(&args.data, &cols, labels.as_ref())?;
+    let labels = train_data.labels.clone();
+    let eval_data = match &args.eval {
+        Some(path) => Some(read_classification(path, &cols, Some(&labels))?),
+        None => None,
+    };
+    let options = LoadOptions {
+        max_length: args.max_length,
+        max_batch_tokens: args.max_batch_tokens,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(&args.base, &options)
+        .with_context(|| format!("loading the base model {}", args.base))?;
+    eprintln!(
+        "{} examples ({} labels: {}), {} for evaluation; base {} ({}), max length {}",
+        train_data.examples.len(),
+        labels.len(),
+        labels.listing(),
+        eval_data.as_ref().map_or(0, |d| d.examples.len()),
+        args.base,
+        model.encoder.class_name(),
+        model.tokenizer.max_length()
+    );
+
+    let mut progress = Progress::new(labels.names().to_vec());
+    let started = Instant::now();
+    let (trained, best_epoch, epochs) = match method {
+        Method::Head => {
+            let t = train_head_only(
+                &model,
+                &train_data,
+                eval_data.as_ref(),
+                &training,
+                &mut progress,
+            )?;
+            (
+                vec![
+                    ("classifier.weight".to_string(), t.weight),
+                    ("classifier.bias".to_string(), t.bias),
+                ],
+                t.best_epoch,
+                t.epochs,
+            )
+        }
+        Method::Full | Method::Lora => {
+            let lora = (method == Method::Lora).then(|| Lora {
+                r: args.lora_r,
+                lora_alpha: args.lora_alpha,
+                lora_dropout: args.lora_dropout,
+                target_modules: args.target_modules.clone(),
+            });
+            let t = train_all(
+                &model,
+                &train_data,
+                eval_data.as_ref(),
+                &training,
+                lora,
+                &mut progress,
+            )?;
+            if let (Some(adapters), false) = (t.adapters, args.merge) {
+                let lora = Lora {
+                    r: args.lora_r,
+                    lora_alpha: args.lora_alpha,
+                    lora_dropout: args.lora_dropout,
+                    target_modules: args.target_modules.clone(),
+                };
+                write_lora_adapter(
+                    &LoraAdapter {
+                        base_reference: &args.base,
+                        lora: &lora,
+                        tensors: adapters,
+                        datasets: vec![file_name(&args.data)],
+                    },
+                    &args.out,
+                )
+                .with_context(|| format!("writing {}", args.out.display()))?;
+                let kept = t.epochs[t.best_epoch - 1].eval.clone();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "out": args.out,
+                        "method": "lora",
+                        "adapter": true,
+                        "best_epoch": t.best_epoch,
+                        "eval": kept,
+                        "train_examples": train_data.examples.len(),
+                        "train_examples_per_s_by_epoch": t.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+                        "total_s": started.elapsed().as_secs_f64(),
+                    })
+                );
+                return Ok(());
+            }
+            (t.tensors, t.best_epoch, t.epochs)
+        }
+    };
+    progress.bar.finish_and_clear();
+    let kept = epochs[best_epoch - 1].eval.clone();
+    let model_info = SequenceClassifier {
+        head: ClassifierHead::Sequence,
+        ner_evaluation: None,
+        base: &model.folder,
+        base_reference: &args.base,
+        labels: &labels,
+        trained,
+        datasets: vec![file_name(&args.data)],
+        evaluation: match (&args.eval, &kept) {
+            (Some(path), Some(m)) => Some((file_name(path), m)),
+            _ => None,
+        },
+        method: method.name(),
+        args: &training,
+        best_epoch,
+    };
+    write_sequence_classifier(&model_info, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let epoch_rates: Vec<f64> = epochs.iter().map(|e| e.examples_per_s).collect();
+    let summary = serde_json::json!({
+        "out": args.out,
+        "method": method.name(),
+        "best_epoch": best_epoch,
+        "eval": kept,
+        "train_examples": train_data.examples.len(),
+        "train_examples_per_s_by_epoch": epoch_rates,
+        "total_s": started.elapsed().as_secs_f64(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Head-only: pooled features once, then the classifier.
+fn train_head_only(
+    model: &Model,
+    train_data: &ClassificationData,
+    eval_data: Option<&ClassificationData>,
+    training: &TrainingArguments,
+    progress: &mut Progress,
+) -> Result<head::TrainedHead> {
+    let started = Instant::now();
+    let texts = train_data.texts();
+    progress.start(
+        texts.len(),
+        "encoding {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
+    );
+    let train_features = head::pooled_features(model, &texts, progress)?;
+    let eval_features = match eval_data {
+        Some(d) => {
+            let texts = d.texts();
+            progress.start(
+                texts.len(),
+                "encoding eval {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
+            );
+            Some(head::pooled_features(model, &texts, progress)?)
+        }
+        None => None,
+    };
+    let encoded = texts.len() + eval_data.map_or(0, |d| d.examples.len());
+    let encoded_s = started.elapsed().as_secs_f64();
+    progress.bar.finish_and_clear();
+    eprintln!(
+        "pooled features of {encoded} texts in {encoded_s:.1} s ({:.1} texts/s)",
+        encoded as f64 / encoded_s.max(1e-9)
+    );
+    let train_labels = train_data.label_ids();
+    let eval_labels = eval_data.map(|d| d.label_ids());
+    let train_set = FeatureSet {
+        features: &train_features,
+        labels: &train_labels,
+    };
+    let eval_set = match (&eval_features, &eval_labels) {
+        (Some(features), Some(labels)) => Some(FeatureSet { features, labels }),
+        _ => None,
+    };
+    Ok(head::train_head(
+        train_set,
+        eval_set,
+        train_data.labels.len(),
+        training,
+        progress,
+    )?)
+}
+
+/// Full fine-tuning or LoRA through the differentiable BERT.
+fn train_all(
+    model: &Model,
+    train_data: &ClassificationData,
+    eval_data: Option<&ClassificationData>,
+    training: &TrainingArguments,
+    lora: Option<Lora>,
+    progress: &mut Progress,
+) -> Result<full::TrainedModel> {
+    let mut rng = Rng::new(training.seed);
+    let mut bert = TrainableBert::load(
+        &model.folder,
+        &model.config,
+        train_data.labels.len(),
+        &mut rng,
+    )?;
+    if let Some(lora) = lora {
+        let adapted = bert.enable_lora(lora, &mut rng)?;
+        eprintln!("LoRA adapters on {} linear layers", adapted.len());
+    }
+    let train_encodings = model.encode_texts(&train_data.texts())?;
+    let train_labels = train_data.label_ids();
+    let eval_encodings = match eval_data {
+        Some(d) => Some(model.encode_texts(&d.texts())?),
+        None => None,
+    };
+    let eval_labels = eval_data.map(|d| d.label_ids());
+    let eval_set = match (&eval_encodings, &eval_labels) {
+        (Some(encodings), Some(labels)) => Some(EncodedSet { encodings, labels }),
+        _ => None,
+    };
+    Ok(full::train_full(
+        &mut bert,
+        EncodedSet {
+            encodings: &train_encodings,
+            labels: &train_labels,
+        },
+        eval_set,
+        train_data.labels.len(),
+        training,
+        progress,
+    )?)
+}
+
+/// `girder train token-classification`: head-only on the frozen encoder's word features.
+fn run_ner(args: TrainArgs) -> Result<()> {
+    if !matches!(args.method, MethodArg::Head) {
+        bail!("token-classification trains with --method head only so far");
+    }
+    let training = TrainingArguments {
+        num_train_epochs: args.num_train_epochs,
+        learning_rate: args
+            .learning_rate
+            .unwrap_or_else(|| Method::Head.default_learning_rate()),
+        per_device_train_batch_size: args.per_device_train_batch_size,
+        weight_decay: args.weight_decay,
+        warmup_ratio: args.warmup_ratio,
+        seed: args.seed,
+        classifier_dropout: args.classifier_dropout,
+        ..TrainingArguments::default()
+    };
+    training.validate()?;
+    let fixed = match &args.labels {
+        Some(types) => Some(bio_tags(types)?),
+        None => None,
+    };
+    let (train_sentences, tags) = read_conll(&args.data, fixed.as_ref())?;
+    let eval_sentences = match &args.eval {
+        Some(path) => Some(read_conll(path, Some(&tags))?.0),
+        None => None,
+    };
+    let options = LoadOptions {
+        max_length: args.max_length,
+        max_batch_tokens: args.max_batch_tokens,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(&args.base, &options)
+        .with_context(|| format!("loading the base model {}", args.base))?;
+    eprintln!(
+        "{} sentences ({} tags: {}), {} for evaluation; base {}",
+        train_sentences.len(),
+        tags.len(),
+        tags.listing(),
+        eval_sentences.as_ref().map_or(0, Vec::len),
+        args.base
+    );
+    let started = Instant::now();
+    let mut progress = Progress::new(tags.names().to_vec());
+    progress.start(
+        train_sentences.len(),
+        "encoding {bar:30} {pos}/{len} sentences, {per_sec}, {elapsed}",
+    );
+    let train_features = ner::word_features(&model, &train_sentences, &mut progress)?;
+    let eval_features = match &eval_sentences {
+        Some(s) => Some(ner::word_features(&model, s, &mut progress)?),
+        None => None,
+    };
+    progress.bar.finish_and_clear();
+    let features_s = started.elapsed().as_secs_f64();
+    let eval_set = eval_features.as_ref().map(|f| FeatureSet {
+        features: &f.features,
+        labels: &f.labels,
+    });
+    let trained = head::train_head(
+        FeatureSet {
+            features: &train_features.features,
+            labels: &train_features.labels,
+        },
+        eval_set,
+        tags.len(),
+        &training,
+        &mut progress,
+    )?;
+    progress.bar.finish_and_clear();
+    let ner_metrics = match (&eval_sentences, &eval_features) {
+        (Some(sentences), Some(features)) => {
+            let predicted = head::predict(&features.features, &trained.weight, &trained.bias)?;
+            let words = ner::word_tags(sentences, features, &predicted, &tags);
+            Some(ner::score(sentences, &words, &tags))
+        }
+        _ => None,
+    };
+    if let Some(m) = &ner_metrics {
+        for (kind, s) in &m.per_type {
+            eprintln!(
+                "{kind:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
+                s.precision, s.recall, s.f1, s.support
+            );
+        }
+        eprintln!(
+            "{:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
+            "micro avg", m.micro.precision, m.micro.recall, m.micro.f1, m.micro.support
+        );
+    }
+    write_sequence_classifier(
+        &SequenceClassifier {
+            head: ClassifierHead::Token,
+            ner_evaluation: match (&args.eval, &ner_metrics) {
+                (Some(path), Some(m)) => Some((file_name(path), m)),
+                _ => None,
+            },
+            base: &model.folder,
+            base_reference: &args.base,
+            labels: &tags,
+            trained: vec![
+                ("classifier.weight".into(), trained.weight.clone()),
+                ("classifier.bias".into(), trained.bias.clone()),
+            ],
+            datasets: vec![file_name(&args.data)],
+            evaluation: None,
+            method: "head",
+            args: &training,
+            best_epoch: trained.best_epoch,
+        },
+        &args.out,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": args.out,
+            "method": "head",
+            "best_epoch": trained.best_epoch,
+            "entities": ner_metrics,
+            "train_sentences": train_sentences.len(),
+            "features_s": features_s,
+            "total_s": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A text-classification model folder or hub id.
+    #[arg(long, short)]
+    model: String,
+    /// Labelled data: .tsv / .csv (with a header row) or .jsonl; labels are names or ids of
+    /// the model's id2label.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Input limit in tokens (default: the model's limit).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Tokens per forward pass at most.
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
+    max_batch_tokens: usize,
+}
+
+/// Prints the metrics as one JSON object on stdout and the confusion matrix on stderr.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let options = LoadOptions {
+        max_length: args.max_length,
+        max_batch_tokens: args.max_batch_tokens,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(&args.model, &options)?;
+    let labels = LabelSet::new(model.config.id2label.clone())?;
+    let data = read_classification(
+        &args.data,
+        &columns(&args.text_column, &args.label_column),
+        Some(&labels),
+    )?;
+    let results = tc::run(&model, &data.texts(), &tc::Options::default())?;
+    let predicted = results
+        .iter()
+        .map(|r| {
+            let best = r.best.as_ref().context("no label predicted")?;
+            labels
+                .names()
+                .iter()
+                .position(|n| *n == best.label)
+                .with_context(|| format!("predicted label {} is not in id2label", best.label))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metrics = ClassificationMetrics::compute(&data.label_ids(), &predicted, labels.len());
+    eprintln!("{}", metrics.confusion_table(labels.names()));
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": args.model,
+            "data": args.data,
+            "accuracy": metrics.accuracy,
+            "macro_f1": metrics.macro_f1,
+            "confusion": metrics.confusion,
+            "labels": labels.names(),
+            "count": metrics.count,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! `girder train` and `girder eval` end to end on the tiny BERT fixture: a head is trained,
+//! the folder runs under `girder run text-classification` and `girder eval` scores it;
+//! bad data fails with one line naming the file, the line and the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../girder/tests/fixtures")
+        .join(name)
+}
+
+fn girder(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_girder"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A fresh scratch folder under the target directory.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const TRAIN: &str = "text\tlabel
+what a lovely film\tpositive
+great acting and a great story\tpositive
+i loved every minute\tpositive
+a delight from start to end\tpositive
+a dull and tedious mess\tnegative
+i hated every minute\tnegative
+boring, slow and far too long\tnegative
+a tedious waste of time\tnegative
+";
+
+#[test]
+fn train_then_run_then_eval() {
+    let dir = scratch("roundtrip");
+    let data = dir.join("train.tsv");
+    std::fs::write(&data, TRAIN).unwrap();
+    let out = dir.join("model");
+    let base = fixture("bert-base");
+    let trained = girder(&[
+        "train",
+        "text-classification",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--eval",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "1e-2",
+    ]);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    assert!(stderr.contains("epoch 2: train loss"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(trained.stdout.trim_ascii_end()).unwrap();
+    assert_eq!(summary["method"], "head");
+    let accuracy = summary["eval"]["accuracy"].as_f64().unwrap();
+
+    let run = girder(&[
+        "run",
+        "text-classification",
+        "--model",
+        out.to_str().unwrap(),
+        "What a lovely film",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii_end()).unwrap();
+    let label = result["label"].as_str().unwrap();
+    assert!(label == "positive" || label == "negative", "{result}");
+
+    let eval = girder(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(eval.stdout.trim_ascii_end()).unwrap();
+    assert_eq!(metrics["count"], 8);
+    assert_eq!(
+        metrics["labels"],
+        serde_json::json!(["negative", "positive"])
+    );
+    // The saved model is the kept epoch: eval through the inference path scores the same.
+    assert!((metrics["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12);
+}
+
+#[test]
+fn lora_writes_a_peft_adapter_or_a_merged_folder() {
+    let dir = scratch("lora");
+    let data = dir.join("train.tsv");
+    std::fs::write(&data, TRAIN).unwrap();
+    let base = fixture("bert-base");
+    for merge in [false, true] {
+        let out = dir.join(if merge { "merged" } else { "adapter" });
+        let mut args = vec![
+            "train",
+            "text-classification",
+            "--method",
+            "lora",
+            "--base",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ];
+        if merge {
+            args.push("--merge");
+        }
+        let trained = girder(&args);
+        assert!(
+            trained.status.success(),
+            "{}",
+            String::from_utf8_lossy(&trained.stderr)
+        );
+        if merge {
+            assert!(out.join("model.safetensors").is_file());
+            let run = girder(&[
+                "run",
+                "text-classification",
+                "--model",
+                out.to_str().unwrap(),
+                "fine",
+            ]);
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+        } else {
+            let config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(config["peft_type"], "LORA");
+            assert_eq!(config["task_type"], "SEQ_CLS");
+            assert_eq!(
+                config["target_modules"],
+                serde_json::json!(["query", "value"])
+            );
+            assert!(out.join("adapter_model.safetensors").is_file());
+        }
+    }
+}
+
+#[test]
+fn token_classification_trains_and_runs() {
+    let dir = scratch("ner");
+    let data = dir.join("train.bio");
+    std::fs::write(
+        &data,
+        "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n",
+    )
+    .unwrap();
+    let out = dir.join("model");
+    let base = fixture("bert-base");
+    let trained = girder(&[
+        "train",
+        "token-classification",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--eval",
+        data.to_str().unwrap(),
+        "--labels",
+        "PER,LOC",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    assert!(stderr.contains("micro avg  precision"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(trained.stdout.trim_ascii_end()).unwrap();
+    assert_eq!(summary["entities"]["micro"]["support"], 4);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["id2label"],
+        serde_json::json!({"0": "O", "1": "B-PER", "2": "I-PER", "3": "B-LOC", "4": "I-LOC"})
+    );
+    let run = girder(&[
+        "run",
+        "token-classification",
+        "--model",
+        out.to_str().unwrap(),
+        "Angela Merkel visited Paris",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
+fn bad_data_is_one_line_with_file_and_line() {
+    let dir = scratch("bad");
+    let data = dir.join("train.tsv");
+    std::fs::write(&data, "text\tlabel\ngood\tpositive\nno label here\n").unwrap();
+    let base = fixture("bert-base");
+    let out = girder(&[
+        "train",
+        "text-classification",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.join("model").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("train.tsv:3: 1 fields, but the header has 2"),
+        "{stderr}"
+    );
+
+    let dev = dir.join("dev.tsv");
+    std::fs::write(&dev, "text\tlabel\nmeh\tneutral\n").unwrap();
+    std::fs::write(&data, "text\tlabel\ngood\tpositive\nbad\tnegative\n").unwrap();
+    let out = girder(&[
+        "train",
+        "text-classification",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--eval",
+        dev.to_str().unwrap(),
+        "--out",
+        dir.join("model").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("dev.tsv:2: unknown label `neutral`; the labels are: negative, positive"),
+        "{stderr}"
+    );
+}
