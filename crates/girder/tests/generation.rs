@@ -538,3 +538,76 @@ fn unsupported_gguf_files_are_named() {
     assert!(matches!(err, Error::BadGguf { .. }), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[derive(Debug, Deserialize)]
+struct ProcessorSettings {
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    repetition_penalty: Option<f32>,
+    #[serde(default)]
+    do_sample: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProcessorCase {
+    settings: ProcessorSettings,
+    processors: Vec<String>,
+    seen: Vec<u32>,
+    logits: Vec<f32>,
+    /// `null` where transformers set the score to -inf.
+    processed: Vec<Option<f32>>,
+}
+
+#[test]
+fn logits_processors_match_transformers() {
+    // tests/fixtures/logits-processors.json: transformers' own processor chain, as `generate`
+    // builds it, applied to random rows (scripts/make-gen-fixtures processors).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/logits-processors.json");
+    #[derive(Deserialize)]
+    struct File {
+        cases: Vec<ProcessorCase>,
+    }
+    let file: File = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(file.cases.len() >= 5);
+    for case in &file.cases {
+        let s = &case.settings;
+        let sampling = Sampling {
+            temperature: if s.do_sample {
+                s.temperature.unwrap_or(1.0)
+            } else {
+                0.0
+            },
+            top_k: s.top_k.unwrap_or(0),
+            top_p: s.top_p.unwrap_or(1.0),
+            min_p: s.min_p.unwrap_or(0.0),
+            repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
+            seed: 0,
+        };
+        let mut logits = case.logits.clone();
+        girder::generate::sampling::Sampler::new(sampling).process(&mut logits, &case.seen);
+        for (i, (ours, theirs)) in logits.iter().zip(&case.processed).enumerate() {
+            match theirs {
+                None => assert_eq!(
+                    *ours,
+                    f32::NEG_INFINITY,
+                    "{:?} token {i}: transformers removed it",
+                    case.processors
+                ),
+                Some(v) => assert!(
+                    (ours - v).abs() <= 1e-6 * v.abs().max(1.0),
+                    "{:?} token {i}: girder {ours}, transformers {v}",
+                    case.processors
+                ),
+            }
+        }
+        let kept = case.processed.iter().filter(|v| v.is_some()).count();
+        println!("{:?}: {kept} tokens kept, as transformers", case.processors);
+    }
+}

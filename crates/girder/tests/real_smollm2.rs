@@ -99,8 +99,10 @@ fn dequantized_gguf_matches_transformers() {
     println!("SmolLM2 GGUF dequantized: max |logits diff| vs transformers {worst:.2e}");
     assert!(worst <= 1e-3, "logits differ by {worst:.2e} > 1e-3");
     let prompts: Vec<&str> = expected.prompts.iter().map(|p| p.text.as_str()).collect();
+    // 8 tokens, the length the quantized path is held to below: this test crate runs
+    // unoptimised in `cargo test`, and 32 tokens of f32 decoding cost most of its time.
     let opts = Options {
-        max_new_tokens: Some(32),
+        max_new_tokens: Some(8),
         ..Options::default()
     };
     for (out, p) in g
@@ -110,11 +112,14 @@ fn dequantized_gguf_matches_transformers() {
         .zip(&expected.prompts)
     {
         assert_eq!(
-            out.token_ids, p.generated_ids,
+            out.token_ids,
+            p.generated_ids[..8],
             "{:?}: {:?} vs {:?}",
-            p.text, out.text, p.generated_text
+            p.text,
+            out.text,
+            p.generated_text
         );
-        assert_eq!(out.text, p.generated_text);
+        assert!(p.generated_text.starts_with(&out.text), "{:?}", out.text);
     }
 }
 
@@ -167,15 +172,22 @@ fn gguf_chat_template_renders_as_transformers() {
 #[test]
 fn quantized_prefill_equals_decode_steps() {
     // A prefill (many rows) dequantizes and runs one GEMM, a decode step (one row) runs the
-    // block kernel: the two routes must agree up to summation order.
+    // block kernel: the two routes must agree up to summation order. The last 4 tokens go
+    // one at a time after a prefill of the rest (each step attends to the prefilled cache).
     let (expected, _) = expected();
     let g = TextGenerator::load_gguf(gguf_path(), GgufMode::Quantized).unwrap();
     let ids = &expected.chat[0].input_ids;
     let prefill = last_logits(&g, ids);
     let model = g.model();
     let mut cache = model.new_cache(ids.len()).unwrap();
+    let split = ids.len() - 4;
+    let mut batch = RaggedBatch::from_encodings([]);
+    batch.push_from(&ids[..split], 0);
+    model
+        .forward(&batch, &mut [&mut cache], Logits::Last)
+        .unwrap();
     let mut last = None;
-    for (pos, &id) in ids.iter().enumerate() {
+    for (pos, &id) in ids.iter().enumerate().skip(split) {
         let mut batch = RaggedBatch::from_encodings([]);
         batch.push_from(&[id], pos);
         last = Some(
@@ -187,6 +199,6 @@ fn quantized_prefill_equals_decode_steps() {
         );
     }
     let diff = max_abs_diff(&prefill, &last.unwrap());
-    println!("Q4_1 prefill vs step-by-step: max |logits diff| {diff:.2e}");
+    println!("Q4_1 prefill vs decode steps: max |logits diff| {diff:.2e}");
     assert!(diff < 1e-3, "{diff}");
 }

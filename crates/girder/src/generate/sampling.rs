@@ -98,9 +98,11 @@ impl Sampler {
         }
     }
 
-    /// The next token given the logits of the last position (modified in place) and every
-    /// token of the sequence so far (prompt and continuation; for the repetition penalty).
-    pub fn next(&mut self, logits: &mut [f32], seen: &[u32]) -> u32 {
+    /// Applies transformers' logits processors in its order, in place: the repetition
+    /// penalty (greedy too), then, when sampling, temperature, top-k, top-p and min-p; tokens
+    /// they remove get `-inf`. What is left is the distribution [`next`](Self::next) draws
+    /// from.
+    pub fn process(&self, logits: &mut [f32], seen: &[u32]) {
         let penalty = self.cfg.repetition_penalty;
         if penalty != 1.0 {
             // Each distinct id once, as transformers' gather/scatter over input_ids.
@@ -118,7 +120,7 @@ impl Sampler {
             }
         }
         if self.cfg.is_greedy() {
-            return argmax(logits);
+            return;
         }
         let t = self.cfg.temperature;
         logits.iter_mut().for_each(|x| *x /= t);
@@ -156,6 +158,16 @@ impl Sampler {
                     logits[i] = f32::NEG_INFINITY;
                 }
             }
+        }
+    }
+
+    /// The next token given the logits of the last position (modified in place by
+    /// [`process`](Self::process)) and every token of the sequence so far (prompt and
+    /// continuation; for the repetition penalty).
+    pub fn next(&mut self, logits: &mut [f32], seen: &[u32]) -> u32 {
+        self.process(logits, seen);
+        if self.cfg.is_greedy() {
+            return argmax(logits);
         }
         let probs = softmax(logits);
         let u = self.rng.next_f64();
