@@ -44,8 +44,13 @@ fn erf(x: f32) -> f32 {
 /// normalised by a sum of at least 1 cannot tell apart.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
+    // Adding 1.5·2²³ rounds to an integer that then sits in the low mantissa bits: both `n`
+    // and its bits without a float-to-int conversion, which would not vectorize (Rust's `as`
+    // saturates, element by element).
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -54,7 +59,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    y * f32::from_bits(shifted.to_bits().wrapping_add(127) << 23)
 }
 
 #[inline(always)]
@@ -64,15 +69,36 @@ fn gelu_erf_generic(xs: &mut [f32]) {
     }
 }
 
+/// Lanes of the partial maxima and sums below: floating-point reductions only vectorize
+/// when written as independent lanes (the compiler may not reorder a sequential sum).
+const LANES: usize = 16;
+
 /// One row: `e^(x - max) / Σ`.
 #[inline(always)]
 fn softmax_generic(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let mut maxes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, x) in maxes.iter_mut().zip(chunk) {
+            *m = if *x > *m { *x } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&maxes)
+        .fold(f32::NEG_INFINITY, |m, x| if *x > m { *x } else { m });
     for x in row.iter_mut() {
         *x = exp(*x - max);
-        sum += *x;
     }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (s, x) in sums.iter_mut().zip(chunk) {
+            *s += x;
+        }
+    }
+    let sum: f32 = chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>();
     let inv = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inv;
