@@ -1,5 +1,6 @@
 use crate::error::Result;
-use candle_core::Tensor;
+use candle_core::{CpuStorage, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Bidirectional scaled dot-product attention of each sequence over its own tokens, on
 /// packed input (encoders: no padding exists, so no mask is needed).
@@ -69,6 +70,11 @@ pub fn causal_attention(
         (k.clone(), v.clone())
     };
     let keys = kv_len - start;
+    if t == 1 {
+        if let Some(out) = single_query(q, &k, &v, scale as f32)? {
+            return Ok(out);
+        }
+    }
     let q = q
         .transpose(0, 1)?
         .contiguous()?
@@ -101,6 +107,139 @@ pub fn causal_attention(
         .reshape((heads, t, head_dim))?
         .transpose(0, 1)?
         .reshape((t, heads * head_dim))?)
+}
+
+/// One query per head (a decode step) over all of `k` and `v` (the visible part of the
+/// cache, a window already cut off), where no mask is needed: per head a dot product with each key, a softmax, a weighted sum of the
+/// values, reading the cache where it lies. `None` when the tensors are not f32 CPU tensors
+/// in the cache's layout (or track gradients): the caller takes the general path.
+///
+/// Why: the general path spends a decode step's attention in fixed costs (a transpose, two
+/// batched GEMMs on `[3, 3, 64]`-sized operands, the value view copied to be contiguous),
+/// thirty times per token for SmolLM2.
+fn single_query(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Tensor>> {
+    let (_, heads, head_dim) = q.dims3()?;
+    let (kv_heads, kv_len, _) = k.dims3()?;
+    let usable =
+        |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op();
+    if !(usable(q) && usable(k) && usable(v)) || k.layout() != v.layout() {
+        return Ok(None);
+    }
+    // The cache's layout: heads apart by some stride, positions by `head_dim`, values by 1.
+    let strides = k.stride();
+    if strides[1] != head_dim || strides[2] != 1 {
+        return Ok(None);
+    }
+    let q = q.contiguous()?;
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, layout) = k.storage_and_layout();
+    let (v_storage, _) = v.storage_and_layout();
+    let (
+        Storage::Cpu(CpuStorage::F32(qd)),
+        Storage::Cpu(CpuStorage::F32(kd)),
+        Storage::Cpu(CpuStorage::F32(vd)),
+    ) = (&*q_storage, &*k_storage, &*v_storage)
+    else {
+        return Ok(None);
+    };
+    let qd = &qd[q_layout.start_offset()..];
+    let groups = heads / kv_heads;
+    // The positions of a kv head: contiguous rows of `head_dim`.
+    let head_rows = |kv_head: usize| {
+        let base = layout.start_offset() + kv_head * strides[0];
+        base..base + kv_len * head_dim
+    };
+    let attend = |h: usize, out: &mut [f32]| {
+        let rows = head_rows(h / groups);
+        attend_one_head(
+            &qd[h * head_dim..(h + 1) * head_dim],
+            &kd[rows.clone()],
+            &vd[rows],
+            scale,
+            out,
+        );
+    };
+    let mut out = vec![0f32; heads * head_dim];
+    // Below a few thousand multiply-adds per head a parallel region costs more than it saves.
+    if kv_len * head_dim >= 4096 {
+        out.par_chunks_mut(head_dim)
+            .enumerate()
+            .for_each(|(h, o)| attend(h, o));
+    } else {
+        for (h, o) in out.chunks_mut(head_dim).enumerate() {
+            attend(h, o);
+        }
+    }
+    drop((q_storage, k_storage, v_storage));
+    Ok(Some(Tensor::from_vec(
+        out,
+        (1, heads * head_dim),
+        q.device(),
+    )?))
+}
+
+/// `out = softmax(scale · keys q) values` for one head, `keys` and `values` `[n, d]` row-major.
+fn attend_one_head(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+    #[inline(always)]
+    fn generic(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+        const LANES: usize = 16;
+        let d = q.len();
+        // Plain loops: iterator adapters would be compiled outside this function's target
+        // features (perf: the dot products ran as SSE code in `Map::fold`).
+        let mut scores = vec![0f32; keys.len() / d];
+        for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+            // Independent lanes, so that the sum vectorizes.
+            let mut lanes = [0f32; LANES];
+            let (qc, kc) = (q.chunks_exact(LANES), key.chunks_exact(LANES));
+            let mut total: f32 = qc
+                .remainder()
+                .iter()
+                .zip(kc.remainder())
+                .map(|(a, b)| a * b)
+                .sum();
+            for (a, b) in qc.zip(kc) {
+                let (a, b): (&[f32; LANES], &[f32; LANES]) = (
+                    a.try_into().expect("a chunk"),
+                    b.try_into().expect("a chunk"),
+                );
+                for i in 0..LANES {
+                    lanes[i] += a[i] * b[i];
+                }
+            }
+            for lane in lanes {
+                total += lane;
+            }
+            *score = total * scale;
+        }
+        super::kernels::softmax_row(&mut scores);
+        out.fill(0.0);
+        for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
+            for (o, x) in out.iter_mut().zip(value) {
+                *o += p * x;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32]) {
+            generic(q, k, v, s, o)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32]) {
+            generic(q, k, v, s, o)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { avx512(q, keys, values, scale, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { avx2(q, keys, values, scale, out) };
+        }
+    }
+    generic(q, keys, values, scale, out)
 }
 
 /// [`causal_attention`] for every sequence of a packed batch, each over its own cache.

@@ -107,8 +107,8 @@ fn softmax_generic(row: &mut [f32]) {
 
 /// Compiles `$generic` once per instruction set and dispatches on what the CPU has.
 macro_rules! dispatch {
-    ($name:ident, $generic:ident) => {
-        fn $name(xs: &mut [f32]) {
+    ($vis:vis $name:ident, $generic:ident) => {
+        $vis fn $name(xs: &mut [f32]) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
@@ -135,8 +135,71 @@ macro_rules! dispatch {
     };
 }
 
+/// `silu(gate) · up` for rows laid out `[gate (width) | up (width)]`, into `out` (`width` per row).
+#[inline(always)]
+fn silu_mul_generic(gate_up: &[f32], out: &mut [f32], width: usize) {
+    for (pair, o) in gate_up
+        .chunks_exact(2 * width)
+        .zip(out.chunks_exact_mut(width))
+    {
+        let (gate, up) = pair.split_at(width);
+        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + exp(-g)) * u;
+        }
+    }
+}
+
 dispatch!(gelu_erf_slice, gelu_erf_generic);
-dispatch!(softmax_row, softmax_generic);
+dispatch!(pub(super) softmax_row, softmax_generic);
+
+fn silu_mul_rows(gate_up: &[f32], out: &mut [f32], width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(gate_up: &[f32], out: &mut [f32], width: usize) {
+            silu_mul_generic(gate_up, out, width)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(gate_up: &[f32], out: &mut [f32], width: usize) {
+            silu_mul_generic(gate_up, out, width)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { avx512(gate_up, out, width) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { avx2(gate_up, out, width) };
+        }
+    }
+    silu_mul_generic(gate_up, out, width)
+}
+
+/// `silu(gate) · up` where `gate_up` `[n, 2·width]` holds gate and up side by side (the
+/// output of one fused gate/up projection): `[n, width]`, in one pass over the product
+/// instead of candle's narrow, silu and multiply (three tensors allocated per layer and step).
+pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
+    let (n, both) = gate_up.dims2()?;
+    let width = both / 2;
+    if !fast_path(gate_up) || both % 2 != 0 {
+        let gate = gate_up.narrow(1, 0, width)?.silu()?;
+        return Ok((gate * gate_up.narrow(1, width, width)?)?);
+    }
+    let (storage, layout) = gate_up.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        unreachable!("fast_path checked an f32 CPU tensor");
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .expect("fast_path checked contiguity");
+    let mut out = vec![0f32; n * width];
+    let rows_per_task = (4096 / width.max(1)).max(1);
+    out.par_chunks_mut(rows_per_task * width)
+        .zip(data[start..end].par_chunks(rows_per_task * 2 * width))
+        .for_each(|(o, g)| silu_mul_rows(g, o, width));
+    Ok(Tensor::from_vec(out, (n, width), gate_up.device())?)
+}
 
 /// The contiguous f32 elements of an in-place op's storage.
 fn contiguous_f32<'a>(

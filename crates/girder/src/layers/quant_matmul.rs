@@ -1,16 +1,25 @@
-//! A Q4_1 or Q8_0 matrix times f32 activations, without dequantizing the matrix.
+//! A Q4_1 or Q8_0 matrix times activations rounded to 8 bits, as llama.cpp multiplies them.
 //!
 //! candle 0.11 multiplies Q4_1 with a scalar loop (`BlockQ4_1::vec_dot` calls its
 //! `vec_dot_unopt`), about 30 times slower than llama.cpp for SmolLM2's Q4_1 file. This
-//! kernel reads the blocks as stored (20 bytes per 32 weights: f16 scale `d`, f16 minimum `m`,
-//! 16 bytes of nibbles; weight `j` is `d · q_j + m`, ggml's `block_q4_1`) and computes
-//! `Σ_j x_j (d q_j + m) = d Σ_j q_j x_j + m Σ_j x_j` with the activations kept in f32, so it
-//! computes what the dequantized f32 path computes, up to summation order (ggml instead
-//! rounds the activations to Q8_1 first). Q8_0 (`d · q_j`, 34-byte blocks; SmolLM2's tied
-//! embedding) goes through the same scheme so that the whole quantized model computes with
-//! f32 activations. AVX-512 (several activation rows) or AVX2 + FMA + F16C when the CPU has
-//! them, detected at run time, a scalar loop otherwise; output rows are split across rayon's threads. It serves decoding (a few
-//! rows of activations, where reading the weights is the cost); a prefill of more than
+//! kernel reads the weight blocks as stored (Q4_1: 20 bytes per 32 weights, f16 scale `d`,
+//! f16 minimum `m`, 16 bytes of nibbles, weight `j` is `d · q_j + m`; Q8_0: 34 bytes, f16 `d`
+//! and 32 signed bytes, weight `j` is `d · q_j`) and rounds each block of 32 activations to
+//! signed bytes with its own scale (`x ≈ e · a`, ggml's `block_q8_1`), so that a block's dot
+//! product is integer arithmetic:
+//!
+//! `Σ_j x_j (d q_j + m) ≈ d e Σ_j q_j a_j + m e Σ_j a_j`
+//!
+//! Why round the activations: with f32 activations each weight had to be widened to f32 and
+//! multiplied one lane per weight; with bytes, AVX-512 VNNI's `vpdpbusd` multiplies and sums
+//! 64 weight-activation pairs in one instruction (AVX2's `vpmaddubsw` 32), which took SmolLM2's
+//! batch-1 decoding from 0.67x to about llama.cpp's speed (README, Performance). The cost is
+//! the rounding: the logits move by about 1e-2 against the dequantized model's (the f32 path,
+//! `GgufMode::Dequantized`, stays exact), the same approximation llama.cpp makes.
+//!
+//! AVX-512 VNNI or AVX2, detected at run time (builds stay portable: no `target-cpu=native`),
+//! a scalar loop otherwise; weight rows are split across rayon's threads, and each weight row
+//! is unpacked once for all the activation rows of a decode batch. A prefill of more than
 //! [`MAX_KERNEL_ROWS`] rows dequantizes the matrix and runs one f32 GEMM instead.
 
 use crate::error::Result;
@@ -37,10 +46,11 @@ impl Format {
         }
     }
 }
+
 /// Above this many activation rows, dequantize + GEMM beats the per-row kernel.
 pub const MAX_KERNEL_ROWS: usize = 8;
 
-/// A `[rows, cols]` Q4_1 matrix, its blocks row by row.
+/// A `[rows, cols]` Q4_1 or Q8_0 matrix, its blocks row by row.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
     rows: usize,
@@ -48,6 +58,68 @@ pub struct QuantMatrix {
     format: Format,
     data: std::sync::Arc<Vec<u8>>,
     tensor: std::sync::Arc<QTensor>,
+}
+
+/// Activation rows rounded block by block to signed bytes: `x_j ≈ scale · q_j`.
+struct ByteActivations {
+    blocks: usize,
+    /// `[rows, blocks · 32]`.
+    q: Vec<i8>,
+    /// `[rows, blocks, 8]`: each block's scale, repeated for the 8 i32 lanes its dot product
+    /// lands in, so a 512-bit kernel loads two blocks' scales with one instruction.
+    scales: Vec<f32>,
+    /// `[rows, blocks]`: `scale · Σ q` (the Q4_1 minimum's term).
+    sums: Vec<f32>,
+}
+
+impl ByteActivations {
+    fn quantize(xs: &[f32], cols: usize) -> Self {
+        let blocks = cols / BLOCK;
+        let total = xs.len() / BLOCK;
+        let mut q = vec![0i8; xs.len()];
+        let mut scales = vec![0f32; total * 8];
+        let mut sums = vec![0f32; total];
+        for (b, (x, qb)) in xs
+            .chunks_exact(BLOCK)
+            .zip(q.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in qb.iter_mut().zip(x) {
+                // Rounds half away from zero, as ggml's `roundf`.
+                *q = (v * inverse).round() as i8;
+                sum += *q as i32;
+            }
+            scales[b * 8..b * 8 + 8].fill(scale);
+            sums[b] = scale * sum as f32;
+        }
+        ByteActivations {
+            blocks,
+            q,
+            scales,
+            sums,
+        }
+    }
+
+    fn row(&self, i: usize) -> ActivationRow<'_> {
+        let b = self.blocks;
+        ActivationRow {
+            q: &self.q[i * b * BLOCK..(i + 1) * b * BLOCK],
+            scales: &self.scales[i * b * 8..(i + 1) * b * 8],
+            sums: &self.sums[i * b..(i + 1) * b],
+        }
+    }
+}
+
+/// One row of [`ByteActivations`].
+#[derive(Clone, Copy)]
+struct ActivationRow<'a> {
+    q: &'a [i8],
+    scales: &'a [f32],
+    sums: &'a [f32],
 }
 
 impl QuantMatrix {
@@ -72,6 +144,11 @@ impl QuantMatrix {
         }))
     }
 
+    /// The quantized tensor the matrix was read from.
+    pub fn qtensor(&self) -> &std::sync::Arc<QTensor> {
+        &self.tensor
+    }
+
     /// `x`: `[n, cols]` f32 → `x Wᵀ`: `[n, rows]` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, cols) = x.dims2()?;
@@ -79,7 +156,7 @@ impl QuantMatrix {
             return Err(candle_core::Error::ShapeMismatchBinaryOp {
                 lhs: x.shape().clone(),
                 rhs: (self.rows, self.cols).into(),
-                op: "q4_1 matmul",
+                op: "quantized matmul",
             }
             .into());
         }
@@ -88,15 +165,12 @@ impl QuantMatrix {
             return Ok(x.matmul(&w.t()?)?);
         }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let blocks = cols / BLOCK;
-        // Σ x over each block of each activation row, for the `m` term.
-        let block_sums: Vec<f32> = xs.chunks(BLOCK).map(|b| b.iter().sum()).collect();
-        let row_bytes = blocks * self.format.block_bytes();
-        let format = self.format;
-        let kernel = Kernel::detect();
+        let acts = ByteActivations::quantize(&xs, cols);
+        let row_bytes = cols / BLOCK * self.format.block_bytes();
+        let (format, kernel) = (self.format, Kernel::detect());
         let mut out = vec![0f32; n * self.rows];
-        // Output laid out [rows, n] while computing (each thread owns whole weight rows),
-        // transposed at the end.
+        // Output laid out [rows, n] while computing (each thread owns whole weight rows and
+        // unpacks each once for all n activation rows), transposed at the end.
         let chunk_rows = 16;
         out.par_chunks_mut(chunk_rows * n)
             .enumerate()
@@ -104,37 +178,53 @@ impl QuantMatrix {
                 let first = c * chunk_rows;
                 for (r, dst_row) in dst.chunks_mut(n).enumerate() {
                     let w = &self.data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
-                    #[cfg(target_arch = "x86_64")]
-                    if kernel == Kernel::Avx512 && n > 1 {
-                        // SAFETY: Kernel::detect saw avx512f and f16c.
-                        unsafe { avx512::row(format, w, &xs, cols, &block_sums, dst_row) };
-                        continue;
-                    }
-                    for (i, d) in dst_row.iter_mut().enumerate() {
-                        let x = &xs[i * cols..(i + 1) * cols];
-                        let s = &block_sums[i * blocks..(i + 1) * blocks];
-                        *d = match format {
-                            Format::Q4_1 => dot(kernel, w, x, s),
-                            Format::Q8_0 => dot_q8_0(kernel, w, x),
-                        };
-                    }
+                    weight_row(kernel, format, w, &acts, dst_row);
                 }
             });
         let t = Tensor::from_vec(out, (self.rows, n), &Device::Cpu)?;
-        Ok(t.t()?.contiguous()?)
+        Ok(if n == 1 {
+            t.reshape((1, self.rows))?
+        } else {
+            t.t()?.contiguous()?
+        })
     }
 }
 
-/// The widest kernel this CPU runs, detected once at run time (builds stay portable: no
-/// `target-cpu=native`).
+/// The matrices stacked row after row (they share their column count and block type): GGUF
+/// stores a matrix's blocks row by row, so the stacked matrix is their bytes in order.
+pub fn concat_rows(parts: &[std::sync::Arc<QTensor>]) -> Result<QTensor> {
+    let first = parts
+        .first()
+        .ok_or_else(|| candle_core::Error::Msg("no matrices to stack".into()))?;
+    let (dtype, (_, cols)) = (first.dtype(), first.shape().dims2()?);
+    let mut bytes = Vec::new();
+    let mut rows = 0;
+    for p in parts {
+        let (r, c) = p.shape().dims2()?;
+        if c != cols || p.dtype() != dtype {
+            return Err(candle_core::Error::Msg(format!(
+                "cannot stack a {:?} [{r}, {c}] matrix under a {dtype:?} one of {cols} columns",
+                p.dtype()
+            ))
+            .into());
+        }
+        bytes.extend_from_slice(&p.data()?);
+        rows += r;
+    }
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        &bytes,
+        vec![rows, cols],
+        &Device::Cpu,
+    )?)
+}
+
+/// The widest kernel this CPU runs, detected once at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
-    /// AVX-512F + F16C: a weight row against all activation rows at once, 16 lanes, for
-    /// two or more rows (batched decoding). A single row goes through the AVX2 dot product:
-    /// measured on this project's machine (`GIRDER_NO_AVX512=1` forces AVX2 for the
-    /// comparison), the 512-bit kernel was slower at one row and over twice as fast at eight.
-    Avx512,
-    /// AVX2 + FMA + F16C: one dot product at a time, 8 lanes.
+    /// AVX-512 BW + VNNI: two blocks per instruction (`vpdpbusd`, 64 byte products).
+    Vnni512,
+    /// AVX2 + FMA + F16C: one block per `vpmaddubsw` (32 byte products into i16 pairs).
     Avx2,
     Scalar,
 }
@@ -146,9 +236,15 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             {
                 use std::arch::is_x86_feature_detected as has;
-                if std::env::var_os("GIRDER_NO_AVX512").is_none() && has!("avx512f") && has!("f16c")
+                // GIRDER_NO_AVX512=1 forces the AVX2 kernel, to compare the two.
+                if std::env::var_os("GIRDER_NO_AVX512").is_none()
+                    && has!("avx512f")
+                    && has!("avx512bw")
+                    && has!("avx512dq")
+                    && has!("avx512vnni")
+                    && has!("f16c")
                 {
-                    return Kernel::Avx512;
+                    return Kernel::Vnni512;
                 }
                 if has!("avx2") && has!("fma") && has!("f16c") {
                     return Kernel::Avx2;
@@ -159,188 +255,272 @@ impl Kernel {
     }
 }
 
-fn dot(kernel: Kernel, w: &[u8], x: &[f32], block_sums: &[f32]) -> f32 {
+/// `out[i] = w · x_i` for every activation row `i` (`out.len()` of them, at most
+/// [`MAX_KERNEL_ROWS`]).
+fn weight_row(kernel: Kernel, format: Format, w: &[u8], acts: &ByteActivations, out: &mut [f32]) {
+    assert!(out.len() <= MAX_KERNEL_ROWS && acts.q.len() >= out.len() * acts.blocks * BLOCK);
+    assert!(w.len() >= acts.blocks * format.block_bytes());
     #[cfg(target_arch = "x86_64")]
-    if kernel != Kernel::Scalar {
-        // SAFETY: Kernel::detect saw avx2, fma and f16c (AVX-512 CPUs have them too).
-        return unsafe { dot_avx2(w, x, block_sums) };
-    }
-    let _ = kernel;
-    dot_scalar(w, x, block_sums)
-}
-
-fn dot_q8_0(kernel: Kernel, w: &[u8], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if kernel != Kernel::Scalar {
-        // SAFETY: as in `dot`.
-        return unsafe { dot_q8_0_avx2(w, x) };
-    }
-    let _ = kernel;
-    dot_q8_0_scalar(w, x)
-}
-
-/// One weight row against every activation row: each block is unpacked to f32 once, scaled
-/// by its `d` (exact: an f16 times a 4- or 8-bit integer fits f32's mantissa), and multiplied
-/// into `N` accumulators, so a batch of decode steps reads and unpacks the weights once.
-/// `N` is a constant so the accumulators stay in registers.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Format, BLOCK, MAX_KERNEL_ROWS};
-    use std::arch::x86_64::*;
-
-    /// `out[i] = w · x_i` for the `out.len()` (1..=MAX_KERNEL_ROWS) rows of `xs`.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F and F16C.
-    #[target_feature(enable = "avx512f,f16c")]
-    pub(super) unsafe fn row(
-        format: Format,
-        w: &[u8],
-        xs: &[f32],
-        cols: usize,
-        block_sums: &[f32],
-        out: &mut [f32],
-    ) {
+    {
         const _: () = assert!(MAX_KERNEL_ROWS == 8);
-        macro_rules! go {
-            ($n:literal) => {
-                match format {
-                    Format::Q4_1 => q4_1::<$n>(w, xs, cols, block_sums, out),
-                    Format::Q8_0 => q8_0::<$n>(w, xs, cols, out),
+        macro_rules! by_rows {
+            ($m:ident :: $f:ident) => {
+                match out.len() {
+                    1 => $m::$f::<1>(w, acts, out),
+                    2 => $m::$f::<2>(w, acts, out),
+                    3 => $m::$f::<3>(w, acts, out),
+                    4 => $m::$f::<4>(w, acts, out),
+                    5 => $m::$f::<5>(w, acts, out),
+                    6 => $m::$f::<6>(w, acts, out),
+                    7 => $m::$f::<7>(w, acts, out),
+                    _ => $m::$f::<8>(w, acts, out),
                 }
             };
         }
-        match out.len() {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            6 => go!(6),
-            7 => go!(7),
-            _ => go!(8),
+        // SAFETY: Kernel::detect saw the features each kernel enables; the asserts above
+        // bound every pointer the kernels read.
+        unsafe {
+            match (kernel, format) {
+                (Kernel::Vnni512, Format::Q4_1) => return by_rows!(vnni512::q4_1),
+                (Kernel::Vnni512, Format::Q8_0) => return by_rows!(vnni512::q8_0),
+                (Kernel::Avx2, Format::Q4_1) => return by_rows!(avx2::q4_1),
+                (Kernel::Avx2, Format::Q8_0) => return by_rows!(avx2::q8_0),
+                (Kernel::Scalar, _) => {}
+            }
+        }
+    }
+    let _ = kernel;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = match format {
+            Format::Q4_1 => q4_1_scalar(w, acts.row(i)),
+            Format::Q8_0 => q8_0_scalar(w, acts.row(i)),
+        };
+    }
+}
+
+fn f16_at(block: &[u8], offset: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([block[offset], block[offset + 1]]))
+}
+
+/// The reference the SIMD kernels are tested against (and the kernel of other CPUs).
+fn q4_1_scalar(w: &[u8], a: ActivationRow) -> f32 {
+    let mut total = 0f32;
+    for (b, block) in w.chunks_exact(20).take(a.sums.len()).enumerate() {
+        let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+        let aq = &a.q[b * BLOCK..(b + 1) * BLOCK];
+        let mut dot = 0i32;
+        for (j, &q) in block[4..].iter().enumerate() {
+            dot += (q & 0x0f) as i32 * aq[j] as i32 + (q >> 4) as i32 * aq[j + 16] as i32;
+        }
+        total += d * a.scales[b * 8] * dot as f32 + m * a.sums[b];
+    }
+    total
+}
+
+fn q8_0_scalar(w: &[u8], a: ActivationRow) -> f32 {
+    let mut total = 0f32;
+    for (b, block) in w.chunks_exact(34).take(a.sums.len()).enumerate() {
+        let aq = &a.q[b * BLOCK..(b + 1) * BLOCK];
+        let dot: i32 = block[2..]
+            .iter()
+            .zip(aq)
+            .map(|(&q, &x)| q as i8 as i32 * x as i32)
+            .sum();
+        total += f16_at(block, 0) * a.scales[b * 8] * dot as f32;
+    }
+    total
+}
+
+/// Two blocks per step: the weights' bytes in one 512-bit register, each activation row's
+/// 64 bytes multiplied and summed four by four into 16 i32 lanes (8 per block) by one
+/// `vpdpbusd`, converted to f32 and scaled by the two blocks' `d · e` in one multiply-add.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // `i` picks an accumulator and an activation row's offset
+mod vnni512 {
+    use super::{ByteActivations, BLOCK};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn f16x2(p: *const u8) -> __m128 {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
+    }
+
+    /// `[a × 8, b × 8]`
+    #[inline(always)]
+    unsafe fn halves(a: f32, b: f32) -> __m512 {
+        _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,f16c")]
+    pub(super) unsafe fn q4_1<const N: usize>(w: &[u8], a: &ByteActivations, out: &mut [f32]) {
+        let blocks = a.blocks;
+        let cols = blocks * BLOCK;
+        let mask = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut m_terms = [0f32; N];
+        let pairs = blocks / 2;
+        for pair in 0..pairs {
+            let b = 2 * pair;
+            let p0 = w.as_ptr().add(b * 20);
+            let p1 = p0.add(20);
+            let (dm0, dm1) = (f16x2(p0), f16x2(p1));
+            let (d0, m0) = (_mm_cvtss_f32(dm0), _mm_cvtss_f32(_mm_movehdup_ps(dm0)));
+            let (d1, m1) = (_mm_cvtss_f32(dm1), _mm_cvtss_f32(_mm_movehdup_ps(dm1)));
+            let nibbles = _mm256_set_m128i(
+                _mm_loadu_si128(p1.add(4) as *const __m128i),
+                _mm_loadu_si128(p0.add(4) as *const __m128i),
+            );
+            let lo = _mm256_and_si256(nibbles, mask); // [0..16 of b, 0..16 of b+1]
+            let hi = _mm256_and_si256(_mm256_srli_epi16(nibbles, 4), mask); // [16..32, 16..32]
+            let lanes = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            // 128-bit lanes [lo b, lo b+1, hi b, hi b+1] → [lo b, hi b, lo b+1, hi b+1]
+            let q = _mm512_shuffle_i64x2(lanes, lanes, 0b11_01_10_00);
+            let d = halves(d0, d1);
+            for i in 0..N {
+                let row = i * blocks + b;
+                let x = _mm512_loadu_si512(a.q.as_ptr().add(row * BLOCK) as *const _);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+                let scale = _mm512_mul_ps(d, _mm512_loadu_ps(a.scales.as_ptr().add(row * 8)));
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[i]);
+                m_terms[i] += m0 * a.sums[row] + m1 * a.sums[row + 1];
+            }
+        }
+        for (i, o) in out.iter_mut().enumerate().take(N) {
+            *o = _mm512_reduce_add_ps(acc[i]) + m_terms[i];
+        }
+        if blocks % 2 == 1 {
+            let b = blocks - 1;
+            for (i, o) in out.iter_mut().enumerate().take(N) {
+                let row = a.row(i);
+                let tail = super::ActivationRow {
+                    q: &row.q[b * BLOCK..cols],
+                    scales: &row.scales[b * 8..],
+                    sums: &row.sums[b..],
+                };
+                *o += super::q4_1_scalar(&w[b * 20..], tail);
+            }
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,f16c")]
+    pub(super) unsafe fn q8_0<const N: usize>(w: &[u8], a: &ByteActivations, out: &mut [f32]) {
+        let blocks = a.blocks;
+        let cols = blocks * BLOCK;
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); N];
+        for pair in 0..blocks / 2 {
+            let b = 2 * pair;
+            let p0 = w.as_ptr().add(b * 34);
+            let p1 = p0.add(34);
+            let d0 = _mm_cvtss_f32(f16x2(p0));
+            let d1 = _mm_cvtss_f32(f16x2(p1));
+            let q = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2) as *const __m256i)),
+                _mm256_loadu_si256(p1.add(2) as *const __m256i),
+                1,
+            );
+            // vpdpbusd multiplies unsigned by signed bytes: |w| times x with w's sign.
+            let magnitude = _mm512_abs_epi8(q);
+            let negative = _mm512_movepi8_mask(q);
+            let d = halves(d0, d1);
+            for i in 0..N {
+                let row = i * blocks + b;
+                let x = _mm512_loadu_si512(a.q.as_ptr().add(row * BLOCK) as *const _);
+                let signed = _mm512_mask_sub_epi8(x, negative, zero, x);
+                let dot = _mm512_dpbusd_epi32(zero, magnitude, signed);
+                let scale = _mm512_mul_ps(d, _mm512_loadu_ps(a.scales.as_ptr().add(row * 8)));
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[i]);
+            }
+        }
+        for (i, o) in out.iter_mut().enumerate().take(N) {
+            *o = _mm512_reduce_add_ps(acc[i]);
+        }
+        if blocks % 2 == 1 {
+            let b = blocks - 1;
+            for (i, o) in out.iter_mut().enumerate().take(N) {
+                let row = a.row(i);
+                let tail = super::ActivationRow {
+                    q: &row.q[b * BLOCK..cols],
+                    scales: &row.scales[b * 8..],
+                    sums: &row.sums[b..],
+                };
+                *o += super::q8_0_scalar(&w[b * 34..], tail);
+            }
+        }
+    }
+}
+
+/// One block per step: `vpmaddubsw` multiplies the weights' unsigned bytes by the
+/// activations' signed ones and adds pairs into i16 (at most 2 · 15 · 127 or 2 · 127 · 127,
+/// no saturation), `vpmaddwd` by ones widens to i32.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // `i` picks an accumulator and an activation row's offset
+mod avx2 {
+    use super::{ByteActivations, BLOCK};
+    use std::arch::x86_64::*;
+
     #[inline(always)]
-    unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
-        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
+    unsafe fn hsum(v: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
     }
 
-    #[target_feature(enable = "avx512f,f16c")]
-    unsafe fn q4_1<const N: usize>(
-        w: &[u8],
-        xs: &[f32],
-        cols: usize,
-        block_sums: &[f32],
-        out: &mut [f32],
-    ) {
-        let blocks = cols / BLOCK;
-        assert!(w.len() >= blocks * 20 && xs.len() >= N * cols && out.len() >= N);
-        assert!(block_sums.len() >= N * blocks);
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_1<const N: usize>(w: &[u8], a: &ByteActivations, out: &mut [f32]) {
+        let blocks = a.blocks;
         let mask = _mm_set1_epi8(0x0f);
-        // Two accumulators per row: the low and high halves of a block are independent
-        // chains, so the FMAs overlap.
-        let mut lo_acc = [_mm512_setzero_ps(); N];
-        let mut hi_acc = [_mm512_setzero_ps(); N];
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
         let mut m_terms = [0f32; N];
         for b in 0..blocks {
             let p = w.as_ptr().add(b * 20);
-            let (d, m) = f16_pair(p);
-            let qs = _mm_loadu_si128(p.add(4) as *const __m128i);
-            let dv = _mm512_set1_ps(d);
-            // [d q_0 .. d q_15], [d q_16 .. d q_31]
-            let w_lo = _mm512_mul_ps(
-                dv,
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, mask))),
-            );
-            let w_hi = _mm512_mul_ps(
-                dv,
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                    _mm_srli_epi16(qs, 4),
-                    mask,
-                ))),
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            let nibbles = _mm_loadu_si128(p.add(4) as *const __m128i);
+            let q = _mm256_set_m128i(
+                _mm_and_si128(_mm_srli_epi16(nibbles, 4), mask),
+                _mm_and_si128(nibbles, mask),
             );
             for i in 0..N {
-                let xp = xs.as_ptr().add(i * cols + b * BLOCK);
-                lo_acc[i] = _mm512_fmadd_ps(w_lo, _mm512_loadu_ps(xp), lo_acc[i]);
-                hi_acc[i] = _mm512_fmadd_ps(w_hi, _mm512_loadu_ps(xp.add(16)), hi_acc[i]);
-                m_terms[i] += m * block_sums[i * blocks + b];
+                let row = i * blocks + b;
+                let x = _mm256_loadu_si256(a.q.as_ptr().add(row * BLOCK) as *const __m256i);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
+                let scale = _mm256_set1_ps(d * *a.scales.get_unchecked(row * 8));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[i]);
+                m_terms[i] += m * *a.sums.get_unchecked(row);
             }
         }
-        for i in 0..N {
-            out[i] = _mm512_reduce_add_ps(_mm512_add_ps(lo_acc[i], hi_acc[i])) + m_terms[i];
+        for (i, o) in out.iter_mut().enumerate().take(N) {
+            *o = hsum(acc[i]) + m_terms[i];
         }
     }
 
-    #[target_feature(enable = "avx512f,f16c")]
-    unsafe fn q8_0<const N: usize>(w: &[u8], xs: &[f32], cols: usize, out: &mut [f32]) {
-        let blocks = cols / BLOCK;
-        assert!(w.len() >= blocks * 34 && xs.len() >= N * cols && out.len() >= N);
-        let mut lo_acc = [_mm512_setzero_ps(); N];
-        let mut hi_acc = [_mm512_setzero_ps(); N];
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0<const N: usize>(w: &[u8], a: &ByteActivations, out: &mut [f32]) {
+        let blocks = a.blocks;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..blocks {
             let p = w.as_ptr().add(b * 34);
             let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
                 p as *const u16,
             ) as i32)));
-            let dv = _mm512_set1_ps(d);
-            let q_lo = _mm_loadu_si128(p.add(2) as *const __m128i);
-            let q_hi = _mm_loadu_si128(p.add(18) as *const __m128i);
-            let w_lo = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q_lo)));
-            let w_hi = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q_hi)));
+            let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
+            let magnitude = _mm256_sign_epi8(q, q);
             for i in 0..N {
-                let xp = xs.as_ptr().add(i * cols + b * BLOCK);
-                lo_acc[i] = _mm512_fmadd_ps(w_lo, _mm512_loadu_ps(xp), lo_acc[i]);
-                hi_acc[i] = _mm512_fmadd_ps(w_hi, _mm512_loadu_ps(xp.add(16)), hi_acc[i]);
+                let row = i * blocks + b;
+                let x = _mm256_loadu_si256(a.q.as_ptr().add(row * BLOCK) as *const __m256i);
+                let signed = _mm256_sign_epi8(x, q);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones);
+                let scale = _mm256_set1_ps(d * *a.scales.get_unchecked(row * 8));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[i]);
             }
         }
-        for i in 0..N {
-            out[i] = _mm512_reduce_add_ps(_mm512_add_ps(lo_acc[i], hi_acc[i]));
+        for (i, o) in out.iter_mut().enumerate().take(N) {
+            *o = hsum(acc[i]);
         }
     }
-}
-
-fn dot_q8_0_scalar(w: &[u8], x: &[f32]) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in w.chunks_exact(34).enumerate() {
-        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        let xb = &x[b * BLOCK..(b + 1) * BLOCK];
-        let s: f32 = block[2..]
-            .iter()
-            .zip(xb)
-            .map(|(&q, &x)| q as i8 as f32 * x)
-            .sum();
-        total += d * s;
-    }
-    total
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q8_0_avx2(w: &[u8], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    for (b, block) in w.chunks_exact(34).enumerate() {
-        let p = block.as_ptr();
-        let dv = _mm_cvtph_ps(_mm_cvtsi32_si128(
-            std::ptr::read_unaligned(p as *const u16) as i32
-        ));
-        let d = _mm256_set1_ps(_mm_cvtss_f32(dv));
-        let xp = x.as_ptr().add(b * BLOCK);
-        let mut s = _mm256_setzero_ps();
-        for k in 0..4 {
-            let q8 = _mm_loadl_epi64(p.add(2 + 8 * k) as *const __m128i);
-            let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
-            s = _mm256_fmadd_ps(q, _mm256_loadu_ps(xp.add(8 * k)), s);
-        }
-        acc = _mm256_fmadd_ps(d, s, acc);
-    }
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h)
 }
 
 fn f16_to_f32(bits: u16) -> f32 {
@@ -358,112 +538,107 @@ fn f16_to_f32(bits: u16) -> f32 {
     f32::from_bits(sign | magnitude)
 }
 
-fn dot_scalar(w: &[u8], x: &[f32], block_sums: &[f32]) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in w.chunks_exact(20).enumerate() {
-        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        let m = f16_to_f32(u16::from_le_bytes([block[2], block[3]]));
-        let xb = &x[b * BLOCK..(b + 1) * BLOCK];
-        let mut s = 0f32;
-        for (j, &q) in block[4..].iter().enumerate() {
-            s += (q & 0x0f) as f32 * xb[j] + (q >> 4) as f32 * xb[j + 16];
-        }
-        total += d * s + m * block_sums[b];
-    }
-    total
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(w: &[u8], x: &[f32], block_sums: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let mask = _mm_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
-    let mut m_term = 0f32;
-    for (b, block) in w.chunks_exact(20).enumerate() {
-        let p = block.as_ptr();
-        // d and m: two f16 at the start of the block.
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-        let d = _mm256_set1_ps(_mm_cvtss_f32(dm));
-        m_term += _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)) * block_sums[b];
-        let qs = _mm_loadu_si128(p.add(4) as *const __m128i);
-        let lo = _mm_and_si128(qs, mask); // elements 0..16
-        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask); // elements 16..32
-        let xp = x.as_ptr().add(b * BLOCK);
-        let q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-        let q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-        let q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-        let q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-        let mut s = _mm256_mul_ps(q0, _mm256_loadu_ps(xp));
-        s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xp.add(8)), s);
-        s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xp.add(16)), s);
-        s = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xp.add(24)), s);
-        acc = _mm256_fmadd_ps(d, s, acc);
-    }
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h) + m_term
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn equals_dequantized_matmul() {
+    /// `x` with every block replaced by what the kernel multiplies: `scale · q`.
+    fn rounded(x: &Tensor) -> Tensor {
+        let (n, cols) = x.dims2().unwrap();
+        let a = ByteActivations::quantize(&x.flatten_all().unwrap().to_vec1().unwrap(), cols);
+        let back: Vec<f32> =
+            a.q.iter()
+                .enumerate()
+                .map(|(j, &q)| q as f32 * a.scales[j / BLOCK * 8])
+                .collect();
+        Tensor::from_vec(back, (n, cols), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Every kernel this CPU has, and the scalar one, against the dequantized weights times
+    /// the rounded activations (the same products, summed in another order), for 1 to 8
+    /// rows (the kernel) and 12 (dequantize + GEMM), with an even and an odd block count.
+    fn check(format: GgmlDType) {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (48, 96), &dev).unwrap();
-        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
-        let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
-        // 1 to 8 rows: the kernel; 12 rows: dequantize + GEMM.
-        for n in [1, 3, 8, 12] {
-            let x = Tensor::randn(0f32, 1.0, (n, 96), &dev).unwrap();
-            let reference = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
-            let diff = (m.forward(&x).unwrap() - &reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(diff < 1e-4, "{n} rows: {diff}");
+        for cols in [96, 128] {
+            let w = Tensor::randn(0f32, 1.0, (40, cols), &dev).unwrap();
+            let q = std::sync::Arc::new(QTensor::quantize(&w, format).unwrap());
+            let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+            let dense = q.dequantize(&dev).unwrap();
+            for n in [1, 2, 3, 5, 8, 12] {
+                let x = Tensor::randn(0f32, 1.0, (n, cols), &dev).unwrap();
+                let y = m.forward(&x).unwrap();
+                let exact = x.matmul(&dense.t().unwrap()).unwrap();
+                if n > MAX_KERNEL_ROWS {
+                    assert!(max_diff(&y, &exact) < 1e-4, "{format:?} {n} rows");
+                    continue;
+                }
+                let same_products = rounded(&x).matmul(&dense.t().unwrap()).unwrap();
+                let diff = max_diff(&y, &same_products);
+                assert!(diff < 1e-4, "{format:?} {cols} cols {n} rows: {diff}");
+                // The rounding itself: each activation moves by at most half a step.
+                let rounding = max_diff(&y, &exact);
+                assert!(
+                    rounding < 0.05 * (cols as f32).sqrt(),
+                    "{format:?}: {rounding}"
+                );
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let acts = ByteActivations::quantize(&xs, cols);
+                let row_bytes = cols / BLOCK * m.format.block_bytes();
+                let mut scalar = vec![0f32; n];
+                weight_row(
+                    Kernel::Scalar,
+                    m.format,
+                    &m.data[..row_bytes],
+                    &acts,
+                    &mut scalar,
+                );
+                let mut fast = vec![0f32; n];
+                weight_row(
+                    Kernel::detect(),
+                    m.format,
+                    &m.data[..row_bytes],
+                    &acts,
+                    &mut fast,
+                );
+                for (s, f) in scalar.iter().zip(&fast) {
+                    assert!((s - f).abs() < 1e-4, "{format:?} {n}: scalar {s} vs {f}");
+                }
+            }
         }
-        let rows: Vec<f32> = (0..96).map(|i| i as f32 / 7.0).collect();
-        let xb: Vec<f32> = rows.chunks(BLOCK).map(|b| b.iter().sum()).collect();
-        let row_bytes = 96 / BLOCK * 20;
-        let scalar = dot_scalar(&m.data[..row_bytes], &rows, &xb);
-        let fast = dot(Kernel::detect(), &m.data[..row_bytes], &rows, &xb);
-        assert!((scalar - fast).abs() < 1e-3, "{scalar} {fast}");
+    }
+
+    #[test]
+    fn q4_1_equals_dequantized_matmul() {
+        check(GgmlDType::Q4_1);
     }
 
     #[test]
     fn q8_0_equals_dequantized_matmul() {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (40, 64), &dev).unwrap();
-        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
-        let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
-        for n in [1, 2, 8] {
-            let x = Tensor::randn(0f32, 1.0, (n, 64), &dev).unwrap();
-            let reference = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
-            let diff: f32 = (m.forward(&x).unwrap() - &reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert!(diff < 1e-4, "{n} rows: {diff}");
-        }
-        let xs: Vec<f32> = (0..64).map(|i| i as f32 / 9.0 - 3.0).collect();
-        let row = &m.data[..2 * 34];
-        assert!((dot_q8_0_scalar(row, &xs) - dot_q8_0(Kernel::detect(), row, &xs)).abs() < 1e-3);
+        check(GgmlDType::Q8_0);
+    }
+
+    #[test]
+    fn rounding_keeps_zero_blocks_and_extremes() {
+        let mut xs = vec![0f32; 64];
+        xs[32] = -3.0;
+        xs[33] = 1.5;
+        let a = ByteActivations::quantize(&xs, 64);
+        assert!(a.q[..32].iter().all(|&q| q == 0) && a.scales[0] == 0.0);
+        assert_eq!((a.q[32], a.q[33]), (-127, 64));
+        assert_eq!(a.sums[1], a.scales[8] * (-127 + 64) as f32);
     }
 
     #[test]

@@ -13,7 +13,9 @@ use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::{GgufFile, Weights};
 use crate::layers::rope::{RopeParameters, RopeScaling, RotaryEmbedding};
-use crate::layers::{ragged_causal_attention, Activation, Embedding, KvCache, Linear, RmsNorm};
+use crate::layers::{
+    ragged_causal_attention, silu_mul, Activation, Embedding, KvCache, Linear, RmsNorm,
+};
 use crate::models::{DecoderForward, Logits};
 use candle_core::Tensor;
 use serde::Deserialize;
@@ -318,11 +320,12 @@ fn linear(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Line
 }
 
 /// `LlamaAttention`: q/k/v projections, RoPE, causal attention over the cache, o_proj.
+///
+/// The checkpoint's `q_proj`, `k_proj` and `v_proj` are loaded as one product
+/// ([`Linear::concat`]) whose output columns are q, then k, then v.
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv_proj: Linear,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
@@ -335,9 +338,11 @@ impl Attention {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
         Ok(Attention {
-            q_proj: linear(&w.pp("q_proj"), h, q_out, cfg.qkv_bias)?,
-            k_proj: linear(&w.pp("k_proj"), h, kv_out, cfg.qkv_bias)?,
-            v_proj: linear(&w.pp("v_proj"), h, kv_out, cfg.qkv_bias)?,
+            qkv_proj: Linear::concat(&[
+                linear(&w.pp("q_proj"), h, q_out, cfg.qkv_bias)?,
+                linear(&w.pp("k_proj"), h, kv_out, cfg.qkv_bias)?,
+                linear(&w.pp("v_proj"), h, kv_out, cfg.qkv_bias)?,
+            ])?,
             o_proj: linear(&w.pp("o_proj"), q_out, h, cfg.o_bias)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
@@ -355,18 +360,19 @@ impl Attention {
         layer: usize,
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let q = self
-            .q_proj
-            .forward(x)?
+        let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let qkv = self.qkv_proj.forward(x)?;
+        let q = qkv
+            .narrow(1, 0, q_width)?
             .reshape((n, self.heads, self.head_dim))?;
-        let k = self
-            .k_proj
-            .forward(x)?
+        let k = qkv
+            .narrow(1, q_width, kv_width)?
             .reshape((n, self.kv_heads, self.head_dim))?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape((n, self.kv_heads, self.head_dim))?;
+        let v = qkv.narrow(1, q_width + kv_width, kv_width)?.reshape((
+            n,
+            self.kv_heads,
+            self.head_dim,
+        ))?;
         let q = RotaryEmbedding::apply(&q, &cos_sin.0, &cos_sin.1)?;
         let k = RotaryEmbedding::apply(&k, &cos_sin.0, &cos_sin.1)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -384,12 +390,13 @@ impl Attention {
     }
 }
 
-/// `LlamaMLP`: `down(act(gate(x)) · up(x))` (SwiGLU with SiLU).
+/// `LlamaMLP`: `down(act(gate(x)) · up(x))` (SwiGLU with SiLU); `gate_proj` and `up_proj`
+/// loaded as one product whose output is `[gate | up]`.
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up_proj: Linear,
     down_proj: Linear,
+    intermediate: usize,
     act: Activation,
 }
 
@@ -397,16 +404,25 @@ impl Mlp {
     fn load(w: &Weights, cfg: &Config) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Mlp {
-            gate_proj: linear(&w.pp("gate_proj"), h, i, cfg.mlp_bias)?,
-            up_proj: linear(&w.pp("up_proj"), h, i, cfg.mlp_bias)?,
+            gate_up_proj: Linear::concat(&[
+                linear(&w.pp("gate_proj"), h, i, cfg.mlp_bias)?,
+                linear(&w.pp("up_proj"), h, i, cfg.mlp_bias)?,
+            ])?,
+            intermediate: i,
             down_proj: linear(&w.pp("down_proj"), i, h, cfg.mlp_bias)?,
             act: cfg.hidden_act,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.act.forward(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate_up = self.gate_up_proj.forward(x)?;
+        let product = if self.act == Activation::Silu {
+            silu_mul(&gate_up)?
+        } else {
+            let i = self.intermediate;
+            (self.act.forward(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
+        };
+        self.down_proj.forward(&product)
     }
 }
 

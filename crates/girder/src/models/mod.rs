@@ -262,7 +262,7 @@ impl EncoderModel {
 
     /// The base model's output on a packed batch.
     pub fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
-        self.inner.encode(batch)
+        crate::layers::in_thread_pool(|| self.inner.encode(batch))
     }
 
     /// The head's logits for an already-encoded batch (see [`EncoderForward::head`]).
@@ -279,7 +279,7 @@ impl EncoderModel {
                 reason: "it is a base model without a head".into(),
             });
         }
-        self.inner.head(out, batch, rows)
+        crate::layers::in_thread_pool(|| self.inner.head(out, batch, rows))
     }
 }
 
@@ -519,7 +519,7 @@ impl DecoderModel {
         caches: &mut [&mut KvCache],
         logits: Logits,
     ) -> Result<Tensor> {
-        self.inner.forward(batch, caches, logits)
+        crate::layers::in_thread_pool(|| self.inner.forward(batch, caches, logits))
     }
 
     /// See [`DecoderForward::new_cache`].
