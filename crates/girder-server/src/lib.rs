@@ -34,6 +34,7 @@ use routes::info::Info;
 pub use routes::ServedTask;
 use routes::{AppState, EncoderState};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,8 +169,8 @@ pub struct Preflight {
 }
 
 /// Runs the checks of `girder check` on what will be served, and compares it with `pinned`
-/// (a `girder lock` file) when given. `Ok(None)`: nothing to check (a GGUF file carries no
-/// model folder). The caller decides whether an error refuses to start.
+/// (a `girder lock` file) when given; a GGUF file (no model folder) gets the checks of
+/// [`check::generator`]. The caller decides whether an error refuses to start.
 pub fn preflight(
     model: &ServedModel,
     model_ref: &str,
@@ -188,7 +189,21 @@ pub fn preflight(
     };
     match model {
         ServedModel::Encoder(model) => run(&Subject::of(model)).map(Some),
-        ServedModel::Generator(_) if model_ref.to_ascii_lowercase().ends_with(".gguf") => Ok(None),
+        // A GGUF file has no folder: the checks that read the loaded generator.
+        ServedModel::Generator(g) if model_ref.to_ascii_lowercase().ends_with(".gguf") => {
+            let report = check::generator::check(g, &check::probe_texts(&CheckOptions::default()))?;
+            if pinned.is_some() {
+                return Err(girder::Error::InvalidOption {
+                    option: "--lock".into(),
+                    reason: "a lock pins a model folder's tokenizer files; a GGUF file has none (its tokenizer is checked from its metadata)".into(),
+                });
+            }
+            Ok(Some(Preflight {
+                report,
+                tokenizer_sha256: lock::fingerprint_of(g.tokenizer(), Path::new(model_ref))?,
+                tokenizer_source: model_ref.to_string(),
+            }))
+        }
         // The checks read the folder's files; the loaded network is not needed.
         ServedModel::Generator(_) => run(&Loaded::open(model_ref, None)?.subject()).map(Some),
     }

@@ -5,7 +5,10 @@
 mod common;
 
 use common::*;
+use girder::batch::RaggedBatch;
 use girder::generate::{chat::Message, Options, Sampling, TextGenerator};
+use girder::layers::KvCache;
+use girder::models::{DecoderForward, DecoderModel, Logits};
 use girder_server::{start, Running, ServeOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -420,6 +423,79 @@ async fn a_full_generation_queue_answers_429_with_retry_after() {
     assert!(ok >= 1 && refused >= 1, "{ok} answered, {refused} refused");
     let (status, _) = post(&server, "/v1/completions", json!({"prompt": "after"})).await;
     assert_eq!(status, 200);
+    server.shutdown().await.unwrap();
+}
+
+/// A real model whose forward pass panics when its batch holds `trigger`.
+struct PanicsOn {
+    inner: DecoderModel,
+    trigger: u32,
+}
+
+impl DecoderForward for PanicsOn {
+    fn forward(
+        &self,
+        batch: &RaggedBatch,
+        caches: &mut [&mut KvCache],
+        logits: Logits,
+    ) -> girder::Result<candle_core::Tensor> {
+        if batch.input_ids.contains(&self.trigger) {
+            panic!("injected failure on token {}", self.trigger);
+        }
+        self.inner.forward(batch, caches, logits)
+    }
+    fn new_cache(&self, capacity: usize) -> girder::Result<KvCache> {
+        self.inner.new_cache(capacity)
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_model_fails_its_requests_and_the_server_keeps_serving() {
+    let g = generator("qwen2-causal-lm");
+    let trigger = *g.encode_prompt(" boom", 0).unwrap().last().unwrap();
+    let calm = "Hello there";
+    assert!(!g.encode_prompt(calm, 0).unwrap().contains(&trigger));
+    let g = g.map_model(|inner| {
+        let class = inner.class_name().to_string();
+        DecoderModel::from_parts(class, Box::new(PanicsOn { inner, trigger }))
+    });
+    let server = start(g, options("qwen2-causal-lm")).await.unwrap();
+    let ask =
+        |prompt: &str| json!({"model": "m", "prompt": prompt, "max_tokens": 6, "temperature": 0});
+    let (status, before) = post(&server, "/v1/completions", ask(calm)).await;
+    assert_eq!(status, 200, "{before}");
+    let (status, failed) = post(&server, "/v1/completions", ask("It went boom")).await;
+    assert_eq!(status, 500, "{failed}");
+    let message = error_message(&failed);
+    assert_eq!(failed["error"]["type"], "server_error");
+    assert!(message.contains("injected failure"), "{message}");
+    // A stream that hits the panic ends with an error event, not a hang.
+    let response = reqwest::Client::new()
+        .post(url(&server, "/v1/completions"))
+        .json(&json!({"model": "m", "prompt": "boom again", "max_tokens": 4, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .expect("the stream ended")
+        .unwrap_or_default();
+    assert!(
+        body.contains("injected failure") || body.is_empty(),
+        "{body}"
+    );
+    // The engine thread survived: the same request gets the same answer, and health is ok.
+    let (status, after) = post(&server, "/v1/completions", ask(calm)).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["choices"][0]["text"], before["choices"][0]["text"]);
+    let health = reqwest::get(url(&server, "/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
     server.shutdown().await.unwrap();
 }
 

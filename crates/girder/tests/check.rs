@@ -808,3 +808,68 @@ fn canary_calibrates_on_smollm2_as_well() {
     assert!(permuted_effect < canary::MIN_RELATED_EFFECT);
     assert!(minilm_effect < canary::MIN_RELATED_EFFECT);
 }
+
+/// A real decoder that claims `rows` output rows (a GGUF whose tokenizer grew after
+/// conversion looks like this to the checks).
+struct FewerRows {
+    inner: girder::models::DecoderModel,
+    rows: usize,
+}
+
+impl girder::models::DecoderForward for FewerRows {
+    fn forward(
+        &self,
+        batch: &girder::batch::RaggedBatch,
+        caches: &mut [&mut girder::layers::KvCache],
+        logits: girder::models::Logits,
+    ) -> girder::Result<candle_core::Tensor> {
+        self.inner.forward(batch, caches, logits)
+    }
+    fn new_cache(&self, capacity: usize) -> girder::Result<girder::layers::KvCache> {
+        self.inner.new_cache(capacity)
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    fn vocab_size(&self) -> usize {
+        self.rows
+    }
+}
+
+#[test]
+fn loaded_generators_are_checked_without_a_folder() {
+    use girder::generate::TextGenerator;
+    let probe = check::probe_texts(&CheckOptions::default());
+    for dir in decoder_fixtures() {
+        let g = TextGenerator::load(dir.to_str().unwrap()).unwrap();
+        let report = check::generator::check(&g, &probe).unwrap();
+        assert!(report.ok, "{}: {:?}", dir.display(), error_codes(&report));
+        let ids = g.tokenizer().get_vocab_size(true);
+        let short = g.map_model(|inner| {
+            let class = inner.class_name().to_string();
+            girder::models::DecoderModel::from_parts(
+                class,
+                Box::new(FewerRows {
+                    inner,
+                    rows: ids - 10,
+                }),
+            )
+        });
+        let report = check::generator::check(&short, &probe).unwrap();
+        assert!(!report.ok);
+        let finding = report.get("vocab-overflow").expect("vocab-overflow");
+        assert!(
+            finding.message.contains(&format!("{ids} ids")),
+            "{}",
+            finding.message
+        );
+    }
+    // The real GGUF file, when fetched: no error, its chat template found.
+    let gguf = models_dir().join("smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.is_file() {
+        let g = TextGenerator::load(gguf.to_str().unwrap()).unwrap();
+        let report = check::generator::check(&g, &probe).unwrap();
+        assert!(report.ok, "{:?}", error_codes(&report));
+        assert!(report.has("chat-template"));
+    }
+}

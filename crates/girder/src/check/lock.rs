@@ -78,14 +78,19 @@ pub struct ClassifierPin {
 /// SHA-256 of the tokenizer's JSON with the policy fields (padding, truncation) removed,
 /// keys sorted: the same file gives the same fingerprint whatever girder's limits.
 pub fn fingerprint(tokenizer: &TextTokenizer) -> Result<String> {
+    fingerprint_of(tokenizer.inner(), tokenizer.source())
+}
+
+/// [`fingerprint`] of a tokenizer built elsewhere (a GGUF file's), `source` naming it in errors.
+pub fn fingerprint_of(
+    tokenizer: &tokenizers::Tokenizer,
+    source: &std::path::Path,
+) -> Result<String> {
     let bad = |reason: String| Error::BadTokenizer {
-        file: tokenizer.source().to_path_buf(),
+        file: source.to_path_buf(),
         reason,
     };
-    let json = tokenizer
-        .inner()
-        .to_string(false)
-        .map_err(|e| bad(e.to_string()))?;
+    let json = tokenizer.to_string(false).map_err(|e| bad(e.to_string()))?;
     let mut value: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
     if let Some(object) = value.as_object_mut() {

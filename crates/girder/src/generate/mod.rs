@@ -264,6 +264,14 @@ impl TextGenerator {
         })
     }
 
+    /// The same generator over another network, built from this one's: `f` receives the
+    /// loaded model and returns the one to use (to wrap, instrument or replace its forward
+    /// pass; the tokenizer, chat template and generation settings stay).
+    pub fn map_model(mut self, f: impl FnOnce(DecoderModel) -> DecoderModel) -> Self {
+        self.model = f(self.model);
+        self
+    }
+
     /// The model.
     pub fn model(&self) -> &DecoderModel {
         &self.model
