@@ -13,6 +13,7 @@ mod norm;
 pub mod pooling;
 pub mod quant_matmul;
 pub mod rope;
+pub mod skinny_matmul;
 
 pub use activation::Activation;
 pub use attention::{causal_attention, ragged_causal_attention, varlen_attention};

@@ -14,13 +14,18 @@
 //! multiplied one lane per weight; with bytes, AVX-512 VNNI's `vpdpbusd` multiplies and sums
 //! 64 weight-activation pairs in one instruction (AVX2's `vpmaddubsw` 32), which took SmolLM2's
 //! batch-1 decoding from 0.67x to about llama.cpp's speed (README, Performance). The cost is
-//! the rounding: the logits move by about 1e-2 against the dequantized model's (the f32 path,
+//! the rounding: the logits move by a few percent against the dequantized model's (the f32 path,
 //! `GgufMode::Dequantized`, stays exact), the same approximation llama.cpp makes.
 //!
 //! AVX-512 VNNI or AVX2, detected at run time (builds stay portable: no `target-cpu=native`),
 //! a scalar loop otherwise; weight rows are split across rayon's threads, and each weight row
-//! is unpacked once for all the activation rows of a decode batch. A prefill of more than
-//! [`MAX_KERNEL_ROWS`] rows dequantizes the matrix and runs one f32 GEMM instead.
+//! is unpacked once for all the activation rows, eight at a time while it sits in L1.
+//!
+//! Prompts (many rows) go through the same kernel. Dequantizing the matrix for one f32 GEMM
+//! prefilled 128 tokens 30% faster (232 vs 177 tokens/s), but it materialises every matrix
+//! as f32 on every call: 538 MB of transient memory for SmolLM2, which under a server's
+//! continuous batching (a step with two new prompts) cost more than it saved (perf: page
+//! clearing and transposes) and grew the resident set by 40%.
 
 use crate::error::Result;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -47,8 +52,8 @@ impl Format {
     }
 }
 
-/// Above this many activation rows, dequantize + GEMM beats the per-row kernel.
-pub const MAX_KERNEL_ROWS: usize = 8;
+/// Activation rows one pass of the kernel multiplies (its accumulators stay in registers).
+const ROWS_PER_PASS: usize = 8;
 
 /// A `[rows, cols]` Q4_1 or Q8_0 matrix, its blocks row by row.
 #[derive(Debug, Clone)]
@@ -70,38 +75,47 @@ struct ByteActivations {
     scales: Vec<f32>,
     /// `[rows, blocks]`: `scale · Σ q` (the Q4_1 minimum's term).
     sums: Vec<f32>,
+    /// `[rows, blocks, 8]`: the same over 8, once per lane, so that a 512-bit multiply-add of
+    /// the blocks' minimums adds each minimum's term once after the lanes are summed.
+    lane_sums: Vec<f32>,
 }
 
 impl ByteActivations {
     fn quantize(xs: &[f32], cols: usize) -> Self {
         let blocks = cols / BLOCK;
         let total = xs.len() / BLOCK;
-        let mut q = vec![0i8; xs.len()];
-        let mut scales = vec![0f32; total * 8];
-        let mut sums = vec![0f32; total];
-        for (b, (x, qb)) in xs
-            .chunks_exact(BLOCK)
-            .zip(q.chunks_exact_mut(BLOCK))
-            .enumerate()
-        {
-            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qb.iter_mut().zip(x) {
-                // Rounds half away from zero, as ggml's `roundf`.
-                *q = (v * inverse).round() as i8;
-                sum += *q as i32;
-            }
-            scales[b * 8..b * 8 + 8].fill(scale);
-            sums[b] = scale * sum as f32;
-        }
-        ByteActivations {
+        let mut acts = ByteActivations {
             blocks,
-            q,
-            scales,
-            sums,
+            q: vec![0i8; xs.len()],
+            scales: vec![0f32; total * 8],
+            sums: vec![0f32; total],
+            lane_sums: vec![0f32; total * 8],
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(xs: &[f32], acts: &mut ByteActivations) {
+                quantize_blocks(xs, acts)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(xs: &[f32], acts: &mut ByteActivations) {
+                quantize_blocks(xs, acts)
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the features the function was compiled for.
+                unsafe { avx512(xs, &mut acts) };
+                return acts;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                unsafe { avx2(xs, &mut acts) };
+                return acts;
+            }
         }
+        quantize_blocks(xs, &mut acts);
+        acts
     }
 
     fn row(&self, i: usize) -> ActivationRow<'_> {
@@ -111,6 +125,34 @@ impl ByteActivations {
             scales: &self.scales[i * b * 8..(i + 1) * b * 8],
             sums: &self.sums[i * b..(i + 1) * b],
         }
+    }
+}
+
+/// Rounds each block of 32 of `xs` into `acts` (compiled once per instruction set, so that
+/// the rounding is one instruction instead of a libm call per value).
+#[inline(always)]
+fn quantize_blocks(xs: &[f32], acts: &mut ByteActivations) {
+    for (b, (x, qb)) in xs
+        .chunks_exact(BLOCK)
+        .zip(acts.q.chunks_exact_mut(BLOCK))
+        .enumerate()
+    {
+        let x: &[f32; BLOCK] = x.try_into().expect("a block");
+        let mut amax = 0f32;
+        for v in x {
+            amax = amax.max(v.abs());
+        }
+        let scale = amax / 127.0;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in qb.iter_mut().zip(x) {
+            // Ties to even, as llama.cpp's SIMD `quantize_row_q8_1` (`_mm256_round_ps`).
+            *q = (v * inverse).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        acts.scales[b * 8..b * 8 + 8].fill(scale);
+        acts.sums[b] = scale * sum as f32;
+        acts.lane_sums[b * 8..b * 8 + 8].fill(scale * sum as f32 / 8.0);
     }
 }
 
@@ -160,12 +202,11 @@ impl QuantMatrix {
             }
             .into());
         }
-        if n > MAX_KERNEL_ROWS {
-            let w = self.tensor.dequantize(x.device())?;
-            return Ok(x.matmul(&w.t()?)?);
-        }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let acts = ByteActivations::quantize(&xs, cols);
+        let passes: Vec<ByteActivations> = xs
+            .chunks(ROWS_PER_PASS * cols)
+            .map(|rows| ByteActivations::quantize(rows, cols))
+            .collect();
         let row_bytes = cols / BLOCK * self.format.block_bytes();
         let (format, kernel) = (self.format, Kernel::detect());
         let mut out = vec![0f32; n * self.rows];
@@ -178,7 +219,9 @@ impl QuantMatrix {
                 let first = c * chunk_rows;
                 for (r, dst_row) in dst.chunks_mut(n).enumerate() {
                     let w = &self.data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
-                    weight_row(kernel, format, w, &acts, dst_row);
+                    for (acts, dst) in passes.iter().zip(dst_row.chunks_mut(ROWS_PER_PASS)) {
+                        weight_row(kernel, format, w, acts, dst);
+                    }
                 }
             });
         let t = Tensor::from_vec(out, (self.rows, n), &Device::Cpu)?;
@@ -256,13 +299,13 @@ impl Kernel {
 }
 
 /// `out[i] = w · x_i` for every activation row `i` (`out.len()` of them, at most
-/// [`MAX_KERNEL_ROWS`]).
+/// [`ROWS_PER_PASS`]).
 fn weight_row(kernel: Kernel, format: Format, w: &[u8], acts: &ByteActivations, out: &mut [f32]) {
-    assert!(out.len() <= MAX_KERNEL_ROWS && acts.q.len() >= out.len() * acts.blocks * BLOCK);
+    assert!(out.len() <= ROWS_PER_PASS && acts.q.len() >= out.len() * acts.blocks * BLOCK);
     assert!(w.len() >= acts.blocks * format.block_bytes());
     #[cfg(target_arch = "x86_64")]
     {
-        const _: () = assert!(MAX_KERNEL_ROWS == 8);
+        const _: () = assert!(ROWS_PER_PASS == 8);
         macro_rules! by_rows {
             ($m:ident :: $f:ident) => {
                 match out.len() {
@@ -357,7 +400,7 @@ mod vnni512 {
         let cols = blocks * BLOCK;
         let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); N];
-        let mut m_terms = [0f32; N];
+        let mut m_acc = [_mm512_setzero_ps(); N];
         let pairs = blocks / 2;
         for pair in 0..pairs {
             let b = 2 * pair;
@@ -375,18 +418,22 @@ mod vnni512 {
             let lanes = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             // 128-bit lanes [lo b, lo b+1, hi b, hi b+1] → [lo b, hi b, lo b+1, hi b+1]
             let q = _mm512_shuffle_i64x2(lanes, lanes, 0b11_01_10_00);
-            let d = halves(d0, d1);
+            let (d, m) = (halves(d0, d1), halves(m0, m1));
             for i in 0..N {
                 let row = i * blocks + b;
                 let x = _mm512_loadu_si512(a.q.as_ptr().add(row * BLOCK) as *const _);
                 let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
                 let scale = _mm512_mul_ps(d, _mm512_loadu_ps(a.scales.as_ptr().add(row * 8)));
                 acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[i]);
-                m_terms[i] += m0 * a.sums[row] + m1 * a.sums[row + 1];
+                m_acc[i] = _mm512_fmadd_ps(
+                    m,
+                    _mm512_loadu_ps(a.lane_sums.as_ptr().add(row * 8)),
+                    m_acc[i],
+                );
             }
         }
         for (i, o) in out.iter_mut().enumerate().take(N) {
-            *o = _mm512_reduce_add_ps(acc[i]) + m_terms[i];
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], m_acc[i]));
         }
         if blocks % 2 == 1 {
             let b = blocks - 1;
@@ -569,7 +616,8 @@ mod tests {
 
     /// Every kernel this CPU has, and the scalar one, against the dequantized weights times
     /// the rounded activations (the same products, summed in another order), for 1 to 8
-    /// rows (the kernel) and 12 (dequantize + GEMM), with an even and an odd block count.
+    /// rows (one pass of the kernel), and 12, 21 and 70 (passes of 8), with an even and an
+    /// odd block count.
     fn check(format: GgmlDType) {
         let dev = Device::Cpu;
         for cols in [96, 128] {
@@ -577,14 +625,10 @@ mod tests {
             let q = std::sync::Arc::new(QTensor::quantize(&w, format).unwrap());
             let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
             let dense = q.dequantize(&dev).unwrap();
-            for n in [1, 2, 3, 5, 8, 12] {
+            for n in [1, 2, 3, 5, 8, 12, 21, 70] {
                 let x = Tensor::randn(0f32, 1.0, (n, cols), &dev).unwrap();
                 let y = m.forward(&x).unwrap();
                 let exact = x.matmul(&dense.t().unwrap()).unwrap();
-                if n > MAX_KERNEL_ROWS {
-                    assert!(max_diff(&y, &exact) < 1e-4, "{format:?} {n} rows");
-                    continue;
-                }
                 let same_products = rounded(&x).matmul(&dense.t().unwrap()).unwrap();
                 let diff = max_diff(&y, &same_products);
                 assert!(diff < 1e-4, "{format:?} {cols} cols {n} rows: {diff}");
@@ -594,6 +638,9 @@ mod tests {
                     rounding < 0.05 * (cols as f32).sqrt(),
                     "{format:?}: {rounding}"
                 );
+                if n > ROWS_PER_PASS {
+                    continue;
+                }
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let acts = ByteActivations::quantize(&xs, cols);
                 let row_bytes = cols / BLOCK * m.format.block_bytes();

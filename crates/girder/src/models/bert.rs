@@ -157,11 +157,10 @@ impl Embeddings {
 }
 
 /// Multi-head self-attention plus its output projection and residual LayerNorm
-/// (`BertAttention` = `BertSelfAttention` + `BertSelfOutput`).
+/// (`BertAttention` = `BertSelfAttention` + `BertSelfOutput`). The checkpoint's `query`,
+/// `key` and `value` are loaded as one product whose output columns are q, k, v.
 struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: Linear,
     output: Linear,
     output_norm: LayerNorm,
     num_heads: usize,
@@ -173,9 +172,11 @@ impl Attention {
         let h = cfg.hidden_size;
         let sa = w.pp("self");
         Ok(Attention {
-            query: Linear::load(&sa.pp("query"), h, h)?,
-            key: Linear::load(&sa.pp("key"), h, h)?,
-            value: Linear::load(&sa.pp("value"), h, h)?,
+            qkv: Linear::concat(&[
+                Linear::load(&sa.pp("query"), h, h)?,
+                Linear::load(&sa.pp("key"), h, h)?,
+                Linear::load(&sa.pp("value"), h, h)?,
+            ])?,
             output: Linear::load(&w.pp("output.dense"), h, h)?,
             output_norm: layer_norm(&w.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
             num_heads: cfg.num_attention_heads,
@@ -185,10 +186,17 @@ impl Attention {
 
     fn forward(&self, x: &Tensor, batch: &BatchTensors) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let shape = (n, self.num_heads, self.head_dim);
-        let q = self.query.forward(x)?.reshape(shape)?;
-        let k = self.key.forward(x)?.reshape(shape)?;
-        let v = self.value.forward(x)?.reshape(shape)?;
+        let heads = self.num_heads;
+        // [n, 3 · heads, head_dim]: q, k and v as views, heads `0..`, `heads..`, `2 · heads..`
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((n, 3 * heads, self.head_dim))?;
+        let (q, k, v) = (
+            qkv.narrow(1, 0, heads)?,
+            qkv.narrow(1, heads, heads)?,
+            qkv.narrow(1, 2 * heads, heads)?,
+        );
         let context = varlen_attention(&q, &k, &v, &batch.cu_seqlens)?; // [n, heads, head_dim]
         let context = context.reshape((n, self.num_heads * self.head_dim))?;
         let out = self.output.forward(&context)?;

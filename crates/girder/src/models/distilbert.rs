@@ -110,11 +110,10 @@ impl Embeddings {
     }
 }
 
-/// `MultiHeadSelfAttention`: q/k/v projections, per-sequence attention, `out_lin`.
+/// `MultiHeadSelfAttention`: q/k/v projections (loaded as one product), per-sequence
+/// attention, `out_lin`.
 struct Attention {
-    q_lin: Linear,
-    k_lin: Linear,
-    v_lin: Linear,
+    qkv: Linear,
     out_lin: Linear,
     n_heads: usize,
     head_dim: usize,
@@ -124,9 +123,11 @@ impl Attention {
     fn load(w: &Weights, cfg: &Config) -> Result<Self> {
         let d = cfg.dim;
         Ok(Attention {
-            q_lin: Linear::load(&w.pp("q_lin"), d, d)?,
-            k_lin: Linear::load(&w.pp("k_lin"), d, d)?,
-            v_lin: Linear::load(&w.pp("v_lin"), d, d)?,
+            qkv: Linear::concat(&[
+                Linear::load(&w.pp("q_lin"), d, d)?,
+                Linear::load(&w.pp("k_lin"), d, d)?,
+                Linear::load(&w.pp("v_lin"), d, d)?,
+            ])?,
             out_lin: Linear::load(&w.pp("out_lin"), d, d)?,
             n_heads: cfg.n_heads,
             head_dim: d / cfg.n_heads,
@@ -135,10 +136,16 @@ impl Attention {
 
     fn forward(&self, x: &Tensor, t: &BatchTensors) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let shape = (n, self.n_heads, self.head_dim);
-        let q = self.q_lin.forward(x)?.reshape(shape)?;
-        let k = self.k_lin.forward(x)?.reshape(shape)?;
-        let v = self.v_lin.forward(x)?.reshape(shape)?;
+        let heads = self.n_heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((n, 3 * heads, self.head_dim))?;
+        let (q, k, v) = (
+            qkv.narrow(1, 0, heads)?,
+            qkv.narrow(1, heads, heads)?,
+            qkv.narrow(1, 2 * heads, heads)?,
+        );
         let context = varlen_attention(&q, &k, &v, &t.cu_seqlens)?; // [n, heads, head_dim]
         self.out_lin
             .forward(&context.reshape((n, self.n_heads * self.head_dim))?)
