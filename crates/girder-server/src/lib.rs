@@ -285,7 +285,7 @@ pub async fn start(
                 architecture: model.model().class_name().to_string(),
                 task: ServedTask::TextGeneration.name(),
                 dtype: if gguf {
-                    "gguf (quantized weights, f32 activations)"
+                    "gguf (quantized weights, activations rounded to 8 bits per block of 32)"
                 } else {
                     "float32"
                 },

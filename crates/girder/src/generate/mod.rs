@@ -170,7 +170,9 @@ struct Sequence {
 /// How a GGUF file's tensors are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GgufMode {
-    /// Projections stay quantized (candle's quantized matmul).
+    /// Projections stay quantized: Q4_1 / Q8_0 through girder's kernel with activations
+    /// rounded to bytes as llama.cpp does (`layers::quant_matmul`), other types through
+    /// candle's quantized matmul.
     #[default]
     Quantized,
     /// Every tensor dequantized to f32 (the reference transformers computes).

@@ -483,8 +483,9 @@ impl DecoderModel {
     }
 
     /// Builds a LLaMA-family model from a GGUF file (`llama`, `qwen2`). With
-    /// `keep_quantized`, the projections stay quantized and run on candle's quantized matmul;
-    /// otherwise every tensor is dequantized to f32.
+    /// `keep_quantized`, the projections stay quantized (`layers::quant_matmul`, or candle's
+    /// quantized matmul for the types it does not read); otherwise every tensor is
+    /// dequantized to f32.
     pub fn load_gguf(gguf: crate::hub::GgufFile, keep_quantized: bool) -> Result<Self> {
         let cfg = llama::Config::from_gguf(&gguf)?;
         let class_name = match gguf.architecture() {
