@@ -105,6 +105,27 @@ fn serve_answers_and_exits_0_on_sigterm() {
 
 #[cfg(unix)]
 #[test]
+fn serve_applies_a_peft_adapter_at_load() {
+    // A base model without a head plus a classification adapter trained by PEFT: the server
+    // serves text-classification with the adapter's three labels.
+    let model = fixture("bert-base");
+    let adapter = fixture("peft-lora-seqcls");
+    let (child, _stderr, addr, line) = start_serve(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+    ]);
+    assert!(line.contains("(text-classification)"), "{line}");
+    let answer = post(&addr, "/predict", r#"{"inputs": "What a lovely film"}"#);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let labels = json_body(&answer);
+    assert_eq!(labels.as_array().map(Vec::len), Some(3), "{labels}");
+    sigterm_and_wait(child);
+}
+
+#[cfg(unix)]
+#[test]
 fn a_failed_preflight_refuses_to_start_unless_allowed() {
     // A lock pinned on RoBERTa's tokenizer: BERT's tokenizer drifts from it.
     let lock = std::env::temp_dir().join(format!("girder-serve-test-{}.lock", std::process::id()));

@@ -139,18 +139,6 @@ fn lora_writes_a_peft_adapter_or_a_merged_folder() {
         );
         if merge {
             assert!(out.join("model.safetensors").is_file());
-            let run = girder(&[
-                "run",
-                "text-classification",
-                "--model",
-                out.to_str().unwrap(),
-                "fine",
-            ]);
-            assert!(
-                run.status.success(),
-                "{}",
-                String::from_utf8_lossy(&run.stderr)
-            );
         } else {
             let config: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
@@ -164,6 +152,37 @@ fn lora_writes_a_peft_adapter_or_a_merged_folder() {
             );
             assert!(out.join("adapter_model.safetensors").is_file());
         }
+    }
+    // The same training (same seed) twice: the merged folder and the base with the adapter
+    // merged at load (`--adapter`) give the same labels and scores.
+    let run = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["run", "text-classification"];
+        all.extend_from_slice(args);
+        all.extend(["fine", "a tedious waste of time"]);
+        let out = girder(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let merged = run(&["--model", dir.join("merged").to_str().unwrap()]);
+    let adapted = run(&[
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        dir.join("adapter").to_str().unwrap(),
+    ]);
+    for (m, a) in merged.iter().zip(&adapted) {
+        assert_eq!(m["label"], a["label"]);
+        assert!(["positive", "negative"].contains(&a["label"].as_str().unwrap()));
+        let (m, a) = (m["score"].as_f64().unwrap(), a["score"].as_f64().unwrap());
+        assert!((m - a).abs() < 1e-5, "merged {m} vs adapter {a}");
     }
 }
 

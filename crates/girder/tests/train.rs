@@ -354,10 +354,23 @@ fn lora_trains_only_adapters_and_merges_into_a_plain_folder() {
             lora: bert.lora().unwrap(),
             tensors: bert.adapter_tensors(),
             datasets: vec!["train.tsv".into()],
+            labels: data.labels.names(),
         },
         &adapter_dir,
     )
     .unwrap();
+    // girder applies the unmerged adapter at load (`--adapter`): same logits and labels.
+    let adapted = Model::load(
+        base_path.to_str().unwrap(),
+        &LoadOptions {
+            adapter: Some(adapter_dir.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(adapted.config.id2label, data.labels.names());
+    let diff = max_abs_diff(&girder_logits(&adapted, &texts), &expected);
+    assert!(diff < 1e-5, "the adapter applied at load differs by {diff}");
     peft_agrees(&adapter_dir, &texts, &expected);
 }
 

@@ -82,6 +82,10 @@ pub struct RunArgs {
     model: String,
     /// Texts; without them, `--input` or one text per line on stdin.
     texts: Vec<String>,
+    /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) merged
+    /// into the model's weights at load; a classification adapter brings its head.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// A JSON Lines file with a `text` field per line.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -228,6 +232,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             Truncation::Truncate
         },
         max_batch_tokens: args.max_batch_tokens,
+        adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
     let model = Model::load(&args.model, &options)

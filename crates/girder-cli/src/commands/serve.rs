@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// embeddings); default: the one the model's head implies.
     #[arg(long)]
     task: Option<String>,
+    /// A PEFT LoRA adapter folder merged into an encoder's weights at load (as `girder run
+    /// --adapter`).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -107,7 +111,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 /// Loads an encoder as `girder run` does, or a causal language model as `girder generate`.
 fn load(args: &ServeArgs) -> Result<ServedModel> {
+    let refuse_adapter = || match &args.adapter {
+        Some(_) => anyhow::bail!(
+            "--adapter applies to encoder models; {} generates text",
+            args.model
+        ),
+        None => Ok(()),
+    };
     if args.model.to_ascii_lowercase().ends_with(".gguf") {
+        refuse_adapter()?;
         return Ok(TextGenerator::load(&args.model)?.into());
     }
     let folder = ModelRef::parse(&args.model).resolve()?;
@@ -117,10 +129,12 @@ fn load(args: &ServeArgs) -> Result<ServedModel> {
     let generates = girder::models::resolve(&config).is_err()
         && girder::models::resolve_decoder(&config).is_ok();
     if generates {
+        refuse_adapter()?;
         return Ok(TextGenerator::from_folder(&folder)?.into());
     }
     let load = LoadOptions {
         max_batch_tokens: args.max_batch_tokens,
+        adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
     Ok(Model::load_folder(folder, &load)?.into())

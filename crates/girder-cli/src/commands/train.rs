@@ -286,6 +286,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                         lora: &lora,
                         tensors: adapters,
                         datasets: vec![file_name(&args.data)],
+                        labels: labels.names(),
                     },
                     &args.out,
                 )

@@ -4,9 +4,11 @@
 //! fetched. The cache layout is `models--{org}--{name}/snapshots/{commit}/`, with
 //! `refs/{branch}` holding the commit a branch points to.
 
+pub mod adapter;
 pub mod gguf;
 mod weights;
 
+pub use adapter::LoraAdapter;
 pub use gguf::GgufFile;
 pub use weights::Weights;
 

@@ -29,6 +29,9 @@ struct Checkpoint {
 #[derive(Clone)]
 pub struct Weights {
     checkpoint: Arc<Checkpoint>,
+    /// Tensors that replace or add to the checkpoint's, by full name (a LoRA adapter's
+    /// merged weights and its classifier: [`super::LoraAdapter`]).
+    overrides: Arc<HashMap<String, Tensor>>,
     prefix: String,
     dtype: DType,
     device: Device,
@@ -58,6 +61,7 @@ impl Weights {
                 routing,
                 gguf: None,
             }),
+            overrides: Default::default(),
             prefix: String::new(),
             dtype,
             device: device.clone(),
@@ -73,6 +77,7 @@ impl Weights {
                 routing: HashMap::new(),
                 gguf: Some((gguf, keep_quantized)),
             }),
+            overrides: Default::default(),
             prefix: String::new(),
             dtype,
             device: device.clone(),
@@ -105,6 +110,16 @@ impl Weights {
             });
         }
         Ok(Some(tensor.clone()))
+    }
+
+    /// The same checkpoint with `tensors` (full names) in place of, or beside, its own.
+    pub fn with_overrides(&self, tensors: HashMap<String, Tensor>) -> Self {
+        let mut overrides = (*self.overrides).clone();
+        overrides.extend(tensors);
+        Weights {
+            overrides: Arc::new(overrides),
+            ..self.clone()
+        }
     }
 
     /// The same checkpoint one level down: `w.pp("encoder").pp("layer.0")`.
@@ -141,6 +156,9 @@ impl Weights {
 
     /// Whether `prefix.name` is in the checkpoint.
     pub fn contains(&self, name: &str) -> bool {
+        if self.overrides.contains_key(&self.full_name(name)) {
+            return true;
+        }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
             return gguf.tensor(&self.full_name(name)).is_some();
         }
@@ -150,6 +168,9 @@ impl Weights {
     /// The stored shape of `prefix.name`, if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         let full = self.full_name(name);
+        if let Some(t) = self.overrides.get(&full) {
+            return Some(t.dims().to_vec());
+        }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
             return gguf.tensor(&full).map(|t| t.shape().dims().to_vec());
         }
@@ -162,6 +183,16 @@ impl Weights {
     pub fn get(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Tensor> {
         let expected = shape.into();
         let full = self.full_name(name);
+        if let Some(tensor) = self.overrides.get(&full) {
+            if tensor.dims() != expected.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    tensor: full,
+                    expected,
+                    actual: tensor.dims().to_vec(),
+                });
+            }
+            return Ok(tensor.to_device(&self.device)?.to_dtype(self.dtype)?);
+        }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
             let Some(tensor) = gguf.tensor(&full) else {
                 return Err(Error::MissingTensor {

@@ -86,6 +86,9 @@ pub struct LoadOptions {
     /// Take the tokenizer from this folder or hub id instead of the model's own folder
     /// (to check a tokenizer against a model: `girder check --tokenizer`).
     pub tokenizer: Option<String>,
+    /// A PEFT LoRA adapter folder merged into the weights at load
+    /// ([`crate::hub::LoraAdapter`]); a classification adapter sets the head and labels.
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -96,6 +99,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
             tokenizer: None,
+            adapter: None,
         }
     }
 }
@@ -136,7 +140,7 @@ impl Model {
 
     /// Loads an already located folder.
     pub fn load_folder(folder: ModelFolder, options: &LoadOptions) -> Result<Self> {
-        let config = CommonConfig::from_file(
+        let mut config = CommonConfig::from_file(
             &folder.require("config.json", "a model folder needs config.json")?,
         )?;
         let mut tokenizer = match &options.tokenizer {
@@ -145,8 +149,11 @@ impl Model {
             }
             None => TextTokenizer::from_folder(&folder)?,
         };
-        let weights =
+        let mut weights =
             Weights::from_safetensors(&folder.weight_files()?, DType::F32, &options.device)?;
+        if let Some(path) = &options.adapter {
+            weights = crate::hub::LoraAdapter::load(path)?.apply(&weights, &mut config)?;
+        }
         let encoder = EncoderModel::load(&config, &weights)?;
         let sentence = embeddings::SentenceConfig::from_folder(&folder)?;
         let limits = InputLimits {

@@ -300,6 +300,18 @@ impl TrainableBert {
     /// Pooled output `[num_seqs, hidden]` (`BertPooler`: tanh of a dense layer on the first
     /// token); `rng` turns dropout on.
     pub fn pooled(&self, batch: &RaggedBatch, rng: &mut DropoutRng) -> Result<Tensor> {
+        Ok(self.forward(batch, rng, false)?.0)
+    }
+
+    /// The encoder and pooler. With `gather` and a trainable word-embedding table, the rows
+    /// the batch looks up become a leaf of their own ([`LookedUp`]), so that the backward
+    /// pass yields their gradient instead of one for the whole table.
+    fn forward(
+        &self,
+        batch: &RaggedBatch,
+        rng: &mut DropoutRng,
+        gather: bool,
+    ) -> Result<(Tensor, Option<LookedUp>)> {
         let device = Device::Cpu;
         let t = batch.to_tensors(&device)?;
         let emb = |name: &str, ids: &Tensor| -> Result<Tensor> {
@@ -307,8 +319,21 @@ impl TrainableBert {
                 .var(&format!("embeddings.{name}.weight"))?
                 .index_select(ids, 0)?)
         };
-        let x = ((emb("word_embeddings", &t.input_ids)?
-            + emb("token_type_embeddings", &t.token_type_ids)?)?
+        let mut looked_up = None;
+        let words = match self.vars.get(WORD_EMBEDDINGS) {
+            Some(table) if gather => {
+                let rows =
+                    Var::from_tensor(&table.as_tensor().detach().index_select(&t.input_ids, 0)?)?;
+                let words = rows.as_tensor().clone();
+                looked_up = Some(LookedUp {
+                    ids: t.input_ids.to_vec1::<u32>()?,
+                    rows,
+                });
+                words
+            }
+            _ => emb("word_embeddings", &t.input_ids)?,
+        };
+        let x = ((words + emb("token_type_embeddings", &t.token_type_ids)?)?
             + emb("position_embeddings", &t.positions)?)?;
         let mut x = self.layer_norm(&x, "embeddings.LayerNorm")?;
         x = self.dropout(x, rng)?;
@@ -361,15 +386,42 @@ impl TrainableBert {
         }
         let first = Tensor::new(batch.first_token_rows(), &device)?;
         let cls = x.index_select(&first, 0)?;
-        Ok(self.linear(&cls, "pooler.dense", rng)?.tanh()?)
+        Ok((self.linear(&cls, "pooler.dense", rng)?.tanh()?, looked_up))
     }
 
     /// Classifier logits `[num_seqs, num_labels]`; `rng` turns dropout on.
     pub fn logits(&self, batch: &RaggedBatch, rng: &mut DropoutRng) -> Result<Tensor> {
-        let pooled = self.pooled(batch, rng)?;
-        let pooled = self.dropout(pooled, rng)?;
-        self.linear(&pooled, "classifier", rng)
+        Ok(self.training_logits(batch, rng, false)?.0)
     }
+
+    /// Classifier logits for a training step; with `gather`, the word-embedding rows the
+    /// batch used as their own leaf (see [`LookedUp`]), `None` when that table is frozen.
+    pub fn training_logits(
+        &self,
+        batch: &RaggedBatch,
+        rng: &mut DropoutRng,
+        gather: bool,
+    ) -> Result<(Tensor, Option<LookedUp>)> {
+        let (pooled, looked_up) = self.forward(batch, rng, gather)?;
+        let pooled = self.dropout(pooled, rng)?;
+        Ok((self.linear(&pooled, "classifier", rng)?, looked_up))
+    }
+
+    /// The word-embedding table, when it is trained.
+    pub fn word_embeddings(&self) -> Option<&Var> {
+        self.vars.get(WORD_EMBEDDINGS)
+    }
+}
+
+const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
+
+/// The word-embedding rows one batch looked up, copied out of the table as a leaf of the
+/// tape: their gradient is `[tokens, hidden]` rather than the table's `[vocab, hidden]`
+/// (47 MB for MiniLM, mostly zeros, allocated per step by `index_select`'s backward pass).
+/// [`super::optim::SparseRows`] hands it to the optimizer.
+pub struct LookedUp {
+    pub ids: Vec<u32>,
+    pub rows: Var,
 }
 
 /// PEFT's `LoraConfig` fields that girder uses.

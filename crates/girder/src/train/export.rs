@@ -354,12 +354,16 @@ pub struct LoraAdapter<'a> {
     /// without `bert.`) and the classifier (`classifier.weight`, `classifier.bias`).
     pub tensors: Vec<(String, Tensor)>,
     pub datasets: Vec<String>,
+    /// The classifier's label names, by id.
+    pub labels: &'a [String],
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` with PEFT's names
 /// (`base_model.model.bert.….lora_A.weight`, `base_model.model.classifier.weight`; the
-/// classifier is one of PEFT's `modules_to_save`), plus a README.md card. PEFT loads the
-/// base as `AutoModelForSequenceClassification` with its default two labels.
+/// classifier is one of PEFT's `modules_to_save`), plus a README.md card, and the label
+/// names in `head_config.json` (PEFT's config has no place for them; `girder run --adapter`
+/// reads them). PEFT loads the base as `AutoModelForSequenceClassification` with its default
+/// two labels: more labels need `num_labels` passed to it.
 pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let config = serde_json::json!({
@@ -388,6 +392,20 @@ pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
         &config_path,
         serde_json::to_string_pretty(&config).map_err(|e| Error::BadConfig {
             file: config_path.clone(),
+            field: "(root)".into(),
+            reason: e.to_string(),
+        })?,
+    )?;
+    let head_path = out.join("head_config.json");
+    let head = serde_json::json!({
+        "id2label": adapter.labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect::<serde_json::Map<_, _>>(),
+        "label2id": adapter.labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect::<serde_json::Map<_, _>>(),
+        "problem_type": "single_label_classification",
+    });
+    write_file(
+        &head_path,
+        serde_json::to_string_pretty(&head).map_err(|e| Error::BadConfig {
+            file: head_path.clone(),
             field: "(root)".into(),
             reason: e.to_string(),
         })?,

@@ -5,12 +5,13 @@
 use super::bert::TrainableBert;
 use super::head::{EpochReport, Observer, StepReport};
 use super::metrics::ClassificationMetrics;
+use super::optim::{AdamW, AdamWSettings, SparseRows};
 use super::{linear_schedule, Rng, TrainingArguments};
 use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
+use crate::layers::in_thread_pool;
 use crate::tokenize::Encoded;
-use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 /// Tokenized texts and their gold label ids.
@@ -88,23 +89,23 @@ pub fn train_full(
         });
     }
     model.dropout = args.classifier_dropout;
-    let params = |weight_decay| ParamsAdamW {
-        lr: args.learning_rate,
-        beta1: args.adam_beta1,
-        beta2: args.adam_beta2,
-        eps: args.adam_epsilon,
-        weight_decay,
-    };
-    let group = |decayed: bool| -> Vec<Var> {
-        model
-            .vars()
-            .iter()
-            .filter(|(name, _)| decays(name) == decayed)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
-    let mut decayed_opt = AdamW::new(group(true), params(args.weight_decay))?;
-    let mut plain_opt = AdamW::new(group(false), params(0.0))?;
+    let params = model
+        .vars()
+        .iter()
+        .map(|(name, var)| {
+            let decay = if decays(name) { args.weight_decay } else { 0.0 };
+            (name.clone(), var.clone(), decay)
+        })
+        .collect();
+    let mut optimizer = AdamW::new(
+        params,
+        AdamWSettings {
+            learning_rate: args.learning_rate,
+            beta1: args.adam_beta1,
+            beta2: args.adam_beta2,
+            eps: args.adam_epsilon,
+        },
+    )?;
     let batch_size = args.per_device_train_batch_size;
     let steps_per_epoch = examples.div_ceil(batch_size);
     let total_steps = steps_per_epoch * args.num_train_epochs;
@@ -123,14 +124,34 @@ pub fn train_full(
             let batch = RaggedBatch::from_encodings(chunk.iter().map(|&i| &train.encodings[i]));
             let targets: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
             let targets = Tensor::from_vec(targets, chunk.len(), &Device::Cpu)?;
-            let logits = model.logits(&batch, &mut Some(&mut rng))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
             let learning_rate = args.learning_rate * linear_schedule(step, warmup, total_steps);
-            decayed_opt.set_learning_rate(learning_rate);
-            plain_opt.set_learning_rate(learning_rate);
-            let grads = loss.backward()?;
-            decayed_opt.step(&grads)?;
-            plain_opt.step(&grads)?;
+            optimizer.set_learning_rate(learning_rate);
+            let model = &*model;
+            let rng = &mut rng;
+            let optimizer = &mut optimizer;
+            let loss = in_thread_pool(move || -> Result<Tensor> {
+                let (logits, looked_up) = model.training_logits(&batch, &mut Some(rng), true)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+                let grads = loss.backward()?;
+                match (&looked_up, model.word_embeddings()) {
+                    (Some(rows), Some(table)) => {
+                        let row_grads = grads.get(rows.rows.as_tensor()).ok_or_else(|| {
+                            Error::InvalidOption {
+                                option: "optimizer".into(),
+                                reason: "no gradient reached the word embeddings".into(),
+                            }
+                        })?;
+                        let sparse = [SparseRows {
+                            table,
+                            ids: &rows.ids,
+                            grads: row_grads,
+                        }];
+                        optimizer.step(&grads, &sparse)?;
+                    }
+                    _ => optimizer.step(&grads, &[])?,
+                }
+                Ok(loss)
+            })?;
             step += 1;
             let loss = loss.to_scalar::<f32>()?;
             loss_sum += loss as f64;
