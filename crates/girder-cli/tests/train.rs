@@ -238,6 +238,89 @@ fn token_classification_trains_and_runs() {
 }
 
 #[test]
+fn token_classification_full_and_lora_then_eval() {
+    let dir = scratch("ner-encoder");
+    let data = dir.join("train.bio");
+    std::fs::write(
+        &data,
+        "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n",
+    )
+    .unwrap();
+    let base = fixture("bert-base");
+    let train = |method: &str, out: &Path| {
+        let trained = girder(&[
+            "train",
+            "token-classification",
+            "--method",
+            method,
+            "--base",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--eval",
+            data.to_str().unwrap(),
+            "--labels",
+            "PER,LOC",
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+        ]);
+        let stderr = String::from_utf8_lossy(&trained.stderr).into_owned();
+        assert!(trained.status.success(), "{stderr}");
+        assert!(stderr.contains("eval entities precision"), "{stderr}");
+        serde_json::from_slice::<serde_json::Value>(trained.stdout.trim_ascii_end()).unwrap()
+    };
+    // Full fine-tuning writes a token classifier that `girder eval` scores with seqeval; the
+    // kept epoch's scores from training are the ones eval finds.
+    let full = dir.join("full");
+    let summary = train("full", &full);
+    assert_eq!(summary["method"], "full");
+    let eval = girder(&[
+        "eval",
+        "--model",
+        full.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let scores: serde_json::Value = serde_json::from_slice(eval.stdout.trim_ascii_end()).unwrap();
+    assert_eq!(scores["entities"]["micro"]["support"], 4);
+    let (a, b) = (
+        scores["entities"]["micro"]["f1"].as_f64().unwrap(),
+        summary["entities"]["micro"]["f1"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-9, "eval F1 {a} vs training's {b}");
+
+    // LoRA writes a TOKEN_CLS adapter that `girder run --adapter` applies to the base.
+    let adapter = dir.join("lora");
+    let summary = train("lora", &adapter);
+    assert_eq!(summary["adapter"], true);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["task_type"], "TOKEN_CLS");
+    let run = girder(&[
+        "run",
+        "token-classification",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--aggregation",
+        "none",
+        "Angela Merkel visited Paris",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let result: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii_end()).unwrap();
+    for entity in result["entities"].as_array().unwrap() {
+        let tag = entity["entity"].as_str().unwrap();
+        assert!(["B-PER", "I-PER", "B-LOC", "I-LOC"].contains(&tag), "{tag}");
+    }
+}
+
+#[test]
 fn bad_data_is_one_line_with_file_and_line() {
     let dir = scratch("bad");
     let data = dir.join("train.tsv");

@@ -355,6 +355,7 @@ fn lora_trains_only_adapters_and_merges_into_a_plain_folder() {
             tensors: bert.adapter_tensors(),
             datasets: vec!["train.tsv".into()],
             labels: data.labels.names(),
+            head: ClassifierHead::Sequence,
         },
         &adapter_dir,
     )

@@ -1,13 +1,14 @@
 //! `girder train <task>`: fine-tune a base model on labelled data and write a model folder
 //! that transformers loads unchanged; `girder eval`: score a model folder on labelled data.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use girder::pipelines::text_classification::{self as tc};
 use girder::pipelines::{LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
 use girder::train::bert::{Lora, TrainableBert};
 use girder::train::data::{
     bio_tags, read_classification, read_conll, ClassificationData, Columns, LabelSet,
+    TaggedSentence,
 };
 use girder::train::export::{
     write_lora_adapter, write_sequence_classifier, ClassifierHead, LoraAdapter, SequenceClassifier,
@@ -16,6 +17,7 @@ use girder::train::full::{self, EncodedSet};
 use girder::train::head::{self, EpochReport, FeatureSet, Observer, StepReport};
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
+use girder::train::seqeval::NerMetrics;
 use girder::train::{Method, Rng, TrainingArguments};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -163,7 +165,13 @@ impl Observer for Progress {
                 m.macro_f1,
                 m.confusion_table(&self.labels)
             ),
-            None => String::new(),
+            None => match &report.entities {
+                Some(m) => format!(
+                    ", eval entities precision {:.4}, recall {:.4}, F1 {:.4}",
+                    m.micro.precision, m.micro.recall, m.micro.f1
+                ),
+                None => String::new(),
+            },
         };
         self.bar.suspend(|| {
             eprintln!(
@@ -287,6 +295,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                         tensors: adapters,
                         datasets: vec![file_name(&args.data)],
                         labels: labels.names(),
+                        head: ClassifierHead::Sequence,
                     },
                     &args.out,
                 )
@@ -440,16 +449,19 @@ fn train_all(
     )?)
 }
 
-/// `girder train token-classification`: head-only on the frozen encoder's word features.
+/// `girder train token-classification`: head-only on the frozen encoder's word features, or
+/// full / LoRA through the trainable encoder.
 fn run_ner(args: TrainArgs) -> Result<()> {
-    if !matches!(args.method, MethodArg::Head) {
-        bail!("token-classification trains with --method head only so far");
-    }
+    let method = match args.method {
+        MethodArg::Head => Method::Head,
+        MethodArg::Full => Method::Full,
+        MethodArg::Lora => Method::Lora,
+    };
     let training = TrainingArguments {
         num_train_epochs: args.num_train_epochs,
         learning_rate: args
             .learning_rate
-            .unwrap_or_else(|| Method::Head.default_learning_rate()),
+            .unwrap_or_else(|| method.default_learning_rate()),
         per_device_train_batch_size: args.per_device_train_batch_size,
         weight_decay: args.weight_decay,
         warmup_ratio: args.warmup_ratio,
@@ -484,17 +496,144 @@ fn run_ner(args: TrainArgs) -> Result<()> {
     );
     let started = Instant::now();
     let mut progress = Progress::new(tags.names().to_vec());
+    let (trained, best_epoch, ner_metrics, epochs) = if method == Method::Head {
+        let (trained, metrics) = ner_head_only(
+            &model,
+            &train_sentences,
+            eval_sentences.as_deref(),
+            &tags,
+            &training,
+            &mut progress,
+        )?;
+        let best = trained.best_epoch;
+        (
+            vec![
+                ("classifier.weight".into(), trained.weight.clone()),
+                ("classifier.bias".into(), trained.bias.clone()),
+            ],
+            best,
+            metrics,
+            trained.epochs,
+        )
+    } else {
+        let mut rng = Rng::new(training.seed);
+        let mut bert = TrainableBert::load(&model.folder, &model.config, tags.len(), &mut rng)?;
+        if method == Method::Lora {
+            let adapted = bert.enable_lora(
+                Lora {
+                    r: args.lora_r,
+                    lora_alpha: args.lora_alpha,
+                    lora_dropout: args.lora_dropout,
+                    target_modules: args.target_modules.clone(),
+                },
+                &mut rng,
+            )?;
+            eprintln!("LoRA adapters on {} linear layers", adapted.len());
+        }
+        let train_encoded = ner::encode_sentences(&model, &train_sentences)?;
+        let eval_encoded = match &eval_sentences {
+            Some(s) => Some(ner::encode_sentences(&model, s)?),
+            None => None,
+        };
+        let eval_set = eval_sentences.as_deref().zip(eval_encoded.as_deref());
+        let t = full::train_token_classifier(
+            &mut bert,
+            &train_encoded,
+            eval_set,
+            &tags,
+            &training,
+            &mut progress,
+        )?;
+        progress.bar.finish_and_clear();
+        let metrics = t.epochs[t.best_epoch - 1].entities.clone();
+        if let (Some(adapters), false) = (t.adapters, args.merge) {
+            let lora = bert.lora().cloned().context("LoRA settings")?;
+            write_lora_adapter(
+                &LoraAdapter {
+                    base_reference: &args.base,
+                    lora: &lora,
+                    tensors: adapters,
+                    datasets: vec![file_name(&args.data)],
+                    labels: tags.names(),
+                    head: ClassifierHead::Token,
+                },
+                &args.out,
+            )
+            .with_context(|| format!("writing {}", args.out.display()))?;
+            print_entities(metrics.as_ref());
+            println!(
+                "{}",
+                serde_json::json!({
+                    "out": args.out,
+                    "method": "lora",
+                    "adapter": true,
+                    "best_epoch": t.best_epoch,
+                    "entities": metrics,
+                    "train_sentences": train_sentences.len(),
+                    "train_examples_per_s_by_epoch": t.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+                    "total_s": started.elapsed().as_secs_f64(),
+                })
+            );
+            return Ok(());
+        }
+        (t.tensors, t.best_epoch, metrics, t.epochs)
+    };
+    print_entities(ner_metrics.as_ref());
+    write_sequence_classifier(
+        &SequenceClassifier {
+            head: ClassifierHead::Token,
+            ner_evaluation: match (&args.eval, &ner_metrics) {
+                (Some(path), Some(m)) => Some((file_name(path), m)),
+                _ => None,
+            },
+            base: &model.folder,
+            base_reference: &args.base,
+            labels: &tags,
+            trained,
+            datasets: vec![file_name(&args.data)],
+            evaluation: None,
+            method: method.name(),
+            args: &training,
+            best_epoch,
+        },
+        &args.out,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": args.out,
+            "method": method.name(),
+            "best_epoch": best_epoch,
+            "entities": ner_metrics,
+            "train_sentences": train_sentences.len(),
+            "train_examples_per_s_by_epoch": epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+            "total_s": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+/// Head-only token classification: word features once, then the classifier; the entity
+/// scores of the kept head on the evaluation sentences.
+fn ner_head_only(
+    model: &Model,
+    train_sentences: &[TaggedSentence],
+    eval_sentences: Option<&[TaggedSentence]>,
+    tags: &LabelSet,
+    training: &TrainingArguments,
+    progress: &mut Progress,
+) -> Result<(head::TrainedHead, Option<NerMetrics>)> {
     progress.start(
         train_sentences.len(),
         "encoding {bar:30} {pos}/{len} sentences, {per_sec}, {elapsed}",
     );
-    let train_features = ner::word_features(&model, &train_sentences, &mut progress)?;
-    let eval_features = match &eval_sentences {
-        Some(s) => Some(ner::word_features(&model, s, &mut progress)?),
+    let train_features = ner::word_features(model, train_sentences, progress)?;
+    let eval_features = match eval_sentences {
+        Some(s) => Some(ner::word_features(model, s, progress)?),
         None => None,
     };
     progress.bar.finish_and_clear();
-    let features_s = started.elapsed().as_secs_f64();
     let eval_set = eval_features.as_ref().map(|f| FeatureSet {
         features: &f.features,
         labels: &f.labels,
@@ -506,75 +645,46 @@ fn run_ner(args: TrainArgs) -> Result<()> {
         },
         eval_set,
         tags.len(),
-        &training,
-        &mut progress,
+        training,
+        progress,
     )?;
     progress.bar.finish_and_clear();
-    let ner_metrics = match (&eval_sentences, &eval_features) {
+    let metrics = match (eval_sentences, &eval_features) {
         (Some(sentences), Some(features)) => {
             let predicted = head::predict(&features.features, &trained.weight, &trained.bias)?;
-            let words = ner::word_tags(sentences, features, &predicted, &tags);
-            Some(ner::score(sentences, &words, &tags))
+            let words = ner::word_tags(sentences, features, &predicted, tags);
+            Some(ner::score(sentences, &words, tags))
         }
         _ => None,
     };
-    if let Some(m) = &ner_metrics {
-        for (kind, s) in &m.per_type {
-            eprintln!(
-                "{kind:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
-                s.precision, s.recall, s.f1, s.support
-            );
-        }
+    Ok((trained, metrics))
+}
+
+/// The per-type and micro-averaged entity scores, on stderr.
+fn print_entities(metrics: Option<&NerMetrics>) {
+    let Some(m) = metrics else {
+        return;
+    };
+    for (kind, s) in &m.per_type {
         eprintln!(
-            "{:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
-            "micro avg", m.micro.precision, m.micro.recall, m.micro.f1, m.micro.support
+            "{kind:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
+            s.precision, s.recall, s.f1, s.support
         );
     }
-    write_sequence_classifier(
-        &SequenceClassifier {
-            head: ClassifierHead::Token,
-            ner_evaluation: match (&args.eval, &ner_metrics) {
-                (Some(path), Some(m)) => Some((file_name(path), m)),
-                _ => None,
-            },
-            base: &model.folder,
-            base_reference: &args.base,
-            labels: &tags,
-            trained: vec![
-                ("classifier.weight".into(), trained.weight.clone()),
-                ("classifier.bias".into(), trained.bias.clone()),
-            ],
-            datasets: vec![file_name(&args.data)],
-            evaluation: None,
-            method: "head",
-            args: &training,
-            best_epoch: trained.best_epoch,
-        },
-        &args.out,
-    )
-    .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "out": args.out,
-            "method": "head",
-            "best_epoch": trained.best_epoch,
-            "entities": ner_metrics,
-            "train_sentences": train_sentences.len(),
-            "features_s": features_s,
-            "total_s": started.elapsed().as_secs_f64(),
-        })
+    eprintln!(
+        "{:>12}  precision {:.4}  recall {:.4}  F1 {:.4}  support {}",
+        "micro avg", m.micro.precision, m.micro.recall, m.micro.f1, m.micro.support
     );
-    Ok(())
 }
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A text-classification model folder or hub id.
+    /// A text-classification or token-classification model folder or hub id.
     #[arg(long, short)]
     model: String,
-    /// Labelled data: .tsv / .csv (with a header row) or .jsonl; labels are names or ids of
-    /// the model's id2label.
+    /// Labelled data: for text classification .tsv / .csv (with a header row) or .jsonl,
+    /// labels as names or ids of the model's id2label; for token classification CoNLL/BIO
+    /// (`token<TAB>tag`, a blank line between sentences), tags from the model's id2label.
     #[arg(long)]
     data: PathBuf,
     #[arg(long, default_value = "text")]
@@ -598,6 +708,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
     let model = Model::load(&args.model, &options)?;
     let labels = LabelSet::new(model.config.id2label.clone())?;
+    if model.encoder.head() == girder::models::Head::TokenClassification {
+        return eval_ner(&args, &model, &labels);
+    }
     let data = read_classification(
         &args.data,
         &columns(&args.text_column, &args.label_column),
@@ -627,6 +740,25 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             "confusion": metrics.confusion,
             "labels": labels.names(),
             "count": metrics.count,
+        })
+    );
+    Ok(())
+}
+
+/// `girder eval` of a token classifier on CoNLL/BIO sentences: seqeval's entity-level
+/// precision, recall and F1 per type and micro-averaged, as JSON on stdout.
+fn eval_ner(args: &EvalArgs, model: &Model, tags: &LabelSet) -> Result<()> {
+    let (sentences, _) = read_conll(&args.data, Some(tags))?;
+    let predicted = ner::predict_word_tags(model, &sentences)?;
+    let metrics = ner::score(&sentences, &predicted, tags);
+    print_entities(Some(&metrics));
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": args.model,
+            "data": args.data,
+            "entities": metrics,
+            "sentences": sentences.len(),
         })
     );
     Ok(())

@@ -20,7 +20,7 @@ const CHUNK: usize = 1 << 14;
 /// `erf(x)` as a rational function of `x²` on `[-4, 4]` (where erf reaches ±1 in f32),
 /// Eigen's `generic_fast_erf_float`; within 5e-7 of the exact value (tested below).
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
@@ -43,7 +43,7 @@ fn erf(x: f32) -> f32 {
 /// uses (`x <= 0`). Underflows to about 1e-38 instead of 0 below -87, which a softmax
 /// normalised by a sum of at least 1 cannot tell apart.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     // Adding 1.5·2²³ rounds to an integer that then sits in the low mantissa bits: both `n`
     // and its bits without a float-to-int conversion, which would not vectorize (Rust's `as`
     // saturates, element by element).

@@ -6,7 +6,7 @@
 
 mod activation;
 mod attention;
-mod kernels;
+pub(crate) mod kernels;
 mod kv_cache;
 mod linear;
 mod norm;

@@ -4,18 +4,19 @@
 //! transposed once at load, LayerNorm and softmax are candle's fused kernels, which have no
 //! backward pass, and the weights are plain tensors. Training needs every weight as a
 //! [`Var`] and every operation on candle's autograd tape, so this module computes the same
-//! function from elementary, differentiable operations, on the same ragged batches
-//! (attention per sequence, no padding). `tests::agrees_with_the_inference_model` holds the
+//! function from differentiable operations (candle's, and the fused ones of [`super::ops`]
+//! with their closed-form gradients), on the same ragged batches (attention per sequence,
+//! no padding). `tests::agrees_with_the_inference_model` holds the
 //! two paths to the same output.
 
-use super::Rng;
+use super::{ops, Rng};
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::{ModelFolder, Weights};
 use crate::layers::Activation;
 use crate::models::bert::Config;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 
 /// BERT's weights as trainable variables, under transformers' names without the `bert.`
@@ -265,11 +266,7 @@ impl TrainableBert {
     fn layer_norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
         let w = self.var(&format!("{prefix}.weight"))?;
         let b = self.var(&format!("{prefix}.bias"))?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(variance + self.cfg.layer_norm_eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(w)?.broadcast_add(b)?)
+        ops::layer_norm(x, w, b, self.cfg.layer_norm_eps)
     }
 
     fn dropout(&self, x: Tensor, rng: &mut DropoutRng) -> Result<Tensor> {
@@ -300,13 +297,21 @@ impl TrainableBert {
     /// Pooled output `[num_seqs, hidden]` (`BertPooler`: tanh of a dense layer on the first
     /// token); `rng` turns dropout on.
     pub fn pooled(&self, batch: &RaggedBatch, rng: &mut DropoutRng) -> Result<Tensor> {
-        Ok(self.forward(batch, rng, false)?.0)
+        let (hidden, _) = self.encode(batch, rng, false)?;
+        self.pool(&hidden, batch, rng)
     }
 
-    /// The encoder and pooler. With `gather` and a trainable word-embedding table, the rows
-    /// the batch looks up become a leaf of their own ([`LookedUp`]), so that the backward
-    /// pass yields their gradient instead of one for the whole table.
-    fn forward(
+    fn pool(&self, hidden: &Tensor, batch: &RaggedBatch, rng: &mut DropoutRng) -> Result<Tensor> {
+        let first = Tensor::new(batch.first_token_rows(), hidden.device())?;
+        let cls = hidden.index_select(&first, 0)?;
+        Ok(self.linear(&cls, "pooler.dense", rng)?.tanh()?)
+    }
+
+    /// The encoder's last hidden state `[tokens, hidden]`. With `gather` and a trainable
+    /// word-embedding table, the rows the batch looks up become a leaf of their own
+    /// ([`LookedUp`]), so that the backward pass yields their gradient instead of one for the
+    /// whole table.
+    fn encode(
         &self,
         batch: &RaggedBatch,
         rng: &mut DropoutRng,
@@ -358,9 +363,7 @@ impl TrainableBert {
                 };
                 let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
                 let scores = (q.matmul(&k.t()?)? * scale)?; // [heads, len, len]
-                let max = scores.max_keepdim(D::Minus1)?.detach();
-                let exp = scores.broadcast_sub(&max)?.exp()?;
-                let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+                let probs = ops::softmax_last_dim(&scores)?;
                 let probs = self.dropout(probs, rng)?;
                 contexts.push(
                     probs
@@ -375,18 +378,16 @@ impl TrainableBert {
             let out = self.dropout(out, rng)?;
             let attended =
                 self.layer_norm(&(out + &x)?, &format!("{p}.attention.output.LayerNorm"))?;
-            let h = self.activation.forward(&self.linear(
-                &attended,
-                &format!("{p}.intermediate.dense"),
-                rng,
-            )?)?;
+            let h = self.linear(&attended, &format!("{p}.intermediate.dense"), rng)?;
+            let h = match self.activation {
+                Activation::Gelu => ops::gelu_erf(&h)?,
+                other => other.forward(&h)?,
+            };
             let out = self.linear(&h, &format!("{p}.output.dense"), rng)?;
             let out = self.dropout(out, rng)?;
             x = self.layer_norm(&(out + attended)?, &format!("{p}.output.LayerNorm"))?;
         }
-        let first = Tensor::new(batch.first_token_rows(), &device)?;
-        let cls = x.index_select(&first, 0)?;
-        Ok((self.linear(&cls, "pooler.dense", rng)?.tanh()?, looked_up))
+        Ok((x, looked_up))
     }
 
     /// Classifier logits `[num_seqs, num_labels]`; `rng` turns dropout on.
@@ -394,17 +395,31 @@ impl TrainableBert {
         Ok(self.training_logits(batch, rng, false)?.0)
     }
 
-    /// Classifier logits for a training step; with `gather`, the word-embedding rows the
-    /// batch used as their own leaf (see [`LookedUp`]), `None` when that table is frozen.
+    /// Sequence-classifier logits for a training step; with `gather`, the word-embedding rows
+    /// the batch used as their own leaf (see [`LookedUp`]), `None` when that table is frozen.
     pub fn training_logits(
         &self,
         batch: &RaggedBatch,
         rng: &mut DropoutRng,
         gather: bool,
     ) -> Result<(Tensor, Option<LookedUp>)> {
-        let (pooled, looked_up) = self.forward(batch, rng, gather)?;
+        let (hidden, looked_up) = self.encode(batch, rng, gather)?;
+        let pooled = self.pool(&hidden, batch, rng)?;
         let pooled = self.dropout(pooled, rng)?;
         Ok((self.linear(&pooled, "classifier", rng)?, looked_up))
+    }
+
+    /// Token-classifier logits `[tokens, num_labels]` (`BertForTokenClassification`: dropout,
+    /// then the classifier on every token's hidden state), as [`Self::training_logits`].
+    pub fn token_logits(
+        &self,
+        batch: &RaggedBatch,
+        rng: &mut DropoutRng,
+        gather: bool,
+    ) -> Result<(Tensor, Option<LookedUp>)> {
+        let (hidden, looked_up) = self.encode(batch, rng, gather)?;
+        let hidden = self.dropout(hidden, rng)?;
+        Ok((self.linear(&hidden, "classifier", rng)?, looked_up))
     }
 
     /// The word-embedding table, when it is trained.

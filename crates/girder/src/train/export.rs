@@ -344,7 +344,7 @@ fn model_card_text(model: &SequenceClassifier, out: &Path) -> Result<String> {
     Ok(y.join("\n") + "\n" + &body)
 }
 
-/// A LoRA adapter as PEFT writes it for `task_type = SEQ_CLS`.
+/// A LoRA adapter as PEFT writes it for `task_type = SEQ_CLS` or `TOKEN_CLS`.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter<'a> {
     /// `base_model_name_or_path`: what PEFT loads the base from (a folder or a hub id).
@@ -356,6 +356,8 @@ pub struct LoraAdapter<'a> {
     pub datasets: Vec<String>,
     /// The classifier's label names, by id.
     pub labels: &'a [String],
+    /// Sequence (`SEQ_CLS`) or token (`TOKEN_CLS`) classification.
+    pub head: ClassifierHead,
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` with PEFT's names
@@ -368,7 +370,10 @@ pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
+        "task_type": match adapter.head {
+            ClassifierHead::Sequence => "SEQ_CLS",
+            ClassifierHead::Token => "TOKEN_CLS",
+        },
         "base_model_name_or_path": adapter.base_reference,
         "r": adapter.lora.r,
         "lora_alpha": adapter.lora.lora_alpha,
@@ -441,14 +446,15 @@ pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
         "---".to_string(),
         format!("base_model: {}", yaml(adapter.base_reference)),
         "library_name: peft".into(),
-        "pipeline_tag: text-classification".into(),
+        format!("pipeline_tag: {}", adapter.head.task()),
         "datasets:".into(),
     ];
     card.extend(adapter.datasets.iter().map(|d| format!("- {}", yaml(d))));
     card.push("tags:\n- girder\n- lora\n---\n".into());
     card.push(format!(
-        "# LoRA adapter for `{}`\n\nTrained by `girder train text-classification --method lora` (r {}, alpha {}, dropout {}, target modules {}).\n",
+        "# LoRA adapter for `{}`\n\nTrained by `girder train {} --method lora` (r {}, alpha {}, dropout {}, target modules {}).\n",
         adapter.base_reference,
+        adapter.head.task(),
         adapter.lora.r,
         adapter.lora.lora_alpha,
         adapter.lora.lora_dropout,

@@ -1,11 +1,15 @@
-//! Full fine-tuning: every weight of the encoder, the pooler and the classifier is trained
-//! through the differentiable [`TrainableBert`], as transformers' Trainer does for
-//! `BertForSequenceClassification`.
+//! Full fine-tuning and LoRA: every weight of the encoder, the pooler and the classifier (or
+//! the LoRA adapters and the classifier) is trained through the differentiable
+//! [`TrainableBert`], as transformers' Trainer does for `BertForSequenceClassification` and
+//! `BertForTokenClassification`.
 
-use super::bert::TrainableBert;
+use super::bert::{LookedUp, TrainableBert};
+use super::data::{LabelSet, TaggedSentence};
 use super::head::{EpochReport, Observer, StepReport};
 use super::metrics::ClassificationMetrics;
+use super::ner::{self, EncodedSentence};
 use super::optim::{AdamW, AdamWSettings, SparseRows};
+use super::seqeval::NerMetrics;
 use super::{linear_schedule, Rng, TrainingArguments};
 use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
@@ -70,8 +74,9 @@ fn decays(name: &str) -> bool {
     !name.ends_with(".bias") && !name.contains("LayerNorm")
 }
 
-/// Trains every weight of `model` on `train` under a linear schedule, evaluating on
-/// `eval` after every epoch and keeping the best epoch's weights.
+/// Trains every weight of `model` (or its LoRA adapters and classifier) as a sequence
+/// classifier on `train` under a linear schedule, evaluating on `eval` after every epoch and
+/// keeping the best epoch's weights (by accuracy).
 pub fn train_full(
     model: &mut TrainableBert,
     train: EncodedSet,
@@ -80,7 +85,6 @@ pub fn train_full(
     args: &TrainingArguments,
     observer: &mut dyn Observer,
 ) -> Result<TrainedModel> {
-    args.validate()?;
     let examples = train.encodings.len();
     if examples != train.labels.len() || examples == 0 {
         return Err(Error::InvalidOption {
@@ -88,6 +92,145 @@ pub fn train_full(
             reason: format!("{} labels for {examples} examples", train.labels.len()),
         });
     }
+    let loss = |model: &TrainableBert, chunk: &[usize], rng: &mut Rng| {
+        let batch = RaggedBatch::from_encodings(chunk.iter().map(|&i| &train.encodings[i]));
+        let targets: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
+        let targets = Tensor::from_vec(targets, chunk.len(), &Device::Cpu)?;
+        let (logits, looked_up) = model.training_logits(&batch, &mut Some(rng), true)?;
+        Ok((
+            candle_nn::loss::cross_entropy(&logits, &targets)?,
+            looked_up,
+        ))
+    };
+    let evaluate = |model: &TrainableBert| -> Result<Evaluation> {
+        let Some(set) = eval else {
+            return Ok(Evaluation::default());
+        };
+        let metrics = ClassificationMetrics::compute(
+            set.labels,
+            &predict(model, set.encodings, 32)?,
+            num_labels,
+        );
+        Ok(Evaluation {
+            score: Some(metrics.accuracy),
+            classification: Some(metrics),
+            entities: None,
+        })
+    };
+    fit(model, examples, args, observer, &loss, &evaluate)
+}
+
+/// Trains `model` as a token classifier (`BertForTokenClassification`: the classifier on
+/// every token, the loss on each word's first subword) on `train`, evaluating with seqeval on
+/// `eval` (the sentences and their encodings) after every epoch and keeping the best epoch's
+/// weights (by micro-averaged entity F1).
+pub fn train_token_classifier(
+    model: &mut TrainableBert,
+    train: &[EncodedSentence],
+    eval: Option<(&[TaggedSentence], &[EncodedSentence])>,
+    tags: &LabelSet,
+    args: &TrainingArguments,
+    observer: &mut dyn Observer,
+) -> Result<TrainedModel> {
+    if train.is_empty() {
+        return Err(Error::EmptyInput);
+    }
+    let loss = |model: &TrainableBert, chunk: &[usize], rng: &mut Rng| {
+        let batch = ner::batch_of(train, chunk);
+        let rows = ner::labelled_rows(train, chunk, &batch);
+        let (logits, looked_up) = model.token_logits(&batch, &mut Some(rng), true)?;
+        let device = logits.device().clone();
+        let loss = if rows.is_empty() {
+            (logits.sum_all()? * 0.0)?
+        } else {
+            let picked = Tensor::new(rows.iter().map(|r| r.0).collect::<Vec<u32>>(), &device)?;
+            let targets = Tensor::new(
+                rows.iter().map(|r| r.2 as u32).collect::<Vec<u32>>(),
+                &device,
+            )?;
+            candle_nn::loss::cross_entropy(&logits.index_select(&picked, 0)?, &targets)?
+        };
+        Ok((loss, looked_up))
+    };
+    let evaluate = |model: &TrainableBert| -> Result<Evaluation> {
+        let Some((sentences, encoded)) = eval else {
+            return Ok(Evaluation::default());
+        };
+        let predicted = predict_word_tags(model, sentences, encoded, tags, 32)?;
+        let metrics = ner::score(sentences, &predicted, tags);
+        Ok(Evaluation {
+            score: Some(metrics.micro.f1),
+            classification: None,
+            entities: Some(metrics),
+        })
+    };
+    fit(model, train.len(), args, observer, &loss, &evaluate)
+}
+
+/// Each sentence's predicted tag per word (`O` for words cut off by truncation), dropout off.
+pub fn predict_word_tags(
+    model: &TrainableBert,
+    sentences: &[TaggedSentence],
+    encoded: &[EncodedSentence],
+    tags: &LabelSet,
+    batch_size: usize,
+) -> Result<Vec<Vec<String>>> {
+    let mut out: Vec<Vec<String>> = sentences
+        .iter()
+        .map(|s| vec!["O".to_string(); s.words.len()])
+        .collect();
+    let indices: Vec<usize> = (0..encoded.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = ner::batch_of(encoded, chunk);
+        let rows = ner::labelled_rows(encoded, chunk, &batch);
+        if rows.is_empty() {
+            continue;
+        }
+        let (logits, _) = model.token_logits(&batch, &mut None, false)?;
+        let picked = Tensor::new(
+            rows.iter().map(|r| r.0).collect::<Vec<u32>>(),
+            logits.device(),
+        )?;
+        let best = logits
+            .index_select(&picked, 0)?
+            .argmax(1)?
+            .to_vec1::<u32>()?;
+        for (&(_, (sentence, word), _), tag) in rows.iter().zip(best) {
+            if let (Some(slot), Some(name)) = (
+                out.get_mut(sentence).and_then(|s| s.get_mut(word)),
+                tags.names().get(tag as usize),
+            ) {
+                *slot = name.clone();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An evaluation after an epoch: the score that picks the kept epoch and the metrics.
+#[derive(Debug, Clone, Default)]
+struct Evaluation {
+    score: Option<f64>,
+    classification: Option<ClassificationMetrics>,
+    entities: Option<NerMetrics>,
+}
+
+/// A step's loss on the examples `chunk`, with the word-embedding rows it looked up.
+type StepLoss<'a> =
+    dyn Fn(&TrainableBert, &[usize], &mut Rng) -> Result<(Tensor, Option<LookedUp>)> + Sync + 'a;
+
+/// The training loop both heads share: shuffled batches, AdamW (weights decayed, biases and
+/// LayerNorm not) under transformers' linear schedule, an evaluation after each epoch, and
+/// the best epoch's weights kept.
+fn fit(
+    model: &mut TrainableBert,
+    examples: usize,
+    args: &TrainingArguments,
+    observer: &mut dyn Observer,
+    loss_of: &StepLoss,
+    evaluate: &(dyn Fn(&TrainableBert) -> Result<Evaluation> + Sync),
+) -> Result<TrainedModel> {
+    args.validate()?;
     model.dropout = args.classifier_dropout;
     let params = model
         .vars()
@@ -121,17 +264,15 @@ pub fn train_full(
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0;
         for chunk in order.chunks(batch_size) {
-            let batch = RaggedBatch::from_encodings(chunk.iter().map(|&i| &train.encodings[i]));
-            let targets: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
-            let targets = Tensor::from_vec(targets, chunk.len(), &Device::Cpu)?;
             let learning_rate = args.learning_rate * linear_schedule(step, warmup, total_steps);
             optimizer.set_learning_rate(learning_rate);
             let model = &*model;
             let rng = &mut rng;
             let optimizer = &mut optimizer;
-            let loss = in_thread_pool(move || -> Result<Tensor> {
-                let (logits, looked_up) = model.training_logits(&batch, &mut Some(rng), true)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            // On rayon's pool: candle's matrix products run there, and from this thread each
+            // would be handed over and waited for.
+            let loss = in_thread_pool(move || -> Result<f32> {
+                let (loss, looked_up) = loss_of(model, chunk, rng)?;
                 let grads = loss.backward()?;
                 match (&looked_up, model.word_embeddings()) {
                     (Some(rows), Some(table)) => {
@@ -150,10 +291,9 @@ pub fn train_full(
                     }
                     _ => optimizer.step(&grads, &[])?,
                 }
-                Ok(loss)
+                Ok(loss.to_scalar::<f32>()?)
             })?;
             step += 1;
-            let loss = loss.to_scalar::<f32>()?;
             loss_sum += loss as f64;
             observer.step(&StepReport {
                 epoch,
@@ -164,15 +304,8 @@ pub fn train_full(
             });
         }
         let seconds = started.elapsed().as_secs_f64();
-        let eval_metrics = match eval {
-            Some(set) => Some(ClassificationMetrics::compute(
-                set.labels,
-                &predict(model, set.encodings, 32)?,
-                num_labels,
-            )),
-            None => None,
-        };
-        let score = eval_metrics.as_ref().map_or(epoch as f64, |m| m.accuracy);
+        let evaluation = in_thread_pool(|| evaluate(model))?;
+        let score = evaluation.score.unwrap_or(epoch as f64);
         if best.as_ref().is_none_or(|(_, s, _, _)| score > *s) {
             // Copies: the variables' storage keeps changing in the later epochs.
             let snapshot = model
@@ -196,7 +329,8 @@ pub fn train_full(
             epoch,
             train_loss: loss_sum / steps_per_epoch as f64,
             examples_per_s: examples as f64 / seconds.max(1e-9),
-            eval: eval_metrics,
+            eval: evaluation.classification,
+            entities: evaluation.entities,
         };
         observer.epoch(&report);
         epochs.push(report);

@@ -48,6 +48,8 @@ pub struct EpochReport {
     /// Training examples per second in this epoch (head steps only).
     pub examples_per_s: f64,
     pub eval: Option<ClassificationMetrics>,
+    /// Entity-level scores (token classification trained through the encoder).
+    pub entities: Option<super::seqeval::NerMetrics>,
 }
 
 /// Pooled features of `texts`: `[texts, hidden]`, row `i` for text `i`. The model must have
@@ -226,6 +228,7 @@ pub fn train_head(
             train_loss: loss_sum / steps_per_epoch as f64,
             examples_per_s: examples as f64 / seconds.max(1e-9),
             eval: eval_metrics,
+            entities: None,
         };
         observer.epoch(&report);
         epochs.push(report);

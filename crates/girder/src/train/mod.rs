@@ -16,6 +16,7 @@ pub mod full;
 pub mod head;
 pub mod metrics;
 pub mod ner;
+pub mod ops;
 pub mod optim;
 pub mod seqeval;
 

@@ -22,9 +22,77 @@ pub struct WordFeatures {
     pub words: Vec<(usize, usize)>,
 }
 
+/// A sentence tokenized from its words: ids, token types, each token's word, and each
+/// token's tag id (the first subword of a word gets the word's tag, the others and the
+/// special tokens [`IGNORE_INDEX`]).
+#[derive(Debug, Clone)]
+pub struct EncodedSentence {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub word_ids: Vec<Option<u32>>,
+    pub tags: Vec<i64>,
+}
+
 /// Tokenizes each sentence's words (pre-tokenized input, special tokens added, truncated
-/// under the model's policy), runs the frozen encoder and keeps each word's first-subword
-/// row. Words cut off by truncation have no row (they are predicted `O`).
+/// under the model's policy) and aligns the tags to the subwords.
+pub fn encode_sentences(
+    model: &Model,
+    sentences: &[TaggedSentence],
+) -> Result<Vec<EncodedSentence>> {
+    sentences
+        .iter()
+        .enumerate()
+        .map(|(index, sentence)| {
+            let pieces: Vec<&str> = sentence.words.iter().map(String::as_str).collect();
+            let encoding = model
+                .tokenizer
+                .inner()
+                .encode(pieces.as_slice(), true)
+                .map_err(|e| Error::Tokenize {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            Ok(EncodedSentence {
+                tags: align_tags(encoding.get_word_ids(), &sentence.tags)?,
+                ids: encoding.get_ids().to_vec(),
+                type_ids: encoding.get_type_ids().to_vec(),
+                word_ids: encoding.get_word_ids().to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// The sentences `indices` of `encoded` as one packed batch.
+pub fn batch_of(encoded: &[EncodedSentence], indices: &[usize]) -> RaggedBatch {
+    let mut batch = RaggedBatch::from_encodings([]);
+    for &i in indices {
+        batch.push(&encoded[i].ids, &encoded[i].type_ids);
+    }
+    batch
+}
+
+/// The rows of `batch` (built by [`batch_of`] from `indices`) that carry a word's tag, with
+/// their `(sentence, word)` and gold tag.
+pub fn labelled_rows(
+    encoded: &[EncodedSentence],
+    indices: &[usize],
+    batch: &RaggedBatch,
+) -> Vec<(u32, (usize, usize), usize)> {
+    let mut rows = Vec::new();
+    for (slot, &i) in indices.iter().enumerate() {
+        let start = batch.seq_range(slot).start;
+        for (token, &tag) in encoded[i].tags.iter().enumerate() {
+            if tag != IGNORE_INDEX {
+                let word = encoded[i].word_ids[token].unwrap_or_default() as usize;
+                rows.push(((start + token) as u32, (i, word), tag as usize));
+            }
+        }
+    }
+    rows
+}
+
+/// Runs the frozen encoder over the sentences and keeps each word's first-subword row.
+/// Words cut off by truncation have no row (they are predicted `O`).
 pub fn word_features(
     model: &Model,
     sentences: &[TaggedSentence],
@@ -37,48 +105,25 @@ pub fn word_features(
     let mut done = 0;
     for (w, window) in sentences.chunks(WINDOW).enumerate() {
         let first = w * WINDOW;
-        let mut batch_sentences = Vec::with_capacity(window.len());
-        let mut aligned = Vec::with_capacity(window.len());
-        for (i, sentence) in window.iter().enumerate() {
-            let pieces: Vec<&str> = sentence.words.iter().map(String::as_str).collect();
-            let encoding = model
-                .tokenizer
-                .inner()
-                .encode(pieces.as_slice(), true)
-                .map_err(|e| Error::Tokenize {
-                    index: first + i,
-                    reason: e.to_string(),
-                })?;
-            aligned.push(align_tags(encoding.get_word_ids(), &sentence.tags)?);
-            // Each token's word, to map rows back to words.
-            let word_ids: Vec<Option<u32>> = encoding.get_word_ids().to_vec();
-            batch_sentences.push((
-                encoding.get_ids().to_vec(),
-                encoding.get_type_ids().to_vec(),
-                word_ids,
-            ));
-        }
+        let encoded = encode_sentences(model, window).map_err(|e| match e {
+            Error::Tokenize { index, reason } => Error::Tokenize {
+                index: first + index,
+                reason,
+            },
+            other => other,
+        })?;
         // One sequence at a time would be slow; pack the window under the model's budget.
-        let lengths: Vec<usize> = batch_sentences.iter().map(|s| s.0.len()).collect();
+        let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
         for indices in crate::batch::plan_batches(&lengths, model.max_batch_tokens) {
-            let mut batch = RaggedBatch::from_encodings([]);
-            for &i in &indices {
-                batch.push(&batch_sentences[i].0, &batch_sentences[i].1);
-            }
+            let batch = batch_of(&encoded, &indices);
             let out = model.encoder.encode(&batch)?;
-            let mut picked = Vec::new();
-            for (slot, &i) in indices.iter().enumerate() {
-                let start = batch.seq_range(slot).start;
-                for (token, &label) in aligned[i].iter().enumerate() {
-                    if label != IGNORE_INDEX {
-                        picked.push((start + token) as u32);
-                        labels.push(label as usize);
-                        let word = batch_sentences[i].2[token].unwrap_or_default() as usize;
-                        words.push((first + i, word));
-                    }
-                }
+            let picked = labelled_rows(&encoded, &indices, &batch);
+            for &(_, (sentence, word), tag) in &picked {
+                labels.push(tag);
+                words.push((first + sentence, word));
             }
             if !picked.is_empty() {
+                let picked: Vec<u32> = picked.iter().map(|p| p.0).collect();
                 let picked = Tensor::new(picked, out.last_hidden_state.device())?;
                 rows.push(out.last_hidden_state.index_select(&picked, 0)?);
             }
@@ -130,4 +175,36 @@ pub fn score(
         .map(|s| s.tags.iter().map(|&t| tags.names()[t].clone()).collect())
         .collect();
     NerMetrics::compute(&gold, predicted)
+}
+
+/// Each sentence's predicted tag per word (`O` for words cut off by truncation) by a
+/// token-classification `model` (inference path), for `girder eval` on CoNLL/BIO files.
+pub fn predict_word_tags(model: &Model, sentences: &[TaggedSentence]) -> Result<Vec<Vec<String>>> {
+    let names = &model.config.id2label;
+    let mut out: Vec<Vec<String>> = sentences
+        .iter()
+        .map(|s| vec!["O".to_string(); s.words.len()])
+        .collect();
+    let encoded = encode_sentences(model, sentences)?;
+    let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
+    for indices in crate::batch::plan_batches(&lengths, model.max_batch_tokens) {
+        let batch = batch_of(&encoded, &indices);
+        let picked = labelled_rows(&encoded, &indices, &batch);
+        if picked.is_empty() {
+            continue;
+        }
+        let out_rows = model.encoder.encode(&batch)?;
+        let rows: Vec<u32> = picked.iter().map(|p| p.0).collect();
+        let logits = model.encoder.head_logits(&out_rows, &batch, Some(&rows))?;
+        let best = logits.argmax(1)?.to_vec1::<u32>()?;
+        for (&(_, (sentence, word), _), tag) in picked.iter().zip(best) {
+            if let (Some(slot), Some(name)) = (
+                out.get_mut(sentence).and_then(|s| s.get_mut(word)),
+                names.get(tag as usize),
+            ) {
+                *slot = name.clone();
+            }
+        }
+    }
+    Ok(out)
 }

@@ -94,8 +94,9 @@ impl AdamW {
     }
 
     /// One update of every parameter: from `grads`, or from `sparse` for the tables it names.
-    /// A parameter that received no gradient is updated with a zero gradient, as PyTorch
-    /// does for a parameter whose `.grad` is zero (its moments decay, its weight moves).
+    /// A parameter that received no gradient at all is left alone, as PyTorch skips one whose
+    /// `.grad` is `None` (the pooler of a token classifier); a table's rows outside `sparse`
+    /// are updated with a zero gradient, as PyTorch's dense embedding gradient would.
     pub fn step(&mut self, grads: &GradStore, sparse: &[SparseRows]) -> Result<()> {
         self.steps += 1;
         let s = self.settings;
@@ -135,12 +136,6 @@ impl AdamW {
                 })?;
             } else if let Some(grad) = grads.get(theta) {
                 theta.inplace_op2(&grad.contiguous()?, &update)?;
-            } else {
-                theta.inplace_op1(&SparseUpdate {
-                    update,
-                    width: theta.elem_count().max(1),
-                    summed: Default::default(),
-                })?;
             }
         }
         Ok(())
