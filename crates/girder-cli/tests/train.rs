@@ -283,7 +283,11 @@ fn token_classification_full_and_lora_then_eval() {
         "--data",
         data.to_str().unwrap(),
     ]);
-    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
     let scores: serde_json::Value = serde_json::from_slice(eval.stdout.trim_ascii_end()).unwrap();
     assert_eq!(scores["entities"]["micro"]["support"], 4);
     let (a, b) = (
@@ -312,7 +316,11 @@ fn token_classification_full_and_lora_then_eval() {
         "none",
         "Angela Merkel visited Paris",
     ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii_end()).unwrap();
     for entity in result["entities"].as_array().unwrap() {
         let tag = entity["entity"].as_str().unwrap();

@@ -31,3 +31,19 @@ pub mod tokenize;
 pub mod train;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod test_support {
+    use candle_core::Tensor;
+
+    /// `max |a - b|` over all elements (same shapes).
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_dtype(candle_core::DType::F32))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("tensors of the same shape")
+    }
+}

@@ -267,12 +267,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             )
         }
         Method::Full | Method::Lora => {
-            let lora = (method == Method::Lora).then(|| Lora {
-                r: args.lora_r,
-                lora_alpha: args.lora_alpha,
-                lora_dropout: args.lora_dropout,
-                target_modules: args.target_modules.clone(),
-            });
+            let lora = (method == Method::Lora).then(|| lora_of(&args));
             let t = train_all(
                 &model,
                 &train_data,
@@ -282,24 +277,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 &mut progress,
             )?;
             if let (Some(adapters), false) = (t.adapters, args.merge) {
-                let lora = Lora {
-                    r: args.lora_r,
-                    lora_alpha: args.lora_alpha,
-                    lora_dropout: args.lora_dropout,
-                    target_modules: args.target_modules.clone(),
-                };
-                write_lora_adapter(
-                    &LoraAdapter {
-                        base_reference: &args.base,
-                        lora: &lora,
-                        tensors: adapters,
-                        datasets: vec![file_name(&args.data)],
-                        labels: labels.names(),
-                        head: ClassifierHead::Sequence,
-                    },
-                    &args.out,
-                )
-                .with_context(|| format!("writing {}", args.out.display()))?;
+                write_adapter(&args, adapters, labels.names(), ClassifierHead::Sequence)?;
                 let kept = t.epochs[t.best_epoch - 1].eval.clone();
                 println!(
                     "{}",
@@ -519,15 +497,7 @@ fn run_ner(args: TrainArgs) -> Result<()> {
         let mut rng = Rng::new(training.seed);
         let mut bert = TrainableBert::load(&model.folder, &model.config, tags.len(), &mut rng)?;
         if method == Method::Lora {
-            let adapted = bert.enable_lora(
-                Lora {
-                    r: args.lora_r,
-                    lora_alpha: args.lora_alpha,
-                    lora_dropout: args.lora_dropout,
-                    target_modules: args.target_modules.clone(),
-                },
-                &mut rng,
-            )?;
+            let adapted = bert.enable_lora(lora_of(&args), &mut rng)?;
             eprintln!("LoRA adapters on {} linear layers", adapted.len());
         }
         let train_encoded = ner::encode_sentences(&model, &train_sentences)?;
@@ -547,19 +517,7 @@ fn run_ner(args: TrainArgs) -> Result<()> {
         progress.bar.finish_and_clear();
         let metrics = t.epochs[t.best_epoch - 1].entities.clone();
         if let (Some(adapters), false) = (t.adapters, args.merge) {
-            let lora = bert.lora().cloned().context("LoRA settings")?;
-            write_lora_adapter(
-                &LoraAdapter {
-                    base_reference: &args.base,
-                    lora: &lora,
-                    tensors: adapters,
-                    datasets: vec![file_name(&args.data)],
-                    labels: tags.names(),
-                    head: ClassifierHead::Token,
-                },
-                &args.out,
-            )
-            .with_context(|| format!("writing {}", args.out.display()))?;
+            write_adapter(&args, adapters, tags.names(), ClassifierHead::Token)?;
             print_entities(metrics.as_ref());
             println!(
                 "{}",
@@ -658,6 +616,37 @@ fn ner_head_only(
         _ => None,
     };
     Ok((trained, metrics))
+}
+
+/// The LoRA settings of the command line.
+fn lora_of(args: &TrainArgs) -> Lora {
+    Lora {
+        r: args.lora_r,
+        lora_alpha: args.lora_alpha,
+        lora_dropout: args.lora_dropout,
+        target_modules: args.target_modules.clone(),
+    }
+}
+
+/// Writes the trained adapters and classifier as a PEFT adapter folder at `--out`.
+fn write_adapter(
+    args: &TrainArgs,
+    adapters: Vec<(String, candle_core::Tensor)>,
+    labels: &[String],
+    head: ClassifierHead,
+) -> Result<()> {
+    write_lora_adapter(
+        &LoraAdapter {
+            base_reference: &args.base,
+            lora: &lora_of(args),
+            tensors: adapters,
+            datasets: vec![file_name(&args.data)],
+            labels,
+            head,
+        },
+        &args.out,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))
 }
 
 /// The per-type and micro-averaged entity scores, on stderr.

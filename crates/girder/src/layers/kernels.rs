@@ -343,6 +343,7 @@ pub fn add_in_place(x: Tensor, y: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::Device;
 
     fn grid() -> Vec<f32> {
@@ -384,18 +385,6 @@ mod tests {
     #[test]
     fn kernels_match_candle() {
         let x = Tensor::randn(0f32, 3.0, (7, 301), &Device::Cpu).unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         let ours = gelu_erf(x.copy().unwrap()).unwrap();
         assert!(max_diff(&ours, &x.gelu_erf().unwrap()) < 2e-6);
         let ours = softmax_last_dim(x.copy().unwrap()).unwrap();

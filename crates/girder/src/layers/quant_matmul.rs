@@ -588,6 +588,7 @@ fn f16_to_f32(bits: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
 
     /// `x` with every block replaced by what the kernel multiplies: `scale · q`.
     fn rounded(x: &Tensor) -> Tensor {
@@ -599,19 +600,6 @@ mod tests {
                 .map(|(j, &q)| q as f32 * a.scales[j / BLOCK * 8])
                 .collect();
         Tensor::from_vec(back, (n, cols), &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Every kernel this CPU has, and the scalar one, against the dequantized weights times

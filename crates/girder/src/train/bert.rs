@@ -505,16 +505,7 @@ mod tests {
         let inference = model.encoder.encode(&batch).unwrap().pooler_output.unwrap();
         let bert = TrainableBert::load(&model.folder, &model.config, 2, &mut Rng::new(0)).unwrap();
         let trainable = bert.pooled(&batch, &mut None).unwrap();
-        let diff = (inference - trainable)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_support::max_diff(&inference, &trainable);
         assert!(diff < 1e-5, "the two forward paths differ by {diff}");
     }
 

@@ -374,16 +374,7 @@ mod tests {
             ours.step(&grads, &sparse).unwrap();
         }
         for (a, b) in [(&w, &w_ref), (&table, &t_ref)] {
-            let diff = (a.as_tensor() - b.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_support::max_diff(a.as_tensor(), b.as_tensor());
             assert!(diff < 1e-6, "parameters differ by {diff}");
         }
         // Row 1 and 3 never had a gradient: only the weight decay moved them.
