@@ -195,10 +195,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    if let TrainTask::TokenClassification = args.task {
-        return run_ner(args);
-    }
+/// The method and the optimisation settings of the command line.
+fn settings(args: &TrainArgs) -> Result<(Method, TrainingArguments)> {
     let method = match args.method {
         MethodArg::Head => Method::Head,
         MethodArg::Full => Method::Full,
@@ -217,6 +215,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..TrainingArguments::default()
     };
     training.validate()?;
+    Ok((method, training))
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    if let TrainTask::TokenClassification = args.task {
+        return run_ner(args);
+    }
+    let (method, training) = settings(&args)?;
     let cols = columns(&args.text_column, &args.label_column);
     let labels = match &args.labels {
         Some(names) => Some(LabelSet::new(names.clone())?),
@@ -430,24 +436,7 @@ fn train_all(
 /// `girder train token-classification`: head-only on the frozen encoder's word features, or
 /// full / LoRA through the trainable encoder.
 fn run_ner(args: TrainArgs) -> Result<()> {
-    let method = match args.method {
-        MethodArg::Head => Method::Head,
-        MethodArg::Full => Method::Full,
-        MethodArg::Lora => Method::Lora,
-    };
-    let training = TrainingArguments {
-        num_train_epochs: args.num_train_epochs,
-        learning_rate: args
-            .learning_rate
-            .unwrap_or_else(|| method.default_learning_rate()),
-        per_device_train_batch_size: args.per_device_train_batch_size,
-        weight_decay: args.weight_decay,
-        warmup_ratio: args.warmup_ratio,
-        seed: args.seed,
-        classifier_dropout: args.classifier_dropout,
-        ..TrainingArguments::default()
-    };
-    training.validate()?;
+    let (method, training) = settings(&args)?;
     let fixed = match &args.labels {
         Some(types) => Some(bio_tags(types)?),
         None => None,

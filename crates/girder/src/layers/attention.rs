@@ -12,6 +12,27 @@ use rayon::prelude::*;
 /// candle's `flash_attn_varlen_cpu` computes the same with a scalar dot product and one
 /// `exp` per query-key pair in its online softmax; on 512-token inputs it spent over half
 /// the forward pass there (perf, workload (c) of the encoder benchmark).
+/// Bidirectional self-attention of a packed batch from its fused projection: `qkv` is
+/// `[total_tokens, 3 · heads · head_dim]` (queries, keys, values side by side, as
+/// [`super::Linear::concat`] of the three projections gives it). Returns the context
+/// `[total_tokens, heads · head_dim]`, before the output projection.
+pub fn packed_self_attention(
+    qkv: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    cu_seqlens: &[u32],
+) -> Result<Tensor> {
+    let n = qkv.dim(0)?;
+    // [n, 3 · heads, head_dim]: q, k and v as views, heads `0..`, `heads..`, `2 · heads..`
+    let qkv = qkv.reshape((n, 3 * heads, head_dim))?;
+    let (q, k, v) = (
+        qkv.narrow(1, 0, heads)?,
+        qkv.narrow(1, heads, heads)?,
+        qkv.narrow(1, 2 * heads, heads)?,
+    );
+    Ok(varlen_attention(&q, &k, &v, cu_seqlens)?.reshape((n, heads * head_dim))?)
+}
+
 pub fn varlen_attention(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &[u32]) -> Result<Tensor> {
     let head_dim = q.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();

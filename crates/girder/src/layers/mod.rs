@@ -16,7 +16,9 @@ pub mod rope;
 pub mod skinny_matmul;
 
 pub use activation::Activation;
-pub use attention::{causal_attention, ragged_causal_attention, varlen_attention};
+pub use attention::{
+    causal_attention, packed_self_attention, ragged_causal_attention, varlen_attention,
+};
 pub use kernels::{add_in_place, gelu_erf, silu_mul, softmax_last_dim};
 pub use kv_cache::KvCache;
 pub use linear::Linear;

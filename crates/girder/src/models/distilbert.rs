@@ -11,7 +11,9 @@ use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
-use crate::layers::{add_in_place, layer_norm, varlen_attention, Activation, Embedding, Linear};
+use crate::layers::{
+    add_in_place, layer_norm, packed_self_attention, Activation, Embedding, Linear,
+};
 use candle_core::Tensor;
 use candle_nn::{LayerNorm, Module};
 use serde::Deserialize;
@@ -135,20 +137,13 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, t: &BatchTensors) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let heads = self.n_heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((n, 3 * heads, self.head_dim))?;
-        let (q, k, v) = (
-            qkv.narrow(1, 0, heads)?,
-            qkv.narrow(1, heads, heads)?,
-            qkv.narrow(1, 2 * heads, heads)?,
-        );
-        let context = varlen_attention(&q, &k, &v, &t.cu_seqlens)?; // [n, heads, head_dim]
-        self.out_lin
-            .forward(&context.reshape((n, self.n_heads * self.head_dim))?)
+        let context = packed_self_attention(
+            &self.qkv.forward(x)?,
+            self.n_heads,
+            self.head_dim,
+            &t.cu_seqlens,
+        )?;
+        self.out_lin.forward(&context)
     }
 }
 
