@@ -11,7 +11,7 @@ use super::{Finding, Report, Severity};
 use crate::error::Result;
 use crate::generate::TextGenerator;
 
-/// The checks of [`generator`] and what they find.
+/// The checks of this module and what they find.
 ///
 /// ```
 /// # fn main() -> girder::Result<()> {

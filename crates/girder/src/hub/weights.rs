@@ -68,7 +68,7 @@ impl Weights {
         })
     }
 
-    /// Serves the tensors of a GGUF file; with `keep_quantized`, [`qmatmul`](Self::qmatmul)
+    /// Serves the tensors of a GGUF file; with `keep_quantized`, [`qtensor`](Self::qtensor)
     /// hands out its quantized matrices (otherwise everything is dequantized to `dtype`).
     pub fn from_gguf(gguf: GgufFile, keep_quantized: bool, dtype: DType, device: &Device) -> Self {
         Weights {

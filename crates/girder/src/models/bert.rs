@@ -3,7 +3,7 @@
 //! Follows transformers' `models/bert/modeling_bert.py`: embeddings → self-attention →
 //! feed-forward → layers → pooler → heads. Runs on ragged batches: every block sees
 //! `[total_tokens, hidden]`, attention runs per sequence (see [`crate::layers`]).
-//! RoBERTa reuses [`Encoder`] and [`Config`] from here and brings its own embeddings and heads.
+//! RoBERTa reuses the `Encoder` and [`Config`] from here and brings its own embeddings and heads.
 
 use super::heads::{first_tokens, tied_decoder, EncoderHead, WithHead};
 use super::{EncoderForward, EncoderOutput, Head};

@@ -2,7 +2,7 @@
 //! (Conneau et al., 2019, <https://arxiv.org/abs/1911.02116>), which share one implementation.
 //!
 //! Follows transformers' `models/roberta/modeling_roberta.py`. The layers are BERT's
-//! ([`super::bert::Encoder`]); what differs is the embeddings (positions start after
+//! (`bert::Encoder`); what differs is the embeddings (positions start after
 //! `padding_idx`) and the heads (a two-layer classification head, an LM head with GELU).
 
 use super::bert::{base_weights, Config, Encoder, Pooler};

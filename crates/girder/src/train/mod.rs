@@ -1,13 +1,14 @@
 //! Fine-tuning: train a classification head on labelled data and write a model folder
 //! that transformers loads unchanged.
 //!
-//! Training runs on candle's autograd ([`candle_core::Var`]) with [`candle_nn::AdamW`] and
-//! transformers' linear warm-up and decay schedule. The head-only method
-//! ([`head::train_head`]) freezes the encoder: each text's pooled features are computed
-//! once by the inference model, then only the classifier is trained, as
-//! `BertForSequenceClassification` with a frozen `bert` would be. Full fine-tuning
-//! ([`full::train_full`]) trains every weight through [`bert::TrainableBert`], a
-//! differentiable twin of the inference model.
+//! Training runs on candle's autograd ([`candle_core::Var`]) with an in-place AdamW
+//! ([`optim::AdamW`], PyTorch's update rule) and transformers' linear warm-up and decay
+//! schedule. The head-only method ([`head::train_head`]) freezes the encoder: each text's
+//! pooled features are computed once by the inference model, then only the classifier is
+//! trained, as `BertForSequenceClassification` with a frozen `bert` would be. Full
+//! fine-tuning and LoRA ([`full::train_full`], [`full::train_token_classifier`]) train
+//! through [`bert::TrainableBert`], a differentiable twin of the inference model whose
+//! LayerNorm, softmax and GELU are fused operations with closed-form gradients ([`ops`]).
 
 pub mod bert;
 pub mod data;
