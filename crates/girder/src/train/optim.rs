@@ -174,13 +174,20 @@ impl Update<'_> {
     /// PyTorch's `_single_tensor_adamw`: decay the weight, update the moments, step along
     /// `m̂ / (√v̂ + eps)`. `grad` `None` is a zero gradient.
     fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], grad: Option<&[f32]>) {
-        let (b1, b2) = (self.beta1, self.beta2);
-        for i in 0..theta.len() {
-            let g = grad.map_or(0.0, |g| g[i]);
-            m[i] = b1 * m[i] + (1.0 - b1) * g;
-            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-            let denom = v[i].sqrt() * self.inv_sqrt_bias2 + self.eps;
-            theta[i] = theta[i] * self.decay - self.step_size * m[i] / denom;
+        // Zipped slices, no indexing: the loop vectorizes (square root and division
+        // included) only without bounds checks.
+        let step = |t: &mut f32, m: &mut f32, v: &mut f32, g: f32| {
+            *m = self.beta1 * *m + (1.0 - self.beta1) * g;
+            *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
+            let denom = v.sqrt() * self.inv_sqrt_bias2 + self.eps;
+            *t = *t * self.decay - self.step_size * *m / denom;
+        };
+        let moments = theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut());
+        match grad {
+            Some(grad) => moments
+                .zip(grad)
+                .for_each(|(((t, m), v), &g)| step(t, m, v, g)),
+            None => moments.for_each(|((t, m), v)| step(t, m, v, 0.0)),
         }
     }
 
