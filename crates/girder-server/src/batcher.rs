@@ -2,11 +2,11 @@
 //! under a token budget and another, which owns the model, runs each batch in one ragged
 //! forward pass and answers every request with its own rows.
 //!
-//! The two threads overlap: while the model thread computes batch N, the batcher thread has
-//! already formed batch N+1 from the queue (a channel of one batch between them, as TEI's
-//! `core/src/queue.rs` hands batches to its backend). Only requests with equal [`Work`] share a
-//! batch; the batcher stops packing at the first request that differs or does not fit, and
-//! that request heads the next batch, so order is kept.
+//! The two threads overlap: while the model thread computes batch N, the batcher thread forms
+//! batch N+1 from the queue, adding every request that arrives until the model takes it
+//! ([`NextBatch`]). Only requests with equal [`Work`] share a batch; a request that differs or
+//! does not fit waits for the model to take the batch and heads the next one, so order is
+//! kept.
 //!
 //! A failed batch is rerun one request at a time, so that one bad input fails only its own
 //! request; a panic in the model is caught and answered as a 500 to the requests it hit, and
@@ -18,7 +18,7 @@ use crate::metrics as m;
 use girder::tokenize::Encoded;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,16 +57,17 @@ impl Batcher {
     ) -> std::io::Result<Batcher> {
         let max_queue = max_queue.max(1);
         let (tx, rx) = mpsc::channel::<Job>(max_queue);
-        let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Vec<Job>>(1);
+        let next = Arc::new(NextBatch::default());
         let alive = Arc::new(AtomicBool::new(true));
+        let forming = next.clone();
         std::thread::Builder::new()
             .name("girder-batcher".into())
-            .spawn(move || form_batches(rx, batch_tx, max_batch_tokens.max(1)))?;
+            .spawn(move || form_batches(rx, &forming, max_batch_tokens.max(1)))?;
         let model_alive = alive.clone();
         std::thread::Builder::new()
             .name("girder-model".into())
             .spawn(move || {
-                run_batches(&*runner, batch_rx);
+                run_batches(&*runner, &next);
                 model_alive.store(false, Ordering::SeqCst);
             })?;
         Ok(Batcher {
@@ -112,44 +113,85 @@ impl Batcher {
     }
 }
 
-/// The batcher thread: packs queued jobs into batches until the queue closes.
-fn form_batches(
-    mut rx: mpsc::Receiver<Job>,
-    batches: std_mpsc::SyncSender<Vec<Job>>,
-    max_batch_tokens: usize,
-) {
-    let mut carry: Option<Job> = None;
-    loop {
-        let Some(first) = carry.take().or_else(|| rx.blocking_recv()) else {
-            return;
-        };
-        let mut tokens = first.tokens();
-        let mut batch = vec![first];
-        while let Ok(job) = rx.try_recv() {
-            let fits = tokens + job.tokens() <= max_batch_tokens;
-            if job.work == batch[0].work && fits {
-                tokens += job.tokens();
-                batch.push(job);
-            } else {
-                carry = Some(job);
+/// The batch being formed. The batcher thread adds each queued job to it while the model
+/// computes the previous batch; the model thread takes it whole as soon as it is free, so a
+/// batch holds everything that arrived meanwhile (a batch sealed when the previous one
+/// started would miss the requests answered by it, which come straight back under load).
+#[derive(Default)]
+struct NextBatch {
+    forming: Mutex<Forming>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Forming {
+    jobs: Vec<Job>,
+    tokens: usize,
+    /// The queue closed: no job will come.
+    closed: bool,
+}
+
+impl NextBatch {
+    fn lock(&self) -> MutexGuard<'_, Forming> {
+        // A panic while holding the lock leaves a valid `Forming` (pushes and takes only).
+        self.forming.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The batcher thread: adds queued jobs to the forming batch until the queue closes. A job
+/// that does not fit (another kind of work, or over the token budget) waits for the model to
+/// take the batch and heads the next one, so order is kept.
+fn form_batches(mut rx: mpsc::Receiver<Job>, next: &NextBatch, max_batch_tokens: usize) {
+    while let Some(job) = rx.blocking_recv() {
+        let mut forming = next.lock();
+        loop {
+            let fits = match forming.jobs.first() {
+                None => true,
+                Some(first) => {
+                    first.work == job.work && forming.tokens + job.tokens() <= max_batch_tokens
+                }
+            };
+            if fits {
                 break;
             }
+            forming = next
+                .changed
+                .wait(forming)
+                .unwrap_or_else(|p| p.into_inner());
         }
+        forming.tokens += job.tokens();
+        forming.jobs.push(job);
+        drop(forming);
+        next.changed.notify_all();
         metrics::gauge!(m::QUEUE_DEPTH).set(rx.len() as f64);
+    }
+    next.lock().closed = true;
+    next.changed.notify_all();
+}
+
+/// The model thread: takes each formed batch, runs it and answers its jobs.
+fn run_batches(runner: &dyn Runner, next: &NextBatch) {
+    loop {
+        let mut batch = {
+            let mut forming = next.lock();
+            while forming.jobs.is_empty() && !forming.closed {
+                forming = next
+                    .changed
+                    .wait(forming)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if forming.jobs.is_empty() {
+                return;
+            }
+            forming.tokens = 0;
+            std::mem::take(&mut forming.jobs)
+        };
+        next.changed.notify_all();
         // A client that hung up while waiting needs no forward pass.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
-        if batches.send(batch).is_err() {
-            return;
-        }
-    }
-}
-
-/// The model thread: runs each batch and answers its jobs.
-fn run_batches(runner: &dyn Runner, batches: std_mpsc::Receiver<Vec<Job>>) {
-    while let Ok(batch) = batches.recv() {
         let start = Instant::now();
         for job in &batch {
             metrics::histogram!(m::QUEUE_DURATION)
