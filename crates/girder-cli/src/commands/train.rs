@@ -675,6 +675,11 @@ pub struct EvalArgs {
     /// Tokens per forward pass at most.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
+    /// Token classification: also write each word with its gold and predicted tag
+    /// (`word<TAB>gold<TAB>predicted`, a blank line between sentences), for a cross-check
+    /// with seqeval (`scripts/seqeval-check`).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
 }
 
 /// Prints the metrics as one JSON object on stdout and the confusion matrix on stderr.
@@ -729,6 +734,18 @@ fn eval_ner(args: &EvalArgs, model: &Model, tags: &LabelSet) -> Result<()> {
     let (sentences, _) = read_conll(&args.data, Some(tags))?;
     let predicted = ner::predict_word_tags(model, &sentences)?;
     let metrics = ner::score(&sentences, &predicted, tags);
+    if let Some(path) = &args.predictions {
+        let mut lines = String::new();
+        for (sentence, predicted) in sentences.iter().zip(&predicted) {
+            for ((word, &gold), predicted) in
+                sentence.words.iter().zip(&sentence.tags).zip(predicted)
+            {
+                lines.push_str(&format!("{word}\t{}\t{predicted}\n", tags.names()[gold]));
+            }
+            lines.push('\n');
+        }
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     print_entities(Some(&metrics));
     println!(
         "{}",
