@@ -11,7 +11,7 @@ use girder::train::data::{bio_tags, read_classification, read_conll, Columns};
 use girder::train::export::{
     write_lora_adapter, write_sequence_classifier, ClassifierHead, LoraAdapter, SequenceClassifier,
 };
-use girder::train::full::{train_full, EncodedSet};
+use girder::train::full::{train_full, train_token_classifier, EncodedSet};
 use girder::train::head::{pooled_features, predict, train_head, FeatureSet, Quiet};
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
@@ -377,6 +377,18 @@ fn lora_trains_only_adapters_and_merges_into_a_plain_folder() {
 
 /// Dev-only: PEFT's `AutoPeftModelForSequenceClassification` on an adapter folder.
 fn peft_agrees(folder: &Path, texts: &[&str], girder: &[Vec<f32>]) {
+    peft_agrees_as(folder, "SequenceClassification", 2, texts, girder);
+}
+
+/// Dev-only: PEFT's `AutoPeftModelFor{kind}` on an adapter folder, the base loaded with
+/// `num_labels`; `girder` holds each text's logits (sequence) or one text's rows (token).
+fn peft_agrees_as(
+    folder: &Path,
+    kind: &str,
+    num_labels: usize,
+    texts: &[&str],
+    girder: &[Vec<f32>],
+) {
     let python = root().join(".venv-oracle/bin/python");
     let has_peft = python.exists()
         && Command::new(&python)
@@ -389,20 +401,25 @@ fn peft_agrees(folder: &Path, texts: &[&str], girder: &[Vec<f32>]) {
     }
     const SCRIPT: &str = r#"
 import json, sys, torch
+import peft
 from transformers import AutoTokenizer
-from peft import AutoPeftModelForSequenceClassification
-folder, texts = sys.argv[1], json.loads(sys.argv[2])
-model = AutoPeftModelForSequenceClassification.from_pretrained(folder)
+folder, texts, kind, num_labels = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+auto = getattr(peft, "AutoPeftModelFor" + kind)
+model = auto.from_pretrained(folder, num_labels=num_labels)
 tok = AutoTokenizer.from_pretrained(model.peft_config["default"].base_model_name_or_path)
 model.eval()
 with torch.no_grad():
     logits = [model(**tok(t, return_tensors="pt")).logits[0].tolist() for t in texts]
+if kind == "TokenClassification":
+    logits = logits[0]
 print(json.dumps({"logits": logits}))
 "#;
     let output = Command::new(&python)
         .args(["-c", SCRIPT])
         .arg(folder)
         .arg(serde_json::to_string(texts).unwrap())
+        .arg(kind)
+        .arg(num_labels.to_string())
         .output()
         .expect("cannot run the oracle");
     assert!(
@@ -416,7 +433,7 @@ print(json.dumps({"logits": logits}))
         serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
     let theirs: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
     let diff = max_abs_diff(girder, &theirs);
-    println!("PEFT vs girder logits: max abs diff {diff:e}");
+    println!("PEFT ({kind}) vs girder logits: max abs diff {diff:e}");
     assert!(diff < 1e-4, "logits differ from PEFT by {diff}");
 }
 
@@ -473,6 +490,94 @@ fn a_token_classifier_is_a_folder_that_girder_and_transformers_load() {
     let text = "Angela Merkel visited Paris";
     let logits = girder_logits_per_token(&tagger, text);
     token_transformers_agrees(&out, text, &logits);
+}
+
+#[test]
+fn a_lora_token_classifier_is_an_adapter_that_girder_and_peft_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_path = dir.path().join("train.bio");
+    std::fs::write(
+        &data_path,
+        "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n",
+    )
+    .unwrap();
+    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
+    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let tags = bio_tags(&["PER".into(), "LOC".into()]).unwrap();
+    let (sentences, _) = read_conll(&data_path, Some(&tags)).unwrap();
+    let encoded = ner::encode_sentences(&base, &sentences).unwrap();
+    let mut rng = Rng::new(3);
+    let mut bert = TrainableBert::load(&base.folder, &base.config, tags.len(), &mut rng).unwrap();
+    let lora = Lora {
+        target_modules: vec!["query".into(), "value".into(), "dense".into()],
+        ..Lora::default()
+    };
+    bert.enable_lora(lora, &mut rng).unwrap();
+    let args = TrainingArguments {
+        num_train_epochs: 3,
+        learning_rate: 1e-2,
+        ..Default::default()
+    };
+    let trained = train_token_classifier(
+        &mut bert,
+        &encoded,
+        Some((&sentences, &encoded)),
+        &tags,
+        &args,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(trained.epochs.iter().all(|e| e.entities.is_some()));
+    // The kept epoch is the last here only if it scored best; compare with what was kept.
+    let adapters = trained.adapters.clone().unwrap();
+    let out = dir.path().join("bert-tiny-ner-lora");
+    write_lora_adapter(
+        &LoraAdapter {
+            base_reference: base_path.canonicalize().unwrap().to_str().unwrap(),
+            lora: bert.lora().unwrap(),
+            tensors: adapters,
+            datasets: vec!["train.bio".into()],
+            labels: tags.names(),
+            head: ClassifierHead::Token,
+        },
+        &out,
+    )
+    .unwrap();
+    // The kept weights, merged, in girder's inference path: the adapter applied at load.
+    let text = "Angela Merkel visited Paris";
+    let adapted = Model::load(
+        base_path.to_str().unwrap(),
+        &LoadOptions {
+            adapter: Some(out.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(adapted.encoder.class_name(), "BertForTokenClassification");
+    assert_eq!(adapted.config.id2label, tags.names());
+    let logits = girder_logits_per_token(&adapted, text);
+    let merged_folder = dir.path().join("merged");
+    write_sequence_classifier(
+        &SequenceClassifier {
+            head: ClassifierHead::Token,
+            ner_evaluation: None,
+            base: &base.folder,
+            base_reference: "tests/fixtures/bert-base",
+            labels: &tags,
+            trained: trained.tensors.clone(),
+            datasets: vec!["train.bio".into()],
+            evaluation: None,
+            method: "lora",
+            args: &args,
+            best_epoch: trained.best_epoch,
+        },
+        &merged_folder,
+    )
+    .unwrap();
+    let merged = Model::load(merged_folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let diff = max_abs_diff(&logits, &girder_logits_per_token(&merged, text));
+    assert!(diff < 1e-5, "adapter at load vs merged folder: {diff}");
+    peft_agrees_as(&out, "TokenClassification", tags.len(), &[text], &logits);
 }
 
 fn girder_logits_per_token(model: &Model, text: &str) -> Vec<Vec<f32>> {
