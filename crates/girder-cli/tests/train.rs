@@ -184,6 +184,26 @@ fn lora_writes_a_peft_adapter_or_a_merged_folder() {
         let (m, a) = (m["score"].as_f64().unwrap(), a["score"].as_f64().unwrap());
         assert!((m - a).abs() < 1e-5, "merged {m} vs adapter {a}");
     }
+    // `girder eval --adapter` scores the adapted base as the merged folder.
+    let eval = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["eval", "--data", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = girder(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(out.stdout.trim_ascii_end()).unwrap()
+    };
+    let merged = eval(&["--model", dir.join("merged").to_str().unwrap()]);
+    let adapted = eval(&[
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        dir.join("adapter").to_str().unwrap(),
+    ]);
+    assert_eq!(merged["confusion"], adapted["confusion"]);
 }
 
 #[test]

@@ -675,6 +675,9 @@ pub struct EvalArgs {
     /// Tokens per forward pass at most.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
+    /// A PEFT LoRA adapter folder applied to `--model` at load (as `girder run --adapter`).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Token classification: also write each word with its gold and predicted tag
     /// (`word<TAB>gold<TAB>predicted`, a blank line between sentences), for a cross-check
     /// with seqeval (`scripts/seqeval-check`).
@@ -687,6 +690,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let options = LoadOptions {
         max_length: args.max_length,
         max_batch_tokens: args.max_batch_tokens,
+        adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
     let model = Model::load(&args.model, &options)?;
