@@ -1,8 +1,9 @@
 //! A load generator for `girder serve`, loopback only, bounded in time and count.
 //!
 //! Embeddings (default): N concurrent clients for T seconds (and at most `--max-requests`
-//! requests) against /v1/embeddings. Prints requests/s, texts/s, p50/p99 latency, errors by
-//! status, and the server's RSS at start and end.
+//! requests) against /v1/embeddings, after `--warmup-seconds` (5) of the same load unmeasured.
+//! Prints requests/s, texts/s, p50/p99 latency, errors by status, and the server's RSS idle,
+//! at the start of the measured phase and at its end.
 //!
 //! Chat (`--chat`): first one stream alone for `--single-seconds`, then `--clients` concurrent
 //! streams for `--seconds`, each a streamed /v1/chat/completions of `--max-tokens` tokens
@@ -45,6 +46,7 @@ struct Args {
     count: usize,
     max_sequences: Option<usize>,
     single_seconds: u64,
+    warmup_seconds: u64,
     max_tokens: usize,
 }
 
@@ -64,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         count: 1024,
         max_sequences: None,
         single_seconds: 20,
+        warmup_seconds: 5,
         max_tokens: 64,
     };
     let mut it = std::env::args().skip(1);
@@ -85,9 +88,10 @@ fn parse_args() -> Result<Args, String> {
             "--count" => args.count = number(value()?)?.max(1),
             "--max-sequences" => args.max_sequences = Some(number(value()?)?.max(1)),
             "--single-seconds" => args.single_seconds = number(value()?)?.clamp(1, 600) as u64,
+            "--warmup-seconds" => args.warmup_seconds = number(value()?)?.min(600) as u64,
             "--max-tokens" => args.max_tokens = number(value()?)?.max(1),
             "--help" | "-h" => {
-                return Err("usage: load [--girder BIN --model DIR | --url URL [--pid PID]] [--clients N] [--seconds T] [--max-requests N] [--texts-per-request K] [--max-batch-tokens N] [--chat [--single-seconds T] [--max-tokens N] [--max-sequences N]] [--write-texts FILE --count N]".into())
+                return Err("usage: load [--girder BIN --model DIR | --url URL [--pid PID]] [--clients N] [--seconds T] [--warmup-seconds T] [--max-requests N] [--texts-per-request K] [--max-batch-tokens N] [--chat [--single-seconds T] [--max-tokens N] [--max-sequences N]] [--write-texts FILE --count N]".into())
             }
             other => return Err(format!("unknown argument {other} (see --help)")),
         }
@@ -263,49 +267,17 @@ async fn main() {
             std::process::exit(1);
         }
     }
+    let rss_idle = pid.and_then(rss_mib);
+    // Then the same load for `--warmup-seconds`, unmeasured: the server's working set (the
+    // activations of full batches, the allocator's pools) grows to its size under this load
+    // here, so that start and end compare steady states and growth means a leak.
+    if args.warmup_seconds > 0 {
+        let _ = embeddings_phase(&args, &client, &endpoint, &pool, args.warmup_seconds).await;
+    }
     let rss_start = pid.and_then(rss_mib);
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for c in 0..args.clients {
-        let client = client.clone();
-        let endpoint = endpoint.clone();
-        let pool = pool.clone();
-        let issued = issued.clone();
-        let k = args.texts_per_request;
-        let max_requests = args.max_requests;
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors: Vec<String> = Vec::new();
-            let mut i = c * 7;
-            while Instant::now() < deadline
-                && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max_requests
-            {
-                let input: Vec<&String> = (0..k).map(|j| &pool[(i + j) % pool.len()]).collect();
-                i += k;
-                let body = serde_json::json!({"input": input, "model": "load"});
-                let t = Instant::now();
-                match client.post(&endpoint).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => match r.bytes().await {
-                        Ok(_) => latencies.push(t.elapsed()),
-                        Err(e) => errors.push(format!("body: {e}")),
-                    },
-                    Ok(r) => errors.push(format!("status {}", r.status().as_u16())),
-                    Err(e) => errors.push(format!("transport: {e}")),
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = Vec::new();
-    for w in workers {
-        if let Ok((l, e)) = w.await {
-            latencies.extend(l);
-            errors.extend(e);
-        }
-    }
+    let (mut latencies, errors) =
+        embeddings_phase(&args, &client, &endpoint, &pool, args.seconds).await;
     let elapsed = started.elapsed().as_secs_f64();
     let rss_end = pid.and_then(rss_mib);
     latencies.sort();
@@ -343,9 +315,10 @@ async fn main() {
         (ok * args.texts_per_request) as f64 / elapsed
     );
     println!("latency: p50 {}, p99 {}", pct(0.50), pct(0.99));
-    match (rss_start, rss_end) {
-        (Some(a), Some(b)) => println!(
-            "server RSS: {a:.1} MiB at start, {b:.1} MiB at end ({:+.1}%)",
+    match (rss_idle, rss_start, rss_end) {
+        (Some(idle), Some(a), Some(b)) => println!(
+            "server RSS: {idle:.1} MiB idle, {a:.1} MiB at start (after {} s of warm-up load), {b:.1} MiB at end ({:+.1}%)",
+            args.warmup_seconds,
             (b - a) / a * 100.0
         ),
         _ => println!("server RSS: unknown (give --girder, or --pid with --url)"),
@@ -573,4 +546,57 @@ async fn chat_load(args: &Args, url: &str, pid: Option<u32>) -> bool {
         _ => println!("server RSS: unknown (give --girder, or --pid with --url)"),
     }
     !all_errors.is_empty()
+}
+
+/// `--clients` closed-loop clients posting to `endpoint` for `seconds`: each request's
+/// latency, and the failures.
+async fn embeddings_phase(
+    args: &Args,
+    client: &reqwest::Client,
+    endpoint: &str,
+    pool: &Arc<Vec<String>>,
+    seconds: u64,
+) -> (Vec<Duration>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for c in 0..args.clients {
+        let client = client.clone();
+        let endpoint = endpoint.to_string();
+        let pool = pool.clone();
+        let issued = issued.clone();
+        let k = args.texts_per_request;
+        let max_requests = args.max_requests;
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors: Vec<String> = Vec::new();
+            let mut i = c * 7;
+            while Instant::now() < deadline
+                && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max_requests
+            {
+                let input: Vec<&String> = (0..k).map(|j| &pool[(i + j) % pool.len()]).collect();
+                i += k;
+                let body = serde_json::json!({"input": input, "model": "load"});
+                let t = Instant::now();
+                match client.post(&endpoint).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => match r.bytes().await {
+                        Ok(_) => latencies.push(t.elapsed()),
+                        Err(e) => errors.push(format!("body: {e}")),
+                    },
+                    Ok(r) => errors.push(format!("status {}", r.status().as_u16())),
+                    Err(e) => errors.push(format!("transport: {e}")),
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = Vec::new();
+    for w in workers {
+        if let Ok((l, e)) = w.await {
+            latencies.extend(l);
+            errors.extend(e);
+        }
+    }
+    (latencies, errors)
 }

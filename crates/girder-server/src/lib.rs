@@ -225,12 +225,14 @@ pub async fn start(
             let truncating = {
                 let mut t = model.tokenizer.clone();
                 t.set_max_length(max_length, Truncation::Truncate)?;
-                t
+                // Shared: a request's tokenization gets a handle, not a copy of the
+                // vocabulary (cloning it per request was a quarter of the HTTP threads' time).
+                Arc::new(t)
             };
             let refusing = {
                 let mut t = model.tokenizer.clone();
                 t.set_max_length(max_length, Truncation::Refuse)?;
-                t
+                Arc::new(t)
             };
             let info = Info {
                 model: options.model_ref.clone(),

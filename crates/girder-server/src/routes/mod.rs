@@ -45,9 +45,9 @@ pub struct EncoderState {
     pub model: Arc<Model>,
     pub batcher: Batcher,
     /// The model's tokenizer, cutting inputs to the limit (requests with `"truncate": true`).
-    pub truncating: TextTokenizer,
+    pub truncating: Arc<TextTokenizer>,
     /// The same tokenizer, refusing inputs over the limit with their token count.
-    pub refusing: TextTokenizer,
+    pub refusing: Arc<TextTokenizer>,
 }
 
 /// What a server runs: an encoder pipeline, or text generation.
