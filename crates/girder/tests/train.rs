@@ -577,6 +577,8 @@ fn a_lora_token_classifier_is_an_adapter_that_girder_and_peft_load() {
     let merged = Model::load(merged_folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let diff = max_abs_diff(&logits, &girder_logits_per_token(&merged, text));
     assert!(diff < 1e-5, "adapter at load vs merged folder: {diff}");
+    // The merged folder (every encoder weight written) loads in transformers too.
+    token_transformers_agrees(&merged_folder, text, &logits);
     peft_agrees_as(&out, "TokenClassification", tags.len(), &[text], &logits);
 }
 

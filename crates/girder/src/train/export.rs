@@ -163,6 +163,11 @@ fn write_weights(model: &SequenceClassifier, path: &Path) -> Result<()> {
     let trained = model
         .trained
         .iter()
+        // BertForTokenClassification has no pooler: a trainable twin that carried one along
+        // (full or LoRA training) does not write it, or transformers reports unexpected keys.
+        .filter(|(name, _)| {
+            model.head == ClassifierHead::Sequence || !name.starts_with("bert.pooler.")
+        })
         .map(|(name, t)| Ok((name.clone(), t.dims().to_vec(), f32_bytes(t)?)))
         .collect::<Result<Vec<_>>>()?;
     for required in ["classifier.weight", "classifier.bias"] {
