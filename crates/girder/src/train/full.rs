@@ -175,10 +175,7 @@ pub fn predict_word_tags(
     tags: &LabelSet,
     batch_size: usize,
 ) -> Result<Vec<Vec<String>>> {
-    let mut out: Vec<Vec<String>> = sentences
-        .iter()
-        .map(|s| vec!["O".to_string(); s.words.len()])
-        .collect();
+    let mut out = ner::untagged(sentences);
     let indices: Vec<usize> = (0..encoded.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = ner::batch_of(encoded, chunk);
@@ -195,14 +192,11 @@ pub fn predict_word_tags(
             .index_select(&picked, 0)?
             .argmax(1)?
             .to_vec1::<u32>()?;
-        for (&(_, (sentence, word), _), tag) in rows.iter().zip(best) {
-            if let (Some(slot), Some(name)) = (
-                out.get_mut(sentence).and_then(|s| s.get_mut(word)),
-                tags.names().get(tag as usize),
-            ) {
-                *slot = name.clone();
-            }
-        }
+        let words = rows
+            .iter()
+            .map(|r| r.1)
+            .zip(best.iter().map(|&t| t as usize));
+        ner::tag_words(&mut out, words, tags.names());
     }
     Ok(out)
 }

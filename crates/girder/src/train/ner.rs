@@ -149,19 +149,42 @@ pub fn word_tags(
     predicted: &[usize],
     tags: &LabelSet,
 ) -> Vec<Vec<String>> {
-    let mut out: Vec<Vec<String>> = sentences
+    let mut out = untagged(sentences);
+    tag_words(
+        &mut out,
+        features
+            .words
+            .iter()
+            .copied()
+            .zip(predicted.iter().copied()),
+        tags.names(),
+    );
+    out
+}
+
+/// `O` for every word of each sentence: what a word keeps when no row predicts it (its
+/// first subword cut off by truncation).
+pub(crate) fn untagged(sentences: &[TaggedSentence]) -> Vec<Vec<String>> {
+    sentences
         .iter()
         .map(|s| vec!["O".to_string(); s.words.len()])
-        .collect();
-    for (&(sentence, word), &tag) in features.words.iter().zip(predicted) {
+        .collect()
+}
+
+/// Writes `names[tag]` at each `(sentence, word)`.
+pub(crate) fn tag_words(
+    out: &mut [Vec<String>],
+    predicted: impl IntoIterator<Item = ((usize, usize), usize)>,
+    names: &[String],
+) {
+    for ((sentence, word), tag) in predicted {
         if let (Some(slot), Some(name)) = (
             out.get_mut(sentence).and_then(|s| s.get_mut(word)),
-            tags.names().get(tag),
+            names.get(tag),
         ) {
-            *slot = name.clone();
+            slot.clone_from(name);
         }
     }
-    out
 }
 
 /// seqeval's entity-level scores of `predicted` word tags against the sentences' gold tags.
@@ -180,11 +203,7 @@ pub fn score(
 /// Each sentence's predicted tag per word (`O` for words cut off by truncation) by a
 /// token-classification `model` (inference path), for `girder eval` on CoNLL/BIO files.
 pub fn predict_word_tags(model: &Model, sentences: &[TaggedSentence]) -> Result<Vec<Vec<String>>> {
-    let names = &model.config.id2label;
-    let mut out: Vec<Vec<String>> = sentences
-        .iter()
-        .map(|s| vec!["O".to_string(); s.words.len()])
-        .collect();
+    let mut out = untagged(sentences);
     let encoded = encode_sentences(model, sentences)?;
     let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
     for indices in crate::batch::plan_batches(&lengths, model.max_batch_tokens) {
@@ -197,14 +216,11 @@ pub fn predict_word_tags(model: &Model, sentences: &[TaggedSentence]) -> Result<
         let rows: Vec<u32> = picked.iter().map(|p| p.0).collect();
         let logits = model.encoder.head_logits(&out_rows, &batch, Some(&rows))?;
         let best = logits.argmax(1)?.to_vec1::<u32>()?;
-        for (&(_, (sentence, word), _), tag) in picked.iter().zip(best) {
-            if let (Some(slot), Some(name)) = (
-                out.get_mut(sentence).and_then(|s| s.get_mut(word)),
-                names.get(tag as usize),
-            ) {
-                *slot = name.clone();
-            }
-        }
+        let words = picked
+            .iter()
+            .map(|p| p.1)
+            .zip(best.iter().map(|&t| t as usize));
+        tag_words(&mut out, words, &model.config.id2label);
     }
     Ok(out)
 }
