@@ -110,14 +110,27 @@ fn main() {
         (GgufMode::Quantized, "q4_1"),
         (GgufMode::Dequantized, "f32"),
     ] {
+        // BENCH_WEIGHTS=q4_1 (or f32) measures one of the two.
+        if std::env::var("BENCH_WEIGHTS").is_ok_and(|only| only != label) {
+            continue;
+        }
         let g = TextGenerator::load_gguf(&path, mode).unwrap();
         let model = g.model();
         let prompt = prompt_ids(&g, 128);
-        let prefill_s = time_prefill(model, &prompt, 3);
-        let at32 = time_decode(model, &prompt_ids(&g, 32), 1, 32);
-        let at512 = time_decode(model, &prompt_ids(&g, 512), 1, 32);
-        let b1 = time_decode(model, &prompt_ids(&g, 16), 1, 64);
-        let b8 = time_decode(model, &prompt_ids(&g, 16), 8, 32);
+        // BENCH_ONLY=b16 (a comma list of prefill, at32, at512, b1, b8, b16) skips the rest,
+        // for a profiler; skipped figures print as NaN.
+        let only = std::env::var("BENCH_ONLY").ok();
+        let wanted = |name: &str| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|w| w == name))
+        };
+        let measure = |name: &str, f: &dyn Fn() -> f64| if wanted(name) { f() } else { f64::NAN };
+        let prefill_s = measure("prefill", &|| time_prefill(model, &prompt, 3));
+        let at32 = measure("at32", &|| time_decode(model, &prompt_ids(&g, 32), 1, 32));
+        let at512 = measure("at512", &|| time_decode(model, &prompt_ids(&g, 512), 1, 32));
+        let b1 = measure("b1", &|| time_decode(model, &prompt_ids(&g, 16), 1, 64));
+        let b8 = measure("b8", &|| time_decode(model, &prompt_ids(&g, 16), 8, 32));
+        let b16 = measure("b16", &|| time_decode(model, &prompt_ids(&g, 16), 16, 16));
         // Weights read per decoded token: the tensors as stored (Q4_1) or as f32.
         let weight_bytes = match mode {
             GgufMode::Quantized => stored_bytes,
@@ -132,6 +145,7 @@ fn main() {
                 "prefill_tok_s": prompt.len() as f64 / prefill_s,
                 "decode_b1_tok_s": 1.0 / b1,
                 "decode_b8_tok_s": 8.0 / b8,
+                "decode_b16_tok_s": 16.0 / b16,
                 "step_ms_at_32": at32 * 1e3,
                 "step_ms_at_512": at512 * 1e3,
                 "weight_bytes_per_token": weight_bytes,
