@@ -131,70 +131,92 @@ pub fn causal_attention(
 }
 
 /// One query per head (a decode step) over all of `k` and `v` (the visible part of the
-/// cache, a window already cut off), where no mask is needed: per head a dot product with each key, a softmax, a weighted sum of the
-/// values, reading the cache where it lies. `None` when the tensors are not f32 CPU tensors
-/// in the cache's layout (or track gradients): the caller takes the general path.
+/// cache, a window already cut off), where no mask is needed: per head a dot product with
+/// each key, a softmax, a weighted sum of the values, reading the cache where it lies.
+/// `None` when the tensors are not f32 CPU tensors in the cache's layout (or track
+/// gradients): the caller takes the general path.
 ///
 /// Why: the general path spends a decode step's attention in fixed costs (a transpose, two
 /// batched GEMMs on `[3, 3, 64]`-sized operands, the value view copied to be contiguous),
 /// thirty times per token for SmolLM2.
 fn single_query(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Tensor>> {
-    let (_, heads, head_dim) = q.dims3()?;
-    let (kv_heads, kv_len, _) = k.dims3()?;
+    one_query_each(q, &[(k.clone(), v.clone())], scale)
+}
+
+/// [`single_query`] for `n` sequences at once: `q` `[n, heads, head_dim]`, sequence `s`'s
+/// query row `s` over its own `kv[s]`. Every (sequence, head) pair is one task on rayon's
+/// threads, so a decode step of a batch attends in parallel instead of sequence after
+/// sequence; each pair is computed exactly as alone.
+fn one_query_each(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f32) -> Result<Option<Tensor>> {
+    let (n, heads, head_dim) = q.dims3()?;
     let usable =
         |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op();
-    if !(usable(q) && usable(k) && usable(v)) || k.layout() != v.layout() {
+    if !usable(q) || kv.len() != n {
         return Ok(None);
     }
-    // The cache's layout: heads apart by some stride, positions by `head_dim`, values by 1.
-    let strides = k.stride();
-    if strides[1] != head_dim || strides[2] != 1 {
-        return Ok(None);
+    for (k, v) in kv {
+        // The cache's layout: heads apart by some stride, positions by `head_dim`, values by 1.
+        let strides = k.stride();
+        if !(usable(k) && usable(v))
+            || k.layout() != v.layout()
+            || strides[1] != head_dim
+            || strides[2] != 1
+        {
+            return Ok(None);
+        }
     }
     let q = q.contiguous()?;
     let (q_storage, q_layout) = q.storage_and_layout();
-    let (k_storage, layout) = k.storage_and_layout();
-    let (v_storage, _) = v.storage_and_layout();
-    let (
-        Storage::Cpu(CpuStorage::F32(qd)),
-        Storage::Cpu(CpuStorage::F32(kd)),
-        Storage::Cpu(CpuStorage::F32(vd)),
-    ) = (&*q_storage, &*k_storage, &*v_storage)
-    else {
+    let Storage::Cpu(CpuStorage::F32(qd)) = &*q_storage else {
         return Ok(None);
     };
     let qd = &qd[q_layout.start_offset()..];
-    let groups = heads / kv_heads;
-    // The positions of a kv head: contiguous rows of `head_dim`.
-    let head_rows = |kv_head: usize| {
-        let base = layout.start_offset() + kv_head * strides[0];
-        base..base + kv_len * head_dim
+    let guards: Vec<_> = kv
+        .iter()
+        .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout().0))
+        .collect();
+    /// A sequence's cache: keys, values, first offset, stride between kv heads, positions.
+    type Cached<'a> = (&'a [f32], &'a [f32], usize, usize, usize);
+    let mut cached: Vec<Cached> = Vec::with_capacity(n);
+    for ((k_storage, layout), v_storage) in &guards {
+        let (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) =
+            (&**k_storage, &**v_storage)
+        else {
+            return Ok(None);
+        };
+        let (kv_heads, len, _) = layout.shape().dims3()?;
+        if heads % kv_heads != 0 {
+            return Ok(None);
+        }
+        cached.push((kd, vd, layout.start_offset(), layout.stride()[0], len));
+    }
+    let attend = |task: usize, out: &mut [f32]| {
+        let (s, h) = (task / heads, task % heads);
+        let (kd, vd, offset, head_stride, len) = cached[s];
+        // Grouped-query attention: query head `h` reads kv head `h / (heads / kv_heads)`.
+        let kv_heads = guards[s].0 .1.dims()[0];
+        let base = offset + h / (heads / kv_heads) * head_stride;
+        let rows = base..base + len * head_dim;
+        let q_row = &qd[task * head_dim..(task + 1) * head_dim];
+        attend_one_head(q_row, &kd[rows.clone()], &vd[rows], scale, out);
     };
-    let attend = |h: usize, out: &mut [f32]| {
-        let rows = head_rows(h / groups);
-        attend_one_head(
-            &qd[h * head_dim..(h + 1) * head_dim],
-            &kd[rows.clone()],
-            &vd[rows],
-            scale,
-            out,
-        );
-    };
-    let mut out = vec![0f32; heads * head_dim];
+    let mut out = vec![0f32; n * heads * head_dim];
+    let work: usize = cached.iter().map(|c| c.4).sum::<usize>() * head_dim;
     // Below a few thousand multiply-adds per head a parallel region costs more than it saves.
-    if kv_len * head_dim >= 4096 {
+    if work >= 4096 {
         out.par_chunks_mut(head_dim)
             .enumerate()
-            .for_each(|(h, o)| attend(h, o));
+            .for_each(|(task, o)| attend(task, o));
     } else {
-        for (h, o) in out.chunks_mut(head_dim).enumerate() {
-            attend(h, o);
+        for (task, o) in out.chunks_mut(head_dim).enumerate() {
+            attend(task, o);
         }
     }
-    drop((q_storage, k_storage, v_storage));
+    drop(guards);
+    drop(q_storage);
     Ok(Some(Tensor::from_vec(
         out,
-        (1, heads * head_dim),
+        (n, heads * head_dim),
         q.device(),
     )?))
 }
@@ -279,10 +301,39 @@ pub fn ragged_causal_attention(
     window: Option<usize>,
     scale: f64,
 ) -> Result<Tensor> {
+    let spans: Vec<(usize, usize)> = cu_seqlens
+        .windows(2)
+        .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
+        .take(caches.len())
+        .collect();
+    // A decode step of every sequence: all appended, then attended in parallel.
+    if spans.iter().all(|&(_, len)| len == 1) && caches.len() > 1 {
+        let mut kv = Vec::with_capacity(caches.len());
+        for (cache, &(start, len)) in caches.iter_mut().zip(&spans) {
+            cache.write(layer, &k.narrow(0, start, len)?, &v.narrow(0, start, len)?)?;
+            let (keys, values) = cache.view(layer)?;
+            let kv_len = keys.dim(1)?;
+            // Keys no query can see (before the window) are skipped outright.
+            let first = window.map_or(0, |w| kv_len.saturating_sub(w));
+            kv.push((
+                keys.narrow(1, first, kv_len - first)?,
+                values.narrow(1, first, kv_len - first)?,
+            ));
+        }
+        if let Some(out) = one_query_each(q, &kv, scale as f32)? {
+            return Ok(out);
+        }
+        let outs = spans
+            .iter()
+            .zip(&kv)
+            .map(|(&(start, len), (keys, values))| {
+                causal_attention(&q.narrow(0, start, len)?, keys, values, None, scale)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Tensor::cat(&outs, 0)?);
+    }
     let mut outs = Vec::with_capacity(caches.len());
-    for (i, cache) in caches.iter_mut().enumerate() {
-        let start = cu_seqlens[i] as usize;
-        let len = cu_seqlens[i + 1] as usize - start;
+    for (cache, &(start, len)) in caches.iter_mut().zip(&spans) {
         let (keys, values) =
             cache.append(layer, &k.narrow(0, start, len)?, &v.narrow(0, start, len)?)?;
         outs.push(causal_attention(
