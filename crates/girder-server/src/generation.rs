@@ -205,6 +205,7 @@ fn run_engine(
         };
         metrics::counter!(m::GENERATED_TOKENS).increment(step.new_tokens as u64);
         metrics::counter!(m::PROMPT_TOKENS).increment(step.prefill_tokens as u64);
+        metrics::counter!(m::REUSED_PROMPT_TOKENS).increment(step.reused_prompt_tokens as u64);
         metrics::histogram!(m::STEP_DURATION).record((now - started).as_secs_f64());
         // Every sequence of the step got one token.
         for client in clients.values_mut() {

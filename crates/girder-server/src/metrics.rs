@@ -34,6 +34,9 @@ pub const RUNNING_SEQUENCES: &str = "girder_running_sequences";
 pub const GENERATED_TOKENS: &str = "girder_generated_tokens_total";
 /// Prompt tokens prefilled.
 pub const PROMPT_TOKENS: &str = "girder_prompt_tokens_total";
+/// Prompt tokens whose keys and values were copied from a kept prompt with the same
+/// beginning instead of prefilled.
+pub const REUSED_PROMPT_TOKENS: &str = "girder_reused_prompt_tokens_total";
 /// Sequences stopped because their client went away.
 pub const GENERATIONS_CANCELLED: &str = "girder_generations_cancelled_total";
 /// Seconds one generation step (one forward pass) takes.

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use girder::batch::RaggedBatch;
 use girder::generate::chat::Message;
+use girder::generate::continuous::{ContinuousBatch, Event};
 use girder::generate::{FinishReason, Options, Sampling, TextGenerator};
 use girder::models::Logits;
 use girder::Error;
@@ -249,6 +250,65 @@ fn batched_generation_equals_unbatched() {
                 "{}: {:?}",
                 fx.name, p.text
             );
+        }
+    }
+}
+
+/// Runs `batch` until sequence `id` finishes; its generation and the prompt tokens reused
+/// from kept prompts on the way.
+fn run_until_finished(
+    batch: &mut ContinuousBatch,
+    id: girder::generate::continuous::SequenceId,
+) -> (girder::generate::Generation, usize) {
+    let mut reused = 0;
+    loop {
+        let step = batch.step().unwrap();
+        reused += step.reused_prompt_tokens;
+        for event in step.events {
+            if let Event::Finished {
+                id: done,
+                generation,
+            } = event
+            {
+                if done == id {
+                    return (generation, reused);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prompts_sharing_a_beginning_reuse_it_and_continue_as_alone() {
+    let preamble = "Answer briefly, please:";
+    for fx in fixtures() {
+        let options = options(&fx);
+        let mut batch = ContinuousBatch::new(&fx.generator);
+        for (round, p) in fx.expected.prompts.iter().enumerate() {
+            let text = format!("{preamble} {}", p.text);
+            let alone = fx.generator.generate(&[text.as_str()], &options).unwrap();
+            let prompt = fx.generator.encode_prompt(&text, 0).unwrap();
+            let id = batch.admit(prompt, &options).unwrap();
+            let (generation, reused) = run_until_finished(&mut batch, id);
+            assert_eq!(
+                generation.token_ids, alone[0].token_ids,
+                "{}: {text:?}",
+                fx.name
+            );
+            if round == 0 {
+                assert_eq!(reused, 0, "{}: nothing kept yet", fx.name);
+            } else {
+                assert!(reused >= 4, "{}: {reused} tokens reused", fx.name);
+            }
+        }
+        // Kept nothing: every prompt computed in full, the same continuations.
+        let mut plain = ContinuousBatch::new(&fx.generator).with_prefix_cache(0);
+        for p in &fx.expected.prompts {
+            let text = format!("{preamble} {}", p.text);
+            let id = plain
+                .admit(fx.generator.encode_prompt(&text, 0).unwrap(), &options)
+                .unwrap();
+            assert_eq!(run_until_finished(&mut plain, id).1, 0);
         }
     }
 }

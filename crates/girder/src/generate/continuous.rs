@@ -44,6 +44,88 @@ pub struct Step {
     pub new_tokens: usize,
     /// Prompt tokens prefilled in this pass.
     pub prefill_tokens: usize,
+    /// Prompt tokens of this pass's new sequences taken from a kept prompt instead (their
+    /// keys and values copied, not computed; see [`ContinuousBatch::with_prefix_cache`]).
+    pub reused_prompt_tokens: usize,
+}
+
+/// Recent prompts' keys and values, kept so that a new prompt beginning the same way (a chat
+/// template's system prompt, a few-shot preamble) computes only what follows.
+///
+/// Why it is exact: every row of the forward pass depends only on its own token and the
+/// keys and values of the positions before it, and the quantized kernel and the attention
+/// compute a row the same whatever else is in the batch, so copied positions hold what a
+/// full prefill would have computed. (On f32 weights the dense matrix products may sum in
+/// another order for other batch shapes: the same tokens, logits equal to about 1e-6.)
+struct PrefixCache {
+    entries: Vec<KeptPrompt>,
+    /// Positions all entries may hold together.
+    budget: usize,
+    clock: u64,
+}
+
+struct KeptPrompt {
+    tokens: Vec<u32>,
+    cache: KvCache,
+    last_used: u64,
+}
+
+/// Fewer shared tokens than this are recomputed (copying costs about as much).
+const MIN_REUSED_TOKENS: usize = 4;
+
+impl PrefixCache {
+    /// The kept prompt sharing the longest beginning with `tokens`, and that length (at most
+    /// `tokens.len() - 1`: the last token is computed for its logits).
+    fn longest(&mut self, tokens: &[u32]) -> Option<(&KvCache, usize)> {
+        let limit = tokens.len().saturating_sub(1);
+        let (best, shared) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let shared = e
+                    .tokens
+                    .iter()
+                    .zip(tokens)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (i, shared.min(limit))
+            })
+            .max_by_key(|&(_, shared)| shared)?;
+        if shared < MIN_REUSED_TOKENS {
+            return None;
+        }
+        self.clock += 1;
+        let entry = &mut self.entries[best];
+        entry.last_used = self.clock;
+        Some((&entry.cache, shared))
+    }
+
+    /// Keeps `tokens`' cache (its first `tokens.len()` positions) unless a kept prompt
+    /// already begins with all of them; the least recently used go when over budget.
+    fn keep(&mut self, tokens: &[u32], cache: &KvCache) -> Result<()> {
+        if tokens.len() > self.budget || self.entries.iter().any(|e| e.tokens.starts_with(tokens)) {
+            return Ok(());
+        }
+        // A kept prompt that this one extends is no longer needed.
+        self.entries.retain(|e| !tokens.starts_with(&e.tokens));
+        while self.entries.iter().map(|e| e.tokens.len()).sum::<usize>() + tokens.len()
+            > self.budget
+        {
+            let oldest = (0..self.entries.len()).min_by_key(|&i| self.entries[i].last_used);
+            match oldest {
+                Some(i) => self.entries.swap_remove(i),
+                None => break,
+            };
+        }
+        self.clock += 1;
+        self.entries.push(KeptPrompt {
+            tokens: tokens.to_vec(),
+            cache: cache.prefix(tokens.len())?,
+            last_used: self.clock,
+        });
+        Ok(())
+    }
 }
 
 struct Live {
@@ -92,16 +174,36 @@ pub struct ContinuousBatch<'g> {
     generator: &'g TextGenerator,
     live: Vec<Live>,
     next_id: u64,
+    prefixes: PrefixCache,
 }
 
+/// Prompt positions a batch keeps for reuse by default (SmolLM2: 47 MB).
+pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 1024;
+
 impl<'g> ContinuousBatch<'g> {
-    /// An empty batch over `generator`.
+    /// An empty batch over `generator`, keeping up to [`DEFAULT_PREFIX_CACHE_TOKENS`] prompt
+    /// positions for reuse.
     pub fn new(generator: &'g TextGenerator) -> Self {
         ContinuousBatch {
             generator,
             live: Vec::new(),
             next_id: 0,
+            prefixes: PrefixCache {
+                entries: Vec::new(),
+                budget: DEFAULT_PREFIX_CACHE_TOKENS,
+                clock: 0,
+            },
         }
+    }
+
+    /// Keeps up to `positions` positions of recent prompts (0: none): a new prompt that
+    /// begins as a kept one does (the same system prompt) has the shared positions' keys and
+    /// values copied instead of computed, and only the rest prefilled. Outputs are those of
+    /// a full prefill; only the time to the first token changes.
+    pub fn with_prefix_cache(mut self, positions: usize) -> Self {
+        self.prefixes.budget = positions;
+        self.prefixes.entries.clear();
+        self
     }
 
     /// Sequences in the batch (admitted and not yet finished or cancelled).
@@ -199,10 +301,20 @@ impl<'g> ContinuousBatch<'g> {
         let context = model.context_length();
         let mut step = Step::default();
         let mut batch = RaggedBatch::from_encodings([]);
-        for seq in &self.live {
+        let mut prefilled = Vec::new();
+        for seq in &mut self.live {
             if seq.cache.is_empty() {
-                batch.push_from(&seq.tokens, 0);
-                step.prefill_tokens += seq.tokens.len();
+                let reused = match self.prefixes.longest(&seq.tokens) {
+                    Some((kept, shared)) => {
+                        seq.cache.start_from(kept, shared)?;
+                        shared
+                    }
+                    None => 0,
+                };
+                batch.push_from(&seq.tokens[reused..], reused);
+                step.prefill_tokens += seq.tokens.len() - reused;
+                step.reused_prompt_tokens += reused;
+                prefilled.push(seq.id);
             } else {
                 batch.push_from(&seq.tokens[seq.tokens.len() - 1..], seq.cache.len());
             }
@@ -212,6 +324,11 @@ impl<'g> ContinuousBatch<'g> {
                 self.live.iter_mut().map(|s| &mut s.cache).collect();
             model.forward(&batch, &mut caches, Logits::Last)?
         };
+        if self.prefixes.budget > 0 {
+            for seq in self.live.iter().filter(|s| prefilled.contains(&s.id)) {
+                self.prefixes.keep(&seq.tokens, &seq.cache)?;
+            }
+        }
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let mut finished = Vec::new();
         for (seq, mut row) in self.live.iter_mut().zip(rows) {

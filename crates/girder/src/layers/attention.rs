@@ -77,7 +77,13 @@ pub fn causal_attention(
     let (kv_heads, kv_len, _) = k.dims3()?;
     let groups = heads / kv_heads;
     let first = kv_len - t; // position of the first query
-                            // Keys no query can see (before the first query's window) are skipped outright.
+    let rows: Vec<QueryRow> = (0..t)
+        .map(|i| QueryRow::causal(0, first + i, window))
+        .collect();
+    if let Some(out) = attend_rows(q, &rows, &[(k.clone(), v.clone())], scale as f32)? {
+        return Ok(out);
+    }
+    // Keys no query can see (before the first query's window) are skipped outright.
     let start = match window {
         Some(w) => (first + 1).saturating_sub(w),
         None => 0,
@@ -91,11 +97,6 @@ pub fn causal_attention(
         (k.clone(), v.clone())
     };
     let keys = kv_len - start;
-    if t == 1 {
-        if let Some(out) = single_query(q, &k, &v, scale as f32)? {
-            return Ok(out);
-        }
-    }
     let q = q
         .transpose(0, 1)?
         .contiguous()?
@@ -130,28 +131,47 @@ pub fn causal_attention(
         .reshape((t, heads * head_dim))?)
 }
 
-/// One query per head (a decode step) over all of `k` and `v` (the visible part of the
-/// cache, a window already cut off), where no mask is needed: per head a dot product with
-/// each key, a softmax, a weighted sum of the values, reading the cache where it lies.
-/// `None` when the tensors are not f32 CPU tensors in the cache's layout (or track
-/// gradients): the caller takes the general path.
-///
-/// Why: the general path spends a decode step's attention in fixed costs (a transpose, two
-/// batched GEMMs on `[3, 3, 64]`-sized operands, the value view copied to be contiguous),
-/// thirty times per token for SmolLM2.
-fn single_query(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Tensor>> {
-    one_query_each(q, &[(k.clone(), v.clone())], scale)
+/// Query row `r` of a batch: it attends to positions `keys` of sequence `seq`'s cache.
+struct QueryRow {
+    seq: usize,
+    keys: std::ops::Range<usize>,
 }
 
-/// [`single_query`] for `n` sequences at once: `q` `[n, heads, head_dim]`, sequence `s`'s
-/// query row `s` over its own `kv[s]`. Every (sequence, head) pair is one task on rayon's
-/// threads, so a decode step of a batch attends in parallel instead of sequence after
-/// sequence; each pair is computed exactly as alone.
-fn one_query_each(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f32) -> Result<Option<Tensor>> {
+impl QueryRow {
+    /// The query at `position` of sequence `seq`: keys up to it, the `window` latest of them.
+    fn causal(seq: usize, position: usize, window: Option<usize>) -> QueryRow {
+        let end = position + 1;
+        QueryRow {
+            seq,
+            keys: window.map_or(0, |w| end.saturating_sub(w))..end,
+        }
+    }
+}
+
+/// Attention row by row, reading each sequence's cache where it lies: for every query row
+/// and head a dot product with each visible key, a softmax, a weighted sum of the values
+/// (`attend_one_head`), every (row, head) pair one task on rayon's threads. `q`
+/// `[rows, heads, head_dim]`; `kv[s]` sequence `s`'s keys and values `[kv_heads, len,
+/// head_dim]` in the cache's layout. `None` when the tensors are not f32 CPU tensors in that
+/// layout (or track gradients): the caller takes the GEMM path.
+///
+/// Why rows: a row's result is then computed the same way whatever else is in the batch: a
+/// prompt's rows equal the decode steps that would compute them one at a time, and a
+/// sequence's equal its rows in any batch, so greedy output does not depend on batching,
+/// chunking or a reused prompt prefix. The GEMM path (`QKᵀ`, mask, `PV`) sums in an order
+/// that depends on the shapes; it spent a decode step's attention in fixed costs (a
+/// transpose, two batched GEMMs on `[3, 3, 64]`-sized operands, the value view copied) and
+/// long prompts in building masks. Attention is a few percent of a prompt's arithmetic.
+fn attend_rows(
+    q: &Tensor,
+    rows: &[QueryRow],
+    kv: &[(Tensor, Tensor)],
+    scale: f32,
+) -> Result<Option<Tensor>> {
     let (n, heads, head_dim) = q.dims3()?;
     let usable =
         |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op();
-    if !usable(q) || kv.len() != n {
+    if !usable(q) || rows.len() != n {
         return Ok(None);
     }
     for (k, v) in kv {
@@ -161,9 +181,16 @@ fn one_query_each(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f32) -> Result<Opt
             || k.layout() != v.layout()
             || strides[1] != head_dim
             || strides[2] != 1
+            || heads % k.dim(0)? != 0
         {
             return Ok(None);
         }
+    }
+    if rows
+        .iter()
+        .any(|r| r.seq >= kv.len() || r.keys.end > kv[r.seq].0.dims()[1])
+    {
+        return Ok(None);
     }
     let q = q.contiguous()?;
     let (q_storage, q_layout) = q.storage_and_layout();
@@ -175,33 +202,30 @@ fn one_query_each(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f32) -> Result<Opt
         .iter()
         .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout().0))
         .collect();
-    /// A sequence's cache: keys, values, first offset, stride between kv heads, positions.
+    /// A sequence's cache: keys, values, first offset, stride between kv heads, kv heads.
     type Cached<'a> = (&'a [f32], &'a [f32], usize, usize, usize);
-    let mut cached: Vec<Cached> = Vec::with_capacity(n);
+    let mut cached: Vec<Cached> = Vec::with_capacity(kv.len());
     for ((k_storage, layout), v_storage) in &guards {
         let (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) =
             (&**k_storage, &**v_storage)
         else {
             return Ok(None);
         };
-        let (kv_heads, len, _) = layout.shape().dims3()?;
-        if heads % kv_heads != 0 {
-            return Ok(None);
-        }
-        cached.push((kd, vd, layout.start_offset(), layout.stride()[0], len));
+        let (offset, head_stride) = (layout.start_offset(), layout.stride()[0]);
+        cached.push((kd, vd, offset, head_stride, layout.dims()[0]));
     }
     let attend = |task: usize, out: &mut [f32]| {
-        let (s, h) = (task / heads, task % heads);
-        let (kd, vd, offset, head_stride, len) = cached[s];
+        let (r, h) = (task / heads, task % heads);
+        let row = &rows[r];
+        let (kd, vd, offset, head_stride, kv_heads) = cached[row.seq];
         // Grouped-query attention: query head `h` reads kv head `h / (heads / kv_heads)`.
-        let kv_heads = guards[s].0 .1.dims()[0];
         let base = offset + h / (heads / kv_heads) * head_stride;
-        let rows = base..base + len * head_dim;
+        let span = base + row.keys.start * head_dim..base + row.keys.end * head_dim;
         let q_row = &qd[task * head_dim..(task + 1) * head_dim];
-        attend_one_head(q_row, &kd[rows.clone()], &vd[rows], scale, out);
+        attend_one_head(q_row, &kd[span.clone()], &vd[span], scale, out);
     };
     let mut out = vec![0f32; n * heads * head_dim];
-    let work: usize = cached.iter().map(|c| c.4).sum::<usize>() * head_dim;
+    let work: usize = rows.iter().map(|r| r.keys.len()).sum::<usize>() * head_dim;
     // Below a few thousand multiply-adds per head a parallel region costs more than it saves.
     if work >= 4096 {
         out.par_chunks_mut(head_dim)
@@ -306,46 +330,28 @@ pub fn ragged_causal_attention(
         .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
         .take(caches.len())
         .collect();
-    // A decode step of every sequence: all appended, then attended in parallel.
-    if spans.iter().all(|&(_, len)| len == 1) && caches.len() > 1 {
-        let mut kv = Vec::with_capacity(caches.len());
-        for (cache, &(start, len)) in caches.iter_mut().zip(&spans) {
-            cache.write(layer, &k.narrow(0, start, len)?, &v.narrow(0, start, len)?)?;
-            let (keys, values) = cache.view(layer)?;
-            let kv_len = keys.dim(1)?;
-            // Keys no query can see (before the window) are skipped outright.
-            let first = window.map_or(0, |w| kv_len.saturating_sub(w));
-            kv.push((
-                keys.narrow(1, first, kv_len - first)?,
-                values.narrow(1, first, kv_len - first)?,
-            ));
-        }
-        if let Some(out) = one_query_each(q, &kv, scale as f32)? {
-            return Ok(out);
-        }
-        let outs = spans
-            .iter()
-            .zip(&kv)
-            .map(|(&(start, len), (keys, values))| {
-                causal_attention(&q.narrow(0, start, len)?, keys, values, None, scale)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        return Ok(Tensor::cat(&outs, 0)?);
+    let mut kv = Vec::with_capacity(caches.len());
+    let mut rows = Vec::with_capacity(q.dim(0)?);
+    for (seq, (cache, &(start, len))) in caches.iter_mut().zip(&spans).enumerate() {
+        cache.write(layer, &k.narrow(0, start, len)?, &v.narrow(0, start, len)?)?;
+        let (keys, values) = cache.view(layer)?;
+        let first = keys.dim(1)? - len; // position of the sequence's first new token
+        rows.extend((0..len).map(|i| QueryRow::causal(seq, first + i, window)));
+        kv.push((keys, values));
     }
-    let mut outs = Vec::with_capacity(caches.len());
-    for (cache, &(start, len)) in caches.iter_mut().zip(&spans) {
-        let (keys, values) =
-            cache.append(layer, &k.narrow(0, start, len)?, &v.narrow(0, start, len)?)?;
-        outs.push(causal_attention(
-            &q.narrow(0, start, len)?,
-            &keys,
-            &values,
-            window,
-            scale,
-        )?);
+    // Every row of every sequence in one parallel region.
+    if let Some(out) = attend_rows(q, &rows, &kv, scale as f32)? {
+        return Ok(out);
     }
+    let outs = spans
+        .iter()
+        .zip(&kv)
+        .map(|(&(start, len), (keys, values))| {
+            causal_attention(&q.narrow(0, start, len)?, keys, values, window, scale)
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(if outs.len() == 1 {
-        outs.remove(0)
+        outs.into_iter().next().expect("one sequence")
     } else {
         Tensor::cat(&outs, 0)?
     })

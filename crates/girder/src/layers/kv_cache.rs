@@ -118,6 +118,53 @@ impl KvCache {
         ))
     }
 
+    /// A new cache of exactly `positions` positions holding this one's first `positions`
+    /// (a prompt kept for others that begin the same way).
+    pub fn prefix(&self, positions: usize) -> Result<KvCache> {
+        let mut copy = KvCache {
+            layers: Vec::with_capacity(self.layers.len()),
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            capacity: positions.max(1),
+        };
+        for entry in &self.layers {
+            let positions = positions.min(entry.len);
+            copy.layers.push(LayerKv {
+                k: entry.k.narrow(1, 0, positions)?.contiguous()?,
+                v: entry.v.narrow(1, 0, positions)?.contiguous()?,
+                len: positions,
+            });
+        }
+        Ok(copy)
+    }
+
+    /// Starts this (empty) cache with the first `positions` of `other`, whose layers and
+    /// heads match: the keys and values of a prompt's shared beginning, computed once.
+    pub fn start_from(&mut self, other: &KvCache, positions: usize) -> Result<()> {
+        if self.layers.len() != other.layers.len()
+            || (self.kv_heads, self.head_dim) != (other.kv_heads, other.head_dim)
+            || other.layers.iter().any(|l| l.len < positions)
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "cannot start a cache from {positions} positions of a different or shorter one"
+            ))
+            .into());
+        }
+        if positions > self.capacity {
+            self.grow(positions)?;
+        }
+        for (entry, from) in self.layers.iter_mut().zip(&other.layers) {
+            entry
+                .k
+                .slice_set(&from.k.narrow(1, 0, positions)?.contiguous()?, 1, 0)?;
+            entry
+                .v
+                .slice_set(&from.v.narrow(1, 0, positions)?.contiguous()?, 1, 0)?;
+            entry.len = positions;
+        }
+        Ok(())
+    }
+
     /// Reallocates every layer with `capacity` positions, keeping what is cached.
     fn grow(&mut self, capacity: usize) -> Result<()> {
         for entry in &mut self.layers {
