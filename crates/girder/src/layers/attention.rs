@@ -214,7 +214,7 @@ fn attend_rows(
         let (offset, head_stride) = (layout.start_offset(), layout.stride()[0]);
         cached.push((kd, vd, offset, head_stride, layout.dims()[0]));
     }
-    let attend = |task: usize, out: &mut [f32]| {
+    let attend = |task: usize, out: &mut [f32], scores: &mut Vec<f32>| {
         let (r, h) = (task / heads, task % heads);
         let row = &rows[r];
         let (kd, vd, offset, head_stride, kv_heads) = cached[row.seq];
@@ -222,7 +222,7 @@ fn attend_rows(
         let base = offset + h / (heads / kv_heads) * head_stride;
         let span = base + row.keys.start * head_dim..base + row.keys.end * head_dim;
         let q_row = &qd[task * head_dim..(task + 1) * head_dim];
-        attend_one_head(q_row, &kd[span.clone()], &vd[span], scale, out);
+        attend_one_head(q_row, &kd[span.clone()], &vd[span], scale, out, scores);
     };
     let mut out = vec![0f32; n * heads * head_dim];
     let work: usize = rows.iter().map(|r| r.keys.len()).sum::<usize>() * head_dim;
@@ -230,10 +230,11 @@ fn attend_rows(
     if work >= 4096 {
         out.par_chunks_mut(head_dim)
             .enumerate()
-            .for_each(|(task, o)| attend(task, o));
+            .for_each_init(Vec::new, |scores, (task, o)| attend(task, o, scores));
     } else {
+        let mut scores = Vec::new();
         for (task, o) in out.chunks_mut(head_dim).enumerate() {
-            attend(task, o);
+            attend(task, o, &mut scores);
         }
     }
     drop(guards);
@@ -245,68 +246,105 @@ fn attend_rows(
     )?))
 }
 
-/// `out = softmax(scale · keys q) values` for one head, `keys` and `values` `[n, d]` row-major.
-fn attend_one_head(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+/// `out = softmax(scale · keys q) values` for one head, `keys` and `values` `[n, d]` row-major;
+/// `scores` is scratch space (reused between calls).
+fn attend_one_head(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    const LANES: usize = 16;
+    /// The 16 lanes summed pairwise (a fixed order, a few vector instructions).
     #[inline(always)]
-    fn generic(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
-        const LANES: usize = 16;
+    fn sum_lanes(lanes: [f32; LANES]) -> f32 {
+        let mut half = [0f32; 8];
+        for i in 0..8 {
+            half[i] = lanes[i] + lanes[i + 8];
+        }
+        let mut quarter = [0f32; 4];
+        for i in 0..4 {
+            quarter[i] = half[i] + half[i + 4];
+        }
+        (quarter[0] + quarter[2]) + (quarter[1] + quarter[3])
+    }
+    // Plain loops on fixed-size chunks: iterator adapters would be compiled outside this
+    // function's target features (perf: the dot products ran as SSE code in `Map::fold`),
+    // and a runtime-length inner loop kept its accumulators in memory.
+    #[inline(always)]
+    fn generic(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        out: &mut [f32],
+        scores: &mut Vec<f32>,
+    ) {
         let d = q.len();
-        // Plain loops: iterator adapters would be compiled outside this function's target
-        // features (perf: the dot products ran as SSE code in `Map::fold`).
-        let mut scores = vec![0f32; keys.len() / d];
+        let chunks = d / LANES;
+        scores.clear();
+        scores.resize(keys.len() / d, 0.0);
         for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
-            // Independent lanes, so that the sum vectorizes.
             let mut lanes = [0f32; LANES];
-            let (qc, kc) = (q.chunks_exact(LANES), key.chunks_exact(LANES));
-            let mut total: f32 = qc
-                .remainder()
-                .iter()
-                .zip(kc.remainder())
-                .map(|(a, b)| a * b)
-                .sum();
-            for (a, b) in qc.zip(kc) {
-                let (a, b): (&[f32; LANES], &[f32; LANES]) = (
-                    a.try_into().expect("a chunk"),
-                    b.try_into().expect("a chunk"),
-                );
+            for c in 0..chunks {
+                let a: &[f32; LANES] = q[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
+                let b: &[f32; LANES] = key[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
                 for i in 0..LANES {
                     lanes[i] += a[i] * b[i];
                 }
             }
-            for lane in lanes {
-                total += lane;
+            let mut total = sum_lanes(lanes);
+            for j in chunks * LANES..d {
+                total += q[j] * key[j];
             }
             *score = total * scale;
         }
-        super::kernels::softmax_row(&mut scores);
-        out.fill(0.0);
-        for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
-            for (o, x) in out.iter_mut().zip(value) {
-                *o += p * x;
+        super::kernels::softmax_row(scores);
+        // Each 16 columns of the output summed over all keys in one register.
+        for c in 0..chunks {
+            let mut acc = [0f32; LANES];
+            for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
+                let v: &[f32; LANES] = value[c * LANES..(c + 1) * LANES]
+                    .try_into()
+                    .expect("a chunk");
+                for i in 0..LANES {
+                    acc[i] += p * v[i];
+                }
             }
+            out[c * LANES..(c + 1) * LANES].copy_from_slice(&acc);
+        }
+        for j in chunks * LANES..d {
+            let mut acc = 0f32;
+            for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
+                acc += p * value[j];
+            }
+            out[j] = acc;
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
+        type Scratch<'a> = &'a mut Vec<f32>;
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32]) {
-            generic(q, k, v, s, o)
+        unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32], w: Scratch) {
+            generic(q, k, v, s, o, w)
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32]) {
-            generic(q, k, v, s, o)
+        unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32], w: Scratch) {
+            generic(q, k, v, s, o, w)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { avx512(q, keys, values, scale, out) };
+            return unsafe { avx512(q, keys, values, scale, out, scores) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: as above.
-            return unsafe { avx2(q, keys, values, scale, out) };
+            return unsafe { avx2(q, keys, values, scale, out, scores) };
         }
     }
-    generic(q, keys, values, scale, out)
+    generic(q, keys, values, scale, out, scores)
 }
 
 /// [`causal_attention`] for every sequence of a packed batch, each over its own cache.
