@@ -516,7 +516,8 @@ impl DecoderForward for Slow {
         logits: Logits,
     ) -> girder::Result<candle_core::Tensor> {
         std::thread::sleep(Duration::from_millis(2));
-        self.passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.passes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.forward(batch, caches, logits)
     }
     fn new_cache(&self, capacity: usize) -> girder::Result<KvCache> {
