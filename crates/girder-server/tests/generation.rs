@@ -426,22 +426,20 @@ async fn a_full_generation_queue_answers_429_with_retry_after() {
     server.shutdown().await.unwrap();
 }
 
-/// A real model whose forward pass panics when its batch holds `trigger`.
-struct PanicsOn {
+/// A real model that runs `before` ahead of each forward pass (to make it fail or slow it).
+struct Hooked<F> {
     inner: DecoderModel,
-    trigger: u32,
+    before: F,
 }
 
-impl DecoderForward for PanicsOn {
+impl<F: Fn(&RaggedBatch) + Send + Sync> DecoderForward for Hooked<F> {
     fn forward(
         &self,
         batch: &RaggedBatch,
         caches: &mut [&mut KvCache],
         logits: Logits,
     ) -> girder::Result<candle_core::Tensor> {
-        if batch.input_ids.contains(&self.trigger) {
-            panic!("injected failure on token {}", self.trigger);
-        }
+        (self.before)(batch);
         self.inner.forward(batch, caches, logits)
     }
     fn new_cache(&self, capacity: usize) -> girder::Result<KvCache> {
@@ -455,15 +453,25 @@ impl DecoderForward for PanicsOn {
     }
 }
 
+/// `name`'s generator with `before` run ahead of each forward pass.
+fn hooked(name: &str, before: impl Fn(&RaggedBatch) + Send + Sync + 'static) -> TextGenerator {
+    generator(name).map_model(|inner| {
+        let class = inner.class_name().to_string();
+        DecoderModel::from_parts(class, Box::new(Hooked { inner, before }))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_model_fails_its_requests_and_the_server_keeps_serving() {
-    let g = generator("qwen2-causal-lm");
-    let trigger = *g.encode_prompt(" boom", 0).unwrap().last().unwrap();
+    let plain = generator("qwen2-causal-lm");
+    let trigger = *plain.encode_prompt(" boom", 0).unwrap().last().unwrap();
     let calm = "Hello there";
-    assert!(!g.encode_prompt(calm, 0).unwrap().contains(&trigger));
-    let g = g.map_model(|inner| {
-        let class = inner.class_name().to_string();
-        DecoderModel::from_parts(class, Box::new(PanicsOn { inner, trigger }))
+    assert!(!plain.encode_prompt(calm, 0).unwrap().contains(&trigger));
+    // The forward pass panics when its batch holds the trigger.
+    let g = hooked("qwen2-causal-lm", move |batch| {
+        if batch.input_ids.contains(&trigger) {
+            panic!("injected failure on token {trigger}");
+        }
     });
     let server = start(g, options("qwen2-causal-lm")).await.unwrap();
     let ask =
@@ -499,51 +507,17 @@ async fn a_panic_in_the_model_fails_its_requests_and_the_server_keeps_serving() 
     server.shutdown().await.unwrap();
 }
 
-/// A real model that takes at least 2 ms per forward pass: 250 tokens last half a second
-/// whatever the machine, so a client can hang up before the end (the tiny fixture alone
-/// answers 250 tokens in under 30 ms). It counts its passes: the process-wide metrics also
-/// count the other tests' tokens.
-struct Slow {
-    inner: DecoderModel,
-    passes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl DecoderForward for Slow {
-    fn forward(
-        &self,
-        batch: &RaggedBatch,
-        caches: &mut [&mut KvCache],
-        logits: Logits,
-    ) -> girder::Result<candle_core::Tensor> {
-        std::thread::sleep(Duration::from_millis(2));
-        self.passes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.forward(batch, caches, logits)
-    }
-    fn new_cache(&self, capacity: usize) -> girder::Result<KvCache> {
-        self.inner.new_cache(capacity)
-    }
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
-    fn vocab_size(&self) -> usize {
-        self.inner.vocab_size()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_stops_its_sequence() {
+    // At least 2 ms per forward pass: 250 tokens last half a second whatever the machine, so
+    // the client can hang up before the end (the tiny fixture alone answers 250 tokens in
+    // under 30 ms). Its own passes are counted: the process-wide metrics also count the
+    // other tests' tokens.
     let passes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = passes.clone();
-    let g = generator("qwen2-causal-lm").map_model(|inner| {
-        let class = inner.class_name().to_string();
-        DecoderModel::from_parts(
-            class,
-            Box::new(Slow {
-                inner,
-                passes: counter,
-            }),
-        )
+    let g = hooked("qwen2-causal-lm", move |_| {
+        std::thread::sleep(Duration::from_millis(2));
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     });
     let passes = move || passes.load(std::sync::atomic::Ordering::SeqCst);
     let server = start(g, options("qwen2-causal-lm")).await.unwrap();

@@ -6,7 +6,10 @@
 //! options and stop strings; every [`step`](ContinuousBatch::step) is one ragged forward pass
 //! that holds the whole prompt of each newly admitted sequence (its prefill) next to one
 //! token of each running one. A sequence leaves in the step that ends it, and
-//! [`cancel`](ContinuousBatch::cancel) removes one at once (a client that hung up).
+//! [`cancel`](ContinuousBatch::cancel) removes one at once (a client that hung up). Recent
+//! prompts' keys and values are kept, so a prompt that begins as one of them did (a chat
+//! template's system prompt) prefills only what follows
+//! ([`with_prefix_cache`](ContinuousBatch::with_prefix_cache)).
 //!
 //! The stopping rules, the sampling and the text are those of the fixed-batch loop in
 //! `generate/mod.rs`, so a sequence's continuation does not depend on who shares its steps:
@@ -55,8 +58,9 @@ pub struct Step {
 /// Why it is exact: every row of the forward pass depends only on its own token and the
 /// keys and values of the positions before it, and the quantized kernel and the attention
 /// compute a row the same whatever else is in the batch, so copied positions hold what a
-/// full prefill would have computed. (On f32 weights the dense matrix products may sum in
-/// another order for other batch shapes: the same tokens, logits equal to about 1e-6.)
+/// full prefill would have computed. (On f32 weights candle's matrix product may sum in
+/// another order for other batch shapes: logits may differ in their last bits; the fixture
+/// tests see the same tokens.)
 struct PrefixCache {
     entries: Vec<KeptPrompt>,
     /// Positions all entries may hold together.
