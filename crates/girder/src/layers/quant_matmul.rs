@@ -276,26 +276,32 @@ impl QuantMatrix {
         let mut out = vec![0f32; n * self.rows];
         let shared = Shared(out.as_mut_ptr());
         let chunks = self.rows.div_ceil(TILED_CHUNK);
-        (0..chunks).into_par_iter().for_each(|c| {
-            let first = c * TILED_CHUNK;
-            let weights: Vec<&[u8]> = (first..self.rows.min(first + TILED_CHUNK))
-                .map(|r| &self.data[r * row_bytes..(r + 1) * row_bytes])
-                .collect();
-            let shared = &shared;
-            // SAFETY: `forward` chose this path after Kernel::detect saw AVX-512 VNNI; the
-            // chunk's columns `first..first + weights.len()` of the `[n, rows]` output are
-            // written by this task only.
-            unsafe {
-                vnni512::tiles(
-                    self.format,
-                    &weights,
-                    acts,
-                    n,
-                    shared.0.add(first),
-                    self.rows,
-                )
-            };
-        });
+        let scratch = || (Vec::new(), vnni512::Unpacked::default());
+        (0..chunks)
+            .into_par_iter()
+            .for_each_init(scratch, |(weights, unpacked), c| {
+                let first = c * TILED_CHUNK;
+                weights.clear();
+                weights.extend(
+                    (first..self.rows.min(first + TILED_CHUNK))
+                        .map(|r| &self.data[r * row_bytes..(r + 1) * row_bytes]),
+                );
+                let shared = &shared;
+                // SAFETY: `forward` chose this path after Kernel::detect saw AVX-512 VNNI; the
+                // chunk's columns `first..first + weights.len()` of the `[n, rows]` output are
+                // written by this task only.
+                unsafe {
+                    vnni512::tiles(
+                        self.format,
+                        weights,
+                        acts,
+                        n,
+                        shared.0.add(first),
+                        self.rows,
+                        unpacked,
+                    )
+                };
+            });
         out
     }
 }
@@ -704,8 +710,10 @@ pub(super) mod vnni512 {
     }
 
     /// Weight rows unpacked for [`tiles`]: `[rows, pairs]` of 64 unsigned weight bytes and
-    /// `d` halves, and `[rows, chunks of 16 blocks]` of the blocks' offsets `m`.
-    struct Unpacked {
+    /// `d` halves, and `[rows, chunks of 16 blocks]` of the blocks' offsets `m`. A thread
+    /// keeps one and refills it for each of its chunks of weight rows.
+    #[derive(Default)]
+    pub(super) struct Unpacked {
         pairs: usize,
         chunks: usize,
         u: Vec<__m512i>,
@@ -714,16 +722,14 @@ pub(super) mod vnni512 {
     }
 
     #[inline(always)]
-    unsafe fn unpack(format: Format, weights: &[&[u8]], pairs: usize) -> Unpacked {
+    unsafe fn unpack(unpacked: &mut Unpacked, format: Format, weights: &[&[u8]], pairs: usize) {
         let (paired, bytes) = (2 * pairs, format.block_bytes());
         let chunks = paired.div_ceil(CHUNK);
-        let mut unpacked = Unpacked {
-            pairs,
-            chunks,
-            u: Vec::with_capacity(weights.len() * pairs),
-            d: Vec::with_capacity(weights.len() * pairs),
-            m: Vec::with_capacity(weights.len() * chunks),
-        };
+        unpacked.pairs = pairs;
+        unpacked.chunks = chunks;
+        unpacked.u.clear();
+        unpacked.d.clear();
+        unpacked.m.clear();
         for w in weights {
             for first in (0..paired).step_by(CHUNK) {
                 let count = CHUNK.min(paired - first);
@@ -736,7 +742,6 @@ pub(super) mod vnni512 {
                 }
             }
         }
-        unpacked
     }
 
     /// `out[i · stride + c] = weights[c] · x_i` for every weight row `c` and activation row
@@ -753,34 +758,36 @@ pub(super) mod vnni512 {
         n: usize,
         out: *mut f32,
         stride: usize,
+        u: &mut Unpacked,
     ) {
         assert!(a.sums.len() >= n * a.blocks);
-        let u = match format {
-            Format::Q4_1 => unpack(Format::Q4_1, weights, a.blocks / 2),
-            Format::Q8_0 => unpack(Format::Q8_0, weights, a.blocks / 2),
-        };
+        match format {
+            Format::Q4_1 => unpack(u, Format::Q4_1, weights, a.blocks / 2),
+            Format::Q8_0 => unpack(u, Format::Q8_0, weights, a.blocks / 2),
+        }
+        let u = &*u;
         let dst = Tile { out, stride };
         for i in (0..n).step_by(TILE_ACTIVATIONS) {
             let acts = TILE_ACTIVATIONS.min(n - i);
             for c in (0..weights.len()).step_by(TILE_WEIGHTS) {
                 let rows = TILE_WEIGHTS.min(weights.len() - c);
                 match (rows, acts) {
-                    (4, 4) => tile::<4, 4>(&u, a, c, i, dst),
-                    (4, 3) => tile::<4, 3>(&u, a, c, i, dst),
-                    (4, 2) => tile::<4, 2>(&u, a, c, i, dst),
-                    (4, _) => tile::<4, 1>(&u, a, c, i, dst),
-                    (3, 4) => tile::<3, 4>(&u, a, c, i, dst),
-                    (3, 3) => tile::<3, 3>(&u, a, c, i, dst),
-                    (3, 2) => tile::<3, 2>(&u, a, c, i, dst),
-                    (3, _) => tile::<3, 1>(&u, a, c, i, dst),
-                    (2, 4) => tile::<2, 4>(&u, a, c, i, dst),
-                    (2, 3) => tile::<2, 3>(&u, a, c, i, dst),
-                    (2, 2) => tile::<2, 2>(&u, a, c, i, dst),
-                    (2, _) => tile::<2, 1>(&u, a, c, i, dst),
-                    (_, 4) => tile::<1, 4>(&u, a, c, i, dst),
-                    (_, 3) => tile::<1, 3>(&u, a, c, i, dst),
-                    (_, 2) => tile::<1, 2>(&u, a, c, i, dst),
-                    (_, _) => tile::<1, 1>(&u, a, c, i, dst),
+                    (4, 4) => tile::<4, 4>(u, a, c, i, dst),
+                    (4, 3) => tile::<4, 3>(u, a, c, i, dst),
+                    (4, 2) => tile::<4, 2>(u, a, c, i, dst),
+                    (4, _) => tile::<4, 1>(u, a, c, i, dst),
+                    (3, 4) => tile::<3, 4>(u, a, c, i, dst),
+                    (3, 3) => tile::<3, 3>(u, a, c, i, dst),
+                    (3, 2) => tile::<3, 2>(u, a, c, i, dst),
+                    (3, _) => tile::<3, 1>(u, a, c, i, dst),
+                    (2, 4) => tile::<2, 4>(u, a, c, i, dst),
+                    (2, 3) => tile::<2, 3>(u, a, c, i, dst),
+                    (2, 2) => tile::<2, 2>(u, a, c, i, dst),
+                    (2, _) => tile::<2, 1>(u, a, c, i, dst),
+                    (_, 4) => tile::<1, 4>(u, a, c, i, dst),
+                    (_, 3) => tile::<1, 3>(u, a, c, i, dst),
+                    (_, 2) => tile::<1, 2>(u, a, c, i, dst),
+                    (_, _) => tile::<1, 1>(u, a, c, i, dst),
                 }
             }
         }
