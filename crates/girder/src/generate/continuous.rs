@@ -203,7 +203,8 @@ impl<'g> ContinuousBatch<'g> {
     /// Keeps up to `positions` positions of recent prompts (0: none): a new prompt that
     /// begins as a kept one does (the same system prompt) has the shared positions' keys and
     /// values copied instead of computed, and only the rest prefilled. Outputs are those of
-    /// a full prefill; only the time to the first token changes.
+    /// a full prefill (bit for bit on GGUF models; on f32 weights up to the logits' last
+    /// bits); the time to the first token is what changes.
     pub fn with_prefix_cache(mut self, positions: usize) -> Self {
         self.prefixes.budget = positions;
         self.prefixes.entries.clear();
