@@ -1,0 +1,647 @@
+//! A Q4_1 or Q8_0 matrix times activations rounded to 8 bits, as llama.cpp multiplies them.
+//!
+//! candle 0.11 multiplies Q4_1 with a scalar loop (`BlockQ4_1::vec_dot` calls its
+//! `vec_dot_unopt`), about 30 times slower than llama.cpp for SmolLM2's Q4_1 file. This
+//! kernel reads the weight blocks (Q4_1: 20 bytes per 32 weights, f16 scale `d`, f16 minimum
+//! `m`, 16 bytes of nibbles, weight `j` is `d · q_j + m`; Q8_0: 34 bytes, f16 `d` and 32 signed
+//! bytes, weight `j` is `d · q_j`) and rounds each block of 32 activations to signed bytes with
+//! its own scale (`x ≈ e · a`, ggml's `block_q8_1`), so that a block's dot product is integer
+//! arithmetic:
+//!
+//! `Σ_j x_j (d q_j + m) ≈ d e Σ_j q_j a_j + m e Σ_j a_j`
+//!
+//! Why round the activations: with f32 activations each weight had to be widened to f32 and
+//! multiplied one lane per weight; with bytes, AVX-512 VNNI's `vpdpbusd` multiplies and sums
+//! 64 weight-activation pairs in one instruction (AVX2's `vpmaddubsw` 32). The cost is the
+//! rounding: the logits move by a few percent against the dequantized model's (the f32 path,
+//! `GgufMode::Dequantized`, stays exact), the same approximation llama.cpp makes.
+//!
+//! The kernel is chosen at run time (builds stay portable: no `target-cpu=native`):
+//! - AVX-512 VNNI (`vnni512`): the matrix is re-laid out once at load, weight bytes apart
+//!   from their scales, four blocks per 64-byte line, so that 128 products cost five
+//!   instructions. Decode steps (under eight rows) multiply each weight row against their few
+//!   activation rows; prompts and batches go through register tiles of 4 weight rows × 4
+//!   activation rows. Both compute each product with the same instructions in the same order:
+//!   a row's result does not depend on the batch it is in.
+//! - AVX2 (`avx2`) and a scalar loop read the blocks as the file stores them.
+//!
+//! Weight rows are split across rayon's threads.
+//!
+//! Dequantizing the matrix for one f32 GEMM materialises every matrix as f32 on every call:
+//! 538 MB of transient memory for SmolLM2, which under a server's continuous batching cost
+//! more than it saved (perf: page clearing and transposes) and grew the resident set by 40%.
+
+use crate::error::Result;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod vnni512;
+
+const BLOCK: usize = 32;
+
+/// The block formats the kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// f16 d, f16 m, 16 bytes of nibbles (low nibble: element j, high: j + 16).
+    Q4_1,
+    /// f16 d, 32 signed bytes.
+    Q8_0,
+}
+
+impl Format {
+    fn block_bytes(self) -> usize {
+        match self {
+            Format::Q4_1 => 20,
+            Format::Q8_0 => 34,
+        }
+    }
+
+    /// The bytes of scales before a block's weight bytes.
+    fn header_bytes(self) -> usize {
+        match self {
+            Format::Q4_1 => 4,
+            Format::Q8_0 => 2,
+        }
+    }
+}
+
+/// Activation rows one pass of the kernel multiplies (its accumulators stay in registers).
+const ROWS_PER_PASS: usize = 8;
+
+/// A `[rows, cols]` Q4_1 or Q8_0 matrix.
+#[derive(Debug, Clone)]
+pub struct QuantMatrix {
+    rows: usize,
+    cols: usize,
+    format: Format,
+    layout: Layout,
+    tensor: std::sync::Arc<QTensor>,
+}
+
+/// How a [`QuantMatrix`] keeps its blocks: as the file stores them (the AVX2 and scalar
+/// kernels) or re-laid out for the AVX-512 kernels.
+#[derive(Debug, Clone)]
+enum Layout {
+    Blocks(std::sync::Arc<Vec<u8>>),
+    #[cfg(target_arch = "x86_64")]
+    Split(std::sync::Arc<vnni512::Split>),
+}
+
+/// Activation rows rounded block by block to signed bytes: `x_j ≈ scale · q_j`.
+struct ByteActivations {
+    blocks: usize,
+    /// `[rows, blocks · 32]`.
+    q: Vec<i8>,
+    /// `[rows, blocks]`: each block's scale.
+    scales: Vec<f32>,
+    /// `[rows, blocks]`: `scale · Σ q` (the Q4_1 minimum's term).
+    sums: Vec<f32>,
+}
+
+impl ByteActivations {
+    /// Rows of `cols` values each; rows are rounded on rayon's threads when there are many.
+    fn quantize(xs: &[f32], cols: usize) -> Self {
+        let blocks = cols / BLOCK;
+        let total = xs.len() / BLOCK;
+        let mut acts = ByteActivations {
+            blocks,
+            q: vec![0i8; xs.len()],
+            scales: vec![0f32; total],
+            sums: vec![0f32; total],
+        };
+        let rows_per_task = 16;
+        xs.par_chunks(rows_per_task * cols)
+            .zip(acts.q.par_chunks_mut(rows_per_task * cols))
+            .zip(acts.scales.par_chunks_mut(rows_per_task * blocks))
+            .zip(acts.sums.par_chunks_mut(rows_per_task * blocks))
+            .for_each(|(((x, q), scales), sums)| round_blocks(x, q, scales, sums));
+        acts
+    }
+
+    fn row(&self, i: usize) -> ActivationRow<'_> {
+        let b = self.blocks;
+        ActivationRow {
+            q: &self.q[i * b * BLOCK..(i + 1) * b * BLOCK],
+            scales: &self.scales[i * b..(i + 1) * b],
+            sums: &self.sums[i * b..(i + 1) * b],
+        }
+    }
+}
+
+/// Rounds each block of 32 of `xs` (compiled once per instruction set, so that the rounding
+/// is one instruction instead of a libm call per value).
+fn round_blocks(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// The same rounding, a block in two registers (`vcvtps2dq` rounds ties to even).
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let blocks = sums.len().min(xs.len() / BLOCK);
+            assert!(q.len() >= blocks * BLOCK && scales.len() >= blocks);
+            for b in 0..blocks {
+                let x0 = _mm512_loadu_ps(xs.as_ptr().add(b * BLOCK));
+                let x1 = _mm512_loadu_ps(xs.as_ptr().add(b * BLOCK + 16));
+                let amax =
+                    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+                let scale = amax / 127.0;
+                let inverse = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+                let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inverse));
+                let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inverse));
+                let out = q.as_mut_ptr().add(b * BLOCK) as *mut __m128i;
+                _mm_storeu_si128(out, _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(q1));
+                let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                *scales.get_unchecked_mut(b) = scale;
+                *sums.get_unchecked_mut(b) = scale * sum as f32;
+            }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+            round_blocks_with(xs, q, scales, sums)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { avx512(xs, q, scales, sums) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { avx2(xs, q, scales, sums) };
+        }
+    }
+    round_blocks_with(xs, q, scales, sums)
+}
+
+#[inline(always)]
+fn round_blocks_with(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+    for (((x, qb), scale_out), sum_out) in xs
+        .chunks_exact(BLOCK)
+        .zip(q.chunks_exact_mut(BLOCK))
+        .zip(scales.iter_mut())
+        .zip(sums.iter_mut())
+    {
+        let x: &[f32; BLOCK] = x.try_into().expect("a block");
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in qb.iter_mut().zip(x) {
+            // Ties to even, as llama.cpp's SIMD `quantize_row_q8_1` (`_mm256_round_ps`).
+            *q = (v * inverse).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        *scale_out = scale;
+        *sum_out = scale * sum as f32;
+    }
+}
+
+/// One row of [`ByteActivations`].
+#[derive(Clone, Copy)]
+struct ActivationRow<'a> {
+    q: &'a [i8],
+    scales: &'a [f32],
+    sums: &'a [f32],
+}
+
+impl QuantMatrix {
+    /// The matrix of a Q4_1 or Q8_0 `QTensor` `[rows, cols]`; `None` for any other type.
+    pub fn from_qtensor(t: &std::sync::Arc<QTensor>) -> Result<Option<Self>> {
+        let format = match t.dtype() {
+            GgmlDType::Q4_1 => Format::Q4_1,
+            GgmlDType::Q8_0 => Format::Q8_0,
+            _ => return Ok(None),
+        };
+        let (rows, cols) = t.shape().dims2()?;
+        let data = t.data()?;
+        if !cols.is_multiple_of(BLOCK) || data.len() != rows * cols / BLOCK * format.block_bytes() {
+            return Ok(None);
+        }
+        let layout = match Kernel::detect() {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni512 => Layout::Split(std::sync::Arc::new(vnni512::Split::new(
+                format,
+                rows,
+                cols / BLOCK,
+                &data,
+            ))),
+            _ => Layout::Blocks(std::sync::Arc::new(data.into_owned())),
+        };
+        Ok(Some(QuantMatrix {
+            rows,
+            cols,
+            format,
+            layout,
+            tensor: t.clone(),
+        }))
+    }
+
+    /// The quantized tensor the matrix was read from.
+    pub fn qtensor(&self) -> &std::sync::Arc<QTensor> {
+        &self.tensor
+    }
+
+    /// `x`: `[n, cols]` f32 → `x Wᵀ`: `[n, rows]` f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, cols) = x.dims2()?;
+        if cols != self.cols {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: x.shape().clone(),
+                rhs: (self.rows, self.cols).into(),
+                op: "quantized matmul",
+            }
+            .into());
+        }
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let out = match &self.layout {
+            Layout::Blocks(data) => self.forward_blocks(data, &xs, n),
+            #[cfg(target_arch = "x86_64")]
+            Layout::Split(split) => forward_split(split, &ByteActivations::quantize(&xs, cols), n),
+        };
+        Ok(Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?)
+    }
+
+    /// `[n, rows]` through the AVX2 or scalar kernel, [`ROWS_PER_PASS`] activation rows per
+    /// pass over a weight row.
+    fn forward_blocks(&self, data: &[u8], xs: &[f32], n: usize) -> Vec<f32> {
+        let cols = self.cols;
+        let passes: Vec<ByteActivations> = xs
+            .chunks(ROWS_PER_PASS * cols)
+            .map(|rows| ByteActivations::quantize(rows, cols))
+            .collect();
+        let row_bytes = cols / BLOCK * self.format.block_bytes();
+        let (kernel, format) = (Kernel::detect(), self.format);
+        let mut transposed = vec![0f32; n * self.rows];
+        // Laid out [rows, n] while computing (each thread owns whole weight rows), transposed
+        // at the end.
+        let chunk_rows = 16;
+        transposed
+            .par_chunks_mut(chunk_rows * n)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let first = c * chunk_rows;
+                for (r, dst_row) in dst.chunks_mut(n).enumerate() {
+                    let w = &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
+                    for (acts, dst) in passes.iter().zip(dst_row.chunks_mut(ROWS_PER_PASS)) {
+                        weight_row(kernel, format, w, acts, dst);
+                    }
+                }
+            });
+        let mut out = vec![0f32; n * self.rows];
+        for (r, column) in transposed.chunks(n.max(1)).enumerate() {
+            for (i, v) in column.iter().enumerate() {
+                out[i * self.rows + r] = *v;
+            }
+        }
+        out
+    }
+}
+
+/// `[n, rows]` through the AVX-512 kernels: under [`TILED_FROM_ROWS`] activation rows, each
+/// weight row once against all of them ([`vnni512::rows`]); from there, register tiles of
+/// weight rows unpacked once per [`TILED_CHUNK`] ([`vnni512::tiles`]). Both compute every
+/// product with the same instructions in the same order.
+#[cfg(target_arch = "x86_64")]
+fn forward_split(w: &vnni512::Split, acts: &ByteActivations, n: usize) -> Vec<f32> {
+    /// The output, written by every thread at its own columns.
+    struct Shared(vnni512::Output);
+    // SAFETY: threads write disjoint columns (their own weight rows) of the output.
+    unsafe impl Sync for Shared {}
+    let acts = vnni512::Groups::new(acts, n);
+    let rows = w.rows();
+    let mut out = vec![0f32; n * rows];
+    let shared = Shared(vnni512::Output {
+        at: out.as_mut_ptr(),
+        stride: rows,
+    });
+    let chunks = rows.div_ceil(TILED_CHUNK);
+    (0..chunks)
+        .into_par_iter()
+        .for_each_init(vnni512::Unpacked::default, |unpacked, c| {
+            let shared = &shared;
+            let span = c * TILED_CHUNK..rows.min((c + 1) * TILED_CHUNK);
+            // SAFETY: `from_qtensor` chose this layout after Kernel::detect saw AVX-512 VNNI;
+            // the columns `span` of the `[n, rows]` output are written by this task only.
+            unsafe {
+                if n >= TILED_FROM_ROWS {
+                    return vnni512::tiles(w, span, &acts, n, shared.0, unpacked);
+                }
+                for r in span {
+                    for first in (0..n).step_by(ROWS_PER_PASS) {
+                        let out = vnni512::Output {
+                            at: shared.0.at.add(first * rows),
+                            stride: rows,
+                        };
+                        match n - first {
+                            1 => vnni512::rows::<1>(w, r, &acts, first, out),
+                            2 => vnni512::rows::<2>(w, r, &acts, first, out),
+                            3 => vnni512::rows::<3>(w, r, &acts, first, out),
+                            4 => vnni512::rows::<4>(w, r, &acts, first, out),
+                            5 => vnni512::rows::<5>(w, r, &acts, first, out),
+                            6 => vnni512::rows::<6>(w, r, &acts, first, out),
+                            7 => vnni512::rows::<7>(w, r, &acts, first, out),
+                            _ => vnni512::rows::<8>(w, r, &acts, first, out),
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Activation rows from which the AVX-512 path multiplies in register tiles instead of passes
+/// of eight; both compute every product with the same instructions in the same order, so a
+/// row's result does not depend on the batch it came in.
+const TILED_FROM_ROWS: usize = 8;
+
+/// Weight rows a thread of the AVX-512 path takes at once (and the tiled kernel unpacks).
+const TILED_CHUNK: usize = 16;
+
+/// The matrices stacked row after row (they share their column count and block type): GGUF
+/// stores a matrix's blocks row by row, so the stacked matrix is their bytes in order.
+pub fn concat_rows(parts: &[std::sync::Arc<QTensor>]) -> Result<QTensor> {
+    let first = parts
+        .first()
+        .ok_or_else(|| candle_core::Error::Msg("no matrices to stack".into()))?;
+    let (dtype, (_, cols)) = (first.dtype(), first.shape().dims2()?);
+    let mut bytes = Vec::new();
+    let mut rows = 0;
+    for p in parts {
+        let (r, c) = p.shape().dims2()?;
+        if c != cols || p.dtype() != dtype {
+            return Err(candle_core::Error::Msg(format!(
+                "cannot stack a {:?} [{r}, {c}] matrix under a {dtype:?} one of {cols} columns",
+                p.dtype()
+            ))
+            .into());
+        }
+        bytes.extend_from_slice(&p.data()?);
+        rows += r;
+    }
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        &bytes,
+        vec![rows, cols],
+        &Device::Cpu,
+    )?)
+}
+
+/// The widest kernel this CPU runs, detected once at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// AVX-512 BW + VL + VNNI over [`Layout::Split`] matrices: 128 byte products per two
+    /// `vpdpbusd`.
+    Vnni512,
+    /// AVX2 + FMA + F16C: one block per `vpmaddubsw` (32 byte products into i16 pairs).
+    Avx2,
+    Scalar,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                // GIRDER_NO_AVX512=1 forces the AVX2 kernel, to compare the two.
+                if std::env::var_os("GIRDER_NO_AVX512").is_none()
+                    && has!("avx512f")
+                    && has!("avx512bw")
+                    && has!("avx512dq")
+                    && has!("avx512vl")
+                    && has!("avx512vnni")
+                    && has!("f16c")
+                {
+                    return Kernel::Vnni512;
+                }
+                if has!("avx2") && has!("fma") && has!("f16c") {
+                    return Kernel::Avx2;
+                }
+            }
+            Kernel::Scalar
+        })
+    }
+}
+
+/// `out[i] = w · x_i` for every activation row `i` (`out.len()` of them, at most
+/// [`ROWS_PER_PASS`]).
+fn weight_row(kernel: Kernel, format: Format, w: &[u8], acts: &ByteActivations, out: &mut [f32]) {
+    assert!(out.len() <= ROWS_PER_PASS && acts.q.len() >= out.len() * acts.blocks * BLOCK);
+    assert!(w.len() >= acts.blocks * format.block_bytes());
+    #[cfg(target_arch = "x86_64")]
+    {
+        const _: () = assert!(ROWS_PER_PASS == 8);
+        macro_rules! by_rows {
+            ($m:ident :: $f:ident) => {
+                match out.len() {
+                    1 => $m::$f::<1>(w, acts, out),
+                    2 => $m::$f::<2>(w, acts, out),
+                    3 => $m::$f::<3>(w, acts, out),
+                    4 => $m::$f::<4>(w, acts, out),
+                    5 => $m::$f::<5>(w, acts, out),
+                    6 => $m::$f::<6>(w, acts, out),
+                    7 => $m::$f::<7>(w, acts, out),
+                    _ => $m::$f::<8>(w, acts, out),
+                }
+            };
+        }
+        // SAFETY: Kernel::detect saw the features each kernel enables; the asserts above
+        // bound every pointer the kernels read.
+        unsafe {
+            match (kernel, format) {
+                (Kernel::Avx2, Format::Q4_1) => return by_rows!(avx2::q4_1),
+                (Kernel::Avx2, Format::Q8_0) => return by_rows!(avx2::q8_0),
+                (Kernel::Scalar | Kernel::Vnni512, _) => {}
+            }
+        }
+    }
+    let _ = kernel;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = match format {
+            Format::Q4_1 => q4_1_scalar(w, acts.row(i)),
+            Format::Q8_0 => q8_0_scalar(w, acts.row(i)),
+        };
+    }
+}
+
+fn f16_at(block: &[u8], offset: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([block[offset], block[offset + 1]]))
+}
+
+/// The reference the SIMD kernels are tested against (and the kernel of other CPUs).
+fn q4_1_scalar(w: &[u8], a: ActivationRow) -> f32 {
+    let mut total = 0f32;
+    for (b, block) in w.chunks_exact(20).take(a.sums.len()).enumerate() {
+        let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+        let aq = &a.q[b * BLOCK..(b + 1) * BLOCK];
+        let mut dot = 0i32;
+        for (j, &q) in block[4..].iter().enumerate() {
+            dot += (q & 0x0f) as i32 * aq[j] as i32 + (q >> 4) as i32 * aq[j + 16] as i32;
+        }
+        total += d * a.scales[b] * dot as f32 + m * a.sums[b];
+    }
+    total
+}
+
+fn q8_0_scalar(w: &[u8], a: ActivationRow) -> f32 {
+    let mut total = 0f32;
+    for (b, block) in w.chunks_exact(34).take(a.sums.len()).enumerate() {
+        let aq = &a.q[b * BLOCK..(b + 1) * BLOCK];
+        let dot: i32 = block[2..]
+            .iter()
+            .zip(aq)
+            .map(|(&q, &x)| q as i8 as i32 * x as i32)
+            .sum();
+        total += f16_at(block, 0) * a.scales[b] * dot as f32;
+    }
+    total
+}
+
+fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits >> 15) as u32) << 31;
+    let exp = ((bits >> 10) & 0x1f) as u32;
+    let frac = (bits & 0x3ff) as u32;
+    let magnitude = match exp {
+        0 => {
+            let v = frac as f32 * 2f32.powi(-24);
+            return if sign != 0 { -v } else { v };
+        }
+        0x1f => 0x7f80_0000 | (frac << 13),
+        _ => ((exp + 112) << 23) | (frac << 13),
+    };
+    f32::from_bits(sign | magnitude)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::max_diff;
+
+    /// `x` with every block replaced by what the kernel multiplies: `scale · q`.
+    fn rounded(x: &Tensor) -> Tensor {
+        let (n, cols) = x.dims2().unwrap();
+        let a = ByteActivations::quantize(&x.flatten_all().unwrap().to_vec1().unwrap(), cols);
+        let back: Vec<f32> =
+            a.q.iter()
+                .enumerate()
+                .map(|(j, &q)| q as f32 * a.scales[j / BLOCK])
+                .collect();
+        Tensor::from_vec(back, (n, cols), &Device::Cpu).unwrap()
+    }
+
+    /// Every kernel this CPU has, and the scalar one, against the dequantized weights times
+    /// the rounded activations (the same products, summed in another order), for 1 to 8
+    /// rows (one pass of the kernel), and 12, 21 and 70 (passes of 8), with an even and an
+    /// odd block count.
+    fn check(format: GgmlDType) {
+        let dev = Device::Cpu;
+        // 3, 4 and 37 blocks: odd and even counts, whole and partial chunks of 16 blocks.
+        for cols in [96, 128, 1184] {
+            // 37 weight rows: a partial chunk of the tiled kernel and a partial register tile.
+            let w = Tensor::randn(0f32, 1.0, (37, cols), &dev).unwrap();
+            let q = std::sync::Arc::new(QTensor::quantize(&w, format).unwrap());
+            let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+            let dense = q.dequantize(&dev).unwrap();
+            for n in [1, 2, 3, 5, 8, 12, 21, 70] {
+                let x = Tensor::randn(0f32, 1.0, (n, cols), &dev).unwrap();
+                let y = m.forward(&x).unwrap();
+                let exact = x.matmul(&dense.t().unwrap()).unwrap();
+                let same_products = rounded(&x).matmul(&dense.t().unwrap()).unwrap();
+                let diff = max_diff(&y, &same_products);
+                assert!(diff < 1e-4, "{format:?} {cols} cols {n} rows: {diff}");
+                // The rounding itself: each activation moves by at most half a step.
+                let rounding = max_diff(&y, &exact);
+                assert!(
+                    rounding < 0.05 * (cols as f32).sqrt(),
+                    "{format:?}: {rounding}"
+                );
+                // A row's result does not depend on its batch: rows alone (the pass kernel)
+                // equal the batch (from TILED_FROM_ROWS rows, the tiled kernel) bit for bit.
+                for i in [0, n / 2, n - 1] {
+                    let alone = m.forward(&x.narrow(0, i, 1).unwrap()).unwrap();
+                    let in_batch = y.narrow(0, i, 1).unwrap();
+                    assert_eq!(
+                        alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        in_batch.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        "{format:?} {cols} cols, row {i} of {n}"
+                    );
+                }
+                if n > ROWS_PER_PASS {
+                    continue;
+                }
+                // The scalar kernel on the file's blocks, against the first weight row's
+                // results of this CPU's kernel.
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let acts = ByteActivations::quantize(&xs, cols);
+                let row_bytes = cols / BLOCK * m.format.block_bytes();
+                let mut scalar = vec![0f32; n];
+                weight_row(
+                    Kernel::Scalar,
+                    m.format,
+                    &q.data().unwrap()[..row_bytes],
+                    &acts,
+                    &mut scalar,
+                );
+                let fast: Vec<f32> = y
+                    .narrow(1, 0, 1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                for (s, f) in scalar.iter().zip(&fast) {
+                    assert!((s - f).abs() < 1e-4, "{format:?} {n}: scalar {s} vs {f}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_1_equals_dequantized_matmul() {
+        check(GgmlDType::Q4_1);
+    }
+
+    #[test]
+    fn q8_0_equals_dequantized_matmul() {
+        check(GgmlDType::Q8_0);
+    }
+
+    /// The SIMD rounding and the scalar loop agree on every byte, scale and sum.
+    #[test]
+    fn rounding_is_the_same_on_every_instruction_set() {
+        let xs: Vec<f32> = Tensor::randn(0f32, 3.0, (4, 96), &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let a = ByteActivations::quantize(&xs, 96);
+        let (mut q, mut scales, mut sums) = (vec![0i8; 384], vec![0f32; 12], vec![0f32; 12]);
+        round_blocks_with(&xs, &mut q, &mut scales, &mut sums);
+        assert_eq!((a.q, a.scales, a.sums), (q, scales, sums));
+    }
+
+    #[test]
+    fn rounding_keeps_zero_blocks_and_extremes() {
+        let mut xs = vec![0f32; 64];
+        xs[32] = -3.0;
+        xs[33] = 1.5;
+        let a = ByteActivations::quantize(&xs, 64);
+        assert!(a.q[..32].iter().all(|&q| q == 0) && a.scales[0] == 0.0);
+        assert_eq!((a.q[32], a.q[33]), (-127, 64));
+        assert_eq!(a.sums[1], a.scales[1] * (-127 + 64) as f32);
+    }
+
+    #[test]
+    fn f16_conversion() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x0000), 0.0);
+    }
+}
