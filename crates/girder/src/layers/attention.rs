@@ -283,52 +283,103 @@ fn attend_one_head(
         scores: &mut Vec<f32>,
     ) {
         let d = q.len();
-        let chunks = d / LANES;
         scores.clear();
         scores.resize(keys.len() / d, 0.0);
+        dot_products(q, keys, scale, scores);
+        softmax_and_values(scores, values, d, out);
+    }
+    /// `scores[k] = scale · q · keys[k]`.
+    #[inline(always)]
+    fn dot_products(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+        let d = q.len();
+        let chunks = d / LANES;
         for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
             let mut lanes = [0f32; LANES];
             for c in 0..chunks {
                 let a: &[f32; LANES] = q[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
                 let b: &[f32; LANES] = key[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
                 for i in 0..LANES {
-                    lanes[i] += a[i] * b[i];
+                    lanes[i] = a[i].mul_add(b[i], lanes[i]);
                 }
             }
             let mut total = sum_lanes(lanes);
             for j in chunks * LANES..d {
-                total += q[j] * key[j];
+                total = q[j].mul_add(key[j], total);
             }
             *score = total * scale;
         }
+    }
+    #[inline(always)]
+    fn softmax_and_values(scores: &mut [f32], values: &[f32], d: usize, out: &mut [f32]) {
         super::kernels::softmax_row(scores);
-        // Each 16 columns of the output summed over all keys in one register.
-        for c in 0..chunks {
-            let mut acc = [0f32; LANES];
-            for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
-                let v: &[f32; LANES] = value[c * LANES..(c + 1) * LANES]
-                    .try_into()
-                    .expect("a chunk");
-                for i in 0..LANES {
-                    acc[i] += p * v[i];
+        match d {
+            64 => weighted_values::<4>(scores, values, out),
+            128 => weighted_values::<8>(scores, values, out),
+            _ => {
+                for (j, o) in out.iter_mut().enumerate().take(d) {
+                    let mut acc = 0f32;
+                    for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
+                        acc = p.mul_add(value[j], acc);
+                    }
+                    *o = acc;
                 }
             }
-            out[c * LANES..(c + 1) * LANES].copy_from_slice(&acc);
         }
-        for j in chunks * LANES..d {
-            let mut acc = 0f32;
-            for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
-                acc += p * value[j];
+    }
+    /// `out = Σ_k p_k v_k` for rows of `C · 16` values: the whole output row in registers,
+    /// even and odd keys into two sets of accumulators (one chain of dependent multiply-adds
+    /// per 16 columns made a 512-position decode step wait on their latency), added at the end.
+    #[inline(always)]
+    fn weighted_values<const C: usize>(scores: &[f32], values: &[f32], out: &mut [f32]) {
+        let d = C * LANES;
+        let mut even = [[0f32; LANES]; C];
+        let mut odd = [[0f32; LANES]; C];
+        let pairs = scores.len() / 2;
+        for k in 0..pairs {
+            let (p0, p1) = (scores[2 * k], scores[2 * k + 1]);
+            let v0 = &values[2 * k * d..(2 * k + 1) * d];
+            let v1 = &values[(2 * k + 1) * d..(2 * k + 2) * d];
+            for c in 0..C {
+                let a: &[f32; LANES] = v0[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
+                let b: &[f32; LANES] = v1[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
+                for i in 0..LANES {
+                    even[c][i] = p0.mul_add(a[i], even[c][i]);
+                    odd[c][i] = p1.mul_add(b[i], odd[c][i]);
+                }
             }
-            out[j] = acc;
+        }
+        if scores.len() % 2 == 1 {
+            let (p, v) = (
+                scores[2 * pairs],
+                &values[2 * pairs * d..(2 * pairs + 1) * d],
+            );
+            for c in 0..C {
+                for i in 0..LANES {
+                    even[c][i] = p.mul_add(v[c * LANES + i], even[c][i]);
+                }
+            }
+        }
+        for c in 0..C {
+            for i in 0..LANES {
+                out[c * LANES + i] = even[c][i] + odd[c][i];
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         type Scratch<'a> = &'a mut Vec<f32>;
+        /// As `generic`, the dot products 16 keys at a time (`dot_products_avx512`).
         #[target_feature(enable = "avx512f")]
         unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32], w: Scratch) {
-            generic(q, k, v, s, o, w)
+            let d = q.len();
+            w.clear();
+            w.resize(k.len() / d, 0.0);
+            match d {
+                64 => dot_products_avx512::<4>(q, k, s, w),
+                128 => dot_products_avx512::<8>(q, k, s, w),
+                _ => dot_products(q, k, s, w),
+            }
+            softmax_and_values(w, v, d, o)
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32], w: Scratch) {
@@ -345,6 +396,49 @@ fn attend_one_head(
         }
     }
     generic(q, keys, values, scale, out, scores)
+}
+
+/// `scores[k] = scale · q · keys[k]` for `C · 16`-wide rows: 16 keys' products in 16
+/// registers, summed by one transposing reduction (`sum_lanes_16`; the compiler had turned
+/// the per-key loop into two-lane code), the last `n mod 16` keys one by one with the same
+/// additions, so a key's score does not depend on where its block of 16 starts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // `c` picks a register of the query and a key's offset
+unsafe fn dot_products_avx512<const C: usize>(
+    q: &[f32],
+    keys: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    use super::kernels::avx512::{sum_lanes, sum_lanes_16};
+    use std::arch::x86_64::*;
+    let d = C * 16;
+    assert!(q.len() == d && keys.len() >= scores.len() * d);
+    let mut qv = [_mm512_setzero_ps(); C];
+    for c in 0..C {
+        qv[c] = _mm512_loadu_ps(q.as_ptr().add(16 * c));
+    }
+    let product = |key: *const f32| {
+        let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(key));
+        for c in 1..C {
+            acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(key.add(16 * c)), acc);
+        }
+        acc
+    };
+    let n = scores.len();
+    let blocks = n / 16;
+    for b in 0..blocks {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = product(keys.as_ptr().add((16 * b + j) * d));
+        }
+        let sums = _mm512_mul_ps(sum_lanes_16(&acc), _mm512_set1_ps(scale));
+        _mm512_storeu_ps(scores.as_mut_ptr().add(16 * b), sums);
+    }
+    for k in 16 * blocks..n {
+        scores[k] = sum_lanes(product(keys.as_ptr().add(k * d))) * scale;
+    }
 }
 
 /// [`causal_attention`] for every sequence of a packed batch, each over its own cache.

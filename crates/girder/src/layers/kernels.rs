@@ -340,6 +340,55 @@ pub fn add_in_place(x: Tensor, y: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Lane sums in a fixed order, shared by the AVX-512 kernels (callers enable AVX-512F):
+/// one accumulator's 16 lanes, or 16 accumulators at once with the same additions, so a
+/// result does not depend on which of the two reduced it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The 16 lanes of `v` summed in a fixed order: lane j with j + 8, then j + 4, j + 2,
+    /// j + 1 (the order `sum_lanes_16` keeps; `_mm512_reduce_add_ps` promises none).
+    #[inline(always)]
+    pub(crate) unsafe fn sum_lanes(v: __m512) -> f32 {
+        let h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v));
+        let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        let p = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)))
+    }
+
+    /// Lane k: [`sum_lanes`]`(vs[k])`, the same additions in the same pairs, done for 16
+    /// accumulators at once (15 pairwise combinations instead of 16 separate reductions).
+    #[inline(always)]
+    pub(crate) unsafe fn sum_lanes_16(vs: &[__m512; 16]) -> __m512 {
+        /// Lanes `lo` of `a` then of `b` plus lanes `lo + step` of `a` then of `b`.
+        #[inline(always)]
+        unsafe fn fold(a: __m512, b: __m512, lo: __m512i, step: i32) -> __m512 {
+            let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(step));
+            _mm512_add_ps(
+                _mm512_permutex2var_ps(a, lo, b),
+                _mm512_permutex2var_ps(a, hi, b),
+            )
+        }
+        // Index vectors: 16..31 pick from `b`.
+        let by8 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+        let by4 = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+        let by2 = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
+        let by1 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mut w = [_mm512_setzero_ps(); 8];
+        for k in 0..8 {
+            w[k] = fold(vs[2 * k], vs[2 * k + 1], by8, 8);
+        }
+        let mut x = [_mm512_setzero_ps(); 4];
+        for k in 0..4 {
+            x[k] = fold(w[2 * k], w[2 * k + 1], by4, 4);
+        }
+        let y0 = fold(x[0], x[1], by2, 2);
+        let y1 = fold(x[2], x[3], by2, 2);
+        fold(y0, y1, by1, 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
