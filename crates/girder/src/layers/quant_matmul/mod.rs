@@ -17,12 +17,12 @@
 //! `GgufMode::Dequantized`, stays exact), the same approximation llama.cpp makes.
 //!
 //! The kernel is chosen at run time (builds stay portable: no `target-cpu=native`):
-//! - AVX-512 VNNI (`vnni512`): the matrix is re-laid out once at load, weight bytes apart
-//!   from their scales, four blocks per 64-byte line, so that 128 products cost five
-//!   instructions. Decode steps (under eight rows) multiply each weight row against their few
-//!   activation rows; prompts and batches go through register tiles of 4 weight rows × 4
-//!   activation rows. Both compute each product with the same instructions in the same order:
-//!   a row's result does not depend on the batch it is in.
+//! - AVX-512 VNNI (`vnni512`): the matrix is re-laid out once at load in bands of 16 rows,
+//!   each 32-bit lane of a register four weights of one row, so that one `vpdpbusd` against
+//!   four broadcast activation bytes adds 64 products to 16 rows' sums and a register of
+//!   results is 16 outputs: no lane sums, no shuffles. Decode steps, prompts and batches run
+//!   the same kernel, eight activation rows per pass: a row's result does not depend on the
+//!   batch it is in.
 //! - AVX2 (`avx2`) and a scalar loop read the blocks as the file stores them.
 //!
 //! Weight rows are split across rayon's threads.
@@ -88,7 +88,7 @@ pub struct QuantMatrix {
 enum Layout {
     Blocks(std::sync::Arc<Vec<u8>>),
     #[cfg(target_arch = "x86_64")]
-    Split(std::sync::Arc<vnni512::Split>),
+    Bands(std::sync::Arc<vnni512::Bands>),
 }
 
 /// Activation rows rounded block by block to signed bytes: `x_j ≈ scale · q_j`.
@@ -223,7 +223,7 @@ impl QuantMatrix {
         }
         let layout = match Kernel::detect() {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Vnni512 => Layout::Split(std::sync::Arc::new(vnni512::Split::new(
+            Kernel::Vnni512 => Layout::Bands(std::sync::Arc::new(vnni512::Bands::new(
                 format,
                 rows,
                 cols / BLOCK,
@@ -260,7 +260,7 @@ impl QuantMatrix {
         let out = match &self.layout {
             Layout::Blocks(data) => self.forward_blocks(data, &xs, n),
             #[cfg(target_arch = "x86_64")]
-            Layout::Split(split) => forward_split(split, &ByteActivations::quantize(&xs, cols), n),
+            Layout::Bands(bands) => forward_bands(bands, &ByteActivations::quantize(&xs, cols), n),
         };
         Ok(Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?)
     }
@@ -301,65 +301,42 @@ impl QuantMatrix {
     }
 }
 
-/// `[n, rows]` through the AVX-512 kernels: under [`TILED_FROM_ROWS`] activation rows, each
-/// weight row once against all of them ([`vnni512::rows`]); from there, register tiles of
-/// weight rows unpacked once per [`TILED_CHUNK`] ([`vnni512::tiles`]). Both compute every
-/// product with the same instructions in the same order.
+/// `[n, rows]` through the AVX-512 kernel: bands of 16 weight rows spread over rayon's
+/// threads, each band multiplied by [`ROWS_PER_PASS`] activation rows per pass over its
+/// blocks (the band, a few KB, stays in L1 between passes).
 #[cfg(target_arch = "x86_64")]
-fn forward_split(w: &vnni512::Split, acts: &ByteActivations, n: usize) -> Vec<f32> {
+fn forward_bands(w: &vnni512::Bands, acts: &ByteActivations, n: usize) -> Vec<f32> {
     /// The output, written by every thread at its own columns.
     struct Shared(vnni512::Output);
-    // SAFETY: threads write disjoint columns (their own weight rows) of the output.
+    // SAFETY: threads write disjoint columns (their own bands' rows) of the output.
     unsafe impl Sync for Shared {}
-    let acts = vnni512::Groups::new(acts, n);
     let rows = w.rows();
     let mut out = vec![0f32; n * rows];
     let shared = Shared(vnni512::Output {
         at: out.as_mut_ptr(),
         stride: rows,
     });
-    let chunks = rows.div_ceil(TILED_CHUNK);
-    (0..chunks)
-        .into_par_iter()
-        .for_each_init(vnni512::Unpacked::default, |unpacked, c| {
-            let shared = &shared;
-            let span = c * TILED_CHUNK..rows.min((c + 1) * TILED_CHUNK);
+    (0..w.bands()).into_par_iter().for_each(|band| {
+        let shared = &shared;
+        for first in (0..n).step_by(ROWS_PER_PASS) {
             // SAFETY: `from_qtensor` chose this layout after Kernel::detect saw AVX-512 VNNI;
-            // the columns `span` of the `[n, rows]` output are written by this task only.
+            // `acts` holds `n` rows; band `band`'s columns are written by this task only.
             unsafe {
-                if n >= TILED_FROM_ROWS {
-                    return vnni512::tiles(w, span, &acts, n, shared.0, unpacked);
-                }
-                for r in span {
-                    for first in (0..n).step_by(ROWS_PER_PASS) {
-                        let out = vnni512::Output {
-                            at: shared.0.at.add(first * rows),
-                            stride: rows,
-                        };
-                        match n - first {
-                            1 => vnni512::rows::<1>(w, r, &acts, first, out),
-                            2 => vnni512::rows::<2>(w, r, &acts, first, out),
-                            3 => vnni512::rows::<3>(w, r, &acts, first, out),
-                            4 => vnni512::rows::<4>(w, r, &acts, first, out),
-                            5 => vnni512::rows::<5>(w, r, &acts, first, out),
-                            6 => vnni512::rows::<6>(w, r, &acts, first, out),
-                            7 => vnni512::rows::<7>(w, r, &acts, first, out),
-                            _ => vnni512::rows::<8>(w, r, &acts, first, out),
-                        }
-                    }
+                match n - first {
+                    1 => vnni512::band::<1>(w, band, acts, first, shared.0),
+                    2 => vnni512::band::<2>(w, band, acts, first, shared.0),
+                    3 => vnni512::band::<3>(w, band, acts, first, shared.0),
+                    4 => vnni512::band::<4>(w, band, acts, first, shared.0),
+                    5 => vnni512::band::<5>(w, band, acts, first, shared.0),
+                    6 => vnni512::band::<6>(w, band, acts, first, shared.0),
+                    7 => vnni512::band::<7>(w, band, acts, first, shared.0),
+                    _ => vnni512::band::<8>(w, band, acts, first, shared.0),
                 }
             }
-        });
+        }
+    });
     out
 }
-
-/// Activation rows from which the AVX-512 path multiplies in register tiles instead of passes
-/// of eight; both compute every product with the same instructions in the same order, so a
-/// row's result does not depend on the batch it came in.
-const TILED_FROM_ROWS: usize = 8;
-
-/// Weight rows a thread of the AVX-512 path takes at once (and the tiled kernel unpacks).
-const TILED_CHUNK: usize = 16;
 
 /// The matrices stacked row after row (they share their column count and block type): GGUF
 /// stores a matrix's blocks row by row, so the stacked matrix is their bytes in order.
@@ -393,8 +370,8 @@ pub fn concat_rows(parts: &[std::sync::Arc<QTensor>]) -> Result<QTensor> {
 /// The widest kernel this CPU runs, detected once at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
-    /// AVX-512 BW + VL + VNNI over [`Layout::Split`] matrices: 128 byte products per two
-    /// `vpdpbusd`.
+    /// AVX-512 BW + VL + VNNI over [`Layout::Bands`] matrices: 4 byte products for each of
+    /// 16 rows per `vpdpbusd`.
     Vnni512,
     /// AVX2 + FMA + F16C: one block per `vpmaddubsw` (32 byte products into i16 pairs).
     Avx2,
@@ -561,7 +538,7 @@ mod tests {
                     "{format:?}: {rounding}"
                 );
                 // A row's result does not depend on its batch: rows alone (the pass kernel)
-                // equal the batch (from TILED_FROM_ROWS rows, the tiled kernel) bit for bit.
+                // equal the batch (passes of up to ROWS_PER_PASS rows) bit for bit.
                 for i in [0, n / 2, n - 1] {
                     let alone = m.forward(&x.narrow(0, i, 1).unwrap()).unwrap();
                     let in_batch = y.narrow(0, i, 1).unwrap();
