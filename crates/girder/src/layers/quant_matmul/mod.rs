@@ -316,7 +316,7 @@ fn forward_bands(w: &vnni512::Bands, acts: &ByteActivations, n: usize) -> Vec<f3
         at: out.as_mut_ptr(),
         stride: rows,
     });
-    (0..w.bands()).into_par_iter().for_each(|band| {
+    let multiply = |band: usize| {
         let shared = &shared;
         for first in (0..n).step_by(ROWS_PER_PASS) {
             // SAFETY: `from_qtensor` chose this layout after Kernel::detect saw AVX-512 VNNI;
@@ -334,7 +334,8 @@ fn forward_bands(w: &vnni512::Bands, acts: &ByteActivations, n: usize) -> Vec<f3
                 }
             }
         }
-    });
+    };
+    (0..w.bands()).into_par_iter().for_each(multiply);
     out
 }
 
