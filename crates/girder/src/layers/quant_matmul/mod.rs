@@ -518,9 +518,9 @@ mod tests {
     /// odd block count.
     fn check(format: GgmlDType) {
         let dev = Device::Cpu;
-        // 3, 4 and 37 blocks: odd and even counts, whole and partial chunks of 16 blocks.
+        // 3, 4 and 37 blocks.
         for cols in [96, 128, 1184] {
-            // 37 weight rows: a partial chunk of the tiled kernel and a partial register tile.
+            // 37 weight rows: two bands of 16 and a partial one (padded at load).
             let w = Tensor::randn(0f32, 1.0, (37, cols), &dev).unwrap();
             let q = std::sync::Arc::new(QTensor::quantize(&w, format).unwrap());
             let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
@@ -538,8 +538,8 @@ mod tests {
                     rounding < 0.05 * (cols as f32).sqrt(),
                     "{format:?}: {rounding}"
                 );
-                // A row's result does not depend on its batch: rows alone (the pass kernel)
-                // equal the batch (passes of up to ROWS_PER_PASS rows) bit for bit.
+                // A row's result does not depend on its batch: rows alone equal the same rows
+                // in the batch (passes of up to ROWS_PER_PASS rows) bit for bit.
                 for i in [0, n / 2, n - 1] {
                     let alone = m.forward(&x.narrow(0, i, 1).unwrap()).unwrap();
                     let in_batch = y.narrow(0, i, 1).unwrap();
