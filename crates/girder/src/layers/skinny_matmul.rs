@@ -39,41 +39,39 @@ pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert!(x.len() >= m * k && w.len() >= k * n && m <= MAX_ROWS);
     assert!(available(), "skinny_matmul::matmul needs AVX-512F");
     let strips = n.div_ceil(STRIP);
-    // Each task writes whole strips; the result is assembled row-major at the end.
-    let mut tiles = vec![0f32; strips * m * STRIP];
-    tiles
-        .par_chunks_mut(m * STRIP)
-        .enumerate()
-        .for_each(|(s, tile)| {
-            let first = s * STRIP;
-            let width = STRIP.min(n - first);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `available` saw AVX-512F; the asserts bound every read.
-            unsafe {
-                avx512::strip(x, w, m, k, n, first, width, tile)
-            };
-        });
-    let mut out = vec![0f32; m * n];
-    for (s, tile) in tiles.chunks(m * STRIP).enumerate() {
+    /// The output, written by every task at its own strip's columns.
+    struct Output(*mut f32);
+    // SAFETY: each strip's columns are written by the one task that takes the strip.
+    unsafe impl Sync for Output {}
+    // Written straight into its final place, every element once: no zero-filled buffer, no
+    // tile copied over (both were page faults and copies in `perf`).
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    let shared = Output(out.as_mut_ptr());
+    (0..strips).into_par_iter().for_each(|s| {
+        let shared = &shared;
         let first = s * STRIP;
         let width = STRIP.min(n - first);
-        for r in 0..m {
-            out[r * n + first..r * n + first + width]
-                .copy_from_slice(&tile[r * STRIP..r * STRIP + width]);
-        }
-    }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available` saw AVX-512F; the asserts bound every read; the strip writes
+        // columns `first..first + width` of the `m` rows of `out`'s capacity.
+        unsafe {
+            avx512::strip(x, w, m, k, n, first, width, shared.0)
+        };
+    });
+    // SAFETY: the strips covered every column of every row.
+    unsafe { out.set_len(m * n) };
     out
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // indices pick registers of the accumulator block
 mod avx512 {
-    use super::{ROW_BLOCK, STRIP};
+    use super::ROW_BLOCK;
     use std::arch::x86_64::*;
 
     const PREFETCH_ROWS: usize = 20;
 
-    /// Columns `first..first + width` of every row into `tile` (`[m, STRIP]`).
+    /// Columns `first..first + width` of every row of `out` (`[m, n]`).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn strip(
@@ -84,7 +82,7 @@ mod avx512 {
         n: usize,
         first: usize,
         width: usize,
-        tile: &mut [f32],
+        out: *mut f32,
     ) {
         let mut masks = [0 as __mmask16; 4];
         for (j, mask) in masks.iter_mut().enumerate() {
@@ -95,12 +93,12 @@ mod avx512 {
         while r < m {
             let rows = ROW_BLOCK.min(m - r);
             match rows {
-                6 => block::<6>(x, w, k, n, first, r, &masks, tile),
-                5 => block::<5>(x, w, k, n, first, r, &masks, tile),
-                4 => block::<4>(x, w, k, n, first, r, &masks, tile),
-                3 => block::<3>(x, w, k, n, first, r, &masks, tile),
-                2 => block::<2>(x, w, k, n, first, r, &masks, tile),
-                _ => block::<1>(x, w, k, n, first, r, &masks, tile),
+                6 => block::<6>(x, w, k, n, first, r, &masks, out),
+                5 => block::<5>(x, w, k, n, first, r, &masks, out),
+                4 => block::<4>(x, w, k, n, first, r, &masks, out),
+                3 => block::<3>(x, w, k, n, first, r, &masks, out),
+                2 => block::<2>(x, w, k, n, first, r, &masks, out),
+                _ => block::<1>(x, w, k, n, first, r, &masks, out),
             }
             r += rows;
         }
@@ -116,7 +114,7 @@ mod avx512 {
         first: usize,
         row: usize,
         masks: &[__mmask16; 4],
-        tile: &mut [f32],
+        out: *mut f32,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         let xp = x.as_ptr().add(row * k);
@@ -145,9 +143,9 @@ mod avx512 {
             }
         }
         for i in 0..R {
-            let out = tile.as_mut_ptr().add((row + i) * STRIP);
+            let row_out = out.add((row + i) * n + first);
             for j in 0..4 {
-                _mm512_storeu_ps(out.add(16 * j), acc[i][j]);
+                _mm512_mask_storeu_ps(row_out.add(16 * j), masks[j], acc[i][j]);
             }
         }
     }
