@@ -462,19 +462,27 @@ pub fn ragged_causal_attention(
         .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
         .take(caches.len())
         .collect();
-    let mut kv = Vec::with_capacity(caches.len());
+    // One copy of the batch's keys and values in row order (`v` is a strided view of the
+    // fused projection): each sequence's rows are then a contiguous range written straight
+    // into its cache, instead of a copy per sequence and layer.
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    let mut buffers = Vec::with_capacity(caches.len());
     let mut rows = Vec::with_capacity(q.dim(0)?);
     for (seq, (cache, &(start, len))) in caches.iter_mut().zip(&spans).enumerate() {
         cache.write(layer, &k.narrow(0, start, len)?, &v.narrow(0, start, len)?)?;
-        let (keys, values) = cache.view(layer)?;
-        let first = keys.dim(1)? - len; // position of the sequence's first new token
+        let first = cache.layer_len(layer) - len; // position of the sequence's first new token
         rows.extend((0..len).map(|i| QueryRow::causal(seq, first + i, window)));
-        kv.push((keys, values));
+        // The whole buffers: the rows say which positions each query reads.
+        buffers.push(cache.buffers(layer));
     }
     // Every row of every sequence in one parallel region.
-    if let Some(out) = attend_rows(q, &rows, &kv, scale as f32)? {
+    if let Some(out) = attend_rows(q, &rows, &buffers, scale as f32)? {
         return Ok(out);
     }
+    let kv = caches
+        .iter()
+        .map(|cache| cache.view(layer))
+        .collect::<Result<Vec<_>>>()?;
     let outs = spans
         .iter()
         .zip(&kv)

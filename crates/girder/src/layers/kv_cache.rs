@@ -118,6 +118,19 @@ impl KvCache {
         ))
     }
 
+    /// Positions of `layer` written so far.
+    pub fn layer_len(&self, layer: usize) -> usize {
+        self.layers[layer].len
+    }
+
+    /// The buffers of `layer`, `[kv_heads, capacity, head_dim]` (positions past
+    /// [`layer_len`](Self::layer_len) unwritten): for attention that reads each sequence's
+    /// positions through its own bounds, without a view per step.
+    pub(crate) fn buffers(&self, layer: usize) -> (Tensor, Tensor) {
+        let entry = &self.layers[layer];
+        (entry.k.clone(), entry.v.clone())
+    }
+
     /// A new cache of exactly `positions` positions holding this one's first `positions`
     /// (a prompt kept for others that begin the same way).
     pub fn prefix(&self, positions: usize) -> Result<KvCache> {
