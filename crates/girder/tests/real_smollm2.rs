@@ -287,9 +287,9 @@ fn gguf_chat_template_renders_as_transformers() {
 
 #[test]
 fn quantized_prefill_equals_decode_steps() {
-    // A prefill (many rows: the tiled kernel, attention over the new tokens) and decode steps
-    // (one row: the pass kernel, attention over the cache) compute every row with the same
-    // instructions in the same order (layers/quant_matmul/, layers/attention.rs::attend_rows),
+    // A prefill (many rows in passes of eight, attention over the new tokens) and decode steps
+    // (one row, attention over the cache) compute every row with the same instructions in the
+    // same order (layers/quant_matmul/vnni512.rs, layers/attention.rs::attend_rows),
     // so they agree bit for bit: greedy output does not depend on how a prompt is split or
     // batched. The last 4 tokens go one at a time after a prefill of the rest.
     let (expected, _) = expected();
