@@ -101,7 +101,8 @@ struct ByteActivations {
     /// `[rows, blocks]`: `scale · Σ q` (the Q4_1 minimum's term).
     sums: Vec<f32>,
     /// `[rows, blocks]`: `128 · Σ q`, what Q8_0's weights stored as `q + 128` add to a
-    /// block's integer dot product (removed in integers, exactly).
+    /// block's integer dot product (removed in integers, exactly); empty unless
+    /// [`ByteActivations::with_offsets`] filled it.
     offsets: Vec<i32>,
 }
 
@@ -123,12 +124,17 @@ impl ByteActivations {
             .zip(acts.scales.par_chunks_mut(rows_per_task * blocks))
             .zip(acts.sums.par_chunks_mut(rows_per_task * blocks))
             .for_each(|(((x, q), scales), sums)| round_blocks(x, q, scales, sums));
-        acts.offsets = acts
+        acts
+    }
+
+    /// Fills `offsets`, which only the AVX-512 kernel's Q8_0 blocks read.
+    fn with_offsets(mut self) -> Self {
+        self.offsets = self
             .q
             .chunks_exact(BLOCK)
             .map(|b| 128 * b.iter().map(|&q| q as i32).sum::<i32>())
             .collect();
-        acts
+        self
     }
 
     fn row(&self, i: usize) -> ActivationRow<'_> {
@@ -269,7 +275,14 @@ impl QuantMatrix {
         let out = match &self.layout {
             Layout::Blocks(data) => self.forward_blocks(data, &xs, n),
             #[cfg(target_arch = "x86_64")]
-            Layout::Bands(bands) => forward_bands(bands, &ByteActivations::quantize(&xs, cols), n),
+            Layout::Bands(bands) => {
+                let acts = ByteActivations::quantize(&xs, cols);
+                let acts = match self.format {
+                    Format::Q8_0 => acts.with_offsets(),
+                    Format::Q4_1 => acts,
+                };
+                forward_bands(bands, &acts, n)
+            }
         };
         Ok(Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?)
     }
