@@ -1,6 +1,6 @@
+use super::team;
 use crate::error::Result;
 use candle_core::{CpuStorage, Storage, Tensor};
-use rayon::prelude::*;
 
 /// Bidirectional scaled dot-product attention of each sequence over its own tokens, on
 /// packed input (encoders: no padding exists, so no mask is needed).
@@ -150,7 +150,7 @@ impl QueryRow {
 
 /// Attention row by row, reading each sequence's cache where it lies: for every query row
 /// and head a dot product with each visible key, a softmax, a weighted sum of the values
-/// (`attend_one_head`), every (row, head) pair one task on rayon's threads. `q`
+/// (`attend_one_head`), every (row, head) pair one task on the [`team`]'s threads. `q`
 /// `[rows, heads, head_dim]`; `kv[s]` sequence `s`'s keys and values `[kv_heads, len,
 /// head_dim]` in the cache's layout. `None` when the tensors are not f32 CPU tensors in that
 /// layout (or track gradients): the caller takes the GEMM path.
@@ -228,9 +228,12 @@ fn attend_rows(
     let work: usize = rows.iter().map(|r| r.keys.len()).sum::<usize>() * head_dim;
     // Below a few thousand multiply-adds per head a parallel region costs more than it saves.
     if work >= 4096 {
-        out.par_chunks_mut(head_dim)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (task, o)| attend(task, o, scores));
+        thread_local! {
+            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        team::for_each_chunk(&mut out, head_dim, |task, o| {
+            SCORES.with(|scores| attend(task, o, &mut scores.borrow_mut()))
+        });
     } else {
         let mut scores = Vec::new();
         for (task, o) in out.chunks_mut(head_dim).enumerate() {

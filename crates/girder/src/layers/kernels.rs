@@ -10,11 +10,11 @@
 //! just produced and is not shared; they have no backward pass, so callers fall back to
 //! candle's ops when a tensor tracks gradients ([`Tensor::track_op`]).
 
+use super::team;
 use crate::error::Result;
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor};
-use rayon::prelude::*;
 
-/// Elements per parallel task: large enough that a task outweighs rayon's scheduling.
+/// Elements per parallel task: large enough that a task outweighs taking it.
 const CHUNK: usize = 1 << 14;
 
 /// `erf(x)` as a rational function of `x²` on `[-4, 4]` (where erf reaches ±1 in f32),
@@ -195,9 +195,11 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
         .expect("fast_path checked contiguity");
     let mut out = vec![0f32; n * width];
     let rows_per_task = (4096 / width.max(1)).max(1);
-    out.par_chunks_mut(rows_per_task * width)
-        .zip(data[start..end].par_chunks(rows_per_task * 2 * width))
-        .for_each(|(o, g)| silu_mul_rows(g, o, width));
+    let product = &data[start..end];
+    team::for_each_chunk(&mut out, rows_per_task * width, |i, o| {
+        let g = &product[i * rows_per_task * 2 * width..][..o.len() * 2];
+        silu_mul_rows(g, o, width)
+    });
     Ok(Tensor::from_vec(out, (n, width), gate_up.device())?)
 }
 
@@ -225,7 +227,7 @@ impl InplaceOp1 for GeluErfInPlace {
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let xs = contiguous_f32(storage, layout, self.name())?;
-        xs.par_chunks_mut(CHUNK).for_each(gelu_erf_slice);
+        team::for_each_chunk(xs, CHUNK, |_, chunk| gelu_erf_slice(chunk));
         Ok(())
     }
 }
@@ -241,8 +243,9 @@ impl InplaceOp1 for SoftmaxLastDimInPlace {
         let width = layout.dims().last().copied().unwrap_or(1).max(1);
         let xs = contiguous_f32(storage, layout, self.name())?;
         let rows_per_task = (CHUNK / width).max(1);
-        xs.par_chunks_mut(rows_per_task * width)
-            .for_each(|rows| rows.chunks_mut(width).for_each(softmax_row));
+        team::for_each_chunk(xs, rows_per_task * width, |_, rows| {
+            rows.chunks_mut(width).for_each(softmax_row)
+        });
         Ok(())
     }
 }
@@ -271,13 +274,14 @@ impl InplaceOp2 for AddInPlace {
         let rhs = &rhs[start..end];
         let xs = contiguous_f32(s1, l1, self.name())?;
         if rhs.len() == xs.len() {
-            xs.par_chunks_mut(CHUNK)
-                .zip(rhs.par_chunks(CHUNK))
-                .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += y));
+            team::for_each_chunk(xs, CHUNK, |i, x| {
+                let y = &rhs[i * CHUNK..][..x.len()];
+                x.iter_mut().zip(y).for_each(|(x, y)| *x += y)
+            });
         } else if !rhs.is_empty() && xs.len() % rhs.len() == 0 {
             let width = rhs.len();
             let rows_per_task = (CHUNK / width).max(1);
-            xs.par_chunks_mut(rows_per_task * width).for_each(|rows| {
+            team::for_each_chunk(xs, rows_per_task * width, |_, rows| {
                 for row in rows.chunks_mut(width) {
                     row.iter_mut().zip(rhs).for_each(|(x, y)| *x += y);
                 }

@@ -14,6 +14,7 @@ pub mod pooling;
 pub mod quant_matmul;
 pub mod rope;
 pub mod skinny_matmul;
+pub(crate) mod team;
 
 pub use activation::Activation;
 pub use attention::{
@@ -22,7 +23,7 @@ pub use attention::{
 pub use kernels::{add_in_place, gelu_erf, silu_mul, softmax_last_dim};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
-pub use norm::{layer_norm, RmsNorm};
+pub use norm::{layer_norm, LayerNorm, RmsNorm};
 
 use crate::error::Result;
 use crate::hub::Weights;
@@ -30,12 +31,12 @@ use candle_core::Tensor;
 
 /// Runs `f` (a forward pass) on a thread of rayon's global pool and returns its result.
 ///
-/// Why: the matmuls and kernels of a forward pass split their work with rayon. Called from a
-/// thread outside the pool (the CLI's main thread, the server's model thread), each of them,
-/// hundreds per decoded token, hands its job to the pool and sleeps on a futex until a worker
-/// has run it: two context switches per operation. Measured on SmolLM2 decoding with one
-/// thread, that was 40% of the time (`perf`: futex wake/wait). From a thread of the pool the
-/// same calls run inline and share work by stealing.
+/// Why: candle's matmul (the `gemm` crate, for products of many rows) splits its work with
+/// rayon. Called from a thread outside the pool (the CLI's main thread, the server's model
+/// thread), each call hands its job to the pool and sleeps on a futex until a worker has run
+/// it: two context switches per operation (measured on SmolLM2 decoding with one thread,
+/// when all kernels still used rayon: 40% of the time). From a thread of the pool the same
+/// calls run inline and share work by stealing. girder's own kernels run on the [`team`].
 pub fn in_thread_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()

@@ -1,20 +1,53 @@
+use super::team;
 use crate::error::Result;
 use crate::hub::Weights;
-use candle_nn::LayerNorm;
+use candle_core::{CpuStorage, Storage, Tensor};
+
+/// Layer normalization (Ba et al. 2016) over the last dimension:
+/// `(x − mean) / sqrt(var + eps) · weight + bias`, transformers' `nn.LayerNorm`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
 
 /// Loads `prefix.weight` / `prefix.bias` `[dim]` as a LayerNorm (falling back to the
 /// `gamma` / `beta` names of old TensorFlow-converted BERT checkpoints, as transformers does).
 pub fn layer_norm(w: &Weights, dim: usize, eps: f64) -> Result<LayerNorm> {
     let weight = w.get_either([dim], "weight", "gamma")?;
     let bias = w.get_either([dim], "bias", "beta")?;
-    Ok(LayerNorm::new(weight, bias, eps))
+    Ok(LayerNorm {
+        weight,
+        bias,
+        eps: eps as f32,
+    })
+}
+
+impl candle_nn::Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let norm = |row: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]| {
+            let n = row.len() as f32;
+            // Two passes, as PyTorch: the variance of the centred values, not E[x²] − mean²,
+            // which loses digits when the mean is large.
+            let mean = lane_sum(row, |v| v) / n;
+            let inv_std = 1.0 / (lane_sum(row, |v| (v - mean) * (v - mean)) / n + self.eps).sqrt();
+            for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
+                *o = (v - mean) * inv_std * w + b;
+            }
+        };
+        match rows_of(x, &self.weight, Some(&self.bias), norm)? {
+            Some(y) => Ok(y),
+            None => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps),
+        }
+    }
 }
 
 /// Root-mean-square norm (Zhang & Sennrich 2019): `x / sqrt(mean(x²) + eps) · weight`,
 /// transformers' `LlamaRMSNorm`.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    weight: candle_core::Tensor,
+    weight: Tensor,
     eps: f32,
 }
 
@@ -28,7 +61,7 @@ impl RmsNorm {
     }
 
     /// Builds the norm from a weight already loaded (`[dim]`).
-    pub fn from_weight(weight: candle_core::Tensor, eps: f64) -> Self {
+    pub fn from_weight(weight: Tensor, eps: f64) -> Self {
         RmsNorm {
             weight,
             eps: eps as f32,
@@ -36,7 +69,87 @@ impl RmsNorm {
     }
 
     /// `x`: `[n, dim]` → `[n, dim]`.
-    pub fn forward(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let norm = |row: &[f32], weight: &[f32], _: &[f32], out: &mut [f32]| {
+            let mean_square = lane_sum(row, |v| v * v) / row.len() as f32;
+            let inv_rms = 1.0 / (mean_square + self.eps).sqrt();
+            for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
+                *o = v * inv_rms * w;
+            }
+        };
+        match rows_of(x, &self.weight, None, norm)? {
+            Some(y) => Ok(y),
+            None => Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?),
+        }
+    }
+}
+
+/// `Σ f(x)` in 16 partial sums (vectorizable, and a fixed order: the same for a row wherever
+/// it is computed).
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += f(v);
+    }
+    lanes.iter().sum()
+}
+
+/// `norm(row, weight, bias, out)` for every row of `x` on the [`team`], into a new tensor;
+/// `None` where candle's op must run instead (gradients, another dtype or device, a view).
+fn rows_of(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    norm: impl Fn(&[f32], &[f32], &[f32], &mut [f32]) + Sync,
+) -> candle_core::Result<Option<Tensor>> {
+    let plain = |t: &Tensor| {
+        t.device().is_cpu()
+            && t.dtype() == candle_core::DType::F32
+            && t.is_contiguous()
+            && !t.track_op()
+    };
+    let width = x.dims().last().copied().unwrap_or(0);
+    if !plain(x) || !plain(weight) || !bias.is_none_or(plain) || weight.elem_count() != width {
+        return Ok(None);
+    }
+    let (xs, x_layout) = x.storage_and_layout();
+    let (ws, w_layout) = weight.storage_and_layout();
+    let bs = bias.map(|b| b.storage_and_layout());
+    let (Some(rows_in), Some(weight)) = (f32s(&xs, x_layout), f32s(&ws, w_layout)) else {
+        return Ok(None);
+    };
+    let bias = match &bs {
+        Some((s, l)) => match f32s(s, l) {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+        None => &[],
+    };
+    let mut out = vec![0f32; rows_in.len()];
+    if let Some(rows_per_task) = 4096usize.checked_div(width) {
+        let rows_per_task = rows_per_task.max(1);
+        team::for_each_chunk(&mut out, rows_per_task * width, |i, chunk| {
+            let first = i * rows_per_task * width;
+            for (r, o) in chunk.chunks_mut(width).enumerate() {
+                let row = &rows_in[first + r * width..][..width];
+                norm(row, weight, bias, o);
+            }
+        });
+    }
+    drop((xs, ws, bs));
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+}
+
+/// The elements of a contiguous f32 CPU tensor's storage.
+fn f32s<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(&data[start..end]),
+        _ => None,
     }
 }

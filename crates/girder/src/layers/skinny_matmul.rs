@@ -7,10 +7,8 @@
 //! streaming the 42 MB of weights once, and the packing and the parallel bookkeeping around it
 //! took the latency to 7.5 ms (ONNX Runtime: 4.4 ms). This kernel walks the weight in strips of
 //! 64 columns, each strip read once from memory and kept in cache while every group of 6 rows
-//! of `x` multiplies it into 24 AVX-512 accumulators; the strips are shared among rayon's
+//! of `x` multiplies it into 24 AVX-512 accumulators; the strips are shared among the team's
 //! threads.
-
-use rayon::prelude::*;
 
 /// Rows of `x` up to which [`matmul`] runs (beyond, candle's GEMM is faster).
 pub const MAX_ROWS: usize = 48;
@@ -47,7 +45,7 @@ pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // tile copied over (both were page faults and copies in `perf`).
     let mut out = Vec::<f32>::with_capacity(m * n);
     let shared = Output(out.as_mut_ptr());
-    (0..strips).into_par_iter().for_each(|s| {
+    crate::layers::team::for_each(strips, |s| {
         let shared = &shared;
         let first = s * STRIP;
         let width = STRIP.min(n - first);

@@ -11,11 +11,12 @@ use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
+use crate::layers::LayerNorm;
 use crate::layers::{
     add_in_place, layer_norm, packed_self_attention, Activation, Embedding, Linear,
 };
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, Module};
+use candle_nn::Module;
 use serde::Deserialize;
 
 /// BertConfig's fields, with transformers' defaults.

@@ -9,10 +9,11 @@ use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
+use crate::layers::LayerNorm;
 use crate::layers::{layer_norm, ragged_causal_attention, Activation, Embedding, KvCache, Linear};
 use crate::models::{DecoderForward, Logits};
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, Module};
+use candle_nn::Module;
 use serde::Deserialize;
 
 fn default_vocab_size() -> usize {

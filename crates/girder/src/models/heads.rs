@@ -10,9 +10,10 @@ use super::{EncoderForward, EncoderOutput};
 use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
+use crate::layers::LayerNorm;
 use crate::layers::{Activation, Linear};
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, Module};
+use candle_nn::Module;
 
 /// A head on top of an encoder's output.
 pub(crate) enum EncoderHead {

@@ -12,9 +12,10 @@ use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::Result;
 use crate::hub::Weights;
+use crate::layers::LayerNorm;
 use crate::layers::{layer_norm, Activation, Embedding, Linear};
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, Module};
+use candle_nn::Module;
 
 /// RoBERTa's `padding_idx` (config `pad_token_id`, 1 by default).
 fn padding_idx(cfg: &Config) -> u32 {

@@ -25,16 +25,16 @@
 //!   batch it is in.
 //! - AVX2 (`avx2`) and a scalar loop read the blocks as the file stores them.
 //!
-//! Weight rows are split across rayon's threads.
+//! Weight rows are split across the [`team`](crate::layers::team)'s threads.
 //!
 //! Dequantizing the matrix for one f32 GEMM materialises every matrix as f32 on every call:
 //! 538 MB of transient memory for SmolLM2, which under a server's continuous batching cost
 //! more than it saved (perf: page clearing and transposes) and grew the resident set by 40%.
 
 use crate::error::Result;
+use crate::layers::team::{self, Chunks};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -107,7 +107,7 @@ struct ByteActivations {
 }
 
 impl ByteActivations {
-    /// Rows of `cols` values each; rows are rounded on rayon's threads when there are many.
+    /// Rows of `cols` values each; rows are rounded on the team's threads when there are many.
     fn quantize(xs: &[f32], cols: usize) -> Self {
         let blocks = cols / BLOCK;
         let total = xs.len() / BLOCK;
@@ -119,11 +119,14 @@ impl ByteActivations {
             offsets: Vec::new(),
         };
         let rows_per_task = 16;
-        xs.par_chunks(rows_per_task * cols)
-            .zip(acts.q.par_chunks_mut(rows_per_task * cols))
-            .zip(acts.scales.par_chunks_mut(rows_per_task * blocks))
-            .zip(acts.sums.par_chunks_mut(rows_per_task * blocks))
-            .for_each(|(((x, q), scales), sums)| round_blocks(x, q, scales, sums));
+        let q = Chunks::new(&mut acts.q, rows_per_task * cols);
+        let scales = Chunks::new(&mut acts.scales, rows_per_task * blocks);
+        let sums = Chunks::new(&mut acts.sums, rows_per_task * blocks);
+        team::for_each(q.count(), |i| {
+            let x = &xs[i * rows_per_task * cols..((i + 1) * rows_per_task * cols).min(xs.len())];
+            // SAFETY: task `i` alone takes chunk `i` of each.
+            unsafe { round_blocks(x, q.chunk(i), scales.chunk(i), sums.chunk(i)) }
+        });
         acts
     }
 
@@ -301,18 +304,15 @@ impl QuantMatrix {
         // Laid out [rows, n] while computing (each thread owns whole weight rows), transposed
         // at the end.
         let chunk_rows = 16;
-        transposed
-            .par_chunks_mut(chunk_rows * n)
-            .enumerate()
-            .for_each(|(c, dst)| {
-                let first = c * chunk_rows;
-                for (r, dst_row) in dst.chunks_mut(n).enumerate() {
-                    let w = &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
-                    for (acts, dst) in passes.iter().zip(dst_row.chunks_mut(ROWS_PER_PASS)) {
-                        weight_row(kernel, format, w, acts, dst);
-                    }
+        team::for_each_chunk(&mut transposed, chunk_rows * n, |c, dst| {
+            let first = c * chunk_rows;
+            for (r, dst_row) in dst.chunks_mut(n).enumerate() {
+                let w = &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
+                for (acts, dst) in passes.iter().zip(dst_row.chunks_mut(ROWS_PER_PASS)) {
+                    weight_row(kernel, format, w, acts, dst);
                 }
-            });
+            }
+        });
         let mut out = vec![0f32; n * self.rows];
         for (r, column) in transposed.chunks(n.max(1)).enumerate() {
             for (i, v) in column.iter().enumerate() {
@@ -323,8 +323,8 @@ impl QuantMatrix {
     }
 }
 
-/// `[n, rows]` through the AVX-512 kernel: bands of 16 weight rows spread over rayon's
-/// threads, each band multiplied by [`ROWS_PER_PASS`] activation rows per pass over its
+/// `[n, rows]` through the AVX-512 kernel: bands of 16 weight rows spread over the
+/// team's threads, each band multiplied by [`ROWS_PER_PASS`] activation rows per pass over its
 /// blocks (the band, a few KB, stays in L1 between passes).
 #[cfg(target_arch = "x86_64")]
 fn forward_bands(w: &vnni512::Bands, acts: &ByteActivations, n: usize) -> Vec<f32> {
@@ -359,7 +359,7 @@ fn forward_bands(w: &vnni512::Bands, acts: &ByteActivations, n: usize) -> Vec<f3
             }
         }
     };
-    (0..w.bands()).into_par_iter().for_each(multiply);
+    crate::layers::team::for_each(w.bands(), multiply);
     // SAFETY: the bands wrote all `n · rows` elements.
     unsafe { out.set_len(n * rows) };
     out
