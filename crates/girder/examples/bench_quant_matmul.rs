@@ -31,18 +31,28 @@ fn main() {
             continue;
         }
         let w = Tensor::randn(0f32, 1.0, (rows, cols), &dev).unwrap();
-        let m = QuantMatrix::from_qtensor(&Arc::new(QTensor::quantize(&w, format).unwrap()))
-            .unwrap()
-            .unwrap();
+        // BENCH_COPIES=30 cycles through that many copies of the matrix, as a model's layers
+        // do, so that the weights come from memory rather than cache.
+        let copies: usize = std::env::var("BENCH_COPIES").map_or(1, |c| c.parse().unwrap());
+        let ms: Vec<QuantMatrix> = (0..copies)
+            .map(|_| {
+                QuantMatrix::from_qtensor(&Arc::new(QTensor::quantize(&w, format).unwrap()))
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
         for n in [1, 4, 8, 16, 32, 128] {
             if std::env::var("BENCH_ROWS").is_ok_and(|r| r != n.to_string()) {
                 continue;
             }
             let x = Tensor::randn(0f32, 1.0, (n, cols), &dev).unwrap();
-            let reps = (2_000_000_000 / (rows * cols * n)).clamp(3, 200)
+            let reps = (2_000_000_000 / (rows * cols * n))
+                .clamp(3, 200)
+                .max(3 * copies)
                 * std::env::var("BENCH_REPEAT").map_or(1, |r| r.parse().unwrap_or(1));
             let times: Vec<f64> = (0..reps)
-                .map(|_| {
+                .map(|r| {
+                    let m = &ms[r % copies];
                     let t = Instant::now();
                     std::hint::black_box(m.forward(&x).unwrap());
                     t.elapsed().as_secs_f64()
@@ -55,6 +65,7 @@ fn main() {
                 serde_json::json!({
                     "format": format!("{format:?}"), "rows": rows, "cols": cols, "n": n,
                     "ms": best * 1e3,
+                    "mean_ms": times.iter().sum::<f64>() / times.len() as f64 * 1e3,
                     "gop_s": 2.0 * (rows * cols * n) as f64 / best / 1e9,
                 })
             );
