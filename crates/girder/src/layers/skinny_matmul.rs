@@ -64,10 +64,16 @@ pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // indices pick registers of the accumulator block
 mod avx512 {
-    use super::ROW_BLOCK;
+    use super::{MAX_ROWS, ROW_BLOCK};
     use std::arch::x86_64::*;
 
     const PREFETCH_ROWS: usize = 20;
+    /// Weight rows per chunk of a strip. A chunk is multiplied into every row block before
+    /// the next one is read, so its lines come from memory once and then from L1 or L2; over
+    /// whole strips, the second and third row blocks of a 17-token sentence read each line
+    /// again after it had left L1 (rows `n` floats apart share few L1 sets). Measured on
+    /// MiniLM's shapes with 17 rows: 12-20% faster at 32, 64 or 128 rows per chunk.
+    const K_CHUNK: usize = 64;
 
     /// Columns `first..first + width` of every row of `out` (`[m, n]`).
     #[target_feature(enable = "avx512f")]
@@ -87,19 +93,45 @@ mod avx512 {
             let lanes = width.saturating_sub(16 * j).min(16);
             *mask = ((1u32 << lanes) - 1) as __mmask16;
         }
-        let mut r = 0;
-        while r < m {
-            let rows = ROW_BLOCK.min(m - r);
-            match rows {
-                6 => block::<6>(x, w, k, n, first, r, &masks, out),
-                5 => block::<5>(x, w, k, n, first, r, &masks, out),
-                4 => block::<4>(x, w, k, n, first, r, &masks, out),
-                3 => block::<3>(x, w, k, n, first, r, &masks, out),
-                2 => block::<2>(x, w, k, n, first, r, &masks, out),
-                _ => block::<1>(x, w, k, n, first, r, &masks, out),
+        // The strip in chunks of K_CHUNK weight rows, each chunk multiplied into every row
+        // block while it is in L1; the partial sums wait on the stack between chunks (not in
+        // `out`, whose lines at a strip's edges the neighbouring strip's thread writes), so
+        // every output is still one chain of multiply-adds in the order of k.
+        let mut partial = [[_mm512_setzero_ps(); 4]; MAX_ROWS];
+        for start in (0..k).step_by(K_CHUNK) {
+            let ks = start..(start + K_CHUNK).min(k);
+            let mut r = 0;
+            while r < m {
+                let rows = ROW_BLOCK.min(m - r);
+                let at = Block {
+                    row: r,
+                    ks: ks.clone(),
+                    masks,
+                };
+                match rows {
+                    6 => block::<6>(x, w, k, n, first, &at, &mut partial),
+                    5 => block::<5>(x, w, k, n, first, &at, &mut partial),
+                    4 => block::<4>(x, w, k, n, first, &at, &mut partial),
+                    3 => block::<3>(x, w, k, n, first, &at, &mut partial),
+                    2 => block::<2>(x, w, k, n, first, &at, &mut partial),
+                    _ => block::<1>(x, w, k, n, first, &at, &mut partial),
+                }
+                r += rows;
             }
-            r += rows;
         }
+        for (i, sums) in partial[..m].iter().enumerate() {
+            let row_out = out.add(i * n + first);
+            for j in 0..4 {
+                _mm512_mask_storeu_ps(row_out.add(16 * j), masks[j], sums[j]);
+            }
+        }
+    }
+
+    /// Rows `row..row + R` of `x` against weight rows `ks`.
+    struct Block {
+        row: usize,
+        ks: std::ops::Range<usize>,
+        masks: [__mmask16; 4],
     }
 
     #[target_feature(enable = "avx512f")]
@@ -110,28 +142,29 @@ mod avx512 {
         k: usize,
         n: usize,
         first: usize,
-        row: usize,
-        masks: &[__mmask16; 4],
-        out: *mut f32,
+        at: &Block,
+        partial: &mut [[__m512; 4]; MAX_ROWS],
     ) {
+        let row = at.row;
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        acc.copy_from_slice(&partial[row..row + R]);
         let xp = x.as_ptr().add(row * k);
         let wp = w.as_ptr().add(first);
-        for kk in 0..k {
+        for kk in at.ks.clone() {
             let wr = wp.add(kk * n);
-            if kk + PREFETCH_ROWS < k {
+            if row == 0 && kk + PREFETCH_ROWS < k {
                 // Strip rows lie `n` floats apart, a stride the hardware prefetcher follows
-                // late: ask for the row PREFETCH_ROWS ahead (its four cache lines) now.
+                // late: the first row block asks for the row PREFETCH_ROWS ahead now.
                 let ahead = wr.add(PREFETCH_ROWS * n) as *const i8;
                 for line in 0..4 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * line));
                 }
             }
             let wv = [
-                _mm512_maskz_loadu_ps(masks[0], wr),
-                _mm512_maskz_loadu_ps(masks[1], wr.add(16)),
-                _mm512_maskz_loadu_ps(masks[2], wr.add(32)),
-                _mm512_maskz_loadu_ps(masks[3], wr.add(48)),
+                _mm512_maskz_loadu_ps(at.masks[0], wr),
+                _mm512_maskz_loadu_ps(at.masks[1], wr.add(16)),
+                _mm512_maskz_loadu_ps(at.masks[2], wr.add(32)),
+                _mm512_maskz_loadu_ps(at.masks[3], wr.add(48)),
             ];
             for i in 0..R {
                 let xb = _mm512_set1_ps(*xp.add(i * k + kk));
@@ -140,12 +173,7 @@ mod avx512 {
                 }
             }
         }
-        for i in 0..R {
-            let row_out = out.add((row + i) * n + first);
-            for j in 0..4 {
-                _mm512_mask_storeu_ps(row_out.add(16 * j), masks[j], acc[i][j]);
-            }
-        }
+        partial[row..row + R].copy_from_slice(&acc);
     }
 }
 
