@@ -271,6 +271,7 @@ impl DecoderForward for GPT2LMHeadModel {
         }
         let x = self.ln_f.forward(&x)?;
         let x = super::logit_rows(&x, batch, logits)?;
+        crate::layers::team::rest(); // candle's matmul runs on rayon's threads
         Ok(x.matmul(&self.wte.table().t()?)?)
     }
 
