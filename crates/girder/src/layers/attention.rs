@@ -1,4 +1,9 @@
 use super::team;
+
+/// `m · n · k` from which the `gemm` crate behind candle's matmul splits a product over
+/// rayon's threads (its `DEFAULT_THREADING_THRESHOLD`); below, it runs on the calling thread
+/// and the team may keep polling.
+const GEMM_THREADING_THRESHOLD: usize = 48 * 48 * 256;
 use crate::error::Result;
 use candle_core::{CpuStorage, Storage, Tensor};
 
@@ -37,8 +42,15 @@ pub fn varlen_attention(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &[u32]) 
     let head_dim = q.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let mut outs = Vec::with_capacity(cu_seqlens.len().saturating_sub(1));
-    // candle's matmuls below run on rayon's threads.
-    team::rest();
+    let longest = cu_seqlens
+        .windows(2)
+        .map(|b| b[1] - b[0])
+        .max()
+        .unwrap_or(0) as usize;
+    if longest * longest * head_dim >= GEMM_THREADING_THRESHOLD {
+        // candle's matmuls below will run on rayon's threads.
+        team::rest();
+    }
     for bounds in cu_seqlens.windows(2) {
         let (start, len) = (bounds[0] as usize, (bounds[1] - bounds[0]) as usize);
         if len == 0 {
@@ -103,7 +115,6 @@ pub fn causal_attention(
         .transpose(0, 1)?
         .contiguous()?
         .reshape((kv_heads, groups * t, head_dim))?;
-    team::rest(); // candle's matmuls run on rayon's threads
     let scores = (q.matmul(&k.t()?)? * scale)?; // [kv_heads, groups * t, keys]
     let needs_mask = t > 1 || window.is_some_and(|w| keys > w);
     let scores = if needs_mask {
