@@ -1,6 +1,6 @@
 //! Building blocks shared by every architecture, written once: linear layers, norms,
 //! activations, embeddings, rotary embeddings, ragged attention, causal attention over a
-//! key/value cache, and pooling.
+//! key/value cache, and pooling; and the `team` of threads their kernels split work over.
 //!
 //! Every block works on packed `[total_tokens, hidden]` tensors (see [`crate::batch`]).
 
@@ -36,7 +36,7 @@ use candle_core::Tensor;
 /// thread), each call hands its job to the pool and sleeps on a futex until a worker has run
 /// it: two context switches per operation (measured on SmolLM2 decoding with one thread,
 /// when all kernels still used rayon: 40% of the time). From a thread of the pool the same
-/// calls run inline and share work by stealing. girder's own kernels run on the [`team`].
+/// calls run inline and share work by stealing. girder's own kernels run on the `team` (`layers/team.rs`).
 pub fn in_thread_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
