@@ -1,11 +1,11 @@
 use super::team;
+use crate::error::Result;
+use candle_core::{CpuStorage, Storage, Tensor};
 
 /// `m · n · k` from which the `gemm` crate behind candle's matmul splits a product over
 /// rayon's threads (its `DEFAULT_THREADING_THRESHOLD`); below, it runs on the calling thread
 /// and the team may keep polling.
 const GEMM_THREADING_THRESHOLD: usize = 48 * 48 * 256;
-use crate::error::Result;
-use candle_core::{CpuStorage, Storage, Tensor};
 
 /// Bidirectional scaled dot-product attention of each sequence over its own tokens, on
 /// packed input (encoders: no padding exists, so no mask is needed).
