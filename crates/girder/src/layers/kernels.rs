@@ -298,8 +298,8 @@ impl InplaceOp2 for AddInPlace {
     }
 }
 
-/// Whether the in-place kernels may run on `x`: f32 on the CPU, contiguous, no gradient.
-fn fast_path(x: &Tensor) -> bool {
+/// Whether girder's kernels may run on `x`: f32 on the CPU, contiguous, no gradient.
+pub(crate) fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu()
         && x.dtype() == candle_core::DType::F32
         && x.is_contiguous()

@@ -25,12 +25,7 @@ enum Weight {
 /// plain f32 CPU tensors; `None` otherwise.
 fn skinny(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     use super::skinny_matmul as skinny;
-    let plain = |t: &Tensor| {
-        t.device().is_cpu()
-            && t.dtype() == candle_core::DType::F32
-            && t.is_contiguous()
-            && !t.track_op()
-    };
+    let plain = super::kernels::fast_path;
     let Ok((m, k)) = x.dims2() else {
         return Ok(None);
     };

@@ -108,12 +108,7 @@ fn rows_of(
     bias: Option<&Tensor>,
     norm: impl Fn(&[f32], &[f32], &[f32], &mut [f32]) + Sync,
 ) -> candle_core::Result<Option<Tensor>> {
-    let plain = |t: &Tensor| {
-        t.device().is_cpu()
-            && t.dtype() == candle_core::DType::F32
-            && t.is_contiguous()
-            && !t.track_op()
-    };
+    let plain = super::kernels::fast_path;
     let width = x.dims().last().copied().unwrap_or(0);
     if !plain(x) || !plain(weight) || !bias.is_none_or(plain) || weight.elem_count() != width {
         return Ok(None);
