@@ -284,7 +284,7 @@ impl QuantMatrix {
                     Format::Q8_0 => acts.with_offsets(),
                     Format::Q4_1 => acts,
                 };
-                forward_bands(bands, &acts, n)
+                forward_bands(bands, &vnni512::PassActivations::new(&acts, n), n)
             }
         };
         Ok(Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?)
@@ -327,7 +327,7 @@ impl QuantMatrix {
 /// team's threads, each band multiplied by [`ROWS_PER_PASS`] activation rows per pass over its
 /// blocks (the band, a few KB, stays in L1 between passes).
 #[cfg(target_arch = "x86_64")]
-fn forward_bands(w: &vnni512::Bands, acts: &ByteActivations, n: usize) -> Vec<f32> {
+fn forward_bands(w: &vnni512::Bands, acts: &vnni512::PassActivations, n: usize) -> Vec<f32> {
     /// The output, written by every thread at its own columns.
     struct Shared(vnni512::Output);
     // SAFETY: threads write disjoint columns (their own bands' rows) of the output.
@@ -340,21 +340,22 @@ fn forward_bands(w: &vnni512::Bands, acts: &ByteActivations, n: usize) -> Vec<f3
         at: out.as_mut_ptr(),
         stride: rows,
     });
+    const _: () = assert!(vnni512::PASS == ROWS_PER_PASS);
     let multiply = |band: usize| {
         let shared = &shared;
-        for first in (0..n).step_by(ROWS_PER_PASS) {
+        for pass in 0..n.div_ceil(ROWS_PER_PASS) {
             // SAFETY: `from_qtensor` chose this layout after Kernel::detect saw AVX-512 VNNI;
             // `acts` holds `n` rows; band `band`'s columns are written by this task only.
             unsafe {
-                match n - first {
-                    1 => vnni512::band::<1>(w, band, acts, first, shared.0),
-                    2 => vnni512::band::<2>(w, band, acts, first, shared.0),
-                    3 => vnni512::band::<3>(w, band, acts, first, shared.0),
-                    4 => vnni512::band::<4>(w, band, acts, first, shared.0),
-                    5 => vnni512::band::<5>(w, band, acts, first, shared.0),
-                    6 => vnni512::band::<6>(w, band, acts, first, shared.0),
-                    7 => vnni512::band::<7>(w, band, acts, first, shared.0),
-                    _ => vnni512::band::<8>(w, band, acts, first, shared.0),
+                match n - pass * ROWS_PER_PASS {
+                    1 => vnni512::band::<1>(w, band, acts, pass, shared.0),
+                    2 => vnni512::band::<2>(w, band, acts, pass, shared.0),
+                    3 => vnni512::band::<3>(w, band, acts, pass, shared.0),
+                    4 => vnni512::band::<4>(w, band, acts, pass, shared.0),
+                    5 => vnni512::band::<5>(w, band, acts, pass, shared.0),
+                    6 => vnni512::band::<6>(w, band, acts, pass, shared.0),
+                    7 => vnni512::band::<7>(w, band, acts, pass, shared.0),
+                    _ => vnni512::band::<8>(w, band, acts, pass, shared.0),
                 }
             }
         }

@@ -96,27 +96,74 @@ pub(super) struct Output {
     pub(super) stride: usize,
 }
 
+/// Activation rows regrouped for the kernel: per pass of [`PASS`] rows and per block, one
+/// record of the rows' 32 bytes each, then their scales, their sums and (Q8_0) their
+/// offsets. Every value a pass reads for a block then lies at a fixed distance from one
+/// pointer that advances a record per block: the compiler addresses each with base plus
+/// constant, where row-major activations needed base plus index plus constant, which
+/// Intel cores split into two micro-operations in every `vpdpbusd` that reads memory.
+pub(super) struct PassActivations {
+    blocks: usize,
+    records: Vec<u8>,
+}
+
+/// Activation rows per pass (the kernel keeps one accumulator register per row).
+pub(super) const PASS: usize = 8;
+const Q_BYTES: usize = PASS * BLOCK;
+const SCALES_AT: usize = Q_BYTES;
+const SUMS_AT: usize = SCALES_AT + 4 * PASS;
+const OFFSETS_AT: usize = SUMS_AT + 4 * PASS;
+const RECORD: usize = OFFSETS_AT + 4 * PASS;
+
+impl PassActivations {
+    /// `a`'s `n` rows regrouped (rows past `n` in the last pass are zero).
+    pub(super) fn new(a: &ByteActivations, n: usize) -> PassActivations {
+        let blocks = a.blocks;
+        let passes = n.div_ceil(PASS);
+        let mut records = vec![0u8; passes * blocks * RECORD];
+        for (p, pass) in records.chunks_exact_mut(blocks * RECORD).enumerate() {
+            for (k, record) in pass.chunks_exact_mut(RECORD).enumerate() {
+                for i in 0..PASS.min(n - p * PASS) {
+                    let at = (p * PASS + i) * blocks + k;
+                    let q = &a.q[at * BLOCK..(at + 1) * BLOCK];
+                    for (dst, &src) in record[i * BLOCK..(i + 1) * BLOCK].iter_mut().zip(q) {
+                        *dst = src as u8;
+                    }
+                    let put = |record: &mut [u8], offset: usize, bytes: [u8; 4]| {
+                        record[offset + 4 * i..offset + 4 * i + 4].copy_from_slice(&bytes)
+                    };
+                    put(record, SCALES_AT, a.scales[at].to_le_bytes());
+                    put(record, SUMS_AT, a.sums[at].to_le_bytes());
+                    if let Some(offset) = a.offsets.get(at) {
+                        put(record, OFFSETS_AT, offset.to_le_bytes());
+                    }
+                }
+            }
+        }
+        PassActivations { blocks, records }
+    }
+}
+
 /// `out[i · stride + r] = w_r · x_i` for the rows `r` of band `band` and activation rows
-/// `first..first + A`.
+/// `pass · PASS..pass · PASS + A`.
 ///
 /// # Safety
-/// AVX-512 F/BW/DQ/VL/VNNI and F16C; `band < w.bands()`, `a` holds rows `first..first + A`
-/// of `w.blocks` blocks; `out` valid for writes at those offsets.
+/// AVX-512 F/BW/DQ/VL/VNNI and F16C; `band < w.bands()`, `a` holds pass `pass` of `w.blocks`
+/// blocks (with offsets for Q8_0); `out` valid for writes at those offsets.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,f16c")]
 pub(super) unsafe fn band<const A: usize>(
     w: &Bands,
     band: usize,
-    a: &ByteActivations,
-    first: usize,
+    a: &PassActivations,
+    pass: usize,
     out: Output,
 ) {
-    debug_assert!(band < w.bands() && a.blocks == w.blocks);
-    debug_assert!(a.sums.len() >= (first + A) * a.blocks);
-    debug_assert!(w.format == Format::Q4_1 || a.offsets.len() >= (first + A) * a.blocks);
+    debug_assert!(band < w.bands() && a.blocks == w.blocks && A <= PASS);
+    debug_assert!(a.records.len() >= (pass + 1) * a.blocks * RECORD);
     // The format a constant in each copy of the loop.
     match w.format {
-        Format::Q4_1 => band_of::<A>(Format::Q4_1, w, band, a, first, out),
-        Format::Q8_0 => band_of::<A>(Format::Q8_0, w, band, a, first, out),
+        Format::Q4_1 => band_of::<A>(Format::Q4_1, w, band, a, pass, out),
+        Format::Q8_0 => band_of::<A>(Format::Q8_0, w, band, a, pass, out),
     }
 }
 
@@ -143,22 +190,67 @@ unsafe fn weights(format: Format, p: *const u8) -> [__m512i; 8] {
     ws
 }
 
+/// Adds activation row `i`'s products with block `ws` (scales `d`, minimums `m`) to `acc`;
+/// `x` is the block's record of [`PassActivations`]. Called once per row with a constant
+/// `i`, so that every accumulator is a register and every address a constant distance from
+/// `x`.
+#[inline(always)]
+unsafe fn row_block(
+    format: Format,
+    ws: &[__m512i; 8],
+    d: __m512,
+    m: __m512,
+    x: *const u8,
+    i: usize,
+    acc: &mut __m512,
+) {
+    let bytes = x.add(i * BLOCK);
+    let four = |offset: usize| {
+        _mm512_set1_epi32(std::ptr::read_unaligned(bytes.add(offset) as *const i32))
+    };
+    let scalar =
+        |at: usize| _mm512_set1_ps(std::ptr::read_unaligned(x.add(at + 4 * i) as *const f32));
+    // Elements 0..16 and 16..32 in two chains, added at the end (integers: exact).
+    let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    for u in 0..4 {
+        low = _mm512_dpbusd_epi32(low, ws[u], four(4 * u));
+        high = _mm512_dpbusd_epi32(high, ws[4 + u], four(16 + 4 * u));
+    }
+    let dot = _mm512_add_epi32(low, high);
+    let de = _mm512_mul_ps(d, scalar(SCALES_AT));
+    match format {
+        Format::Q4_1 => {
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), de, *acc);
+            *acc = _mm512_fmadd_ps(m, scalar(SUMS_AT), *acc);
+        }
+        Format::Q8_0 => {
+            let offset = _mm512_set1_epi32(std::ptr::read_unaligned(
+                x.add(OFFSETS_AT + 4 * i) as *const i32
+            ));
+            let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, offset));
+            *acc = _mm512_fmadd_ps(dot, de, *acc);
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn band_of<const A: usize>(
     format: Format,
     w: &Bands,
     band: usize,
-    a: &ByteActivations,
-    first: usize,
+    a: &PassActivations,
+    pass: usize,
     out: Output,
 ) {
     let blocks = w.blocks;
     let record = BAND * format.block_bytes();
     let scales = BAND * (format.block_bytes() - format.header_bytes());
     let base = w.data.as_ptr().add(band * blocks * record);
+    let acts = a.records.as_ptr().add(pass * blocks * RECORD);
     let mut acc = [_mm512_setzero_ps(); A];
     for k in 0..blocks {
         let p = base.add(k * record);
+        let x = acts.add(k * RECORD);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(scales) as *const __m256i));
         let m = match format {
             Format::Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(
@@ -167,33 +259,15 @@ unsafe fn band_of<const A: usize>(
             Format::Q8_0 => _mm512_setzero_ps(), // unused
         };
         let ws = weights(format, p);
-        for i in 0..A {
-            let at = (first + i) * blocks + k;
-            let x = a.q.as_ptr().add(at * BLOCK);
-            let four = |offset: usize| {
-                _mm512_set1_epi32(std::ptr::read_unaligned(x.add(offset) as *const i32))
-            };
-            // Elements 0..16 and 16..32 in two chains, added at the end (integers: exact).
-            let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-            for u in 0..4 {
-                low = _mm512_dpbusd_epi32(low, ws[u], four(4 * u));
-                high = _mm512_dpbusd_epi32(high, ws[4 + u], four(16 + 4 * u));
-            }
-            let dot = _mm512_add_epi32(low, high);
-            let de = _mm512_mul_ps(d, _mm512_set1_ps(*a.scales.get_unchecked(at)));
-            match format {
-                Format::Q4_1 => {
-                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), de, acc[i]);
-                    let s = _mm512_set1_ps(*a.sums.get_unchecked(at));
-                    acc[i] = _mm512_fmadd_ps(m, s, acc[i]);
+        macro_rules! rows {
+            ($($i:literal)*) => {$(
+                if $i < A {
+                    row_block(format, &ws, d, m, x, $i, &mut acc[$i]);
                 }
-                Format::Q8_0 => {
-                    let offset = _mm512_set1_epi32(*a.offsets.get_unchecked(at));
-                    let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, offset));
-                    acc[i] = _mm512_fmadd_ps(dot, de, acc[i]);
-                }
-            }
+            )*};
         }
+        const _: () = assert!(PASS == 8);
+        rows!(0 1 2 3 4 5 6 7);
     }
     let live = BAND.min(w.rows - band * BAND);
     let mask: __mmask16 = if live == BAND {
@@ -202,7 +276,7 @@ unsafe fn band_of<const A: usize>(
         (1 << live) - 1
     };
     for i in 0..A {
-        let row = out.at.add((first + i) * out.stride + band * BAND);
+        let row = out.at.add((pass * PASS + i) * out.stride + band * BAND);
         _mm512_mask_storeu_ps(row, mask, acc[i]);
     }
 }
