@@ -164,7 +164,7 @@ impl QueryRow {
 
 /// Attention row by row, reading each sequence's cache where it lies: for every query row
 /// and head a dot product with each visible key, a softmax, a weighted sum of the values
-/// (`attend_one_head`), every (row, head) pair one task on the [`team`]'s threads. `q`
+/// (`attend_one_head`), every (row, kv head) pair one task on the [`team`]'s threads. `q`
 /// `[rows, heads, head_dim]`; `kv[s]` sequence `s`'s keys and values `[kv_heads, len,
 /// head_dim]` in the cache's layout. `None` when the tensors are not f32 CPU tensors in that
 /// layout (or track gradients): the caller takes the GEMM path.
@@ -228,15 +228,34 @@ fn attend_rows(
         let (offset, head_stride) = (layout.start_offset(), layout.stride()[0]);
         cached.push((kd, vd, offset, head_stride, layout.dims()[0]));
     }
+    // One task per query row and kv head: the query heads that share a kv head (grouped-query
+    // attention: query head `h` reads kv head `h / (heads / kv_heads)`, as transformers'
+    // `repeat_kv`) run one after another on one thread, so that the keys and values come
+    // from memory once and from cache for the others. A task's heads are adjacent in `q` and
+    // in the output.
+    let kv_heads = cached.first().map_or(heads, |c| c.4);
+    if cached.iter().any(|c| c.4 != kv_heads) {
+        return Ok(None);
+    }
+    let groups = heads / kv_heads;
     let attend = |task: usize, out: &mut [f32], scores: &mut Vec<f32>| {
-        let (r, h) = (task / heads, task % heads);
+        let (r, kv_head) = (task / kv_heads, task % kv_heads);
         let row = &rows[r];
-        let (kd, vd, offset, head_stride, kv_heads) = cached[row.seq];
-        // Grouped-query attention: query head `h` reads kv head `h / (heads / kv_heads)`.
-        let base = offset + h / (heads / kv_heads) * head_stride;
+        let (kd, vd, offset, head_stride, _) = cached[row.seq];
+        let base = offset + kv_head * head_stride;
         let span = base + row.keys.start * head_dim..base + row.keys.end * head_dim;
-        let q_row = &qd[task * head_dim..(task + 1) * head_dim];
-        attend_one_head(q_row, &kd[span.clone()], &vd[span], scale, out, scores);
+        for (g, out) in out.chunks_mut(head_dim).enumerate() {
+            let h = kv_head * groups + g;
+            let q_row = &qd[(r * heads + h) * head_dim..][..head_dim];
+            attend_one_head(
+                q_row,
+                &kd[span.clone()],
+                &vd[span.clone()],
+                scale,
+                out,
+                scores,
+            );
+        }
     };
     let mut out = vec![0f32; n * heads * head_dim];
     let work: usize = rows.iter().map(|r| r.keys.len()).sum::<usize>() * head_dim;
@@ -245,12 +264,12 @@ fn attend_rows(
         thread_local! {
             static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        team::for_each_chunk(&mut out, head_dim, |task, o| {
+        team::for_each_chunk(&mut out, groups * head_dim, |task, o| {
             SCORES.with(|scores| attend(task, o, &mut scores.borrow_mut()))
         });
     } else {
         let mut scores = Vec::new();
-        for (task, o) in out.chunks_mut(head_dim).enumerate() {
+        for (task, o) in out.chunks_mut(groups * head_dim).enumerate() {
             attend(task, o, &mut scores);
         }
     }
