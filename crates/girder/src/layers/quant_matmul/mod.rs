@@ -340,7 +340,6 @@ fn forward_bands(w: &vnni512::Bands, acts: &vnni512::PassActivations, n: usize) 
         at: out.as_mut_ptr(),
         stride: rows,
     });
-    const _: () = assert!(vnni512::PASS == ROWS_PER_PASS);
     let multiply = |band: usize| {
         let shared = &shared;
         for pass in 0..n.div_ceil(ROWS_PER_PASS) {

@@ -26,7 +26,7 @@
 
 #![allow(clippy::needless_range_loop)] // `i`, `u` pick accumulators and registers
 
-use super::{ByteActivations, Format, BLOCK};
+use super::{ByteActivations, Format, BLOCK, ROWS_PER_PASS as PASS};
 use std::arch::x86_64::*;
 
 /// Rows per band: one per 32-bit lane of a 512-bit register.
@@ -96,7 +96,7 @@ pub(super) struct Output {
     pub(super) stride: usize,
 }
 
-/// Activation rows regrouped for the kernel: per pass of [`PASS`] rows and per block, one
+/// Activation rows regrouped for the kernel: per pass of [`ROWS_PER_PASS`](super::ROWS_PER_PASS) rows and per block, one
 /// record of the rows' 32 bytes each, then their scales, their sums and (Q8_0) their
 /// offsets. Every value a pass reads for a block then lies at a fixed distance from one
 /// pointer that advances a record per block: the compiler addresses each with base plus
@@ -107,10 +107,7 @@ pub(super) struct PassActivations {
     records: Vec<u8>,
 }
 
-/// Activation rows per pass (the kernel keeps one accumulator register per row).
-pub(super) const PASS: usize = 8;
-const Q_BYTES: usize = PASS * BLOCK;
-const SCALES_AT: usize = Q_BYTES;
+const SCALES_AT: usize = PASS * BLOCK;
 const SUMS_AT: usize = SCALES_AT + 4 * PASS;
 const OFFSETS_AT: usize = SUMS_AT + 4 * PASS;
 const RECORD: usize = OFFSETS_AT + 4 * PASS;
