@@ -34,7 +34,7 @@
 use crate::error::Result;
 use crate::layers::team::{self, Chunks};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -100,10 +100,6 @@ struct ByteActivations {
     scales: Vec<f32>,
     /// `[rows, blocks]`: `scale · Σ q` (the Q4_1 minimum's term).
     sums: Vec<f32>,
-    /// `[rows, blocks]`: `128 · Σ q`, what Q8_0's weights stored as `q + 128` add to a
-    /// block's integer dot product (removed in integers, exactly); empty unless
-    /// [`ByteActivations::with_offsets`] filled it.
-    offsets: Vec<i32>,
 }
 
 impl ByteActivations {
@@ -116,7 +112,6 @@ impl ByteActivations {
             q: vec![0i8; xs.len()],
             scales: vec![0f32; total],
             sums: vec![0f32; total],
-            offsets: Vec::new(),
         };
         let rows_per_task = 16;
         let q = Chunks::new(&mut acts.q, rows_per_task * cols);
@@ -128,16 +123,6 @@ impl ByteActivations {
             unsafe { round_blocks(x, q.chunk(i), scales.chunk(i), sums.chunk(i)) }
         });
         acts
-    }
-
-    /// Fills `offsets`, which only the AVX-512 kernel's Q8_0 blocks read.
-    fn with_offsets(mut self) -> Self {
-        self.offsets = self
-            .q
-            .chunks_exact(BLOCK)
-            .map(|b| 128 * b.iter().map(|&q| q as i32).sum::<i32>())
-            .collect();
-        self
     }
 
     fn row(&self, i: usize) -> ActivationRow<'_> {
@@ -158,22 +143,11 @@ fn round_blocks(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) 
         /// The same rounding, a block in two registers (`vcvtps2dq` rounds ties to even).
         #[target_feature(enable = "avx512f")]
         unsafe fn avx512(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
-            use std::arch::x86_64::*;
             let blocks = sums.len().min(xs.len() / BLOCK);
             assert!(q.len() >= blocks * BLOCK && scales.len() >= blocks);
             for b in 0..blocks {
-                let x0 = _mm512_loadu_ps(xs.as_ptr().add(b * BLOCK));
-                let x1 = _mm512_loadu_ps(xs.as_ptr().add(b * BLOCK + 16));
-                let amax =
-                    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-                let scale = amax / 127.0;
-                let inverse = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
-                let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inverse));
-                let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inverse));
-                let out = q.as_mut_ptr().add(b * BLOCK) as *mut __m128i;
-                _mm_storeu_si128(out, _mm512_cvtepi32_epi8(q0));
-                _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(q1));
-                let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                let (scale, sum) =
+                    round_block_avx512(xs.as_ptr().add(b * BLOCK), q.as_mut_ptr().add(b * BLOCK));
                 *scales.get_unchecked_mut(b) = scale;
                 *sums.get_unchecked_mut(b) = scale * sum as f32;
             }
@@ -193,6 +167,30 @@ fn round_blocks(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) 
         }
     }
     round_blocks_with(xs, q, scales, sums)
+}
+
+/// Rounds the 32 values at `x` to bytes at `q` (`vcvtps2dq` rounds ties to even); returns the
+/// block's scale and `Σ q`. The one rounding of the AVX-512 paths ([`round_blocks`] and the
+/// VNNI kernel's [`vnni512::PassActivations::round`]): a row is rounded the same by both.
+///
+/// # Safety
+/// AVX-512 F (inlined into functions compiled for it); 32 values readable at `x`, 32 bytes
+/// writable at `q`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn round_block_avx512(x: *const f32, q: *mut i8) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let x0 = _mm512_loadu_ps(x);
+    let x1 = _mm512_loadu_ps(x.add(16));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    let scale = amax / 127.0;
+    let inverse = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+    let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inverse));
+    let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inverse));
+    let out = q as *mut __m128i;
+    _mm_storeu_si128(out, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(q1));
+    (scale, _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)))
 }
 
 #[inline(always)]
@@ -274,19 +272,27 @@ impl QuantMatrix {
             }
             .into());
         }
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let out = match &self.layout {
-            Layout::Blocks(data) => self.forward_blocks(data, &xs, n),
-            #[cfg(target_arch = "x86_64")]
-            Layout::Bands(bands) => {
-                let acts = ByteActivations::quantize(&xs, cols);
-                let acts = match self.format {
-                    Format::Q8_0 => acts.with_offsets(),
-                    Format::Q4_1 => acts,
-                };
-                forward_bands(bands, &vnni512::PassActivations::new(&acts, n), n)
+        // The activations where they lie when they are a contiguous f32 CPU tensor (the
+        // output of a norm or an activation), else a copy.
+        let (storage, layout) = x.storage_and_layout();
+        let copied: Vec<f32>;
+        let xs: &[f32] = match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => &data[start..end],
+            _ => {
+                copied = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                &copied
             }
         };
+        let out = match &self.layout {
+            Layout::Blocks(data) => self.forward_blocks(data, xs, n),
+            #[cfg(target_arch = "x86_64")]
+            Layout::Bands(bands) => {
+                // SAFETY: `from_qtensor` chose this layout after Kernel::detect saw AVX-512.
+                let acts = unsafe { vnni512::PassActivations::round(xs, n, cols / BLOCK) };
+                forward_bands(bands, &acts, n)
+            }
+        };
+        drop(storage);
         Ok(Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?)
     }
 

@@ -26,8 +26,12 @@
 
 #![allow(clippy::needless_range_loop)] // `i`, `u` pick accumulators and registers
 
-use super::{ByteActivations, Format, BLOCK, ROWS_PER_PASS as PASS};
+#[cfg(doc)]
+use super::ByteActivations;
+use super::{round_block_avx512, Format, BLOCK, ROWS_PER_PASS as PASS};
+use crate::layers::team::{self, Chunks};
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Rows per band: one per 32-bit lane of a 512-bit register.
 pub(super) const BAND: usize = 16;
@@ -96,9 +100,9 @@ pub(super) struct Output {
     pub(super) stride: usize,
 }
 
-/// Activation rows regrouped for the kernel: per pass of [`ROWS_PER_PASS`](super::ROWS_PER_PASS) rows and per block, one
-/// record of the rows' 32 bytes each, then their scales, their sums and (Q8_0) their
-/// offsets. Every value a pass reads for a block then lies at a fixed distance from one
+/// Activation rows rounded for the kernel: per pass of [`ROWS_PER_PASS`](super::ROWS_PER_PASS)
+/// rows and per block, one record of the rows' 32 bytes each, then their scales, their sums
+/// and their offsets (`128 · Σ q`, which only Q8_0 reads). Every value a pass reads for a block then lies at a fixed distance from one
 /// pointer that advances a record per block: the compiler addresses each with base plus
 /// constant, where row-major activations needed base plus index plus constant, which
 /// Intel cores split into two micro-operations in every `vpdpbusd` that reads memory.
@@ -113,31 +117,60 @@ const OFFSETS_AT: usize = SUMS_AT + 4 * PASS;
 const RECORD: usize = OFFSETS_AT + 4 * PASS;
 
 impl PassActivations {
-    /// `a`'s `n` rows regrouped (rows past `n` in the last pass are zero).
-    pub(super) fn new(a: &ByteActivations, n: usize) -> PassActivations {
-        let blocks = a.blocks;
-        let passes = n.div_ceil(PASS);
-        let mut records = vec![0u8; passes * blocks * RECORD];
-        for (p, pass) in records.chunks_exact_mut(blocks * RECORD).enumerate() {
-            for (k, record) in pass.chunks_exact_mut(RECORD).enumerate() {
-                for i in 0..PASS.min(n - p * PASS) {
-                    let at = (p * PASS + i) * blocks + k;
-                    let q = &a.q[at * BLOCK..(at + 1) * BLOCK];
-                    for (dst, &src) in record[i * BLOCK..(i + 1) * BLOCK].iter_mut().zip(q) {
-                        *dst = src as u8;
-                    }
-                    let put = |record: &mut [u8], offset: usize, bytes: [u8; 4]| {
-                        record[offset + 4 * i..offset + 4 * i + 4].copy_from_slice(&bytes)
-                    };
-                    put(record, SCALES_AT, a.scales[at].to_le_bytes());
-                    put(record, SUMS_AT, a.sums[at].to_le_bytes());
-                    if let Some(offset) = a.offsets.get(at) {
-                        put(record, OFFSETS_AT, offset.to_le_bytes());
-                    }
-                }
-            }
+    /// `xs`, `n` rows of `blocks` blocks, rounded as [`ByteActivations::quantize`] rounds
+    /// them (the same [`round_block_avx512`]) straight into this layout, a pass per task on
+    /// the team: no second copy of the rounded rows, and no serial regrouping.
+    ///
+    /// # Safety
+    /// AVX-512 F (the caller saw [`Kernel::Vnni512`](super::Kernel)).
+    pub(super) unsafe fn round(xs: &[f32], n: usize, blocks: usize) -> PassActivations {
+        let cols = blocks * BLOCK;
+        assert_eq!(xs.len(), n * cols, "activations of {n} rows of {cols}");
+        let (passes, pass_bytes) = (n.div_ceil(PASS), blocks * RECORD);
+        let mut records = Vec::with_capacity(passes * pass_bytes);
+        {
+            let chunks = Chunks::new(
+                &mut records.spare_capacity_mut()[..passes * pass_bytes],
+                pass_bytes,
+            );
+            team::for_each(passes, |p| {
+                let rows = &xs[p * PASS * cols..((p + 1) * PASS * cols).min(xs.len())];
+                // SAFETY: task `p` alone takes chunk `p`; AVX-512 F as the caller promised.
+                unsafe { round_pass(rows, blocks, chunks.chunk(p)) }
+            });
         }
+        // SAFETY: `round_pass` wrote every byte of every pass.
+        unsafe { records.set_len(passes * pass_bytes) };
         PassActivations { blocks, records }
+    }
+}
+
+/// One pass's records: `rows` (up to [`PASS`] rows of `blocks` blocks) rounded, rows past
+/// them zero, every byte of `out` written.
+#[target_feature(enable = "avx512f")]
+unsafe fn round_pass(rows: &[f32], blocks: usize, out: &mut [MaybeUninit<u8>]) {
+    let cols = blocks * BLOCK;
+    let present = rows.len() / cols;
+    assert!(out.len() == blocks * RECORD && present <= PASS && rows.len() == present * cols);
+    let base = out.as_mut_ptr() as *mut u8;
+    for k in 0..blocks {
+        let record = base.add(k * RECORD);
+        for i in 0..PASS {
+            let (scale, sum) = if i < present {
+                let x = rows.as_ptr().add(i * cols + k * BLOCK);
+                round_block_avx512(x, record.add(i * BLOCK) as *mut i8)
+            } else {
+                std::ptr::write_bytes(record.add(i * BLOCK), 0, BLOCK);
+                (0.0, 0)
+            };
+            let put = |at: usize, bytes: [u8; 4]| {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), record.add(at + 4 * i), 4)
+            };
+            put(SCALES_AT, scale.to_le_bytes());
+            put(SUMS_AT, (scale * sum as f32).to_le_bytes());
+            // What Q8_0's weights stored as `q + 128` add to the block's integer dot product.
+            put(OFFSETS_AT, (128 * sum).to_le_bytes());
+        }
     }
 }
 
@@ -275,5 +308,59 @@ unsafe fn band_of<const A: usize>(
     for i in 0..A {
         let row = out.at.add((pass * PASS + i) * out.stride + band * BAND);
         _mm512_mask_storeu_ps(row, mask, acc[i]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::quant_matmul::{ByteActivations, Kernel};
+
+    /// The rounding into passes gives the bytes, scales and sums of [`ByteActivations`] (which
+    /// the AVX2 and scalar kernels read), each row at its place in its pass's records, and
+    /// zero rows past the last.
+    #[test]
+    fn passes_hold_the_rounded_rows() {
+        if Kernel::detect() != Kernel::Vnni512 {
+            return;
+        }
+        let (n, blocks) = (11, 3);
+        let xs: Vec<f32> = (0..n * blocks * BLOCK)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+            .collect();
+        let rows = ByteActivations::quantize(&xs, blocks * BLOCK);
+        // SAFETY: the CPU has AVX-512 (checked above).
+        let passes = unsafe { PassActivations::round(&xs, n, blocks) };
+        assert_eq!(passes.records.len(), 2 * blocks * RECORD);
+        let f32_at = |r: &[u8], at: usize| f32::from_le_bytes(r[at..at + 4].try_into().unwrap());
+        for p in 0..2 {
+            for k in 0..blocks {
+                let record = &passes.records[(p * blocks + k) * RECORD..][..RECORD];
+                for i in 0..PASS {
+                    let bytes = &record[i * BLOCK..(i + 1) * BLOCK];
+                    let (scale, sum) = (
+                        f32_at(record, SCALES_AT + 4 * i),
+                        f32_at(record, SUMS_AT + 4 * i),
+                    );
+                    let offset =
+                        i32::from_le_bytes(record[OFFSETS_AT + 4 * i..][..4].try_into().unwrap());
+                    let row = p * PASS + i;
+                    if row >= n {
+                        assert!(
+                            bytes.iter().all(|&b| b == 0) && (scale, sum, offset) == (0.0, 0.0, 0)
+                        );
+                        continue;
+                    }
+                    let at = row * blocks + k;
+                    let q = &rows.q[at * BLOCK..(at + 1) * BLOCK];
+                    assert!(
+                        bytes.iter().zip(q).all(|(&b, &q)| b == q as u8),
+                        "row {row} block {k}"
+                    );
+                    assert_eq!((scale, sum), (rows.scales[at], rows.sums[at]));
+                    assert_eq!(offset, 128 * q.iter().map(|&q| q as i32).sum::<i32>());
+                }
+            }
+        }
     }
 }
