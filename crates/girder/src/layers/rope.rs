@@ -6,8 +6,10 @@
 //! The cos/sin rows are computed per batch from the tokens' positions (no table sized by the
 //! context, which is 128k positions for Llama 3), in f32 as transformers does.
 
+use super::kernels::fast_path;
+use super::team::{self, Chunks};
 use crate::error::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -181,11 +183,130 @@ impl RotaryEmbedding {
         let x = x.unsqueeze(0)?.contiguous()?; // [1, n, heads, head_dim]
         Ok(candle_nn::rotary_emb::rope_thd(&x, cos, sin)?.squeeze(0)?)
     }
+
+    /// [`apply`](Self::apply) to the `heads` heads of each row of `x` `[n, heads · head_dim]`,
+    /// which may be a view of some columns of a fused projection (rows further apart than
+    /// their width): the heads are read where they lie, rotated with the same arithmetic,
+    /// and written once into the `[n, heads, head_dim]` result, rows split over the team's
+    /// threads when there are many. (The view was first copied out, then rotated into a
+    /// zeroed tensor on one thread: a few percent of a prompt's prefill.)
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use girder::layers::rope::{RopeScaling, RotaryEmbedding};
+    /// let rope = RotaryEmbedding::new(4, 10000.0, &RopeScaling::Default);
+    /// let (cos, sin) = rope.cos_sin(&[0, 1], &Device::Cpu)?;
+    /// // Two rows of q (2 heads of 4) and k (1 head), side by side.
+    /// let qk = Tensor::arange(0f32, 24.0, &Device::Cpu)?.reshape((2, 12))?;
+    /// let k = RotaryEmbedding::apply_heads(&qk.narrow(1, 8, 4)?, 1, &cos, &sin)?;
+    /// let copied = qk.narrow(1, 8, 4)?.reshape((2, 1, 4))?;
+    /// let expected = RotaryEmbedding::apply(&copied, &cos, &sin)?;
+    /// assert_eq!(k.flatten_all()?.to_vec1::<f32>()?, expected.flatten_all()?.to_vec1::<f32>()?);
+    /// # Ok::<(), girder::Error>(())
+    /// ```
+    pub fn apply_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (n, width) = x.dims2()?;
+        let half = cos.dim(1)?;
+        let head_dim = 2 * half;
+        if width != heads * head_dim {
+            return Err(candle_core::Error::Msg(format!(
+                "rotary embedding: rows of {width} values are not {heads} heads of {head_dim}"
+            ))
+            .into());
+        }
+        // Rows of adjacent values, however far apart the rows lie.
+        let readable =
+            x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() && x.stride()[1] == 1;
+        if !(readable && fast_path(cos) && fast_path(sin)) {
+            return Self::apply(&x.reshape((n, heads, head_dim))?, cos, sin);
+        }
+        let (storage, layout) = x.storage_and_layout();
+        let (cos_storage, cos_layout) = cos.storage_and_layout();
+        let (sin_storage, sin_layout) = sin.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(data)), Some(cos), Some(sin)) = (
+            &*storage,
+            f32s(&cos_storage, cos_layout),
+            f32s(&sin_storage, sin_layout),
+        ) else {
+            return Self::apply(&x.reshape((n, heads, head_dim))?, cos, sin);
+        };
+        let (start, row_stride) = (layout.start_offset(), layout.stride()[0]);
+        let mut out = Vec::with_capacity(n * width);
+        {
+            let rows_per_task = (8192 / width.max(1)).max(1);
+            let chunks = Chunks::new(
+                &mut out.spare_capacity_mut()[..n * width],
+                rows_per_task * width,
+            );
+            let rotate = |task: usize| {
+                // SAFETY: each task index is taken once.
+                let rows = unsafe { chunks.chunk(task) };
+                for (r, o) in rows.chunks_mut(width).enumerate() {
+                    let row = task * rows_per_task + r;
+                    let x = &data[start + row * row_stride..][..width];
+                    let (c, s) = (&cos[row * half..][..half], &sin[row * half..][..half]);
+                    for (x, o) in x.chunks_exact(head_dim).zip(o.chunks_mut(head_dim)) {
+                        let (low, high) = o.split_at_mut(half);
+                        for i in 0..half {
+                            let (a, b) = (x[i], x[i + half]);
+                            // candle's `rope_thd`, term for term.
+                            low[i].write(a * c[i] - b * s[i]);
+                            high[i].write(a * s[i] + b * c[i]);
+                        }
+                    }
+                }
+            };
+            if n * width >= 16 * 1024 {
+                team::for_each(chunks.count(), rotate);
+            } else {
+                (0..chunks.count()).for_each(rotate);
+            }
+        }
+        // SAFETY: the tasks wrote every element of every row.
+        unsafe { out.set_len(n * width) };
+        drop((storage, cos_storage, sin_storage));
+        Ok(Tensor::from_vec(out, (n, heads, head_dim), x.device())?)
+    }
+}
+
+/// The elements of a contiguous f32 CPU tensor's storage.
+fn f32s<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(&data[start..end]),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+
+    /// Heads read from a view of a fused projection are rotated bit for bit as candle's
+    /// `rope_thd` rotates the copied heads, serially and on the team.
+    #[test]
+    fn heads_rotate_in_place_of_the_view_as_candle_does() {
+        let dev = Device::Cpu;
+        let rope = RotaryEmbedding::new(64, 10000.0, &RopeScaling::Default);
+        for n in [1, 3, 300] {
+            let positions: Vec<u32> = (0..n as u32).map(|p| p * 7 + 2).collect();
+            let (cos, sin) = rope.cos_sin(&positions, &dev).unwrap();
+            // q: 9 heads, k: 3, v: 3, side by side.
+            let qkv = Tensor::randn(0f32, 1.0, (n, 15 * 64), &dev).unwrap();
+            for (first, heads) in [(0, 9), (9, 3)] {
+                let view = qkv.narrow(1, first * 64, heads * 64).unwrap();
+                let ours = RotaryEmbedding::apply_heads(&view, heads, &cos, &sin).unwrap();
+                let copied = view.reshape((n, heads, 64)).unwrap();
+                let candle = RotaryEmbedding::apply(&copied, &cos, &sin).unwrap();
+                assert_eq!(ours.dims(), [n, heads, 64]);
+                assert_eq!(
+                    ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    candle.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    "{n} rows, heads from {first}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn linear_scaling_divides_frequencies() {

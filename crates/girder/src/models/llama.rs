@@ -362,19 +362,15 @@ impl Attention {
         let n = x.dim(0)?;
         let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let qkv = self.qkv_proj.forward(x)?;
-        let q = qkv
-            .narrow(1, 0, q_width)?
-            .reshape((n, self.heads, self.head_dim))?;
-        let k = qkv
-            .narrow(1, q_width, kv_width)?
-            .reshape((n, self.kv_heads, self.head_dim))?;
+        let (cos, sin) = cos_sin;
+        let q = RotaryEmbedding::apply_heads(&qkv.narrow(1, 0, q_width)?, self.heads, cos, sin)?;
+        let k = qkv.narrow(1, q_width, kv_width)?;
+        let k = RotaryEmbedding::apply_heads(&k, self.kv_heads, cos, sin)?;
         let v = qkv.narrow(1, q_width + kv_width, kv_width)?.reshape((
             n,
             self.kv_heads,
             self.head_dim,
         ))?;
-        let q = RotaryEmbedding::apply(&q, &cos_sin.0, &cos_sin.1)?;
-        let k = RotaryEmbedding::apply(&k, &cos_sin.0, &cos_sin.1)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = ragged_causal_attention(
             &q,
