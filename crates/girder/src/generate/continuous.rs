@@ -334,10 +334,15 @@ impl<'g> ContinuousBatch<'g> {
                 self.prefixes.keep(&seq.tokens, &seq.cache)?;
             }
         }
-        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        // One copy of the rows, not a vector per row.
+        let mut rows = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let vocab = rows.len() / self.live.len().max(1);
         let mut finished = Vec::new();
-        for (seq, mut row) in self.live.iter_mut().zip(rows) {
-            let next = seq.sampler.next(&mut row, &seq.tokens);
+        for (seq, row) in self.live.iter_mut().zip(rows.chunks_exact_mut(vocab)) {
+            let next = seq.sampler.next(row, &seq.tokens);
             seq.tokens.push(next);
             step.new_tokens += 1;
             let (text, stopped) = seq.stream.push(tokenizer, next)?;

@@ -479,9 +479,14 @@ impl TextGenerator {
                     active.iter_mut().map(|s| &mut s.cache).collect();
                 self.model.forward(&batch, &mut caches, Logits::Last)?
             };
-            let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            for (seq, mut row) in active.iter_mut().zip(rows) {
-                let next = seq.sampler.next(&mut row, &seq.tokens);
+            // One copy of the rows, not a vector per row.
+            let mut rows = logits
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let vocab = rows.len() / active.len().max(1);
+            for (seq, row) in active.iter_mut().zip(rows.chunks_exact_mut(vocab)) {
+                let next = seq.sampler.next(row, &seq.tokens);
                 seq.tokens.push(next);
                 let generated = seq.tokens.len() - seq.prompt_len;
                 let stopped = on_token(seq.index, next)?;

@@ -194,15 +194,32 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
-/// The index of the largest value, the first one on ties (as `torch.argmax`).
+/// The index of the largest value, the first one on ties (as `torch.argmax`); NaN never
+/// wins, except a NaN first value, which is kept (index 0).
+///
+/// Two passes: the largest value in 16 lanes (vector code), then its first position. A
+/// compare and branch per value scanned a 16-sequence step's 49152-wide rows one value at a
+/// time on the step's serial path (perf: 2% of a chat server's samples).
 pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
+    const LANES: usize = 16;
+    match row.first() {
+        None => return 0,
+        Some(first) if first.is_nan() => return 0,
+        Some(_) => {}
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v); // the other operand when one is NaN
         }
     }
-    best as u32
+    let largest = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    row.iter().position(|&v| v == largest).unwrap_or(0) as u32
 }
 
 /// xoshiro256** (Blackman & Vigna), seeded with SplitMix64.
@@ -258,6 +275,26 @@ mod tests {
     #[test]
     fn argmax_takes_the_first_maximum() {
         assert_eq!(argmax(&[0.0, 2.0, 2.0, 1.0]), 1);
+        // The rule of a compare-and-branch scan, on rows longer than the lanes.
+        let scan = |row: &[f32]| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let mut row: Vec<f32> = (0..100).map(|i| ((i * 37) % 23) as f32).collect();
+        assert_eq!(argmax(&row), scan(&row));
+        row[70] = f32::NAN;
+        row[90] = 30.0;
+        row[95] = 30.0;
+        assert_eq!((argmax(&row), scan(&row)), (90, 90));
+        row[0] = f32::NAN;
+        assert_eq!((argmax(&row), scan(&row)), (0, 0));
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -0.0, 0.0]), 1);
+        assert_eq!(argmax(&[]), 0);
     }
 
     #[test]
