@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::hub::{GgufFile, Weights};
 use crate::layers::rope::{RopeParameters, RopeScaling, RotaryEmbedding};
 use crate::layers::{
-    ragged_causal_attention, silu_mul, Activation, Embedding, KvCache, Linear, RmsNorm,
+    add_in_place, ragged_causal_attention, silu_mul, Activation, Embedding, KvCache, Linear,
+    RmsNorm,
 };
 use crate::models::{DecoderForward, Logits};
 use candle_core::Tensor;
@@ -472,14 +473,16 @@ impl LlamaModel {
         let ids = Tensor::from_slice(&batch.input_ids, batch.total_tokens(), device)?;
         let cos_sin = self.rotary.cos_sin(&batch.positions, device)?;
         let mut x = self.embed_tokens.forward(&ids)?;
+        // Residual sums into the sublayer's fresh output (`h + x`, equal to `x + h`) on the
+        // team: candle's add ran on its own thread pool, a third thread on two cores.
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let h = layer.self_attn.forward(&h, &cos_sin, batch, caches, i)?;
-            x = (x + h)?;
+            x = add_in_place(h, &x)?;
             let h = layer
                 .mlp
                 .forward(&layer.post_attention_layernorm.forward(&x)?)?;
-            x = (x + h)?;
+            x = add_in_place(h, &x)?;
         }
         self.norm.forward(&x)
     }
