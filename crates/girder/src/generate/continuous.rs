@@ -20,7 +20,6 @@ use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
 use crate::layers::KvCache;
 use crate::models::Logits;
-use candle_core::DType;
 
 /// Names a sequence of a [`ContinuousBatch`] (unique within it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -334,59 +333,59 @@ impl<'g> ContinuousBatch<'g> {
                 self.prefixes.keep(&seq.tokens, &seq.cache)?;
             }
         }
-        // One copy of the rows, not a vector per row.
-        let mut rows = logits
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let vocab = rows.len() / self.live.len().max(1);
         let mut finished = Vec::new();
-        for (seq, row) in self.live.iter_mut().zip(rows.chunks_exact_mut(vocab)) {
-            let next = seq.sampler.next(row, &seq.tokens);
-            seq.tokens.push(next);
-            step.new_tokens += 1;
-            let (text, stopped) = seq.stream.push(tokenizer, next)?;
-            if !text.is_empty() {
-                step.events.push(Event::Text { id: seq.id, text });
-            }
-            let generated = seq.tokens.len() - seq.prompt_len;
-            let finish = if seq.eos.contains(&next) {
-                Some(FinishReason::Eos)
-            } else if stopped {
-                Some(FinishReason::Stop)
-            } else if generated >= seq.max_new_tokens || seq.tokens.len() >= context {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            if let Some(reason) = finish {
-                let rest = seq.stream.finish(tokenizer)?;
-                if !rest.is_empty() {
-                    step.events.push(Event::Text {
-                        id: seq.id,
-                        text: rest,
-                    });
+        let live = &mut self.live;
+        super::read_logits(&logits, |rows| {
+            let vocab = rows.len() / live.len().max(1);
+            let mut scratch = Vec::new();
+            for (seq, row) in live.iter_mut().zip(rows.chunks_exact(vocab)) {
+                let next = seq.sampler.next_from(row, &seq.tokens, &mut scratch);
+                seq.tokens.push(next);
+                step.new_tokens += 1;
+                let (text, stopped) = seq.stream.push(tokenizer, next)?;
+                if !text.is_empty() {
+                    step.events.push(Event::Text { id: seq.id, text });
                 }
-                let token_ids = seq.tokens[seq.prompt_len..].to_vec();
-                let text = if reason == FinishReason::Stop {
-                    seq.stream.text().to_string()
+                let generated = seq.tokens.len() - seq.prompt_len;
+                let finish = if seq.eos.contains(&next) {
+                    Some(FinishReason::Eos)
+                } else if stopped {
+                    Some(FinishReason::Stop)
+                } else if generated >= seq.max_new_tokens || seq.tokens.len() >= context {
+                    Some(FinishReason::Length)
                 } else {
-                    // The whole continuation decoded at once, as the fixed-batch loop does.
-                    generator.decode(&token_ids, 0)?
+                    None
                 };
-                step.events.push(Event::Finished {
-                    id: seq.id,
-                    generation: Generation {
-                        text,
-                        completion_tokens: token_ids.len(),
-                        prompt_tokens: seq.prompt_len,
-                        token_ids,
-                        finish_reason: reason,
-                    },
-                });
-                finished.push(seq.id);
+                if let Some(reason) = finish {
+                    let rest = seq.stream.finish(tokenizer)?;
+                    if !rest.is_empty() {
+                        step.events.push(Event::Text {
+                            id: seq.id,
+                            text: rest,
+                        });
+                    }
+                    let token_ids = seq.tokens[seq.prompt_len..].to_vec();
+                    let text = if reason == FinishReason::Stop {
+                        seq.stream.text().to_string()
+                    } else {
+                        // The whole continuation decoded at once, as the fixed-batch loop does.
+                        generator.decode(&token_ids, 0)?
+                    };
+                    step.events.push(Event::Finished {
+                        id: seq.id,
+                        generation: Generation {
+                            text,
+                            completion_tokens: token_ids.len(),
+                            prompt_tokens: seq.prompt_len,
+                            token_ids,
+                            finish_reason: reason,
+                        },
+                    });
+                    finished.push(seq.id);
+                }
             }
-        }
+            Ok(())
+        })?;
         self.live.retain(|s| !finished.contains(&s.id));
         Ok(step)
     }

@@ -161,6 +161,18 @@ impl Sampler {
         }
     }
 
+    /// [`next`](Self::next) on logits it may not modify: greedy decoding without a
+    /// repetition penalty reads them where they lie, other settings work on a copy in
+    /// `scratch` (a batch step's logits are read in place, not copied out per step).
+    pub fn next_from(&mut self, logits: &[f32], seen: &[u32], scratch: &mut Vec<f32>) -> u32 {
+        if self.cfg.is_greedy() && self.cfg.repetition_penalty == 1.0 {
+            return argmax(logits);
+        }
+        scratch.clear();
+        scratch.extend_from_slice(logits);
+        self.next(scratch, seen)
+    }
+
     /// The next token given the logits of the last position (modified in place by
     /// [`process`](Self::process)) and every token of the sequence so far (prompt and
     /// continuation; for the repetition penalty).
@@ -308,6 +320,34 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    /// Reading the logits in place draws what drawing from a copy draws: greedy, with a
+    /// repetition penalty, and sampled.
+    #[test]
+    fn next_from_draws_as_next() {
+        let logits = vec![0.1f32, 0.5, 0.2, 0.9, 0.3, 0.9];
+        for cfg in [
+            Sampling::default(),
+            Sampling {
+                repetition_penalty: 1.5,
+                ..Sampling::default()
+            },
+            Sampling {
+                seed: 3,
+                ..sampling()
+            },
+        ] {
+            let (mut a, mut b) = (Sampler::new(cfg), Sampler::new(cfg));
+            let mut scratch = Vec::new();
+            for _ in 0..20 {
+                let seen = [3, 5];
+                assert_eq!(
+                    a.next_from(&logits, &seen, &mut scratch),
+                    b.next(&mut logits.clone(), &seen)
+                );
+            }
+        }
     }
 
     #[test]
