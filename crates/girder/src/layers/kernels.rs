@@ -13,6 +13,7 @@
 use super::team;
 use crate::error::Result;
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor};
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task: large enough that a task outweighs taking it.
 const CHUNK: usize = 1 << 14;
@@ -137,14 +138,14 @@ macro_rules! dispatch {
 
 /// `silu(gate) · up` for rows laid out `[gate (width) | up (width)]`, into `out` (`width` per row).
 #[inline(always)]
-fn silu_mul_generic(gate_up: &[f32], out: &mut [f32], width: usize) {
+fn silu_mul_generic(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
     for (pair, o) in gate_up
         .chunks_exact(2 * width)
         .zip(out.chunks_exact_mut(width))
     {
         let (gate, up) = pair.split_at(width);
         for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + exp(-g)) * u;
+            o.write(g / (1.0 + exp(-g)) * u);
         }
     }
 }
@@ -152,15 +153,15 @@ fn silu_mul_generic(gate_up: &[f32], out: &mut [f32], width: usize) {
 dispatch!(gelu_erf_slice, gelu_erf_generic);
 dispatch!(pub(super) softmax_row, softmax_generic);
 
-fn silu_mul_rows(gate_up: &[f32], out: &mut [f32], width: usize) {
+fn silu_mul_rows(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(gate_up: &[f32], out: &mut [f32], width: usize) {
+        unsafe fn avx512(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
             silu_mul_generic(gate_up, out, width)
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(gate_up: &[f32], out: &mut [f32], width: usize) {
+        unsafe fn avx2(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
             silu_mul_generic(gate_up, out, width)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -193,10 +194,9 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     let (start, end) = layout
         .contiguous_offsets()
         .expect("fast_path checked contiguity");
-    let mut out = vec![0f32; n * width];
     let rows_per_task = (4096 / width.max(1)).max(1);
     let product = &data[start..end];
-    team::for_each_chunk(&mut out, rows_per_task * width, |i, o| {
+    let out = team::collect_chunks(n * width, rows_per_task * width, |i, o| {
         let g = &product[i * rows_per_task * 2 * width..][..o.len() * 2];
         silu_mul_rows(g, o, width)
     });

@@ -2,6 +2,7 @@ use super::team;
 use crate::error::Result;
 use crate::hub::Weights;
 use candle_core::{CpuStorage, Storage, Tensor};
+use std::mem::MaybeUninit;
 
 /// Layer normalization (Ba et al. 2016) over the last dimension:
 /// `(x − mean) / sqrt(var + eps) · weight + bias`, transformers' `nn.LayerNorm`.
@@ -26,14 +27,14 @@ pub fn layer_norm(w: &Weights, dim: usize, eps: f64) -> Result<LayerNorm> {
 
 impl candle_nn::Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let norm = |row: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]| {
+        let norm = |row: &[f32], weight: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]| {
             let n = row.len() as f32;
             // Two passes, as PyTorch: the variance of the centred values, not E[x²] − mean²,
             // which loses digits when the mean is large.
             let mean = lane_sum(row, |v| v) / n;
             let inv_std = 1.0 / (lane_sum(row, |v| (v - mean) * (v - mean)) / n + self.eps).sqrt();
             for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
-                *o = (v - mean) * inv_std * w + b;
+                o.write((v - mean) * inv_std * w + b);
             }
         };
         match rows_of(x, &self.weight, Some(&self.bias), norm)? {
@@ -70,11 +71,11 @@ impl RmsNorm {
 
     /// `x`: `[n, dim]` → `[n, dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let norm = |row: &[f32], weight: &[f32], _: &[f32], out: &mut [f32]| {
+        let norm = |row: &[f32], weight: &[f32], _: &[f32], out: &mut [MaybeUninit<f32>]| {
             let mean_square = lane_sum(row, |v| v * v) / row.len() as f32;
             let inv_rms = 1.0 / (mean_square + self.eps).sqrt();
             for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
-                *o = v * inv_rms * w;
+                o.write(v * inv_rms * w);
             }
         };
         match rows_of(x, &self.weight, None, norm)? {
@@ -100,13 +101,14 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum()
 }
 
-/// `norm(row, weight, bias, out)` for every row of `x` on the [`team`], into a new tensor;
-/// `None` where candle's op must run instead (gradients, another dtype or device, a view).
+/// `norm(row, weight, bias, out)` for every row of `x` on the [`team`], into a new tensor
+/// (`norm` writes every value of `out`); `None` where candle's op must run instead
+/// (gradients, another dtype or device, a view).
 fn rows_of(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    norm: impl Fn(&[f32], &[f32], &[f32], &mut [f32]) + Sync,
+    norm: impl Fn(&[f32], &[f32], &[f32], &mut [MaybeUninit<f32>]) + Sync,
 ) -> candle_core::Result<Option<Tensor>> {
     let plain = super::kernels::fast_path;
     let width = x.dims().last().copied().unwrap_or(0);
@@ -126,17 +128,15 @@ fn rows_of(
         },
         None => &[],
     };
-    let mut out = vec![0f32; rows_in.len()];
-    if let Some(rows_per_task) = 4096usize.checked_div(width) {
-        let rows_per_task = rows_per_task.max(1);
-        team::for_each_chunk(&mut out, rows_per_task * width, |i, chunk| {
-            let first = i * rows_per_task * width;
-            for (r, o) in chunk.chunks_mut(width).enumerate() {
-                let row = &rows_in[first + r * width..][..width];
-                norm(row, weight, bias, o);
-            }
-        });
-    }
+    // Rows of zero width: an empty tensor.
+    let rows_per_task = 4096usize.checked_div(width).unwrap_or(1).max(1);
+    let out = team::collect_chunks(rows_in.len(), rows_per_task * width, |i, chunk| {
+        let first = i * rows_per_task * width;
+        for (r, o) in chunk.chunks_mut(width).enumerate() {
+            let row = &rows_in[first + r * width..][..width];
+            norm(row, weight, bias, o);
+        }
+    });
     drop((xs, ws, bs));
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }

@@ -330,6 +330,22 @@ pub(crate) fn for_each_chunk<T: Send>(
     for_each(chunks.count(), |i| f(i, unsafe { chunks.chunk(i) }));
 }
 
+/// A vector of `len` values whose chunk `i` of `size` is written by `f(i, chunk)` on the
+/// team; `f` must write every element of its chunk. The vector is not zeroed first: for a
+/// prompt's activations that was a pass over megabytes per layer on the calling thread
+/// alone (perf: 3% of a 432-token prefill in `memset`).
+pub(crate) fn collect_chunks<T: Send>(
+    len: usize,
+    size: usize,
+    f: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    for_each_chunk(&mut out.spare_capacity_mut()[..len], size, f);
+    // SAFETY: the chunks cover `..len` and `f` wrote each of their elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +368,17 @@ mod tests {
             chunk.iter_mut().for_each(|x| *x += i)
         });
         assert!(data.iter().enumerate().all(|(j, &x)| x == j / 10));
+    }
+
+    #[test]
+    fn collected_chunks_hold_what_the_tasks_wrote() {
+        let data = collect_chunks(1001, 10, |i, chunk| {
+            for (j, x) in chunk.iter_mut().enumerate() {
+                x.write(i * 10 + j);
+            }
+        });
+        assert_eq!(data, (0..1001).collect::<Vec<_>>());
+        assert!(collect_chunks::<u8>(0, 4, |_, _| {}).is_empty());
     }
 
     #[test]
