@@ -6,9 +6,11 @@
 //! at the start of the measured phase and at its end.
 //!
 //! Chat (`--chat`): first one stream alone for `--single-seconds`, then `--clients` concurrent
-//! streams for `--seconds`, each a streamed /v1/chat/completions of `--max-tokens` tokens
-//! (`ignore_eos`, greedy). Prints the aggregate tokens/s of both phases and their ratio, time
-//! to first token p50/p99, errors and RSS.
+//! streams for `--warmup-seconds` unmeasured and for `--seconds` measured, each a streamed
+//! /v1/chat/completions of `--max-tokens` tokens (`ignore_eos`, greedy). Prints the aggregate
+//! tokens/s of both phases and their ratio, time to first token p50/p99, errors, and the
+//! server's RSS after one request, at the start of the measured phase (the sequences' KV
+//! caches and the kept prompts allocated) and at its end.
 //!
 //! It starts `girder serve` itself (so it can read the server's RSS and stop it with SIGTERM):
 //!
@@ -477,7 +479,7 @@ async fn chat_load(args: &Args, url: &str, pid: Option<u32>) -> bool {
         eprintln!("warm-up request failed: {e}");
         return true;
     }
-    let rss_start = pid.and_then(rss_mib);
+    let rss_one_request = pid.and_then(rss_mib);
     let (single, mut single_ttft, single_errors) = chat_phase(
         &endpoint,
         &pool,
@@ -487,6 +489,18 @@ async fn chat_load(args: &Args, url: &str, pid: Option<u32>) -> bool {
         args.max_requests,
     )
     .await;
+    // The same load as measured, unmeasured first: every stream's KV cache and the kept
+    // prompts exist before the start figure, so that growth over the measured phase is a leak.
+    let (_, _, mut warmup_errors) = chat_phase(
+        &endpoint,
+        &pool,
+        args.clients,
+        args.warmup_seconds,
+        args.max_tokens,
+        args.max_requests,
+    )
+    .await;
+    let rss_start = pid.and_then(rss_mib);
     let (many, mut ttft, errors) = chat_phase(
         &endpoint,
         &pool,
@@ -521,7 +535,8 @@ async fn chat_load(args: &Args, url: &str, pid: Option<u32>) -> bool {
         percentile(&ttft, 0.5),
         percentile(&ttft, 0.99)
     );
-    let all_errors: Vec<&String> = single_errors.iter().chain(&errors).collect();
+    warmup_errors.extend(errors);
+    let all_errors: Vec<&String> = single_errors.iter().chain(&warmup_errors).collect();
     println!(
         "errors: {} {}",
         all_errors.len(),
@@ -538,9 +553,11 @@ async fn chat_load(args: &Args, url: &str, pid: Option<u32>) -> bool {
         }
         println!("errors: {kinds:?}");
     }
-    match (rss_start, rss_end) {
-        (Some(a), Some(b)) => println!(
-            "server RSS: {a:.1} MiB at start, {b:.1} MiB at end ({:+.1}%)",
+    match (rss_one_request, rss_start, rss_end) {
+        (Some(one), Some(a), Some(b)) => println!(
+            "server RSS: {one:.1} MiB after one request, {a:.1} MiB at start (after {} s of the {}-stream load), {b:.1} MiB at end ({:+.1}%)",
+            args.warmup_seconds,
+            args.clients,
             (b - a) / a * 100.0
         ),
         _ => println!("server RSS: unknown (give --girder, or --pid with --url)"),
