@@ -102,10 +102,11 @@ pub(super) struct Output {
 
 /// Activation rows rounded for the kernel: per pass of [`ROWS_PER_PASS`](super::ROWS_PER_PASS)
 /// rows and per block, one record of the rows' 32 bytes each, then their scales, their sums
-/// and their offsets (`128 · Σ q`, which only Q8_0 reads). Every value a pass reads for a block then lies at a fixed distance from one
-/// pointer that advances a record per block: the compiler addresses each with base plus
-/// constant, where row-major activations needed base plus index plus constant, which
-/// Intel cores split into two micro-operations in every `vpdpbusd` that reads memory.
+/// and their offsets (`128 · Σ q`, which only Q8_0 reads). Every value a pass reads for a
+/// block then lies at a fixed distance from one pointer that advances a record per block:
+/// the compiler addresses each with base plus constant, where row-major activations needed
+/// base plus index plus constant, which Intel cores split into two micro-operations in every
+/// `vpdpbusd` that reads memory.
 pub(super) struct PassActivations {
     blocks: usize,
     records: Vec<u8>,
@@ -150,7 +151,7 @@ impl PassActivations {
 #[target_feature(enable = "avx512f")]
 unsafe fn round_pass(rows: &[f32], blocks: usize, out: &mut [MaybeUninit<u8>]) {
     let cols = blocks * BLOCK;
-    let present = rows.len() / cols;
+    let present = rows.len().checked_div(cols).unwrap_or(0); // no blocks: nothing to write
     assert!(out.len() == blocks * RECORD && present <= PASS && rows.len() == present * cols);
     let base = out.as_mut_ptr() as *mut u8;
     for k in 0..blocks {
@@ -362,5 +363,10 @@ mod tests {
                 }
             }
         }
+        // A matrix of no columns (a malformed file) rounds nothing, without dividing by zero.
+        // SAFETY: as above.
+        assert!(unsafe { PassActivations::round(&[], 3, 0) }
+            .records
+            .is_empty());
     }
 }
