@@ -522,14 +522,11 @@ impl TextGenerator {
 /// f32 CPU tensor (a 16-sequence step's are 3 MB: copying them out was 1% of a chat
 /// server's time, on the step's serial path), else copied.
 fn read_logits<R>(logits: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    use candle_core::{CpuStorage, Storage};
     let logits = logits.to_dtype(DType::F32)?;
     {
         let (storage, layout) = logits.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            return f(&data[start..end]);
+        if let Some(rows) = crate::layers::kernels::f32s(&storage, layout) {
+            return f(rows);
         }
     }
     f(&logits.flatten_all()?.to_vec1::<f32>()?)

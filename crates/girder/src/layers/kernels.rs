@@ -298,6 +298,19 @@ impl InplaceOp2 for AddInPlace {
     }
 }
 
+/// The elements of a contiguous f32 CPU tensor's storage.
+pub(crate) fn f32s<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => {
+            Some(&data[start..end])
+        }
+        _ => None,
+    }
+}
+
 /// Whether girder's kernels may run on `x`: f32 on the CPU, contiguous, no gradient.
 pub(crate) fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu()

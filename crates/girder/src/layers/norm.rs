@@ -1,7 +1,8 @@
+use super::kernels::f32s;
 use super::team;
 use crate::error::Result;
 use crate::hub::Weights;
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::Tensor;
 use std::mem::MaybeUninit;
 
 /// Layer normalization (Ba et al. 2016) over the last dimension:
@@ -139,12 +140,4 @@ fn rows_of(
     });
     drop((xs, ws, bs));
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
-}
-
-/// The elements of a contiguous f32 CPU tensor's storage.
-fn f32s<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(&data[start..end]),
-        _ => None,
-    }
 }

@@ -6,7 +6,7 @@
 //! The cos/sin rows are computed per batch from the tokens' positions (no table sized by the
 //! context, which is 128k positions for Llama 3), in f32 as transformers does.
 
-use super::kernels::fast_path;
+use super::kernels::{f32s, fast_path};
 use super::team::{self, Chunks};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
@@ -266,14 +266,6 @@ impl RotaryEmbedding {
         unsafe { out.set_len(n * width) };
         drop((storage, cos_storage, sin_storage));
         Ok(Tensor::from_vec(out, (n, heads, head_dim), x.device())?)
-    }
-}
-
-/// The elements of a contiguous f32 CPU tensor's storage.
-fn f32s<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(&data[start..end]),
-        _ => None,
     }
 }
 

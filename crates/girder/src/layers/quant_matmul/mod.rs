@@ -34,7 +34,7 @@
 use crate::error::Result;
 use crate::layers::team::{self, Chunks};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -276,9 +276,9 @@ impl QuantMatrix {
         // output of a norm or an activation), else a copy.
         let (storage, layout) = x.storage_and_layout();
         let copied: Vec<f32>;
-        let xs: &[f32] = match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => &data[start..end],
-            _ => {
+        let xs: &[f32] = match crate::layers::kernels::f32s(&storage, layout) {
+            Some(xs) => xs,
+            None => {
                 copied = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 &copied
             }
