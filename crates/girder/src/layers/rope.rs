@@ -7,7 +7,7 @@
 //! context, which is 128k positions for Llama 3), in f32 as transformers does.
 
 use super::kernels::{f32s, fast_path};
-use super::team::{self, Chunks};
+use super::team;
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use serde::Deserialize;
@@ -231,39 +231,29 @@ impl RotaryEmbedding {
             return Self::apply(&x.reshape((n, heads, head_dim))?, cos, sin);
         };
         let (start, row_stride) = (layout.start_offset(), layout.stride()[0]);
-        let mut out = Vec::with_capacity(n * width);
-        {
-            let rows_per_task = (8192 / width.max(1)).max(1);
-            let chunks = Chunks::new(
-                &mut out.spare_capacity_mut()[..n * width],
-                rows_per_task * width,
-            );
-            let rotate = |task: usize| {
-                // SAFETY: each task index is taken once.
-                let rows = unsafe { chunks.chunk(task) };
-                for (r, o) in rows.chunks_mut(width).enumerate() {
-                    let row = task * rows_per_task + r;
-                    let x = &data[start + row * row_stride..][..width];
-                    let (c, s) = (&cos[row * half..][..half], &sin[row * half..][..half]);
-                    for (x, o) in x.chunks_exact(head_dim).zip(o.chunks_mut(head_dim)) {
-                        let (low, high) = o.split_at_mut(half);
-                        for i in 0..half {
-                            let (a, b) = (x[i], x[i + half]);
-                            // candle's `rope_thd`, term for term.
-                            low[i].write(a * c[i] - b * s[i]);
-                            high[i].write(a * s[i] + b * c[i]);
-                        }
+        // Rows split over the team's threads for prompts; a decode step's few rows in one
+        // task, on this thread.
+        let rows_per_task = if n * width >= 16 * 1024 {
+            (8192 / width.max(1)).max(1)
+        } else {
+            n.max(1)
+        };
+        let out = team::collect_chunks(n * width, rows_per_task * width, |task, rows| {
+            for (r, o) in rows.chunks_mut(width).enumerate() {
+                let row = task * rows_per_task + r;
+                let x = &data[start + row * row_stride..][..width];
+                let (c, s) = (&cos[row * half..][..half], &sin[row * half..][..half]);
+                for (x, o) in x.chunks_exact(head_dim).zip(o.chunks_mut(head_dim)) {
+                    let (low, high) = o.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b) = (x[i], x[i + half]);
+                        // candle's `rope_thd`, term for term.
+                        low[i].write(a * c[i] - b * s[i]);
+                        high[i].write(a * s[i] + b * c[i]);
                     }
                 }
-            };
-            if n * width >= 16 * 1024 {
-                team::for_each(chunks.count(), rotate);
-            } else {
-                (0..chunks.count()).for_each(rotate);
             }
-        }
-        // SAFETY: the tasks wrote every element of every row.
-        unsafe { out.set_len(n * width) };
+        });
         drop((storage, cos_storage, sin_storage));
         Ok(Tensor::from_vec(out, (n, heads, head_dim), x.device())?)
     }

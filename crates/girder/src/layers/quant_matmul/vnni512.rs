@@ -29,7 +29,7 @@
 #[cfg(doc)]
 use super::ByteActivations;
 use super::{round_block_avx512, Format, BLOCK, ROWS_PER_PASS as PASS};
-use crate::layers::team::{self, Chunks};
+use crate::layers::team;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
@@ -128,20 +128,11 @@ impl PassActivations {
         let cols = blocks * BLOCK;
         assert_eq!(xs.len(), n * cols, "activations of {n} rows of {cols}");
         let (passes, pass_bytes) = (n.div_ceil(PASS), blocks * RECORD);
-        let mut records = Vec::with_capacity(passes * pass_bytes);
-        {
-            let chunks = Chunks::new(
-                &mut records.spare_capacity_mut()[..passes * pass_bytes],
-                pass_bytes,
-            );
-            team::for_each(passes, |p| {
-                let rows = &xs[p * PASS * cols..((p + 1) * PASS * cols).min(xs.len())];
-                // SAFETY: task `p` alone takes chunk `p`; AVX-512 F as the caller promised.
-                unsafe { round_pass(rows, blocks, chunks.chunk(p)) }
-            });
-        }
-        // SAFETY: `round_pass` wrote every byte of every pass.
-        unsafe { records.set_len(passes * pass_bytes) };
+        let records = team::collect_chunks(passes * pass_bytes, pass_bytes, |p, pass| {
+            let rows = &xs[p * PASS * cols..((p + 1) * PASS * cols).min(xs.len())];
+            // SAFETY: AVX-512 F as the caller promised; `round_pass` writes all of `pass`.
+            unsafe { round_pass(rows, blocks, pass) }
+        });
         PassActivations { blocks, records }
     }
 }
