@@ -2,40 +2,12 @@
 //! run), the `--json` shape, lock drift, corrupt lock files, and the time on the real
 //! all-MiniLM-L6-v2.
 
+mod common;
+
+use common::{copy_dir, fixture, girder, scratch, stdout_json};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::Instant;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../girder/tests/fixtures")
-        .join(name)
-}
-
-fn girder(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_girder"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("girder-cli-check-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// `{"ok": bool, "findings": [{"severity", "code", "message", "fix"}]}` and nothing else.
 fn assert_report_shape(report: &Value) {
@@ -320,16 +292,6 @@ fn check_on_real_minilm_time() {
     );
     println!("girder check -m models/all-MiniLM-L6-v2: {seconds:.2} s (debug build)");
     println!("{}", String::from_utf8_lossy(&out.stdout));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

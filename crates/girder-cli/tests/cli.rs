@@ -1,68 +1,20 @@
 //! The `girder` binary end to end: inputs from arguments, stdin and JSON Lines, output in
 //! input order, hub ids from the Hugging Face cache, one-line errors with exit code 1.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../girder/tests/fixtures")
-        .join(name)
-}
-
-fn girder(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_girder"));
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default()).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn one_line_error(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    stderr
-}
+use common::{copy_dir, fixture, girder_with, json_lines, one_line_error};
 
 #[test]
 fn embeddings_from_arguments_stdin_and_jsonl_agree_and_keep_order() {
     let model = fixture("bert-st-mean");
     let m = model.to_str().unwrap();
-    let from_args = json_lines(&girder(
+    let from_args = json_lines(&girder_with(
         &["run", "embeddings", "-m", m, "first text", "", "third"],
         None,
         &[],
     ));
-    let from_stdin = json_lines(&girder(
+    let from_stdin = json_lines(&girder_with(
         &["run", "embeddings", "-m", m],
         Some(b"first text\n\nthird\n"),
         &[],
@@ -75,7 +27,7 @@ fn embeddings_from_arguments_stdin_and_jsonl_agree_and_keep_order() {
         "{\"text\": \"first text\"}\n{\"text\": \"\"}\n{\"text\": \"third\", \"id\": 3}\n",
     )
     .unwrap();
-    let from_file = json_lines(&girder(
+    let from_file = json_lines(&girder_with(
         &[
             "run",
             "embeddings",
@@ -118,7 +70,7 @@ fn every_task_runs_and_matches_the_library() {
         let mut args = vec!["run", task, "-m", dir.to_str().unwrap()];
         args.extend(extra);
         args.push("Angela Merkel is the [MASK] of Paris.");
-        let lines = json_lines(&girder(&args, None, &[]));
+        let lines = json_lines(&girder_with(&args, None, &[]));
         assert_eq!(lines.len(), 1, "{task}");
         assert!(lines[0].get(key).is_some(), "{task}: {}", lines[0]);
     }
@@ -132,12 +84,12 @@ fn hub_id_resolves_in_the_huggingface_cache() {
     copy_dir(&fixture("bert-st-mean"), &snapshot);
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
-    let by_id = json_lines(&girder(
+    let by_id = json_lines(&girder_with(
         &["run", "embeddings", "-m", "acme/tiny-st", "hello"],
         None,
         &[("HF_HUB_CACHE", &cache)],
     ));
-    let by_rev = json_lines(&girder(
+    let by_rev = json_lines(&girder_with(
         &[
             "run",
             "embeddings",
@@ -148,7 +100,7 @@ fn hub_id_resolves_in_the_huggingface_cache() {
         None,
         &[("HF_HUB_CACHE", &cache)],
     ));
-    let by_path = json_lines(&girder(
+    let by_path = json_lines(&girder_with(
         &[
             "run",
             "embeddings",
@@ -161,7 +113,7 @@ fn hub_id_resolves_in_the_huggingface_cache() {
     ));
     assert_eq!(by_id, by_path);
     assert_eq!(by_rev, by_path);
-    let missing = girder(
+    let missing = girder_with(
         &["run", "embeddings", "-m", "acme/absent", "hello"],
         None,
         &[("HF_HUB_CACHE", &cache)],
@@ -178,7 +130,7 @@ fn hub_id_resolves_in_the_huggingface_cache() {
 fn bad_inputs_exit_1_with_one_line() {
     let m = fixture("bert-st-mean");
     let m = m.to_str().unwrap();
-    let err = one_line_error(&girder(
+    let err = one_line_error(&girder_with(
         &["run", "embeddings", "-m", m],
         Some(b"fine\n\xff\xfe bad\n"),
         &[],
@@ -187,16 +139,20 @@ fn bad_inputs_exit_1_with_one_line() {
         err.contains("stdin line 2") && err.contains("UTF-8"),
         "{err}"
     );
-    let err = one_line_error(&girder(&["run", "embeddings", "-m", m], Some(b""), &[]));
+    let err = one_line_error(&girder_with(
+        &["run", "embeddings", "-m", m],
+        Some(b""),
+        &[],
+    ));
     assert!(err.contains("no input texts"), "{err}");
-    let err = one_line_error(&girder(
+    let err = one_line_error(&girder_with(
         &["run", "embeddings", "-m", "/no/such/model", "x"],
         None,
         &[],
     ));
     assert!(err.contains("/no/such/model"), "{err}");
     let long = "word ".repeat(100);
-    let err = one_line_error(&girder(
+    let err = one_line_error(&girder_with(
         &["run", "embeddings", "-m", m, "--no-truncate", "ok", &long],
         None,
         &[],
@@ -205,7 +161,7 @@ fn bad_inputs_exit_1_with_one_line() {
         err.contains("input 1 has") && err.contains("limit of 48"),
         "{err}"
     );
-    let err = one_line_error(&girder(
+    let err = one_line_error(&girder_with(
         &["run", "text-classification", "-m", m, "x"],
         None,
         &[],
@@ -217,7 +173,7 @@ fn bad_inputs_exit_1_with_one_line() {
 fn truncation_is_reported() {
     let m = fixture("bert-st-mean");
     let long = "word ".repeat(100);
-    let lines = json_lines(&girder(
+    let lines = json_lines(&girder_with(
         &[
             "run",
             "embeddings",
@@ -231,17 +187,4 @@ fn truncation_is_reported() {
     ));
     assert_eq!(lines[0]["truncated"], false);
     assert_eq!(lines[1]["truncated"], true);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

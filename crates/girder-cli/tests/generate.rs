@@ -1,29 +1,9 @@
 //! `girder generate` and `girder chat` end to end on the tiny causal-LM fixtures: JSON Lines
 //! with transformers' greedy continuation, streaming, chat templates, one-line errors.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../girder/tests/fixtures")
-        .join(name)
-}
-
-fn girder(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_girder"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
+use common::{fixture, girder, girder_with};
 
 fn expected(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("expected_generate.json")).unwrap();
@@ -47,7 +27,7 @@ fn generate_prints_transformers_greedy_continuations() {
         "32",
     ];
     args.extend(&texts);
-    let out = girder(&args, b"");
+    let out = girder(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -80,18 +60,15 @@ fn stream_prints_the_text_and_chat_uses_the_template() {
     let exp = expected("qwen2-causal-lm");
     let p = &exp["prompts"][0];
     let m = dir.to_str().unwrap();
-    let out = girder(
-        &[
-            "generate",
-            "--model",
-            m,
-            "--max-new-tokens",
-            "32",
-            "--stream",
-            p["text"].as_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = girder(&[
+        "generate",
+        "--model",
+        m,
+        "--max-new-tokens",
+        "32",
+        "--stream",
+        p["text"].as_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -99,9 +76,10 @@ fn stream_prints_the_text_and_chat_uses_the_template() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, format!("{}\n", p["generated_text"].as_str().unwrap()));
-    let out = girder(
+    let out = girder_with(
         &["chat", "--model", m, "--max-new-tokens", "4"],
-        b"Hello\nHow are you?\n",
+        Some(b"Hello\nHow are you?\n"),
+        &[],
     );
     assert!(
         out.status.success(),
@@ -123,19 +101,19 @@ fn bad_options_fail_with_one_line() {
         let mut all = vec!["generate", "--model", m];
         all.extend(args);
         all.push("Hello");
-        let out = girder(&all, b"");
+        let out = girder(&all);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains(needle) && err.lines().count() == 1, "{err}");
     }
     // An encoder cannot generate; the error lists the decoders.
     let bert = fixture("bert-base");
-    let out = girder(&["generate", "--model", bert.to_str().unwrap(), "x"], b"");
+    let out = girder(&["generate", "--model", bert.to_str().unwrap(), "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("LlamaForCausalLM"), "{err}");
     // A model without a chat template cannot chat.
-    let out = girder(&["chat", "--model", m], b"Hello\n");
+    let out = girder_with(&["chat", "--model", m], Some(b"Hello\n"), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr)
         .unwrap()

@@ -2,15 +2,13 @@
 //! address, answers over loopback (greedy completions equal `girder generate`'s), and on
 //! SIGTERM finishes and exits 0.
 
+mod common;
+
+use common::fixture;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../girder/tests/fixtures/{name}"))
-}
 
 /// Starts `girder serve --port 0 <args>`; returns the child, its stderr and the address from
 /// the "listening on" line (the pre-flight findings come before it).

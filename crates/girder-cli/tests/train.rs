@@ -2,29 +2,10 @@
 //! the folder runs under `girder run text-classification` and `girder eval` scores it;
 //! bad data fails with one line naming the file, the line and the reason.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../girder/tests/fixtures")
-        .join(name)
-}
-
-fn girder(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_girder"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// A fresh scratch folder under the target directory.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{fixture, girder, scratch};
+use std::path::Path;
 
 const TRAIN: &str = "text\tlabel
 what a lovely film\tpositive

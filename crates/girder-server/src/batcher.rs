@@ -4,7 +4,7 @@
 //!
 //! The two threads overlap: while the model thread computes batch N, the batcher thread forms
 //! batch N+1 from the queue, adding every request that arrives until the model takes it
-//! ([`NextBatch`]). Only requests with equal [`Work`] share a batch; a request that differs or
+//! ([`NextBatch`]). Only requests with equal [`TaskOptions`] share a batch; a request that differs or
 //! does not fit waits for the model to take the batch and heads the next one, so order is
 //! kept.
 //!
@@ -12,9 +12,11 @@
 //! request; a panic in the model is caught and answered as a 500 to the requests it hit, and
 //! the thread keeps serving.
 
-use crate::engine::{Item, Runner, Work};
+use crate::engine::Runner;
 use crate::error::ApiError;
 use crate::metrics as m;
+use girder::batch::plan_batches;
+use girder::pipelines::{TaskOptions, TaskOutput};
 use girder::tokenize::Encoded;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,11 +25,11 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a request gets back: one item per text, or the error that stopped it.
-pub type Reply = Result<Vec<Item>, ApiError>;
+pub type Reply = Result<Vec<TaskOutput>, ApiError>;
 
 /// One request's tokenized texts, waiting for the model.
 pub struct Job {
-    work: Work,
+    work: TaskOptions,
     texts: Vec<String>,
     encodings: Vec<Encoded>,
     reply: oneshot::Sender<Reply>,
@@ -67,7 +69,7 @@ impl Batcher {
         std::thread::Builder::new()
             .name("girder-model".into())
             .spawn(move || {
-                run_batches(&*runner, &next);
+                run_batches(&*runner, &next, max_batch_tokens.max(1));
                 model_alive.store(false, Ordering::SeqCst);
             })?;
         Ok(Batcher {
@@ -84,7 +86,12 @@ impl Batcher {
 
     /// Enqueues `texts` (tokenized as `encodings`) and waits for their results.
     /// A full queue answers [`ApiError::Overloaded`] at once.
-    pub async fn call(&self, work: Work, texts: Vec<String>, encodings: Vec<Encoded>) -> Reply {
+    pub async fn call(
+        &self,
+        work: TaskOptions,
+        texts: Vec<String>,
+        encodings: Vec<Encoded>,
+    ) -> Reply {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             work,
@@ -169,8 +176,9 @@ fn form_batches(mut rx: mpsc::Receiver<Job>, next: &NextBatch, max_batch_tokens:
     next.changed.notify_all();
 }
 
-/// The model thread: takes each formed batch, runs it and answers its jobs.
-fn run_batches(runner: &dyn Runner, next: &NextBatch) {
+/// The model thread: takes each formed batch, plans its forward passes and runs them, and
+/// answers its jobs.
+fn run_batches(runner: &dyn Runner, next: &NextBatch, max_batch_tokens: usize) {
     loop {
         let mut batch = {
             let mut forming = next.lock();
@@ -200,7 +208,7 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch) {
         let tokens: usize = batch.iter().map(Job::tokens).sum();
         metrics::histogram!(m::BATCH_REQUESTS).record(batch.len() as f64);
         metrics::histogram!(m::BATCH_TOKENS).record(tokens as f64);
-        let outcome = run_guarded(runner, &batch);
+        let outcome = run_guarded(runner, &batch, max_batch_tokens);
         metrics::histogram!(m::BATCH_DURATION).record(start.elapsed().as_secs_f64());
         match outcome {
             Ok(items) => answer(batch, items),
@@ -213,7 +221,7 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch) {
             // error reaches only the request that caused it, with its own indices.
             Err(_) => {
                 for job in batch {
-                    let outcome = run_guarded(runner, std::slice::from_ref(&job));
+                    let outcome = run_guarded(runner, std::slice::from_ref(&job), max_batch_tokens);
                     let _ = job.reply.send(outcome);
                 }
             }
@@ -221,17 +229,23 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch) {
     }
 }
 
-/// Runs `jobs` as one batch, turning a library error or a panic into an [`ApiError`].
-fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Reply {
+/// Runs `jobs` as one batch, turning a library error or a panic into an [`ApiError`]. Its
+/// forward passes are planned here, once, by the library's planner: a batch formed under the
+/// budget is one pass, and a request alone over it is split.
+fn run_guarded(runner: &dyn Runner, jobs: &[Job], max_batch_tokens: usize) -> Reply {
     let work = &jobs[0].work;
     let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
     let encodings: Vec<Encoded> = jobs
         .iter()
         .flat_map(|j| j.encodings.iter().cloned())
         .collect();
+    let lengths: Vec<usize> = encodings.iter().map(Encoded::len).collect();
+    let plan = plan_batches(&lengths, max_batch_tokens);
     // The runner only reads the model (`forward` takes `&self`), so state seen after a panic
     // is the state before it.
-    match catch_unwind(AssertUnwindSafe(|| runner.run(work, &texts, &encodings))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        runner.run(work, &texts, &encodings, &plan)
+    })) {
         Ok(Ok(items)) if items.len() == texts.len() => Ok(items),
         Ok(Ok(items)) => Err(ApiError::Internal(format!(
             "the model returned {} results for {} inputs",
@@ -257,10 +271,10 @@ fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Reply {
 }
 
 /// Splits a batch's items back into its jobs, in order.
-fn answer(batch: Vec<Job>, items: Vec<Item>) {
+fn answer(batch: Vec<Job>, items: Vec<TaskOutput>) {
     let mut items = items.into_iter();
     for job in batch {
-        let own: Vec<Item> = items.by_ref().take(job.texts.len()).collect();
+        let own: Vec<TaskOutput> = items.by_ref().take(job.texts.len()).collect();
         let _ = job.reply.send(Ok(own));
     }
 }
@@ -274,7 +288,13 @@ mod tests {
     struct Fake;
 
     impl Runner for Fake {
-        fn run(&self, _: &Work, texts: &[String], _: &[Encoded]) -> girder::Result<Vec<Item>> {
+        fn run(
+            &self,
+            _: &TaskOptions,
+            texts: &[String],
+            _: &[Encoded],
+            _: &[Vec<usize>],
+        ) -> girder::Result<Vec<TaskOutput>> {
             texts
                 .iter()
                 .enumerate()
@@ -284,7 +304,7 @@ mod tests {
                         index,
                         reason: "bad".into(),
                     }),
-                    _ => Ok(Item::Embedding(embeddings::Output {
+                    _ => Ok(TaskOutput::Embeddings(embeddings::Output {
                         embedding: vec![t.len() as f32],
                         truncated: false,
                     })),
@@ -303,8 +323,12 @@ mod tests {
     async fn ask(b: &Batcher, texts: &[&str]) -> Reply {
         let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
         let encodings = texts.iter().map(|t| encoded(t.len().max(1))).collect();
-        b.call(Work::Embed { normalize: None }, texts, encodings)
-            .await
+        b.call(
+            TaskOptions::Embeddings(Default::default()),
+            texts,
+            encodings,
+        )
+        .await
     }
 
     fn first(reply: &Reply) -> Vec<f32> {
@@ -312,7 +336,7 @@ mod tests {
             Ok(items) => items
                 .iter()
                 .map(|i| match i {
-                    Item::Embedding(e) => e.embedding[0],
+                    TaskOutput::Embeddings(e) => e.embedding[0],
                     _ => -1.0,
                 })
                 .collect(),

@@ -1,47 +1,26 @@
 //! The engine boundary: what the batcher's model thread runs.
 //!
-//! [`Runner`] is the one seam between HTTP and a model. [`EncoderEngine`] implements it for
-//! the encoder pipelines by calling each task's `run_encoded` over a whole packed batch; the
-//! batcher never sees a task. Generation (`/v1/completions`, `/v1/chat/completions`) will add
-//! a second engine here, a continuous-batching loop over `girder::generate` with one KV cache
-//! per sequence, fed by its own queue; it does not go through [`Runner`], whose batches end
-//! when their forward pass ends.
+//! [`Runner`] is the one seam between HTTP and an encoder. [`EncoderEngine`] implements it
+//! with the library's [`TaskOptions::run_encoded`] over the batch's planned forward passes;
+//! the batcher never sees a task. Generation (`/v1/completions`, `/v1/chat/completions`) has its own
+//! continuous-batching engine ([`crate::generation`]): its batches do not end when a forward
+//! pass ends.
 
-use girder::pipelines::{embeddings, fill_mask, text_classification, token_classification, Model};
+use girder::pipelines::{Model, TaskOptions, TaskOutput};
 use girder::tokenize::Encoded;
 use std::sync::Arc;
 
-/// What one request asks of the encoder. Requests with equal work can share a forward pass.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Work {
-    /// Pooled embeddings; `normalize: None` follows the model's modules.json.
-    Embed { normalize: Option<bool> },
-    /// Sequence classification.
-    Classify(text_classification::Options),
-    /// Token classification.
-    Ner(token_classification::Options),
-    /// Masked-token prediction.
-    FillMask(fill_mask::Options),
-}
-
-/// One text's result.
-#[derive(Debug, Clone)]
-pub enum Item {
-    Embedding(embeddings::Output),
-    Classes(text_classification::TextResult),
-    Entities(token_classification::TextResult),
-    Masks(fill_mask::TextResult),
-}
-
-/// Runs one batch: `texts[i]` was tokenized into `encodings[i]`; returns one item per text,
-/// in order. Called from the batcher's model thread only.
+/// Runs one batch: `texts[i]` was tokenized into `encodings[i]`, and `plan` lists the
+/// forward passes (the batcher plans them, once); returns one output per text, in order.
+/// Requests with equal options share a batch. Called from the batcher's model thread only.
 pub trait Runner: Send + Sync + 'static {
     fn run(
         &self,
-        work: &Work,
+        work: &TaskOptions,
         texts: &[String],
         encodings: &[Encoded],
-    ) -> girder::Result<Vec<Item>>;
+        plan: &[Vec<usize>],
+    ) -> girder::Result<Vec<TaskOutput>>;
 }
 
 /// The encoder pipelines over one loaded model.
@@ -58,36 +37,11 @@ impl EncoderEngine {
 impl Runner for EncoderEngine {
     fn run(
         &self,
-        work: &Work,
+        work: &TaskOptions,
         texts: &[String],
         encodings: &[Encoded],
-    ) -> girder::Result<Vec<Item>> {
-        let model = &*self.model;
-        Ok(match work {
-            Work::Embed { normalize } => {
-                let options = embeddings::Options {
-                    pooling: None,
-                    normalize: *normalize,
-                };
-                embeddings::run_encoded(model, encodings, &options)?
-                    .into_iter()
-                    .map(Item::Embedding)
-                    .collect()
-            }
-            Work::Classify(options) => text_classification::run_encoded(model, encodings, options)?
-                .into_iter()
-                .map(Item::Classes)
-                .collect(),
-            Work::Ner(options) => {
-                token_classification::run_encoded(model, texts, encodings, options)?
-                    .into_iter()
-                    .map(Item::Entities)
-                    .collect()
-            }
-            Work::FillMask(options) => fill_mask::run_encoded(model, encodings, options)?
-                .into_iter()
-                .map(Item::Masks)
-                .collect(),
-        })
+        plan: &[Vec<usize>],
+    ) -> girder::Result<Vec<TaskOutput>> {
+        work.run_encoded(&self.model, texts, encodings, plan)
     }
 }

@@ -26,15 +26,13 @@ use axum::Router;
 use batcher::Batcher;
 use engine::EncoderEngine;
 use generation::Generator;
-use girder::check::{self, lock, CheckOptions, Loaded, Report, Subject};
-use girder::generate::TextGenerator;
-use girder::pipelines::{Model, Task};
+use girder::check::{self, lock, CheckOptions, Report, Subject};
+use girder::pipelines::Task;
 use girder::tokenize::Truncation;
+use girder::Loaded;
 use routes::info::Info;
-pub use routes::ServedTask;
 use routes::{AppState, EncoderState};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +51,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct ServeOptions {
     /// `host:port`; port 0 picks a free one (tests).
     pub addr: SocketAddr,
-    /// The task to serve; `None` follows the model's head ([`Model::default_task`]).
+    /// The task to serve; `None` follows the model's head ([`Loaded::default_task`]).
     pub task: Option<Task>,
     /// The reference the model was loaded from, reported by `/info`.
     pub model_ref: String,
@@ -75,7 +73,7 @@ impl ServeOptions {
             addr,
             task: None,
             model_ref: model_ref.into(),
-            max_batch_tokens: girder::pipelines::DEFAULT_MAX_BATCH_TOKENS,
+            max_batch_tokens: girder::pretrained::DEFAULT_MAX_BATCH_TOKENS,
             max_queue: DEFAULT_MAX_QUEUE,
             max_sequences: generation::DEFAULT_MAX_SEQUENCES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -90,7 +88,7 @@ pub struct Running {
     /// The bound address (the real port when 0 was asked).
     pub addr: SocketAddr,
     /// The task it serves.
-    pub task: ServedTask,
+    pub task: Task,
     state: Arc<AppState>,
     stop: oneshot::Sender<()>,
     join: JoinHandle<std::io::Result<()>>,
@@ -117,19 +115,16 @@ impl Running {
     }
 }
 
-/// The router over `state`, with metrics and the body limit.
+/// The router over `state`: every task's endpoints ([`routes::task_routes`]) and the
+/// common ones, with metrics and the body limit.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/embeddings", post(routes::embeddings::handler))
-        .route("/embed", post(routes::embed::handler))
-        .route("/predict", post(routes::predict::handler))
-        .route("/ner", post(routes::ner::handler))
-        .route("/fill-mask", post(routes::fill_mask::handler))
-        .route("/v1/completions", post(routes::completions::handler))
-        .route(
-            "/v1/chat/completions",
-            post(routes::chat_completions::handler),
-        )
+    let mut router = Router::new();
+    for task in Task::all() {
+        for (path, route) in routes::task_routes(task) {
+            router = router.route(path, route);
+        }
+    }
+    router
         .route("/tokenize", post(routes::tokenize::handler))
         .route("/health", get(routes::health::handler))
         .route("/info", get(routes::info::handler))
@@ -137,24 +132,6 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
-}
-
-/// What a server runs: an encoder (the pipelines) or a causal language model.
-pub enum ServedModel {
-    Encoder(Model),
-    Generator(TextGenerator),
-}
-
-impl From<Model> for ServedModel {
-    fn from(model: Model) -> Self {
-        ServedModel::Encoder(model)
-    }
-}
-
-impl From<TextGenerator> for ServedModel {
-    fn from(model: TextGenerator) -> Self {
-        ServedModel::Generator(model)
-    }
 }
 
 /// The pre-flight check's outcome, as `/info` reports it.
@@ -168,59 +145,57 @@ pub struct Preflight {
     pub tokenizer_source: String,
 }
 
-/// Runs the checks of `girder check` on what will be served, and compares it with `pinned`
-/// (a `girder lock` file) when given; a GGUF file (no model folder) gets the checks of
-/// [`check::generator`]. The caller decides whether an error refuses to start.
-pub fn preflight(
-    model: &ServedModel,
-    model_ref: &str,
-    pinned: Option<&lock::Lock>,
-) -> girder::Result<Option<Preflight>> {
-    let run = |subject: &Subject| -> girder::Result<Preflight> {
-        let mut report = check::check_subject(subject, &CheckOptions::default())?;
-        if let Some(pinned) = pinned {
-            report.extend(lock::compare(pinned, subject)?);
-        }
-        Ok(Preflight {
-            report,
-            tokenizer_sha256: lock::fingerprint(subject.tokenizer)?,
-            tokenizer_source: subject.tokenizer.source().display().to_string(),
-        })
-    };
-    match model {
-        ServedModel::Encoder(model) => run(&Subject::of(model)).map(Some),
-        // A GGUF file has no folder: the checks that read the loaded generator.
-        ServedModel::Generator(g) if model_ref.to_ascii_lowercase().ends_with(".gguf") => {
-            let report = check::generator::check(g, &check::probe_texts(&CheckOptions::default()))?;
-            if pinned.is_some() {
-                return Err(girder::Error::InvalidOption {
-                    option: "--lock".into(),
-                    reason: "a lock pins a model folder's tokenizer files; a GGUF file has none (its tokenizer is checked from its metadata)".into(),
-                });
-            }
-            Ok(Some(Preflight {
-                report,
-                tokenizer_sha256: lock::fingerprint_of(g.tokenizer(), Path::new(model_ref))?,
-                tokenizer_source: model_ref.to_string(),
-            }))
-        }
-        // The checks read the folder's files; the loaded network is not needed.
-        ServedModel::Generator(_) => run(&Loaded::open(model_ref, None)?.subject()).map(Some),
+/// Runs the checks of `girder check` on what will be served (a GGUF file gets those of
+/// [`check::generator`]), and compares it with `pinned` (a `girder lock` file) when given.
+/// The caller decides whether an error refuses to start.
+pub fn preflight(model: &Loaded, pinned: Option<&lock::Lock>) -> girder::Result<Preflight> {
+    let mut report = check::check(model, &CheckOptions::default())?;
+    if let Some(pinned) = pinned {
+        let subject = Subject::of(model).ok_or_else(|| girder::Error::InvalidOption {
+            option: "--lock".into(),
+            reason: "a lock pins a model folder's tokenizer files; a GGUF file has none (its tokenizer is checked from its metadata)".into(),
+        })?;
+        report.extend(lock::compare(pinned, &subject)?);
     }
+    Ok(Preflight {
+        report,
+        tokenizer_sha256: lock::fingerprint(model.tokenizer())?,
+        tokenizer_source: model.tokenizer().source().display().to_string(),
+    })
 }
 
 /// Checks that `model` can serve the task, starts its engine and binds the port.
 /// Must be called inside a tokio runtime.
-pub async fn start(
-    model: impl Into<ServedModel>,
-    options: ServeOptions,
-) -> Result<Running, StartError> {
+pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, StartError> {
     metrics::handle();
-    let preflight = options.preflight.clone();
-    let (task, encoder, generator, info) = match model.into() {
-        ServedModel::Encoder(model) => {
-            let task = options.task.unwrap_or_else(|| model.default_task());
-            check_task(&model, task)?;
+    let task = options.task.unwrap_or_else(|| model.default_task());
+    model.supports(task)?;
+    let mut info = Info {
+        model: options.model_ref.clone(),
+        model_path: model
+            .files()
+            .map_or(options.model_ref.clone(), |(folder, _)| {
+                folder.root().display().to_string()
+            }),
+        architecture: model.class_name().to_string(),
+        task: task.name(),
+        dtype: match model.files() {
+            // The loader computes safetensors weights in f32 on every device.
+            Some(_) => "float32",
+            None => "gguf (quantized weights, activations rounded to 8 bits per block of 32)",
+        },
+        max_input_length: model.tokenizer().max_length(),
+        context_length: None,
+        max_batch_tokens: options.max_batch_tokens,
+        max_queue: options.max_queue,
+        max_sequences: None,
+        tokenizer_source: Some(model.tokenizer().source().display().to_string()),
+        tokenizer_sha256: Some(lock::fingerprint(model.tokenizer())?),
+        preflight: options.preflight.clone().map(|p| p.report),
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let (encoder, generator) = match model {
+        Loaded::Encoder(model) => {
             let max_length = model.tokenizer.max_length();
             let truncating = {
                 let mut t = model.tokenizer.clone();
@@ -234,24 +209,7 @@ pub async fn start(
                 t.set_max_length(max_length, Truncation::Refuse)?;
                 Arc::new(t)
             };
-            let info = Info {
-                model: options.model_ref.clone(),
-                model_path: model.folder.root().display().to_string(),
-                architecture: model.encoder.class_name().to_string(),
-                task: task.name(),
-                // `Model::load_folder` loads encoder weights as f32 (on CPU and GPU alike).
-                dtype: "float32",
-                max_input_length: max_length,
-                context_length: None,
-                max_batch_tokens: options.max_batch_tokens,
-                max_queue: options.max_queue,
-                max_sequences: None,
-                tokenizer_source: Some(model.tokenizer.source().display().to_string()),
-                tokenizer_sha256: Some(lock::fingerprint(&model.tokenizer)?),
-                preflight: preflight.map(|p| p.report),
-                version: env!("CARGO_PKG_VERSION"),
-            };
-            let model = Arc::new(model);
+            let model: Arc<girder::pipelines::Model> = Arc::new(*model);
             let batcher = Batcher::spawn(
                 Arc::new(EncoderEngine::new(model.clone())),
                 options.max_batch_tokens,
@@ -263,51 +221,21 @@ pub async fn start(
                 truncating,
                 refusing,
             };
-            (ServedTask::Encoder(task), Some(encoder), None, info)
+            (Some(encoder), None)
         }
-        ServedModel::Generator(model) => {
-            if let Some(task) = options.task {
-                return Err(StartError::Model(girder::Error::TaskMismatch {
-                    model: model.model().class_name().to_string(),
-                    task: task.name().to_string(),
-                    reason: "a causal language model serves text-generation".into(),
-                }));
-            }
+        Loaded::Decoder(model) => {
             let context = model.model().context_length();
-            let gguf = options.model_ref.to_ascii_lowercase().ends_with(".gguf");
-            let info = Info {
-                model: options.model_ref.clone(),
-                model_path: match &preflight {
-                    Some(p) => std::path::Path::new(&p.tokenizer_source)
-                        .parent()
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_default(),
-                    None => options.model_ref.clone(),
-                },
-                architecture: model.model().class_name().to_string(),
-                task: ServedTask::TextGeneration.name(),
-                dtype: if gguf {
-                    "gguf (quantized weights, activations rounded to 8 bits per block of 32)"
-                } else {
-                    "float32"
-                },
-                max_input_length: context.saturating_sub(1),
-                context_length: Some(context),
-                max_batch_tokens: options.max_batch_tokens,
-                max_queue: options.max_queue,
-                max_sequences: Some(options.max_sequences),
-                tokenizer_source: preflight.as_ref().map(|p| p.tokenizer_source.clone()),
-                tokenizer_sha256: preflight.as_ref().map(|p| p.tokenizer_sha256.clone()),
-                preflight: preflight.map(|p| p.report),
-                version: env!("CARGO_PKG_VERSION"),
-            };
+            // One position stays free for the first new token.
+            info.max_input_length = context.saturating_sub(1);
+            info.context_length = Some(context);
+            info.max_sequences = Some(options.max_sequences);
             let generator = Generator::spawn(
-                Arc::new(model),
+                Arc::new(*model),
                 options.max_queue,
                 options.max_sequences,
                 options.max_batch_tokens,
             )?;
-            (ServedTask::TextGeneration, None, Some(generator), info)
+            (None, Some(generator))
         }
     };
     let state = Arc::new(AppState {
@@ -337,20 +265,6 @@ pub async fn start(
         join,
         grace: options.shutdown_grace,
     })
-}
-
-/// Refuses a task the model's head cannot run, before the port opens.
-fn check_task(model: &Model, task: Task) -> Result<(), StartError> {
-    let head_task = model.default_task();
-    // A model with a head still has hidden states to pool, so embeddings always work.
-    if task == head_task || task == Task::Embeddings {
-        return Ok(());
-    }
-    Err(StartError::Model(girder::Error::TaskMismatch {
-        model: model.encoder.class_name().to_string(),
-        task: task.name().to_string(),
-        reason: format!("its head serves {}", head_task.name()),
-    }))
 }
 
 /// Why the server did not start.

@@ -8,7 +8,7 @@ use common::*;
 use girder::batch::RaggedBatch;
 use girder::generate::{chat::Message, Options, Sampling, TextGenerator};
 use girder::layers::KvCache;
-use girder::models::{DecoderForward, DecoderModel, Logits};
+use girder::models::{DecoderForward, Logits};
 use girder_server::{start, Running, ServeOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -19,7 +19,7 @@ fn generator(name: &str) -> TextGenerator {
 }
 
 async fn serve_generator(name: &str, options: ServeOptions) -> Running {
-    start(generator(name), options)
+    start(generator(name).into(), options)
         .await
         .unwrap_or_else(|e| panic!("cannot start a server on {name}: {e}"))
 }
@@ -428,7 +428,7 @@ async fn a_full_generation_queue_answers_429_with_retry_after() {
 
 /// A real model that runs `before` ahead of each forward pass (to make it fail or slow it).
 struct Hooked<F> {
-    inner: DecoderModel,
+    inner: Box<dyn DecoderForward>,
     before: F,
 }
 
@@ -451,14 +451,14 @@ impl<F: Fn(&RaggedBatch) + Send + Sync> DecoderForward for Hooked<F> {
     fn vocab_size(&self) -> usize {
         self.inner.vocab_size()
     }
+    fn input_embeddings(&self) -> &candle_core::Tensor {
+        self.inner.input_embeddings()
+    }
 }
 
 /// `name`'s generator with `before` run ahead of each forward pass.
 fn hooked(name: &str, before: impl Fn(&RaggedBatch) + Send + Sync + 'static) -> TextGenerator {
-    generator(name).map_model(|inner| {
-        let class = inner.class_name().to_string();
-        DecoderModel::from_parts(class, Box::new(Hooked { inner, before }))
-    })
+    generator(name).map_model(|model| model.map_inner(|inner| Box::new(Hooked { inner, before })))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,7 +473,7 @@ async fn a_panic_in_the_model_fails_its_requests_and_the_server_keeps_serving() 
             panic!("injected failure on token {trigger}");
         }
     });
-    let server = start(g, options("qwen2-causal-lm")).await.unwrap();
+    let server = start(g.into(), options("qwen2-causal-lm")).await.unwrap();
     let ask =
         |prompt: &str| json!({"model": "m", "prompt": prompt, "max_tokens": 6, "temperature": 0});
     let (status, before) = post(&server, "/v1/completions", ask(calm)).await;
@@ -520,7 +520,7 @@ async fn a_client_that_hangs_up_stops_its_sequence() {
         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     });
     let passes = move || passes.load(std::sync::atomic::Ordering::SeqCst);
-    let server = start(g, options("qwen2-causal-lm")).await.unwrap();
+    let server = start(g.into(), options("qwen2-causal-lm")).await.unwrap();
     let cancelled_before = metric(&server, "girder_generations_cancelled_total").await;
     let passes_before = passes();
     let mut response = reqwest::Client::new()

@@ -390,7 +390,7 @@ async fn fill_mask_predicts_each_mask() {
 async fn a_task_the_head_cannot_run_refuses_to_start() {
     let mut options = options("bert-st-mean");
     options.task = Some(Task::FillMask);
-    let err = girder_server::start(load("bert-st-mean"), options)
+    let err = girder_server::start(load("bert-st-mean").into(), options)
         .await
         .err()
         .expect("it started");

@@ -99,7 +99,7 @@ async fn the_openai_client_works_unmodified_on_chat_and_completions() {
     ));
     std::fs::write(&expected_path, expected.to_string()).unwrap();
 
-    let server = girder_server::start(library, options("qwen2-causal-lm"))
+    let server = girder_server::start(library.into(), options("qwen2-causal-lm"))
         .await
         .unwrap();
     let base = format!("http://{}", server.addr);

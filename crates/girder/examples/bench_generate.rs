@@ -9,9 +9,10 @@
 
 use candle_core::Tensor;
 use girder::batch::RaggedBatch;
-use girder::generate::{GgufMode, TextGenerator};
+use girder::generate::TextGenerator;
 use girder::layers::KvCache;
 use girder::models::{DecoderModel, Logits};
+use girder::pretrained::GgufMode;
 use std::time::Instant;
 
 const PROMPT: &str = "The history of the city begins long before the first written records, when small groups of farmers settled along the river banks and built wooden houses on raised platforms to escape the seasonal floods.";
@@ -114,7 +115,13 @@ fn main() {
         if std::env::var("BENCH_WEIGHTS").is_ok_and(|only| only != label) {
             continue;
         }
-        let g = TextGenerator::load_gguf(&path, mode).unwrap();
+        let options = girder::LoadOptions {
+            gguf: mode,
+            ..Default::default()
+        };
+        let g = girder::load(&path, &options)
+            .and_then(girder::Loaded::into_decoder)
+            .unwrap();
         let model = g.model();
         let prompt = prompt_ids(&g, 128);
         // BENCH_ONLY=b16 (a comma list of prefill, at32, at512, b1, b8, b16) skips the rest,

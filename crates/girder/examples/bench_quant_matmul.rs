@@ -8,7 +8,7 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use girder::layers::quant_matmul::QuantMatrix;
+use girder::layers::cpu::quant_matmul::QuantMatrix;
 use std::sync::Arc;
 use std::time::Instant;
 

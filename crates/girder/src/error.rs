@@ -115,6 +115,10 @@ pub enum Error {
     #[error("input {index}: {reason}")]
     BadInput { index: usize, reason: String },
 
+    /// A feature girder does not implement (a dtype, a device, a head of an architecture).
+    #[error("{what} is not supported")]
+    Unsupported { what: String },
+
     /// The model cannot run the requested task (e.g. text-classification on a base model).
     #[error("{model} cannot run {task}: {reason}")]
     TaskMismatch {
@@ -154,6 +158,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// A head that an architecture's model file does not build.
+    pub(crate) fn unsupported_head(family: &str, head: crate::models::Head) -> Self {
+        Error::Unsupported {
+            what: format!("{family} with {}", head.name()),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -1,18 +1,19 @@
-//! girder: load Hugging Face model folders and run transformers' pipelines in Rust,
-//! with guard rails.
+//! girder: load Hugging Face model folders and GGUF files and run transformers' pipelines
+//! in Rust, with guard rails.
 //!
-//! A folder (config.json, tokenizer.json, model.safetensors) loads into a
-//! [`pipelines::Model`]; the architecture is picked from config.json as AutoModel does.
-//! Texts are tokenized under one explicit policy ([`tokenize`]), packed without padding
+//! [`load`] turns a folder (config.json, tokenizer.json, model.safetensors), a hub id in the
+//! Hugging Face cache or a `.gguf` file into a [`Loaded`] model of one [`Kind`]; the
+//! architecture is picked from config.json as AutoModel does ([`models::registry`]). Texts
+//! are tokenized under one explicit policy ([`tokenize`]), packed without padding
 //! ([`batch`]), and run through the task's pipeline ([`pipelines`]).
 //!
 //! ```
 //! # fn main() -> girder::Result<()> {
-//! use girder::pipelines::{embeddings, LoadOptions, Model};
+//! use girder::pipelines::embeddings;
 //!
-//! let model = Model::load("tests/fixtures/bert-st-mean", &LoadOptions::default())?;
+//! let model = girder::load("tests/fixtures/bert-st-mean", &girder::LoadOptions::default())?;
 //! let texts = ["A man is eating food.", "A man rides a horse."];
-//! let vectors = embeddings::run(&model, &texts, &embeddings::Options::default())?;
+//! let vectors = embeddings::run(model.encoder()?, &texts, &embeddings::Options::default())?;
 //! assert_eq!(vectors.len(), 2);
 //! # Ok(())
 //! # }
@@ -27,10 +28,13 @@ pub mod hub;
 pub mod layers;
 pub mod models;
 pub mod pipelines;
+pub mod pretrained;
 pub mod tokenize;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use models::Kind;
+pub use pretrained::{load, LoadOptions, Loaded};
 
 #[cfg(test)]
 mod test_support {

@@ -2,7 +2,8 @@
 //! tiny `bert-base` fixture at load: the logits equal PEFT's within 1e-4.
 
 use girder::batch::RaggedBatch;
-use girder::pipelines::{text_classification, LoadOptions, Model};
+use girder::pipelines::{text_classification, Model};
+use girder::LoadOptions;
 use serde::Deserialize;
 use std::path::PathBuf;
 

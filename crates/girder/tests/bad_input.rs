@@ -3,9 +3,10 @@
 mod common;
 
 use common::ScratchModel;
-use girder::pipelines::{embeddings, fill_mask, text_classification, LoadOptions, Model};
+use girder::pipelines::{embeddings, fill_mask, text_classification, Model};
 use girder::tokenize::Truncation;
 use girder::Error;
+use girder::LoadOptions;
 
 fn load(dir: &str) -> girder::Result<Model> {
     Model::load(dir, &LoadOptions::default())

@@ -9,8 +9,9 @@
 
 mod common;
 
-use girder::check::{self, canary, lock, CheckOptions, Loaded, Report, Severity, Subject};
-use girder::pipelines::{LoadOptions, Model};
+use girder::check::{self, canary, lock, CheckOptions, Report, Severity, Subject};
+use girder::pipelines::Model;
+use girder::LoadOptions;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,10 @@ fn real(name: &str, file: &str) -> PathBuf {
 
 fn minilm() -> PathBuf {
     real("all-MiniLM-L6-v2", "model.safetensors")
+}
+
+fn mpnet() -> PathBuf {
+    real("all-mpnet-base-v2", "model.safetensors")
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -83,14 +88,15 @@ fn load(model: &Path, tokenizer: Option<&Path>) -> Model {
         .unwrap_or_else(|e| panic!("{} with {tokenizer:?}: {e}", model.display()))
 }
 
-/// The full check, through [`Loaded`] (encoders and decoders alike), as the CLI runs it.
+/// The full check, through the one loader (encoders and decoders alike), as the CLI runs it.
 fn run_check(model: &Path, tokenizer: Option<&Path>) -> Report {
-    let loaded = Loaded::open(
-        model.to_str().unwrap(),
-        tokenizer.map(|t| t.to_str().unwrap()),
-    )
-    .unwrap_or_else(|e| panic!("{} with {tokenizer:?}: {e}", model.display()));
-    check::check_subject(&loaded.subject(), &CheckOptions::default()).unwrap()
+    let options = LoadOptions {
+        tokenizer: tokenizer.map(|t| t.to_str().unwrap().to_string()),
+        ..Default::default()
+    };
+    let loaded = girder::load(model.to_str().unwrap(), &options)
+        .unwrap_or_else(|e| panic!("{} with {tokenizer:?}: {e}", model.display()));
+    check::check(&loaded, &CheckOptions::default()).unwrap()
 }
 
 /// The causal-LM fixtures (GPT-2, Llama, Mistral, Qwen2).
@@ -244,7 +250,7 @@ fn error_codes(report: &Report) -> Vec<&str> {
 /// Matched pairs: no error, and no warning except a missing model card.
 #[test]
 fn matched_pairs_raise_no_error_and_no_tokenizer_warning() {
-    let mut pairs: Vec<PathBuf> = vec![minilm()];
+    let mut pairs: Vec<PathBuf> = vec![minilm(), mpnet()];
     pairs.extend(common::fixture_folders());
     pairs.extend(decoder_fixtures());
     let mut false_alarms = 0;
@@ -287,12 +293,12 @@ fn matched_pairs_raise_no_error_and_no_tokenizer_warning() {
 #[test]
 fn minilm_canary_passes_with_its_own_tokenizer() {
     let model = load(&minilm(), None);
-    let embedding = canary::EmbeddingMatrix::load(&Subject::of(&model))
+    let embedding = canary::EmbeddingMatrix::load(&Subject::of_encoder(&model))
         .unwrap()
         .unwrap();
     assert_eq!(embedding.rows(), 30522);
     let probe: Vec<String> = check::PROBE.iter().map(|s| s.to_string()).collect();
-    let c = canary::measure(&Subject::of(&model), &embedding, &probe).unwrap();
+    let c = canary::measure(&Subject::of_encoder(&model), &embedding, &probe).unwrap();
     println!("MiniLM own tokenizer: {c:?}");
     assert!(c.trained_spread > canary::MIN_TRAINED_SPREAD);
     assert!(
@@ -551,13 +557,13 @@ fn few_hundred_permuted_ids_are_caught_by_the_lock() {
     });
     let good = load(&minilm(), None);
     let probe: Vec<String> = check::PROBE.iter().map(|s| s.to_string()).collect();
-    let pinned = lock::create(&Subject::of(&good), &probe).unwrap();
-    assert!(lock::compare(&pinned, &Subject::of(&good))
+    let pinned = lock::create(&Subject::of_encoder(&good), &probe).unwrap();
+    assert!(lock::compare(&pinned, &Subject::of_encoder(&good))
         .unwrap()
         .iter()
         .all(|f| f.code == "lock-ok"));
     let bad = load(&minilm(), Some(tok.path()));
-    let findings = lock::compare(&pinned, &Subject::of(&bad)).unwrap();
+    let findings = lock::compare(&pinned, &Subject::of_encoder(&bad)).unwrap();
     let f = findings
         .iter()
         .find(|f| f.code == "lock-ids-changed")
@@ -574,11 +580,11 @@ fn lock_detects_label_takeover_and_fingerprint_change() {
     let dir = fixture("bert-seqcls");
     let model = load(&dir, None);
     let probe: Vec<String> = check::PROBE.iter().map(|s| s.to_string()).collect();
-    let pinned = lock::create(&Subject::of(&model), &probe).unwrap();
+    let pinned = lock::create(&Subject::of_encoder(&model), &probe).unwrap();
     let c = pinned.classifier.as_ref().expect("a classifier lock");
     assert_eq!(c.labels, model.config.id2label);
     // The same model: no drift.
-    let same = lock::compare(&pinned, &Subject::of(&model)).unwrap();
+    let same = lock::compare(&pinned, &Subject::of_encoder(&model)).unwrap();
     assert!(same.iter().all(|f| f.code == "lock-ok"), "{same:?}");
     // A lock that says another label used to win most texts: now one label "took over".
     let mut tampered = pinned.clone();
@@ -592,7 +598,7 @@ fn lock_detects_label_takeover_and_fingerprint_change() {
     let n = c.labels.len() as f64;
     let cp = tampered.classifier.as_mut().unwrap();
     cp.distribution = vec![1.0 / n; c.labels.len()];
-    let findings = lock::compare(&tampered, &Subject::of(&model)).unwrap();
+    let findings = lock::compare(&tampered, &Subject::of_encoder(&model)).unwrap();
     let now_share = c.distribution[winner];
     let code = if now_share >= lock::TAKEOVER_SHARE && 1.0 / n <= lock::TAKEOVER_LOCKED_MAX {
         "lock-label-takeover"
@@ -615,7 +621,7 @@ fn lock_detects_label_takeover_and_fingerprint_change() {
         let cp = tampered.classifier.as_mut().unwrap();
         cp.distribution = vec![0.0; c.labels.len()];
         cp.distribution[(winner + 1) % c.labels.len()] = 1.0;
-        let findings = lock::compare(&tampered, &Subject::of(&model)).unwrap();
+        let findings = lock::compare(&tampered, &Subject::of_encoder(&model)).unwrap();
         assert!(
             findings
                 .iter()
@@ -628,7 +634,7 @@ fn lock_detects_label_takeover_and_fingerprint_change() {
     // A changed fingerprint with equal ids is a warning.
     let mut other = pinned.clone();
     other.tokenizer.sha256 = "0".repeat(64);
-    let findings = lock::compare(&other, &Subject::of(&model)).unwrap();
+    let findings = lock::compare(&other, &Subject::of_encoder(&model)).unwrap();
     assert!(findings
         .iter()
         .any(|f| f.code == "lock-fingerprint-changed" && f.severity == Severity::Warning));
@@ -638,7 +644,7 @@ fn lock_detects_label_takeover_and_fingerprint_change() {
 fn lock_round_trips_and_a_corrupt_lock_is_an_error() {
     let model = load(&fixture("bert-seqcls"), None);
     let probe = vec!["a probe text".to_string(), "another one".to_string()];
-    let pinned = lock::create(&Subject::of(&model), &probe).unwrap();
+    let pinned = lock::create(&Subject::of_encoder(&model), &probe).unwrap();
     let s = Scratch::new("lockfile");
     let path = s.path().join("girder.lock");
     lock::write(&pinned, &path).unwrap();
@@ -653,7 +659,7 @@ fn lock_round_trips_and_a_corrupt_lock_is_an_error() {
 #[test]
 fn model_card_policy() {
     let report = check::check(
-        &load(&minilm(), None),
+        &load(&minilm(), None).into(),
         &CheckOptions {
             deny_licenses: vec!["apache-2.0".into()],
             require_languages: vec!["de".into()],
@@ -703,30 +709,25 @@ fn length_and_baked_settings_are_info() {
 }
 
 #[test]
-fn config_vocab_size_disagreeing_with_the_tensor_is_a_warning() {
-    // An encoder's loader refuses a config that disagrees with its tensors: the error names
-    // the tensor and both shapes.
-    let s = Scratch::copy_of(&fixture("bert-base"), "vocab-config");
-    let mut doc = s.read_json("config.json");
-    doc["vocab_size"] = json!(30000);
-    s.write_json("config.json", &doc);
-    let err = Model::load(s.path().to_str().unwrap(), &LoadOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("word_embeddings"), "{err}");
-    // The check reads a decoder's files without building it: the tensor's real rows decide
-    // the fit, and config.json's disagreeing vocab_size is a warning.
-    let s = Scratch::copy_of(&fixture("llama-causal-lm"), "vocab-config-llama");
-    let mut doc = s.read_json("config.json");
-    doc["vocab_size"] = json!(400);
-    s.write_json("config.json", &doc);
-    let report = run_check(s.path(), None);
-    let f = report.get("vocab-size-config").unwrap();
-    assert_eq!(f.severity, Severity::Warning);
-    assert!(
-        f.message.contains("400") && f.message.contains("384"),
-        "{}",
-        f.message
-    );
-    assert!(report.ok, "{report:#?}");
+fn config_vocab_size_disagreeing_with_the_tensor_is_refused_at_load() {
+    // The loader refuses a config that disagrees with its tensors, for encoders and decoders
+    // alike (as transformers' from_pretrained does): the error names the tensor and both
+    // shapes, and `girder check` reports that it could not run.
+    for (name, rows, tensor) in [
+        ("bert-base", 30000, "word_embeddings"),
+        ("llama-causal-lm", 400, "model.embed_tokens.weight"),
+    ] {
+        let s = Scratch::copy_of(&fixture(name), "vocab-config");
+        let mut doc = s.read_json("config.json");
+        doc["vocab_size"] = json!(rows);
+        s.write_json("config.json", &doc);
+        let err = girder::load(s.path().to_str().unwrap(), &LoadOptions::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(tensor) && message.contains(&format!("{rows}")),
+            "{name}: {message}"
+        );
+    }
 }
 
 #[test]
@@ -772,13 +773,10 @@ fn accents_stripped_from_an_accented_vocabulary_is_a_warning() {
 fn canary_calibrates_on_smollm2_as_well() {
     let gguf_path = real("smollm2-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let gguf = girder::hub::GgufFile::open(&gguf_path).unwrap();
-    let weight = gguf
-        .tensor("model.embed_tokens.weight")
-        .or_else(|| gguf.tensor("token_embd.weight"))
-        .expect("a token embedding in the GGUF file")
-        .dequantize(&candle_core::Device::Cpu)
-        .unwrap()
+    let g = girder::generate::TextGenerator::load(gguf_path.to_str().unwrap()).unwrap();
+    let weight = g
+        .model()
+        .input_embeddings()
         .to_dtype(candle_core::DType::F32)
         .unwrap();
     let vocab_of = |path: PathBuf| -> HashMap<String, u32> {
@@ -812,7 +810,7 @@ fn canary_calibrates_on_smollm2_as_well() {
 /// A real decoder that claims `rows` output rows (a GGUF whose tokenizer grew after
 /// conversion looks like this to the checks).
 struct FewerRows {
-    inner: girder::models::DecoderModel,
+    inner: Box<dyn girder::models::DecoderForward>,
     rows: usize,
 }
 
@@ -834,6 +832,9 @@ impl girder::models::DecoderForward for FewerRows {
     fn vocab_size(&self) -> usize {
         self.rows
     }
+    fn input_embeddings(&self) -> &candle_core::Tensor {
+        self.inner.input_embeddings()
+    }
 }
 
 #[test]
@@ -845,15 +846,13 @@ fn loaded_generators_are_checked_without_a_folder() {
         let report = check::generator::check(&g, &probe).unwrap();
         assert!(report.ok, "{}: {:?}", dir.display(), error_codes(&report));
         let ids = g.tokenizer().get_vocab_size(true);
-        let short = g.map_model(|inner| {
-            let class = inner.class_name().to_string();
-            girder::models::DecoderModel::from_parts(
-                class,
+        let short = g.map_model(|model| {
+            model.map_inner(|inner| {
                 Box::new(FewerRows {
                     inner,
                     rows: ids - 10,
-                }),
-            )
+                })
+            })
         });
         let report = check::generator::check(&short, &probe).unwrap();
         assert!(!report.ok);

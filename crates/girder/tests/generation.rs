@@ -574,12 +574,11 @@ fn write_gguf(path: &Path, architecture: &str, ggml_type: u32) {
 
 #[test]
 fn unsupported_gguf_files_are_named() {
-    use girder::generate::GgufMode;
     let dir = std::env::temp_dir().join(format!("girder-gguf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let arch = dir.join("gpt2.gguf");
     write_gguf(&arch, "gpt2", 0);
-    let err = TextGenerator::load_gguf(&arch, GgufMode::Quantized).unwrap_err();
+    let err = TextGenerator::load(arch.to_str().unwrap()).unwrap_err();
     assert!(
         matches!(err, Error::UnsupportedGguf { .. })
             && err.to_string().contains("architecture `gpt2`"),
@@ -587,7 +586,7 @@ fn unsupported_gguf_files_are_named() {
     );
     let quant = dir.join("iq2.gguf");
     write_gguf(&quant, "llama", 16); // IQ2_XXS
-    let err = TextGenerator::load_gguf(&quant, GgufMode::Quantized).unwrap_err();
+    let err = TextGenerator::load(quant.to_str().unwrap()).unwrap_err();
     assert!(
         matches!(err, Error::UnsupportedGguf { .. }) && err.to_string().contains("IQ2_XXS"),
         "{err}"

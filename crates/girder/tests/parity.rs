@@ -7,7 +7,8 @@ mod common;
 use candle_core::Tensor;
 use common::{fixture_folders, max_abs_diff, Fixture};
 use girder::batch::RaggedBatch;
-use girder::pipelines::{embeddings, LoadOptions, Model};
+use girder::pipelines::{embeddings, Model};
+use girder::LoadOptions;
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -174,4 +175,28 @@ fn every_fixture_matches_transformers() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// MPNet's relative position buckets equal transformers' `relative_position_bucket` for every
+/// key − query offset the fixture's position table allows (recorded by scripts/make-fixtures).
+#[test]
+fn mpnet_buckets_match_transformers() {
+    #[derive(serde::Deserialize)]
+    struct Buckets {
+        relative_position: Vec<i64>,
+        bucket: Vec<u32>,
+    }
+    let path = common::fixtures_dir().join("mpnet-base/expected.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let table: Buckets =
+        serde_json::from_value(doc["mpnet"]["relative_position_bucket"].clone()).unwrap();
+    assert!(table.relative_position.len() > 1000);
+    for (&relative, &bucket) in table.relative_position.iter().zip(&table.bucket) {
+        assert_eq!(
+            girder::models::mpnet::relative_position_bucket(relative),
+            bucket,
+            "offset {relative}"
+        );
+    }
 }

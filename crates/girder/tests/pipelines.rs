@@ -4,9 +4,8 @@
 mod common;
 
 use common::{fixture_folders, json_diff, Fixture};
-use girder::pipelines::{
-    fill_mask, text_classification as tc, token_classification as tok, LoadOptions, Model,
-};
+use girder::pipelines::{fill_mask, text_classification as tc, token_classification as tok, Model};
+use girder::LoadOptions;
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-4;

@@ -6,7 +6,8 @@ mod common;
 use candle_core::Tensor;
 use common::{fixture_folders, max_abs_diff, Fixture};
 use girder::batch::RaggedBatch;
-use girder::pipelines::{LoadOptions, Model};
+use girder::pipelines::Model;
+use girder::LoadOptions;
 
 /// The bound, for hidden states, pooler outputs and head outputs alike.
 const TOLERANCE: f32 = 1e-5;

@@ -1,11 +1,13 @@
-//! The real sentence-transformers/all-MiniLM-L6-v2 against values sentence-transformers
-//! computed on the same files (scripts/make-fixtures → tests/fixtures/real/).
-//! The weights are not committed: `scripts/fetch-models` puts them in models/.
+//! The real sentence-transformers models, all-MiniLM-L6-v2 (BERT) and all-mpnet-base-v2
+//! (MPNet), against values sentence-transformers computed on the same files
+//! (scripts/make-fixtures → tests/fixtures/real/). The weights are not committed:
+//! `scripts/fetch-models` puts them in models/.
 
 mod common;
 
 use girder::batch::RaggedBatch;
-use girder::pipelines::{embeddings, LoadOptions, Model};
+use girder::pipelines::{embeddings, Model};
+use girder::LoadOptions;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -19,19 +21,39 @@ struct Expected {
     cosine_similarity: Vec<Vec<f32>>,
 }
 
-fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "{} is missing: run `scripts/fetch-models` first",
-        dir.display()
-    );
-    dir
+/// A real model: its folder under models/ and its expected values under fixtures/real/.
+struct Real {
+    folder: &'static str,
+    expected: &'static str,
 }
 
-fn expected() -> Expected {
-    let path = common::fixtures_dir().join("real/all-minilm-l6-v2.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+const MINILM: Real = Real {
+    folder: "all-MiniLM-L6-v2",
+    expected: "all-minilm-l6-v2.json",
+};
+
+const MPNET: Real = Real {
+    folder: "all-mpnet-base-v2",
+    expected: "all-mpnet-base-v2.json",
+};
+
+impl Real {
+    fn load(&self) -> Model {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(self.folder);
+        assert!(
+            dir.join("model.safetensors").is_file(),
+            "{} is missing: run `scripts/fetch-models` first",
+            dir.display()
+        );
+        Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
+    }
+
+    fn expected(&self) -> Expected {
+        let path = common::fixtures_dir().join("real").join(self.expected);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -40,9 +62,21 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn minilm_matches_sentence_transformers() {
-    let exp = expected();
-    let model = Model::load(model_dir().to_str().unwrap(), &LoadOptions::default()).unwrap();
     // tokenizer.json pads to 128 and truncates at 128; the real limit is sentence_bert_config's 256.
+    matches_sentence_transformers(&MINILM, 256);
+}
+
+#[test]
+fn mpnet_matches_sentence_transformers() {
+    // tokenizer.json pads and truncates at 128 too; sentence_bert_config says 384, below the
+    // 512 positions MPNet's 514-row table leaves after its padding offset.
+    matches_sentence_transformers(&MPNET, 384);
+}
+
+fn matches_sentence_transformers(real: &Real, max_length: usize) {
+    let exp = real.expected();
+    let model = real.load();
+    assert_eq!(model.tokenizer.max_length(), max_length);
     assert_eq!(model.tokenizer.max_length(), exp.max_length);
     for (i, text) in exp.texts.iter().enumerate() {
         let enc = model.tokenizer.encode(text, i).unwrap();
@@ -67,7 +101,10 @@ fn minilm_matches_sentence_transformers() {
             worst_cos = worst_cos.max((cos - want).abs());
         }
     }
-    println!("all-MiniLM-L6-v2: max |embedding diff| {worst:e}, max |cosine diff| {worst_cos:e}");
+    println!(
+        "{}: max |embedding diff| {worst:e}, max |cosine diff| {worst_cos:e}",
+        real.folder
+    );
     assert!(worst <= 1e-4, "embedding diff {worst}");
     assert!(worst_cos <= 1e-4, "cosine diff {worst_cos}");
     assert!(out[exp.texts.len() - 1]
@@ -78,8 +115,17 @@ fn minilm_matches_sentence_transformers() {
 
 #[test]
 fn minilm_batch_equals_one_at_a_time() {
-    let exp = expected();
-    let model = Model::load(model_dir().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    batch_equals_one_at_a_time(&MINILM);
+}
+
+#[test]
+fn mpnet_batch_equals_one_at_a_time() {
+    batch_equals_one_at_a_time(&MPNET);
+}
+
+fn batch_equals_one_at_a_time(real: &Real) {
+    let exp = real.expected();
+    let model = real.load();
     let encodings = model.encode_texts(&exp.texts).unwrap();
     let packed = model
         .encoder
@@ -100,6 +146,9 @@ fn minilm_batch_equals_one_at_a_time() {
             row += 1;
         }
     }
-    println!("all-MiniLM-L6-v2: ragged batch vs one at a time: max diff {worst:e}");
+    println!(
+        "{}: ragged batch vs one at a time: max diff {worst:e}",
+        real.folder
+    );
     assert!(worst <= 1e-5, "{worst}");
 }

@@ -8,8 +8,9 @@
 use candle_core::{DType, Device, Tensor};
 use girder::batch::RaggedBatch;
 use girder::generate::chat::Message;
-use girder::generate::{GgufMode, Options, TextGenerator};
+use girder::generate::{Options, TextGenerator};
 use girder::models::Logits;
+use girder::pretrained::GgufMode;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -48,6 +49,17 @@ fn gguf_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The SmolLM2 file, its projections quantized or dequantized.
+fn load_gguf(mode: GgufMode) -> TextGenerator {
+    let options = girder::LoadOptions {
+        gguf: mode,
+        ..Default::default()
+    };
+    girder::load(gguf_path().to_str().unwrap(), &options)
+        .and_then(girder::Loaded::into_decoder)
+        .unwrap()
 }
 
 fn expected() -> (Expected, std::collections::HashMap<String, Tensor>) {
@@ -126,7 +138,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn dequantized_gguf_matches_transformers() {
     let (expected, tensors) = expected();
-    let g = TextGenerator::load_gguf(gguf_path(), GgufMode::Dequantized).unwrap();
+    let g = load_gguf(GgufMode::Dequantized);
     assert_eq!(g.generation_config().eos_token_ids, [expected.eos_token_id]);
     let mut worst = 0f32;
     for (i, p) in expected.prompts.iter().enumerate() {
@@ -194,7 +206,7 @@ fn quantized_gguf_says_paris_and_computes_what_llama_cpp_computes() {
     // llama.cpp's logits on the same file, not transformers' dequantized model.
     let (expected, tensors) = expected();
     let (reference, reference_logits) = llama_cpp();
-    let g = TextGenerator::load_gguf(gguf_path(), GgufMode::Quantized).unwrap();
+    let g = load_gguf(GgufMode::Quantized);
     let (mut vs_llama_cpp, mut vs_dequantized, mut llama_cpp_vs_dequantized) = (0f32, 0f32, 0f32);
     for (i, p) in expected.prompts.iter().enumerate() {
         let ours = last_logits(&g, &p.input_ids);
@@ -235,7 +247,7 @@ fn quantized_gguf_says_paris_and_computes_what_llama_cpp_computes() {
     assert!(outs[0].text.starts_with(" Paris"), "{:?}", outs[0].text);
     // Where a continuation leaves the exact model's, the exact model (the dequantized path)
     // must rank the token taken within NEAR_TIE of its best: rounding flips near-ties only.
-    let exact = TextGenerator::load_gguf(gguf_path(), GgufMode::Dequantized).unwrap();
+    let exact = load_gguf(GgufMode::Dequantized);
     for ((out, p), r) in outs.iter().zip(&expected.prompts).zip(&reference.prompts) {
         assert_eq!(r.text, p.text);
         let agree = |other: &[u32]| {
@@ -272,7 +284,7 @@ fn quantized_gguf_says_paris_and_computes_what_llama_cpp_computes() {
 #[test]
 fn gguf_chat_template_renders_as_transformers() {
     let (expected, _) = expected();
-    let g = TextGenerator::load_gguf(gguf_path(), GgufMode::Quantized).unwrap();
+    let g = load_gguf(GgufMode::Quantized);
     let template = g
         .chat_template()
         .expect("SmolLM2's GGUF has a chat template");
@@ -293,7 +305,7 @@ fn quantized_prefill_equals_decode_steps() {
     // so they agree bit for bit: greedy output does not depend on how a prompt is split or
     // batched. The last 4 tokens go one at a time after a prefill of the rest.
     let (expected, _) = expected();
-    let g = TextGenerator::load_gguf(gguf_path(), GgufMode::Quantized).unwrap();
+    let g = load_gguf(GgufMode::Quantized);
     let ids = &expected.chat[0].input_ids;
     let prefill = last_logits(&g, ids);
     let model = g.model();
@@ -332,7 +344,7 @@ fn chat_prompts_reuse_the_system_prompt_and_continue_as_alone() {
     // them, and their greedy continuations are the ones they have alone.
     use girder::generate::continuous::{ContinuousBatch, Event};
     use girder::generate::Options;
-    let g = TextGenerator::load_gguf(gguf_path(), GgufMode::Quantized).unwrap();
+    let g = load_gguf(GgufMode::Quantized);
     let template = g.chat_template().unwrap();
     let options = Options {
         max_new_tokens: Some(8),

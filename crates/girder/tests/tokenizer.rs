@@ -4,7 +4,8 @@
 mod common;
 
 use common::{Fixture, ScratchModel};
-use girder::pipelines::{LoadOptions, Model};
+use girder::pipelines::Model;
+use girder::LoadOptions;
 
 #[test]
 fn vocab_txt_fallback_equals_tokenizer_json() {

@@ -5,7 +5,7 @@
 //! logits within 1e-4.
 
 use girder::check::model_card;
-use girder::pipelines::{text_classification as tc, LoadOptions, Model};
+use girder::pipelines::{text_classification as tc, Model};
 use girder::train::bert::{Lora, TrainableBert};
 use girder::train::data::{bio_tags, read_classification, read_conll, Columns};
 use girder::train::export::{
@@ -16,6 +16,7 @@ use girder::train::head::{pooled_features, predict, train_head, FeatureSet, Quie
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
 use girder::train::{Rng, TrainingArguments};
+use girder::LoadOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,16 +44,20 @@ fn girder_logits(model: &Model, texts: &[&str]) -> Vec<Vec<f32>> {
     let encodings = model.encode_texts(texts).unwrap();
     let mut rows = vec![Vec::new(); texts.len()];
     model
-        .forward_batches(&encodings, |indices, batch, out| {
-            let logits = model
-                .encoder
-                .head_logits(out, batch, None)?
-                .to_vec2::<f32>()?;
-            for (&i, row) in indices.iter().zip(logits) {
-                rows[i] = row;
-            }
-            Ok(())
-        })
+        .forward_batches(
+            &encodings,
+            &model.plan(&encodings),
+            |indices, batch, out| {
+                let logits = model
+                    .encoder
+                    .head_logits(out, batch, None)?
+                    .to_vec2::<f32>()?;
+                for (&i, row) in indices.iter().zip(logits) {
+                    rows[i] = row;
+                }
+                Ok(())
+            },
+        )
         .unwrap();
     rows
 }
@@ -586,7 +591,7 @@ fn girder_logits_per_token(model: &Model, text: &str) -> Vec<Vec<f32>> {
     let encodings = model.encode_texts(&[text]).unwrap();
     let mut rows = Vec::new();
     model
-        .forward_batches(&encodings, |_, batch, out| {
+        .forward_batches(&encodings, &model.plan(&encodings), |_, batch, out| {
             rows = model
                 .encoder
                 .head_logits(out, batch, None)?

@@ -5,7 +5,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use girder::pipelines::{embeddings, LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
+use girder::pipelines::{embeddings, Model};
+use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
+use girder::LoadOptions;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -4,14 +4,16 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use girder::check::{self, lock, CheckOptions, Loaded, Report, Severity};
+use girder::check::{self, lock, CheckOptions, Report, Severity, Subject};
+use girder::{LoadOptions, Loaded};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Args)]
 pub struct CheckArgs {
-    /// A model folder, or a hub id (`org/name[@revision]`) in the Hugging Face cache.
+    /// A model folder, a hub id (`org/name[@revision]`) in the Hugging Face cache, or a
+    /// `.gguf` file.
     #[arg(long, short)]
     model: String,
     /// Check this tokenizer (a folder or hub id) against the model instead of its own.
@@ -74,9 +76,13 @@ pub fn one_line(err: &anyhow::Error) -> String {
     message.replace('\n', " ")
 }
 
-/// Opens the model with the tokenizer to check (`--tokenizer`, else its own).
+/// Loads the model with the tokenizer to check (`--tokenizer`, else its own).
 pub fn load(model: &str, tokenizer: Option<&str>) -> Result<Loaded> {
-    Loaded::open(model, tokenizer).with_context(|| match tokenizer {
+    let options = LoadOptions {
+        tokenizer: tokenizer.map(String::from),
+        ..LoadOptions::default()
+    };
+    girder::load(model, &options).with_context(|| match tokenizer {
         Some(t) => format!("cannot load model `{model}` with tokenizer `{t}`"),
         None => format!("cannot load model `{model}`"),
     })
@@ -113,21 +119,25 @@ fn report(args: &CheckArgs) -> Result<(Report, String)> {
         None => None,
     };
     let loaded = load(&args.model, args.tokenizer.as_deref())?;
-    let subject = loaded.subject();
     let options = CheckOptions {
         probe,
         deny_licenses: args.deny_license.clone(),
         require_languages: args.require_language.clone(),
     };
-    let mut report = check::check_subject(&subject, &options)?;
+    let mut report = check::check(&loaded, &options)?;
     if let Some(pinned) = &pinned {
-        report.extend(lock::compare(pinned, &subject)?);
+        report.extend(lock::compare(pinned, &lock_subject(&loaded, &args.model)?)?);
     }
     let what = format!(
         "{} ({}) with tokenizer {}",
-        subject.folder.root().display(),
-        subject.class_name,
-        subject.tokenizer.source().display()
+        loaded
+            .files()
+            .map_or(args.model.clone(), |(folder, _)| folder
+                .root()
+                .display()
+                .to_string()),
+        loaded.class_name(),
+        loaded.tokenizer().source().display()
     );
     Ok((report, what))
 }
@@ -150,10 +160,17 @@ fn print_human(report: &Report, what: &str, seconds: f64) {
     );
 }
 
-/// The pre-flight gate of `girder run` (and later `serve`): the checks of
-/// [`check::preflight`] at load. An error refuses to start unless `allow_mismatch`, in
-/// which case every error is printed as a loud warning on stderr.
-pub fn preflight_gate(model: &girder::pipelines::Model, allow_mismatch: bool) -> Result<()> {
+/// What a lock pins and compares: a model folder's tokenizer files. A GGUF file has none.
+pub fn lock_subject<'a>(loaded: &'a Loaded, model: &str) -> Result<Subject<'a>> {
+    Subject::of(loaded).with_context(|| {
+        format!("`{model}` has no model folder: a lock pins a folder's tokenizer files, and a GGUF file's tokenizer is checked from its metadata")
+    })
+}
+
+/// The pre-flight gate of `girder run`: the checks of [`check::preflight`] at load. An error
+/// refuses to start unless `allow_mismatch`, in which case every error is printed as a loud
+/// warning on stderr.
+pub fn preflight_gate(model: &Loaded, allow_mismatch: bool) -> Result<()> {
     let report = check::preflight(model)?;
     let errors: Vec<String> = report
         .with_severity(Severity::Error)

@@ -5,20 +5,16 @@ use crate::input::read_texts;
 use crate::output::JsonLines;
 use anyhow::{Context, Result};
 use clap::Args;
-use girder::generate::{GgufMode, Options, Sampling, TextGenerator};
+use girder::generate::{Options, Sampling, TextGenerator};
+use girder::pretrained::GgufMode;
+use girder::LoadOptions;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// The model and how to decode: shared by `generate` and `chat`.
+/// How to decode: shared by `generate`, `chat` and `run text-generation`. `--top-k` is not
+/// here: `run` gives it to the classification tasks too, so each command declares it.
 #[derive(Args)]
-pub struct ModelArgs {
-    /// A model folder, a hub id (`org/name[@revision]`) in the Hugging Face cache, or a
-    /// `.gguf` file.
-    #[arg(long, short)]
-    pub model: String,
-    /// GGUF: dequantize every tensor to f32 instead of multiplying quantized weights.
-    #[arg(long)]
-    pub dequantize: bool,
+pub struct GenerationArgs {
     /// New tokens per prompt, at most (default 256).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -32,9 +28,6 @@ pub struct ModelArgs {
     /// --seed without it samples at 1.0.
     #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
-    /// Sample from the k most likely tokens (0: all).
-    #[arg(long)]
-    pub top_k: Option<usize>,
     /// Sample from the smallest set of tokens whose probability reaches p.
     #[arg(long)]
     pub top_p: Option<f32>,
@@ -49,26 +42,11 @@ pub struct ModelArgs {
     pub seed: Option<u64>,
 }
 
-impl ModelArgs {
-    pub fn load(&self) -> Result<TextGenerator> {
-        anyhow::ensure!(
-            !self.dequantize || self.model.to_ascii_lowercase().ends_with(".gguf"),
-            "--dequantize applies to .gguf files; `{}` is not one",
-            self.model
-        );
-        let generator = if self.dequantize {
-            TextGenerator::load_gguf(&self.model, GgufMode::Dequantized)
-        } else {
-            TextGenerator::load(&self.model)
-        };
-        generator.with_context(|| format!("cannot load model `{}`", self.model))
-    }
-
-    pub fn options(&self) -> Result<Options> {
-        let samples = self.top_k.is_some()
-            || self.top_p.is_some()
-            || self.min_p.is_some()
-            || self.seed.is_some();
+impl GenerationArgs {
+    /// The options, with `top_k` (sample from the k likeliest tokens; 0: all).
+    pub fn options(&self, top_k: Option<usize>) -> Result<Options> {
+        let samples =
+            top_k.is_some() || self.top_p.is_some() || self.min_p.is_some() || self.seed.is_some();
         let default = Sampling::default();
         let options = Options {
             max_new_tokens: self.max_new_tokens,
@@ -76,7 +54,7 @@ impl ModelArgs {
             stop: self.stop.clone(),
             sampling: Sampling {
                 temperature: self.temperature.unwrap_or(if samples { 1.0 } else { 0.0 }),
-                top_k: self.top_k.unwrap_or(default.top_k),
+                top_k: top_k.unwrap_or(default.top_k),
                 top_p: self.top_p.unwrap_or(default.top_p),
                 min_p: self.min_p.unwrap_or(default.min_p),
                 repetition_penalty: self
@@ -87,6 +65,48 @@ impl ModelArgs {
         };
         options.validate()?;
         Ok(options)
+    }
+}
+
+/// The model and how to decode: shared by `generate` and `chat`.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A model folder, a hub id (`org/name[@revision]`) in the Hugging Face cache, or a
+    /// `.gguf` file.
+    #[arg(long, short)]
+    pub model: String,
+    /// GGUF: dequantize every tensor to f32 instead of multiplying quantized weights.
+    #[arg(long)]
+    pub dequantize: bool,
+    /// Sample from the k most likely tokens (0: all).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<TextGenerator> {
+        anyhow::ensure!(
+            !self.dequantize || self.model.to_ascii_lowercase().ends_with(".gguf"),
+            "--dequantize applies to .gguf files; `{}` is not one",
+            self.model
+        );
+        let options = LoadOptions {
+            gguf: if self.dequantize {
+                GgufMode::Dequantized
+            } else {
+                GgufMode::Quantized
+            },
+            ..LoadOptions::default()
+        };
+        girder::load(&self.model, &options)
+            .and_then(girder::Loaded::into_decoder)
+            .with_context(|| format!("cannot load model `{}`", self.model))
+    }
+
+    pub fn options(&self) -> Result<Options> {
+        self.generation.options(self.top_k)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `girder lock`: pin the tokenizer's fingerprint, the probe's token ids and (for
 //! classifiers) the label distribution, for `girder check --lock` to compare with later.
 
-use super::check::{load, read_probe};
+use super::check::{load, lock_subject, read_probe};
 use anyhow::{bail, Result};
 use clap::Args;
 use girder::check::{self, lock, CheckOptions, Severity};
@@ -29,7 +29,7 @@ pub struct LockArgs {
 pub fn run(args: LockArgs) -> Result<()> {
     let probe = read_probe(args.probe.as_deref())?;
     let loaded = load(&args.model, args.tokenizer.as_deref())?;
-    let subject = loaded.subject();
+    let subject = lock_subject(&loaded, &args.model)?;
     let options = CheckOptions {
         probe,
         ..CheckOptions::default()

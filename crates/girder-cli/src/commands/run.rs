@@ -1,21 +1,26 @@
 //! `girder run <task>`: load the model once, stream the texts through it, print JSON Lines.
 //!
-//! Input is read in windows of [`WINDOW_TEXTS`]; a worker thread reads and tokenizes the
-//! next window while the model computes the current one; within a window the library sorts
-//! texts by length into batches under `--max-batch-tokens`; results are written in input
-//! order as each window completes, so memory stays constant whatever the input size.
+//! The tasks are the library's task table ([`TASKS`]); a model of a kind that does not
+//! serve the task is refused with the kinds that do. Input is read in windows of
+//! [`WINDOW_TEXTS`]; for an encoder a worker thread reads and tokenizes the next window while
+//! the model computes the current one, and within a window the library sorts texts by length
+//! into batches under `--max-batch-tokens`; text generation continues a window's prompts in
+//! batches of `--batch-size`. Results are written in input order as each window completes,
+//! so memory stays constant whatever the input size.
 
+use super::generate::GenerationArgs;
 use crate::input::TextSource;
 use crate::output::JsonLines;
 use anyhow::{bail, Context, Result};
+use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 use girder::layers::pooling::Pooling;
 use girder::pipelines::text_classification::{self as tc, FunctionToApply, TopK};
 use girder::pipelines::token_classification::{self as tok, AggregationStrategy};
-use girder::pipelines::{
-    embeddings, fill_mask, LoadOptions, Model, Task, DEFAULT_MAX_BATCH_TOKENS,
-};
+use girder::pipelines::{embeddings, fill_mask, text_generation, Model, Task, TaskOptions, TASKS};
+use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
 use girder::tokenize::{Encoded, Truncation};
+use girder::{LoadOptions, Loaded};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -25,27 +30,15 @@ use std::sync::mpsc;
 /// a window's texts and results are a few megabytes.
 const WINDOW_TEXTS: usize = 2048;
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum TaskArg {
-    #[value(name = "text-classification", alias = "sentiment-analysis")]
-    TextClassification,
-    #[value(name = "token-classification", alias = "ner")]
-    TokenClassification,
-    #[value(name = "fill-mask")]
-    FillMask,
-    #[value(name = "embeddings", alias = "feature-extraction")]
-    Embeddings,
-}
-
-impl From<TaskArg> for Task {
-    fn from(t: TaskArg) -> Task {
-        match t {
-            TaskArg::TextClassification => Task::TextClassification,
-            TaskArg::TokenClassification => Task::TokenClassification,
-            TaskArg::FillMask => Task::FillMask,
-            TaskArg::Embeddings => Task::Embeddings,
-        }
-    }
+/// Every task name and alias of the library's task table.
+fn task_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(TASKS.iter().flat_map(|t| {
+        std::iter::once(clap::builder::PossibleValue::new(t.name).help(t.summary)).chain(
+            t.aliases
+                .iter()
+                .map(|a| clap::builder::PossibleValue::new(*a).hide(true)),
+        )
+    }))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,9 +68,11 @@ pub enum AggregationArg {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The task.
-    task: TaskArg,
-    /// A model folder, or a hub id (`org/name[@revision]`) in the Hugging Face cache.
+    /// The task (transformers' name or an alias).
+    #[arg(value_parser = task_names())]
+    task: String,
+    /// A model folder, a hub id (`org/name[@revision]`) in the Hugging Face cache, or (for
+    /// text-generation) a `.gguf` file.
     #[arg(long, short)]
     model: String,
     /// Texts; without them, `--input` or one text per line on stdin.
@@ -106,7 +101,8 @@ pub struct RunArgs {
     #[arg(long)]
     allow_mismatch: bool,
     /// text-classification: how many labels (a number, or `all`); default: the best one.
-    /// fill-mask: predictions per mask (default 5).
+    /// fill-mask: predictions per mask (default 5). text-generation: sample from the k
+    /// likeliest tokens.
     #[arg(long)]
     top_k: Option<String>,
     /// text-classification: sigmoid, softmax or none (default: by problem_type and label count).
@@ -130,100 +126,84 @@ pub struct RunArgs {
     /// embeddings: pooling (default: 1_Pooling/config.json, else mean).
     #[arg(long, value_enum)]
     pooling: Option<PoolingArg>,
+    /// text-generation: `generated_text` without the prompt.
+    #[arg(long)]
+    no_full_text: bool,
+    /// text-generation: prompts generated together in one batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[command(flatten)]
+    generation: GenerationArgs,
 }
 
-/// A task with its options, ready to run on windows of texts.
-enum Runner {
-    Embeddings(embeddings::Options),
-    TextClassification(tc::Options),
-    TokenClassification(tok::Options),
-    FillMask(fill_mask::Options),
-}
-
-impl Runner {
-    fn from_args(args: &RunArgs) -> Result<Self> {
-        Ok(match Task::from(args.task) {
-            Task::Embeddings => Runner::Embeddings(embeddings::Options {
-                pooling: args.pooling.map(|p| match p {
-                    PoolingArg::Mean => Pooling::Mean,
-                    PoolingArg::Cls => Pooling::Cls,
-                    PoolingArg::Max => Pooling::Max,
-                    PoolingArg::LastToken => Pooling::LastToken,
-                }),
-                normalize: match (args.normalize, args.no_normalize) {
-                    (true, _) => Some(true),
-                    (_, true) => Some(false),
-                    _ => None,
-                },
+/// The task's options from the command line.
+fn task_options(task: Task, args: &RunArgs) -> Result<TaskOptions> {
+    Ok(match task {
+        Task::Embeddings => TaskOptions::Embeddings(embeddings::Options {
+            pooling: args.pooling.map(|p| match p {
+                PoolingArg::Mean => Pooling::Mean,
+                PoolingArg::Cls => Pooling::Cls,
+                PoolingArg::Max => Pooling::Max,
+                PoolingArg::LastToken => Pooling::LastToken,
             }),
-            Task::TextClassification => Runner::TextClassification(tc::Options {
-                top_k: match args.top_k.as_deref() {
-                    None => TopK::NotGiven,
-                    Some("all") => TopK::All,
-                    Some(k) => TopK::K(parse_top_k(k)?),
-                },
-                function_to_apply: args.function_to_apply.map(|f| match f {
-                    FunctionArg::Sigmoid => FunctionToApply::Sigmoid,
-                    FunctionArg::Softmax => FunctionToApply::Softmax,
-                    FunctionArg::None => FunctionToApply::None,
-                }),
+            normalize: match (args.normalize, args.no_normalize) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+        }),
+        Task::TextClassification => TaskOptions::TextClassification(tc::Options {
+            top_k: match args.top_k.as_deref() {
+                None => TopK::NotGiven,
+                Some("all") => TopK::All,
+                Some(k) => TopK::K(parse_top_k(k)?),
+            },
+            function_to_apply: args.function_to_apply.map(|f| match f {
+                FunctionArg::Sigmoid => FunctionToApply::Sigmoid,
+                FunctionArg::Softmax => FunctionToApply::Softmax,
+                FunctionArg::None => FunctionToApply::None,
             }),
-            Task::TokenClassification => {
-                let mut opts = tok::Options {
-                    aggregation_strategy: match args.aggregation {
-                        AggregationArg::None => AggregationStrategy::None,
-                        AggregationArg::Simple => AggregationStrategy::Simple,
-                        AggregationArg::First => AggregationStrategy::First,
-                        AggregationArg::Average => AggregationStrategy::Average,
-                        AggregationArg::Max => AggregationStrategy::Max,
-                    },
-                    ..Default::default()
-                };
-                if let Some(labels) = &args.ignore_labels {
-                    opts.ignore_labels = labels.clone();
-                }
-                Runner::TokenClassification(opts)
+        }),
+        Task::TokenClassification => {
+            let mut opts = tok::Options {
+                aggregation_strategy: match args.aggregation {
+                    AggregationArg::None => AggregationStrategy::None,
+                    AggregationArg::Simple => AggregationStrategy::Simple,
+                    AggregationArg::First => AggregationStrategy::First,
+                    AggregationArg::Average => AggregationStrategy::Average,
+                    AggregationArg::Max => AggregationStrategy::Max,
+                },
+                ..Default::default()
+            };
+            if let Some(labels) = &args.ignore_labels {
+                opts.ignore_labels = labels.clone();
             }
-            Task::FillMask => {
-                let mut opts = fill_mask::Options {
-                    targets: args.targets.clone(),
-                    ..Default::default()
-                };
-                if let Some(k) = args.top_k.as_deref() {
-                    opts.top_k = parse_top_k(k)?;
-                }
-                Runner::FillMask(opts)
-            }
-        })
-    }
-
-    /// Runs one window and writes its results in order.
-    fn run<W: std::io::Write>(
-        &self,
-        model: &Model,
-        texts: &[String],
-        encodings: &[Encoded],
-        out: &mut JsonLines<W>,
-    ) -> Result<()> {
-        match self {
-            Runner::Embeddings(o) => embeddings::run_encoded(model, encodings, o)?
-                .iter()
-                .try_for_each(|r| out.write(r)),
-            Runner::TextClassification(o) => tc::run_encoded(model, encodings, o)?
-                .iter()
-                .try_for_each(|r| out.write(r)),
-            Runner::TokenClassification(o) => tok::run_encoded(model, texts, encodings, o)?
-                .iter()
-                .try_for_each(|r| out.write(r)),
-            Runner::FillMask(o) => fill_mask::run_encoded(model, encodings, o)?
-                .iter()
-                .try_for_each(|r| out.write(r)),
+            TaskOptions::TokenClassification(opts)
         }
-    }
+        Task::FillMask => {
+            let mut opts = fill_mask::Options {
+                targets: args.targets.clone(),
+                ..Default::default()
+            };
+            if let Some(k) = args.top_k.as_deref() {
+                opts.top_k = parse_top_k(k)?;
+            }
+            TaskOptions::FillMask(opts)
+        }
+        Task::TextGeneration => {
+            let top_k = args.top_k.as_deref().map(parse_top_k).transpose()?;
+            TaskOptions::TextGeneration(text_generation::Options {
+                generation: args.generation.options(top_k)?,
+                return_full_text: !args.no_full_text,
+                batch_size: args.batch_size,
+            })
+        }
+    })
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let runner = Runner::from_args(&args)?;
+    let task = Task::parse(&args.task)?;
+    let task_options = task_options(task, &args)?;
     let options = LoadOptions {
         max_length: args.max_length,
         truncation: if args.no_truncate {
@@ -235,13 +215,46 @@ pub fn run(args: RunArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
-    let model = Model::load(&args.model, &options)
+    let loaded = girder::load(&args.model, &options)
         .with_context(|| format!("cannot load model `{}`", args.model))?;
-    super::check::preflight_gate(&model, args.allow_mismatch)?;
-    let mut source = TextSource::open(args.texts.clone(), args.input.as_deref())?;
-    let mut out = JsonLines::new(std::io::stdout().lock(), args.pretty);
-    let progress = Progress::new(args.max_batch_tokens);
+    loaded.supports(task)?;
+    super::check::preflight_gate(&loaded, args.allow_mismatch)?;
+    let source = TextSource::open(args.texts.clone(), args.input.as_deref())?;
+    let out = JsonLines::new(std::io::stdout().lock(), args.pretty);
+    match &loaded {
+        Loaded::Encoder(model) => run_encoder(model, &task_options, source, out, &args),
+        Loaded::Decoder(generator) => {
+            let mut source = source;
+            let mut out = out;
+            let mut total = 0;
+            loop {
+                let prompts = source.next_window(WINDOW_TEXTS)?;
+                if prompts.is_empty() {
+                    break;
+                }
+                for result in task_options.run_generation(generator, &prompts)? {
+                    out.write(&result)?;
+                }
+                total += prompts.len();
+            }
+            if total == 0 {
+                bail!("no input texts: pass them as arguments, with --input file.jsonl, or one per line on stdin");
+            }
+            out.finish()
+        }
+    }
+}
 
+/// Streams windows of texts through an encoder task: a worker thread reads and tokenizes
+/// the next window while the model computes the current one.
+fn run_encoder<W: std::io::Write>(
+    model: &Model,
+    task_options: &TaskOptions,
+    mut source: TextSource,
+    mut out: JsonLines<W>,
+    args: &RunArgs,
+) -> Result<()> {
+    let progress = Progress::new(args.max_batch_tokens);
     std::thread::scope(|scope| -> Result<()> {
         // Bounded: the reader stays at most one window ahead of the model.
         let (windows, ready) = mpsc::sync_channel::<Result<(Vec<String>, Vec<Encoded>)>>(1);
@@ -269,7 +282,11 @@ pub fn run(args: RunArgs) -> Result<()> {
                 break;
             }
             progress.start_if_worth_it(&encodings, total > 0);
-            runner.run(&model, &texts, &encodings, &mut out)?;
+            for result in
+                task_options.run_encoded(model, &texts, &encodings, &model.plan(&encodings))?
+            {
+                out.write(&result)?;
+            }
             total += texts.len();
             progress.advance(texts.len());
         }

@@ -5,11 +5,10 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use girder::check::{lock, Severity};
-use girder::config::CommonConfig;
-use girder::generate::TextGenerator;
-use girder::hub::ModelRef;
-use girder::pipelines::{LoadOptions, Model, Task, DEFAULT_MAX_BATCH_TOKENS};
-use girder_server::{ServeOptions, ServedModel, DEFAULT_MAX_QUEUE};
+use girder::pipelines::Task;
+use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
+use girder::LoadOptions;
+use girder_server::{ServeOptions, DEFAULT_MAX_QUEUE};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,8 +19,8 @@ pub struct ServeArgs {
     /// `.gguf` file. A causal language model serves /v1/completions and /v1/chat/completions.
     #[arg(long, short)]
     model: String,
-    /// The task of an encoder (text-classification, token-classification, fill-mask,
-    /// embeddings); default: the one the model's head implies.
+    /// The task (text-classification, token-classification, fill-mask, embeddings,
+    /// text-generation); default: the one the model's head implies.
     #[arg(long)]
     task: Option<String>,
     /// A PEFT LoRA adapter folder merged into an encoder's weights at load (as `girder run
@@ -64,23 +63,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let task = args.task.as_deref().map(Task::parse).transpose()?;
     // Read the lock before loading the model: a corrupt lock fails fast and clearly.
     let pinned = args.lock.as_deref().map(lock::read).transpose()?;
-    let model = load(&args).with_context(|| format!("cannot load {}", args.model))?;
-    let preflight = girder_server::preflight(&model, &args.model, pinned.as_ref())
-        .context("the pre-flight check could not run")?;
-    match &preflight {
-        Some(preflight) => gate(&preflight.report, args.allow_mismatch)?,
-        None if pinned.is_some() => {
-            anyhow::bail!(
-                "--lock needs a model folder: a .gguf file cannot be checked against a lock"
-            )
-        }
-        None => eprintln!(
-            "girder serve: no pre-flight check for a .gguf file (it has no model folder to check)"
-        ),
+    let load = LoadOptions {
+        max_batch_tokens: args.max_batch_tokens,
+        adapter: args.adapter.clone(),
+        ..LoadOptions::default()
+    };
+    let model =
+        girder::load(&args.model, &load).with_context(|| format!("cannot load {}", args.model))?;
+    if let Some(task) = task {
+        model.supports(task)?;
     }
+    let preflight = girder_server::preflight(&model, pinned.as_ref())
+        .context("the pre-flight check could not run")?;
+    gate(&preflight.report, args.allow_mismatch)?;
     let mut options = ServeOptions::new(SocketAddr::new(args.host, args.port), &args.model);
     options.task = task;
-    options.preflight = preflight;
+    options.preflight = Some(preflight);
     options.max_batch_tokens = args.max_batch_tokens;
     options.max_queue = args.max_queue;
     options.max_sequences = args.max_sequences;
@@ -112,37 +110,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         Ok(())
     })
-}
-
-/// Loads an encoder as `girder run` does, or a causal language model as `girder generate`.
-fn load(args: &ServeArgs) -> Result<ServedModel> {
-    let refuse_adapter = || match &args.adapter {
-        Some(_) => anyhow::bail!(
-            "--adapter applies to encoder models; {} generates text",
-            args.model
-        ),
-        None => Ok(()),
-    };
-    if args.model.to_ascii_lowercase().ends_with(".gguf") {
-        refuse_adapter()?;
-        return Ok(TextGenerator::load(&args.model)?.into());
-    }
-    let folder = ModelRef::parse(&args.model).resolve()?;
-    let config = CommonConfig::from_file(
-        &folder.require("config.json", "a model folder needs config.json")?,
-    )?;
-    let generates = girder::models::resolve(&config).is_err()
-        && girder::models::resolve_decoder(&config).is_ok();
-    if generates {
-        refuse_adapter()?;
-        return Ok(TextGenerator::from_folder(&folder)?.into());
-    }
-    let load = LoadOptions {
-        max_batch_tokens: args.max_batch_tokens,
-        adapter: args.adapter.clone(),
-        ..LoadOptions::default()
-    };
-    Ok(Model::load_folder(folder, &load)?.into())
 }
 
 /// Refuses to start on a pre-flight error unless `allow_mismatch`; prints every warning and

@@ -4,7 +4,8 @@
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use girder::pipelines::text_classification::{self as tc};
-use girder::pipelines::{LoadOptions, Model, DEFAULT_MAX_BATCH_TOKENS};
+use girder::pipelines::Model;
+use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
 use girder::train::bert::{Lora, TrainableBert};
 use girder::train::data::{
     bio_tags, read_classification, read_conll, ClassificationData, Columns, LabelSet,
@@ -19,6 +20,7 @@ use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
 use girder::train::seqeval::NerMetrics;
 use girder::train::{Method, Rng, TrainingArguments};
+use girder::LoadOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

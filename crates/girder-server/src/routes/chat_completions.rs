@@ -1,66 +1,15 @@
 //! `POST /v1/chat/completions`: OpenAI's chat API. The messages are rendered with the
 //! model's chat template (ready for the assistant's reply) and continued; the reply is
 //! `choices[0].message.content`, or streamed as `chat.completion.chunk`s ending in
-//! `data: [DONE]`. The sampling fields are those of [`super::completions`]; without
-//! `max_tokens` the reply runs until eos or a full context.
+//! `data: [DONE]`. The fields are those of [`super::openai`]; without `max_tokens` the reply
+//! runs until eos or a full context.
 
-use super::completions::{generate, Api, Request};
+use super::openai::{generate, Api, Request};
 use super::{ApiJson, AppState};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::response::Response;
-use girder::generate::chat::Message;
-use serde::Deserialize;
 use std::sync::Arc;
-
-/// One message: `content` is a string, or an array of `{"type": "text", "text"}` parts.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: Content,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Part {
-    pub r#type: String,
-    #[serde(default)]
-    pub text: Option<String>,
-}
-
-impl ChatMessage {
-    /// The message as the template sees it; `index` names it in errors.
-    fn to_message(&self, index: usize) -> Result<Message, ApiError> {
-        let content = match &self.content {
-            Content::Text(text) => text.clone(),
-            Content::Parts(parts) => {
-                let mut text = String::new();
-                for (p, part) in parts.iter().enumerate() {
-                    match (part.r#type.as_str(), &part.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        _ => {
-                            return Err(ApiError::Validation {
-                                field: format!("messages[{index}].content[{p}]"),
-                                message: format!(
-                                    "only text parts (`{{\"type\": \"text\", \"text\": ...}}`) are supported, not `{}`",
-                                    part.r#type
-                                ),
-                            })
-                        }
-                    }
-                }
-                text
-            }
-        };
-        Ok(Message::new(self.role.clone(), content))
-    }
-}
 
 pub async fn handler(
     State(state): State<Arc<AppState>>,

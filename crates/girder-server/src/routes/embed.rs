@@ -2,11 +2,11 @@
 //! "truncate"}` → one vector per input (a list of lists, also for a single string).
 
 use super::{encode, ApiJson, AppState, Texts};
-use crate::engine::{Item, Work};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::Json;
 use girder::pipelines::Task;
+use girder::pipelines::{TaskOptions, TaskOutput};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -30,14 +30,15 @@ pub async fn handler(
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let encoder = state.require(Task::Embeddings, "/embed")?;
     let (texts, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
-    let work = Work::Embed {
+    let work = TaskOptions::Embeddings(girder::pipelines::embeddings::Options {
+        pooling: None,
         normalize: Some(request.normalize),
-    };
+    });
     let items = encoder.batcher.call(work, texts, encodings).await?;
     items
         .into_iter()
         .map(|item| match item {
-            Item::Embedding(out) => Ok(out.embedding),
+            TaskOutput::Embeddings(out) => Ok(out.embedding),
             _ => Err(ApiError::Internal(
                 "the engine returned no embedding".into(),
             )),

@@ -5,12 +5,12 @@
 //! client asks for by default). `truncate` is girder's extension.
 
 use super::{encode, ApiJson, AppState, Texts};
-use crate::engine::{Item, Work};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
 use girder::pipelines::Task;
+use girder::pipelines::{TaskOptions, TaskOutput};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -74,11 +74,15 @@ pub async fn handler(
     let prompt_tokens = encodings.iter().map(|e| e.len()).sum();
     let items = encoder
         .batcher
-        .call(Work::Embed { normalize: None }, texts, encodings)
+        .call(
+            TaskOptions::Embeddings(Default::default()),
+            texts,
+            encodings,
+        )
         .await?;
     let mut data = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let Item::Embedding(out) = item else {
+        let TaskOutput::Embeddings(out) = item else {
             return Err(ApiError::Internal(
                 "the engine returned no embedding".into(),
             ));

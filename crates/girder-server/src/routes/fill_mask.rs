@@ -3,12 +3,12 @@
 //! of them per input when `inputs` is an array.
 
 use super::{encode, ApiJson, AppState, Texts};
-use crate::engine::{Item, Work};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::Json;
 use girder::pipelines::fill_mask::{self, Options, Output};
 use girder::pipelines::Task;
+use girder::pipelines::{TaskOptions, TaskOutput};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -75,12 +75,12 @@ pub async fn handler(
     }
     let items = encoder
         .batcher
-        .call(Work::FillMask(options), texts, encodings)
+        .call(TaskOptions::FillMask(options), texts, encodings)
         .await?;
     let mut all = items
         .into_iter()
         .map(|item| match item {
-            Item::Masks(result) => Ok(result.predictions),
+            TaskOutput::FillMask(result) => Ok(result.predictions),
             _ => Err(ApiError::Internal(
                 "the engine returned no predictions".into(),
             )),

@@ -1,5 +1,7 @@
 //! The HTTP routes, one file per endpoint, and what they share: the server's state, the
-//! JSON extractor whose rejections become [`ApiError`]s, and tokenization of inputs.
+//! routes of each task of the library's task table ([`task_routes`]), the JSON extractor
+//! whose rejections become [`ApiError`]s, and tokenization of inputs. What the two OpenAI
+//! generation endpoints share is [`openai`].
 
 pub mod chat_completions;
 pub mod completions;
@@ -10,6 +12,7 @@ pub mod health;
 pub mod info;
 pub mod metrics;
 pub mod ner;
+pub mod openai;
 pub mod predict;
 pub mod tokenize;
 
@@ -17,6 +20,7 @@ use crate::batcher::Batcher;
 use crate::error::ApiError;
 use crate::generation::Generator;
 use axum::extract::{FromRequest, Request};
+use axum::routing::{post, MethodRouter};
 use girder::pipelines::{Model, Task};
 use girder::tokenize::{Encoded, TextTokenizer};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -25,11 +29,29 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// The endpoints of `task`. Every task's endpoints are mounted, whatever the server runs:
+/// one of another task answers 400 with the task it needs and the task served.
+pub fn task_routes(task: Task) -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    match task {
+        Task::Embeddings => vec![
+            ("/v1/embeddings", post(embeddings::handler)),
+            ("/embed", post(embed::handler)),
+        ],
+        Task::TextClassification => vec![("/predict", post(predict::handler))],
+        Task::TokenClassification => vec![("/ner", post(ner::handler))],
+        Task::FillMask => vec![("/fill-mask", post(fill_mask::handler))],
+        Task::TextGeneration => vec![
+            ("/v1/completions", post(completions::handler)),
+            ("/v1/chat/completions", post(chat_completions::handler)),
+        ],
+    }
+}
+
 /// What every handler sees. Exactly one of `encoder` and `generator` is set.
 pub struct AppState {
     /// The model reference the server was started with (`--model`).
     pub model_ref: String,
-    pub task: ServedTask,
+    pub task: Task,
     /// The encoder pipelines and their batcher, when the model is an encoder.
     pub encoder: Option<EncoderState>,
     /// The continuous-batching engine, when the model generates.
@@ -50,38 +72,12 @@ pub struct EncoderState {
     pub refusing: Arc<TextTokenizer>,
 }
 
-/// What a server runs: an encoder pipeline, or text generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServedTask {
-    Encoder(Task),
-    TextGeneration,
-}
-
-impl ServedTask {
-    /// transformers' task name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ServedTask::Encoder(task) => task.name(),
-            ServedTask::TextGeneration => "text-generation",
-        }
-    }
-}
-
-impl PartialEq<Task> for ServedTask {
-    fn eq(&self, other: &Task) -> bool {
-        *self == ServedTask::Encoder(*other)
-    }
-}
-
 impl AppState {
     /// The encoder, or 400 unless this server runs `task`.
     pub fn require(&self, task: Task, endpoint: &str) -> Result<&EncoderState, ApiError> {
         match &self.encoder {
             Some(encoder) if self.task == task => Ok(encoder),
-            _ => Err(ApiError::TaskMismatch {
-                endpoint: format!("{endpoint} ({})", task.name()),
-                served: self.task.name().to_string(),
-            }),
+            _ => Err(self.mismatch(task, endpoint)),
         }
     }
 
@@ -89,10 +85,14 @@ impl AppState {
     pub fn require_generator(&self, endpoint: &str) -> Result<&Generator, ApiError> {
         self.generator
             .as_ref()
-            .ok_or_else(|| ApiError::TaskMismatch {
-                endpoint: format!("{endpoint} (text-generation)"),
-                served: self.task.name().to_string(),
-            })
+            .ok_or_else(|| self.mismatch(Task::TextGeneration, endpoint))
+    }
+
+    fn mismatch(&self, task: Task, endpoint: &str) -> ApiError {
+        ApiError::TaskMismatch {
+            endpoint: format!("{endpoint} ({})", task.name()),
+            served: self.task.name().to_string(),
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -3,12 +3,12 @@
 //! of them per input when `inputs` is an array.
 
 use super::{encode, ApiJson, AppState, Texts};
-use crate::engine::{Item, Work};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::Json;
 use girder::pipelines::token_classification::{AggregationStrategy, Entity, Options};
 use girder::pipelines::Task;
+use girder::pipelines::{TaskOptions, TaskOutput};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -53,12 +53,12 @@ pub async fn handler(
     let (texts, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
     let items = encoder
         .batcher
-        .call(Work::Ner(options), texts, encodings)
+        .call(TaskOptions::TokenClassification(options), texts, encodings)
         .await?;
     let mut all = items
         .into_iter()
         .map(|item| match item {
-            Item::Entities(result) => Ok(result.entities),
+            TaskOutput::TokenClassification(result) => Ok(result.entities),
             _ => Err(ApiError::Internal("the engine returned no entities".into())),
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -3,12 +3,12 @@
 //! array).
 
 use super::{encode, ApiJson, AppState, Texts};
-use crate::engine::{Item, Work};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::Json;
 use girder::pipelines::text_classification::{FunctionToApply, LabelScore, Options, TopK};
 use girder::pipelines::Task;
+use girder::pipelines::{TaskOptions, TaskOutput};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ pub async fn handler(
     let encoder = state.require(Task::TextClassification, "/predict")?;
     let single = request.inputs.is_single();
     let (texts, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
-    let work = Work::Classify(Options {
+    let work = TaskOptions::TextClassification(Options {
         top_k: TopK::All,
         function_to_apply: request.raw_scores.then_some(FunctionToApply::None),
     });
@@ -44,7 +44,7 @@ pub async fn handler(
     let mut ranked = items
         .into_iter()
         .map(|item| match item {
-            Item::Classes(result) => Ok(result.output().into_single_input()),
+            TaskOutput::TextClassification(result) => Ok(result.output().into_single_input()),
             _ => Err(ApiError::Internal("the engine returned no labels".into())),
         })
         .collect::<Result<Vec<_>, _>>()?;

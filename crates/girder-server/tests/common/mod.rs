@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use girder::pipelines::{LoadOptions, Model, Task};
+use girder::pipelines::{Model, Task};
+use girder::LoadOptions;
 use girder_server::{start, Running, ServeOptions};
 use std::path::PathBuf;
 
@@ -25,7 +26,7 @@ pub async fn serve(name: &str) -> Running {
 }
 
 pub async fn serve_with(name: &str, options: ServeOptions) -> Running {
-    start(load(name), options)
+    start(load(name).into(), options)
         .await
         .unwrap_or_else(|e| panic!("cannot start a server on {name}: {e}"))
 }

@@ -27,7 +27,6 @@
 use super::Subject;
 use super::{Finding, Severity};
 use crate::error::Result;
-use crate::hub::Weights;
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::{HashMap, HashSet};
 
@@ -38,43 +37,26 @@ pub const MIN_TRAINED_SPREAD: f64 = 2.0;
 /// Fewer related pairs than this and the statistic is too noisy to decide.
 pub const MIN_PAIRS: usize = 200;
 
-/// Where checkpoints keep the word embedding, in the order tried.
-const EMBEDDING_NAMES: &[&str] = &[
-    "embeddings.word_embeddings.weight",
-    "bert.embeddings.word_embeddings.weight",
-    "roberta.embeddings.word_embeddings.weight",
-    "distilbert.embeddings.word_embeddings.weight",
-    "model.embed_tokens.weight",
-    "embed_tokens.weight",
-    "transformer.wte.weight",
-    "wte.weight",
-];
-
 /// The model's word-embedding matrix, read from the checkpoint.
 pub struct EmbeddingMatrix {
-    /// The tensor's name in the checkpoint.
+    /// The tensor's name in a base checkpoint (the registry's `embedding_tensor`).
     pub name: String,
     /// `[rows, hidden]`, f32, on the CPU.
     pub weight: Tensor,
 }
 
 impl EmbeddingMatrix {
-    /// Reads the word embedding of `model`'s checkpoint; `None` when no known name holds one.
+    /// The word embedding of the loaded model, copied to the CPU as f32 when it lives
+    /// elsewhere; `None` when the subject has none.
     pub fn load(model: &Subject) -> Result<Option<Self>> {
-        let weights =
-            Weights::from_safetensors(&model.folder.weight_files()?, DType::F32, &Device::Cpu)?;
-        for name in EMBEDDING_NAMES {
-            if let Some(shape) = weights.shape_of(name) {
-                if shape.len() == 2 {
-                    let weight = weights.get(shape, name)?;
-                    return Ok(Some(EmbeddingMatrix {
-                        name: name.to_string(),
-                        weight,
-                    }));
-                }
-            }
-        }
-        Ok(None)
+        let Some((name, weight)) = model.embedding else {
+            return Ok(None);
+        };
+        let weight = weight.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(Some(EmbeddingMatrix {
+            name: name.to_string(),
+            weight,
+        }))
     }
 
     /// Rows of the matrix: the number of ids the model can embed.
@@ -181,8 +163,8 @@ fn effect_of(weight: &Tensor, pairs: &[(u32, u32)]) -> Result<f64> {
     Ok((rel_mean - rand_mean) / rand_std.max(1e-12))
 }
 
-/// The canary's findings; `embedding` is `None` when the checkpoint has no known
-/// word-embedding tensor.
+/// The canary's findings; `embedding` is `None` when the model exposes no word-embedding
+/// matrix.
 pub fn check(
     model: &Subject,
     embedding: Option<&EmbeddingMatrix>,
@@ -193,8 +175,8 @@ pub fn check(
             Severity::Info,
             "canary-inconclusive",
             format!(
-                "no word-embedding tensor found under the names girder knows ({}): the weight-based tokenizer check did not run",
-                EMBEDDING_NAMES.join(", ")
+                "{} exposes no word-embedding matrix: the weight-based tokenizer check did not run",
+                model.class_name
             ),
             "",
         )]);

@@ -25,10 +25,11 @@ pub mod model_card;
 
 use crate::config::CommonConfig;
 use crate::error::Result;
-use crate::hub::{ModelFolder, ModelRef};
-use crate::models::{self, DecoderFamily, Family};
-use crate::pipelines::{LoadOptions, Model};
+use crate::hub::ModelFolder;
+use crate::pipelines::Model;
+use crate::pretrained::Loaded;
 use crate::tokenize::TextTokenizer;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// How serious a finding is.
@@ -170,10 +171,10 @@ pub fn probe_texts(options: &CheckOptions) -> Vec<String> {
     }
 }
 
-/// What the checks look at: a model folder (config, weights) and the tokenizer to check.
+/// What the checks look at: a loaded model's folder (config, tokenizer files), its tokenizer
+/// and its word-embedding matrix as loaded.
 ///
-/// Borrowed from a loaded encoder ([`Subject::of`]) or from a [`Loaded`] decoder's files;
-/// the checks read the tokenizer, config.json and the embedding tensor, never run the network
+/// The checks read the tokenizer, config.json and the embedding, never run the network
 /// (except the lock's classifier probe, which needs [`Subject::model`]).
 #[derive(Clone, Copy)]
 pub struct Subject<'a> {
@@ -190,118 +191,72 @@ pub struct Subject<'a> {
     pub position_offset: usize,
     /// The longest input girder feeds the model.
     pub max_length: usize,
+    /// The word-embedding matrix `[vocab, hidden]` as loaded, with its tensor name in a
+    /// base checkpoint (the registry's `embedding_tensor`).
+    pub embedding: Option<(&'a str, &'a Tensor)>,
     /// The loaded encoder, for checks that run it.
     pub model: Option<&'a Model>,
 }
 
 impl<'a> Subject<'a> {
     /// The subject of a loaded encoder.
-    pub fn of(model: &'a Model) -> Self {
-        let positions = model.encoder.position_limit();
-        let offset = match (model.encoder.family(), model.config.max_position_embeddings) {
-            (Family::Roberta, Some(declared)) => declared.saturating_sub(positions),
-            _ => 0,
-        };
+    pub fn of_encoder(model: &'a Model) -> Self {
+        let architecture = model.encoder.architecture();
         Subject {
             folder: &model.folder,
             config: &model.config,
             tokenizer: &model.tokenizer,
             class_name: model.encoder.class_name(),
             decoder: false,
-            position_limit: positions,
-            position_offset: offset,
+            position_limit: model.encoder.position_limit(),
+            position_offset: architecture.position_offset.rows(&model.config),
             max_length: model.tokenizer.max_length(),
+            embedding: Some((
+                architecture.embedding_tensor,
+                model.encoder.word_embeddings(),
+            )),
             model: Some(model),
         }
     }
-}
 
-/// A model opened for checking: an encoder loaded as for `girder run`, or a causal language
-/// model's files (its network is not built: the checks read only files and the embedding).
-#[derive(Debug)]
-pub enum Loaded {
-    Encoder(Box<Model>),
-    Decoder(Box<DecoderFiles>),
-}
-
-/// The files of a causal language model, as the checks need them.
-#[derive(Debug)]
-pub struct DecoderFiles {
-    pub folder: ModelFolder,
-    pub config: CommonConfig,
-    pub tokenizer: TextTokenizer,
-    pub class_name: String,
-    pub position_limit: usize,
-}
-
-impl Loaded {
-    /// Opens `reference` (folder or hub id) with its own tokenizer, or with `tokenizer`
-    /// (a folder or hub id) when given. Encoders are loaded whole, so a checkpoint that
-    /// does not fit its architecture fails here.
-    pub fn open(reference: &str, tokenizer: Option<&str>) -> Result<Self> {
-        let folder = ModelRef::parse(reference).resolve()?;
-        let config = CommonConfig::from_file(
-            &folder.require("config.json", "a model folder needs config.json")?,
-        )?;
-        let decoder = match models::resolve(&config) {
-            Ok(_) => None,
-            Err(encoder_error) => match models::resolve_decoder(&config) {
-                Ok(arch) => Some(arch),
-                Err(_) => return Err(encoder_error),
-            },
-        };
-        let Some(arch) = decoder else {
-            let options = LoadOptions {
-                tokenizer: tokenizer.map(String::from),
-                ..LoadOptions::default()
-            };
-            return Ok(Loaded::Encoder(Box::new(Model::load_folder(
-                folder, &options,
-            )?)));
-        };
-        let tokenizer = match tokenizer {
-            Some(t) => TextTokenizer::from_folder(&ModelRef::parse(t).resolve_tokenizer()?)?,
-            None => TextTokenizer::from_folder(&folder)?,
-        };
-        let position_limit = match arch.family {
-            DecoderFamily::Gpt2 => models::gpt2::Config::from_common(&config)?.n_positions,
-            DecoderFamily::Llama => {
-                models::llama::Config::from_common(&config)?.max_position_embeddings
+    /// The subject of any loaded model with a folder; `None` for a GGUF file (see
+    /// [`generator`]).
+    pub fn of(loaded: &'a Loaded) -> Option<Self> {
+        match loaded {
+            Loaded::Encoder(model) => Some(Subject::of_encoder(model)),
+            Loaded::Decoder(g) => {
+                let (folder, config) = g.files()?;
+                let context = g.model().context_length();
+                Some(Subject {
+                    folder,
+                    config,
+                    tokenizer: g.text_tokenizer(),
+                    class_name: g.model().class_name(),
+                    decoder: true,
+                    position_limit: context,
+                    position_offset: 0,
+                    max_length: context,
+                    embedding: Some((
+                        g.model().architecture().embedding_tensor,
+                        g.model().input_embeddings(),
+                    )),
+                    model: None,
+                })
             }
-        };
-        Ok(Loaded::Decoder(Box::new(DecoderFiles {
-            folder,
-            config,
-            tokenizer,
-            class_name: arch.class_name.to_string(),
-            position_limit,
-        })))
-    }
-
-    /// What the checks look at.
-    pub fn subject(&self) -> Subject<'_> {
-        match self {
-            Loaded::Encoder(model) => Subject::of(model),
-            Loaded::Decoder(d) => Subject {
-                folder: &d.folder,
-                config: &d.config,
-                tokenizer: &d.tokenizer,
-                class_name: &d.class_name,
-                decoder: true,
-                position_limit: d.position_limit,
-                position_offset: 0,
-                max_length: d.position_limit,
-                model: None,
-            },
         }
     }
 }
 
 /// The checks that decide whether a model may run: vocabulary fit, special tokens,
-/// length, casing, unknown-token rate and the weight-based canary. `girder run` runs
-/// this at load and refuses to start on an error unless `--allow-mismatch` is given.
-pub fn preflight(model: &Model) -> Result<Report> {
-    preflight_subject(&Subject::of(model), &probe_texts(&CheckOptions::default()))
+/// length, casing, unknown-token rate and the weight-based canary; for a GGUF file, the
+/// checks of [`generator`]. `girder run` and `girder serve` run this at load and refuse to
+/// start on an error unless `--allow-mismatch` is given.
+pub fn preflight(model: &Loaded) -> Result<Report> {
+    let probe = probe_texts(&CheckOptions::default());
+    match Subject::of(model) {
+        Some(subject) => preflight_subject(&subject, &probe),
+        None => generator::check(model.decoder()?, &probe),
+    }
 }
 
 /// [`preflight`] on any subject, with these probe texts.
@@ -317,9 +272,9 @@ pub fn preflight_subject(subject: &Subject, probe: &[String]) -> Result<Report> 
 /// ```
 /// # fn main() -> girder::Result<()> {
 /// use girder::check::{self, CheckOptions, Severity};
-/// use girder::pipelines::{LoadOptions, Model};
+/// use girder::LoadOptions;
 ///
-/// let model = Model::load("tests/fixtures/bert-seqcls", &LoadOptions::default())?;
+/// let model = girder::load("tests/fixtures/bert-seqcls", &LoadOptions::default())?;
 /// let report = check::check(&model, &CheckOptions::default())?;
 /// assert!(report.ok);
 /// // A fixture has no model card: a warning, not an error.
@@ -330,14 +285,17 @@ pub fn preflight_subject(subject: &Subject, probe: &[String]) -> Result<Report> 
 ///     tokenizer: Some("tests/fixtures/roberta-base".into()),
 ///     ..LoadOptions::default()
 /// };
-/// let mismatched = Model::load("tests/fixtures/bert-seqcls", &options)?;
+/// let mismatched = girder::load("tests/fixtures/bert-seqcls", &options)?;
 /// let report = check::check(&mismatched, &CheckOptions::default())?;
 /// assert!(!report.ok && report.has("vocab-overflow"));
 /// # Ok(())
 /// # }
 /// ```
-pub fn check(model: &Model, options: &CheckOptions) -> Result<Report> {
-    check_subject(&Subject::of(model), options)
+pub fn check(model: &Loaded, options: &CheckOptions) -> Result<Report> {
+    match Subject::of(model) {
+        Some(subject) => check_subject(&subject, options),
+        None => generator::check(model.decoder()?, &probe_texts(options)),
+    }
 }
 
 /// [`check`] on any subject.

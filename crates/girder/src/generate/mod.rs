@@ -22,13 +22,12 @@ pub use sampling::Sampling;
 use crate::batch::RaggedBatch;
 use crate::config::{read_json, CommonConfig};
 use crate::error::{Error, Result};
-use crate::hub::{GgufFile, ModelFolder, ModelRef, Weights};
+use crate::hub::ModelFolder;
 use crate::layers::KvCache;
 use crate::models::{DecoderModel, Logits};
-use crate::tokenize::{TextTokenizer, Truncation};
-use candle_core::{DType, Device};
+use crate::tokenize::TextTokenizer;
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 
 /// One or several token ids, as `eos_token_id` is written in config files.
 #[derive(Debug, Clone, Deserialize)]
@@ -167,33 +166,23 @@ struct Sequence {
     finish: Option<FinishReason>,
 }
 
-/// How a GGUF file's tensors are used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GgufMode {
-    /// Projections stay quantized: Q4_1 / Q8_0 through girder's kernel with activations
-    /// rounded to bytes as llama.cpp does (`layers::quant_matmul`), other types through
-    /// candle's quantized matmul.
-    #[default]
-    Quantized,
-    /// Every tensor dequantized to f32 (the reference transformers computes).
-    Dequantized,
-}
-
-/// A causal language model with its tokenizer and generation settings.
+/// A causal language model with its tokenizer and generation settings, built by
+/// [`crate::load`] (or its shorthand [`TextGenerator::load`]).
 pub struct TextGenerator {
     model: DecoderModel,
     /// Padding and truncation off: a prompt is never cut silently.
-    tokenizer: tokenizers::Tokenizer,
-    tokenizer_source: PathBuf,
+    tokenizer: TextTokenizer,
     generation_config: GenerationConfig,
     chat_template: Option<chat::ChatTemplate>,
+    /// The model folder and its config.json; `None` for a GGUF file.
+    files: Option<(ModelFolder, CommonConfig)>,
 }
 
 impl std::fmt::Debug for TextGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextGenerator")
             .field("model", &self.model)
-            .field("tokenizer", &self.tokenizer_source)
+            .field("tokenizer", &self.tokenizer.source())
             .field("generation_config", &self.generation_config)
             .field("chat_template", &self.chat_template)
             .finish()
@@ -201,69 +190,22 @@ impl std::fmt::Debug for TextGenerator {
 }
 
 impl TextGenerator {
-    /// Loads a model folder, a hub id in the Hugging Face cache, or a `.gguf` file
-    /// (quantized; see [`load_gguf`](Self::load_gguf)).
-    pub fn load(reference: &str) -> Result<Self> {
-        let path = Path::new(reference);
-        if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
-            return Self::load_gguf(path, GgufMode::Quantized);
-        }
-        Self::from_folder(&ModelRef::parse(reference).resolve()?)
-    }
-
-    /// Loads a GGUF file: model, tokenizer and eos/bos ids all come from its metadata.
-    pub fn load_gguf(path: impl AsRef<Path>, mode: GgufMode) -> Result<Self> {
-        let path = path.as_ref();
-        if !path.is_file() {
-            return Err(Error::MissingFile {
-                folder: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                file: path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                needs: "the GGUF file to generate with".into(),
-            });
-        }
-        let gguf = GgufFile::open(path)?;
-        let tokenizer = gguf.tokenizer()?;
-        let generation_config = GenerationConfig {
-            eos_token_ids: gguf
-                .opt_u32("tokenizer.ggml.eos_token_id")?
-                .into_iter()
-                .collect(),
-            bos_token_id: gguf.opt_u32("tokenizer.ggml.bos_token_id")?,
-        };
-        let chat_template = chat::ChatTemplate::from_gguf(&gguf, &tokenizer)?;
-        let model = DecoderModel::load_gguf(gguf, mode == GgufMode::Quantized)?;
-        Ok(TextGenerator {
+    /// Puts a loaded model together with its tokenizer (whose policy the loader set) and
+    /// settings.
+    pub(crate) fn new(
+        model: DecoderModel,
+        tokenizer: TextTokenizer,
+        generation_config: GenerationConfig,
+        chat_template: Option<chat::ChatTemplate>,
+        files: Option<(ModelFolder, CommonConfig)>,
+    ) -> Self {
+        TextGenerator {
             model,
             tokenizer,
-            tokenizer_source: path.to_path_buf(),
             generation_config,
             chat_template,
-        })
-    }
-
-    /// Loads config.json, the safetensors weights (as f32, on the CPU), tokenizer.json and
-    /// generation_config.json of a folder.
-    pub fn from_folder(folder: &ModelFolder) -> Result<Self> {
-        let config = CommonConfig::from_file(&folder.require("config.json", "a causal language model folder needs config.json, tokenizer.json and model.safetensors")?)?;
-        let weights = Weights::from_safetensors(&folder.weight_files()?, DType::F32, &Device::Cpu)?;
-        let model = DecoderModel::load(&config, &weights)?;
-        // girder's tokenizer policy switches off padding and truncation baked into the file.
-        let mut policy = TextTokenizer::from_folder(folder)?;
-        policy.set_max_length(model.context_length().max(2), Truncation::Refuse)?;
-        let generation_config = GenerationConfig::from_folder(folder, &config)?;
-        Ok(TextGenerator {
-            model,
-            tokenizer: policy.inner().clone(),
-            tokenizer_source: policy.source().to_path_buf(),
-            generation_config,
-            chat_template: chat::ChatTemplate::from_folder(folder)?,
-        })
+            files,
+        }
     }
 
     /// The same generator over another network, built from this one's: `f` receives the
@@ -281,7 +223,17 @@ impl TextGenerator {
 
     /// The tokenizer (padding and truncation off).
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        self.tokenizer.inner()
+    }
+
+    /// The tokenizer with girder's policy (it refuses prompts beyond the context).
+    pub fn text_tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
+    }
+
+    /// The model folder and its config.json; `None` for a GGUF file.
+    pub fn files(&self) -> Option<(&ModelFolder, &CommonConfig)> {
+        self.files.as_ref().map(|(folder, config)| (folder, config))
     }
 
     /// The model's chat template, if it has one.
@@ -296,7 +248,7 @@ impl TextGenerator {
             option: "chat".into(),
             reason: format!(
                 "{} has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json / GGUF metadata)",
-                self.tokenizer_source.display()
+                self.tokenizer.source().display()
             ),
         })?;
         self.encode_chat(&template.render(messages, true)?)
@@ -311,7 +263,7 @@ impl TextGenerator {
     /// it in errors.
     pub fn encode_prompt(&self, prompt: &str, index: usize) -> Result<Vec<u32>> {
         let encoding = self
-            .tokenizer
+            .tokenizer()
             .encode(prompt, true)
             .map_err(|e| Error::Tokenize {
                 index,
@@ -322,7 +274,7 @@ impl TextGenerator {
 
     /// Decodes ids to text, special tokens skipped.
     pub fn decode(&self, ids: &[u32], index: usize) -> Result<String> {
-        self.tokenizer
+        self.tokenizer()
             .decode(ids, true)
             .map_err(|e| Error::Tokenize {
                 index,
@@ -334,7 +286,7 @@ impl TextGenerator {
     /// transformers' `apply_chat_template(tokenize=True)` does).
     pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>> {
         let encoding = self
-            .tokenizer
+            .tokenizer()
             .encode(rendered, false)
             .map_err(|e| Error::Tokenize {
                 index: 0,
@@ -372,7 +324,7 @@ impl TextGenerator {
             .iter()
             .map(|_| stream::TextStream::new(&options.stop))
             .collect();
-        let tokenizer = &self.tokenizer;
+        let tokenizer = self.tokenizer();
         let outs = self.run(prompts, options, &mut |i, id| {
             let (text, stopped) = streams[i].push(tokenizer, id)?;
             if !text.is_empty() {
@@ -525,7 +477,7 @@ fn read_logits<R>(logits: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result
     let logits = logits.to_dtype(DType::F32)?;
     {
         let (storage, layout) = logits.storage_and_layout();
-        if let Some(rows) = crate::layers::kernels::f32s(&storage, layout) {
+        if let Some(rows) = crate::layers::cpu::kernels::f32s(&storage, layout) {
             return f(rows);
         }
     }

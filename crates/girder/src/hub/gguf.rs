@@ -1,14 +1,16 @@
 //! GGUF files (llama.cpp's format): metadata, quantized tensors under Hugging Face names, and
 //! the tokenizer the metadata describes.
 //!
-//! Tensors are renamed to the names of the transformers checkpoint (`blk.3.attn_q.weight` →
-//! `model.layers.3.self_attn.q_proj.weight`), so the model files load a GGUF through the same
-//! [`Weights`](super::Weights) lookups as safetensors. llama.cpp's converter permutes the rows
-//! of LLaMA's q/k projections for its interleaved RoPE (`LlamaModel.permute` in
-//! `convert_hf_to_gguf.py`); they are un-permuted on load, as transformers'
-//! `integrations/ggml.py` does, so one RoPE layout serves both formats. Qwen2 files are not
-//! permuted. Rows are independent in every GGML block format, so un-permuting moves whole
-//! rows of quantized bytes and never requantizes.
+//! [`GgufFile::open`] reads the header and metadata; [`GgufFile::read_tensors`] then reads
+//! the tensors, renamed to the names of the transformers checkpoint by the architecture's
+//! [`TensorNames`] (`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`; the
+//! maps live in the model files, named by the registry), so the model files load a GGUF
+//! through the same [`Weights`](super::Weights) lookups as safetensors. llama.cpp's converter
+//! permutes the rows of LLaMA's q/k projections for its interleaved RoPE (`LlamaModel.permute`
+//! in `convert_hf_to_gguf.py`); they are un-permuted on load when the registry says so, as
+//! transformers' `integrations/ggml.py` does, so one RoPE layout serves both formats. Rows are
+//! independent in every GGML block format, so un-permuting moves whole rows of quantized
+//! bytes and never requantizes.
 
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -19,14 +21,53 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Architectures (`general.architecture`) girder reads from GGUF.
-pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+/// How llama.cpp names an architecture's tensors, and the transformers names they get.
+#[derive(Debug)]
+pub struct TensorNames {
+    /// Whole-model modules: GGUF name → transformers name (`token_embd` →
+    /// `model.embed_tokens`); the parameter (`.weight`, `.bias`) is kept.
+    pub whole: &'static [(&'static str, &'static str)],
+    /// Where transformers keeps layer `i`: `{layer_prefix}.{i}`.
+    pub layer_prefix: &'static str,
+    /// Per-layer modules: `blk.{i}.{gguf}.{param}` → `{layer_prefix}.{i}.{transformers}.{param}`.
+    pub layer: &'static [(&'static str, &'static str)],
+}
 
-/// An opened GGUF file: its metadata and its tensors (renamed, q/k un-permuted).
+impl TensorNames {
+    /// The transformers name of GGUF tensor `gguf`, or `None` when the map has no entry.
+    ///
+    /// ```
+    /// use girder::hub::gguf::TensorNames;
+    /// const NAMES: TensorNames = TensorNames {
+    ///     whole: &[("token_embd", "model.embed_tokens")],
+    ///     layer_prefix: "model.layers",
+    ///     layer: &[("attn_q", "self_attn.q_proj")],
+    /// };
+    /// assert_eq!(NAMES.transformers_name("blk.3.attn_q.weight").as_deref(), Some("model.layers.3.self_attn.q_proj.weight"));
+    /// assert_eq!(NAMES.transformers_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+    /// assert_eq!(NAMES.transformers_name("rope_freqs.weight"), None);
+    /// ```
+    pub fn transformers_name(&self, gguf: &str) -> Option<String> {
+        let (module, param) = gguf.rsplit_once('.')?;
+        if let Some((_, hf)) = self.whole.iter().find(|(g, _)| *g == module) {
+            return Some(format!("{hf}.{param}"));
+        }
+        let rest = module.strip_prefix("blk.")?;
+        let (layer, module) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let (_, hf) = self.layer.iter().find(|(g, _)| *g == module)?;
+        Some(format!("{}.{layer}.{hf}.{param}", self.layer_prefix))
+    }
+}
+
+/// An opened GGUF file: its metadata and, once [read](GgufFile::read_tensors), its tensors
+/// (renamed, q/k un-permuted).
 pub struct GgufFile {
     path: PathBuf,
     metadata: HashMap<String, Value>,
     architecture: String,
+    /// The header's tensor table, until the tensors are read.
+    tensor_infos: Option<Content>,
     /// Hugging Face tensor name → tensor.
     tensors: HashMap<String, Arc<QTensor>>,
 }
@@ -80,39 +121,9 @@ fn ggml_type_name(id: u32) -> Option<&'static str> {
     })
 }
 
-/// `blk.{i}.{suffix}` and the top-level GGUF names → transformers' LLaMA/Qwen2 names.
-fn hf_name(gguf: &str) -> Option<String> {
-    let top = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(top) = top {
-        return Some(top.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, suffix) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, param) = suffix.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{param}"))
-}
-
 impl GgufFile {
-    /// Reads the metadata and every tensor; an unsupported architecture or tensor type is
-    /// named in the error.
+    /// Reads the header and the metadata; an unknown tensor type is named in the error. The
+    /// tensors are read by [`read_tensors`](Self::read_tensors).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let bad = |reason: String| Error::BadGguf {
@@ -120,7 +131,7 @@ impl GgufFile {
             reason,
         };
         let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let content = Content::read(&mut file).map_err(|e| {
+        let mut content = Content::read(&mut file).map_err(|e| {
             let msg = root_message(&e);
             match msg
                 .strip_prefix("unknown dtype for tensor ")
@@ -140,51 +151,70 @@ impl GgufFile {
             Some(Value::String(a)) => a.clone(),
             _ => return Err(bad("no `general.architecture` in the metadata".into())),
         };
-        if !GGUF_ARCHITECTURES.contains(&architecture.as_str()) {
-            return Err(Error::UnsupportedGguf {
-                file: path.clone(),
-                what: format!(
-                    "architecture `{architecture}`; supported: {}",
-                    GGUF_ARCHITECTURES.join(", ")
-                ),
-            });
-        }
-        let mut gguf = GgufFile {
-            path: path.clone(),
-            metadata: HashMap::new(),
+        let metadata = std::mem::take(&mut content.metadata);
+        Ok(GgufFile {
+            path,
+            metadata,
             architecture,
+            tensor_infos: Some(content),
             tensors: HashMap::new(),
+        })
+    }
+
+    /// Reads every tensor onto `device`, renamed by `names` (a tensor the map does not name
+    /// keeps its GGUF name); with `permuted_qk`, undoes llama.cpp's permutation of the q and
+    /// k rows. Reads once: later calls do nothing.
+    pub fn read_tensors(
+        &mut self,
+        names: &TensorNames,
+        permuted_qk: bool,
+        device: &Device,
+    ) -> Result<()> {
+        let Some(content) = self.tensor_infos.take() else {
+            return Ok(());
         };
-        let prefix = gguf.architecture.clone();
-        let mut tensors = HashMap::new();
+        let path = self.path.clone();
+        let bad = |reason: String| Error::BadGguf {
+            file: path.clone(),
+            reason,
+        };
+        let prefix = self.architecture.clone();
+        let heads = self.u32_key(&format!("{prefix}.attention.head_count"))? as usize;
+        let kv_heads = self
+            .opt_u32(&format!("{prefix}.attention.head_count_kv"))?
+            .map_or(heads, |h| h as usize);
+        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         for name in content.tensor_infos.keys() {
             let tensor = content
                 .tensor(&mut file, name, &Device::Cpu)
                 .map_err(|e| bad(format!("tensor `{name}`: {}", root_message(&e))))?;
-            tensors.insert(name.clone(), tensor);
-        }
-        gguf.metadata = content.metadata;
-        let heads = gguf.u32_key(&format!("{prefix}.attention.head_count"))? as usize;
-        let kv_heads = gguf
-            .opt_u32(&format!("{prefix}.attention.head_count_kv"))?
-            .map_or(heads, |h| h as usize);
-        for (name, tensor) in tensors {
-            let hf = hf_name(&name).unwrap_or_else(|| name.clone());
-            // llama.cpp permutes LLaMA's q/k rows (not Qwen2's): undo it.
-            let tensor = match (gguf.architecture.as_str(), name.rsplit('.').nth(1)) {
-                ("llama", Some("attn_q")) if name.ends_with(".weight") => {
+            let module = name.rsplit('.').nth(1);
+            let tensor = match module {
+                Some("attn_q") if permuted_qk && name.ends_with(".weight") => {
                     unpermute_rows(&tensor, heads)
                         .map_err(|e| bad(format!("tensor `{name}`: {e}")))?
                 }
-                ("llama", Some("attn_k")) if name.ends_with(".weight") => {
+                Some("attn_k") if permuted_qk && name.ends_with(".weight") => {
                     unpermute_rows(&tensor, kv_heads)
                         .map_err(|e| bad(format!("tensor `{name}`: {e}")))?
                 }
                 _ => tensor,
             };
-            gguf.tensors.insert(hf, Arc::new(tensor));
+            let tensor = if device.is_cpu() {
+                tensor
+            } else {
+                let data = tensor
+                    .data()
+                    .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+                let storage = QStorage::from_data(data, device, tensor.dtype())?;
+                QTensor::new(storage, tensor.shape().clone())?
+            };
+            let hf = names
+                .transformers_name(name)
+                .unwrap_or_else(|| name.clone());
+            self.tensors.insert(hf, Arc::new(tensor));
         }
-        Ok(gguf)
+        Ok(())
     }
 
     /// The file's path.
@@ -414,23 +444,6 @@ fn root_message(e: &candle_core::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_map_to_transformers() {
-        assert_eq!(
-            hf_name("blk.3.attn_q.weight").as_deref(),
-            Some("model.layers.3.self_attn.q_proj.weight")
-        );
-        assert_eq!(
-            hf_name("blk.0.ffn_norm.weight").as_deref(),
-            Some("model.layers.0.post_attention_layernorm.weight")
-        );
-        assert_eq!(
-            hf_name("token_embd.weight").as_deref(),
-            Some("model.embed_tokens.weight")
-        );
-        assert_eq!(hf_name("rope_freqs.weight"), None);
-    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {

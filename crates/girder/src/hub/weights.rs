@@ -84,6 +84,11 @@ impl Weights {
         }
     }
 
+    /// The GGUF file the weights serve, if they come from one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.checkpoint.gguf.as_ref().map(|(gguf, _)| gguf)
+    }
+
     /// The quantized `[out, in]` tensor `prefix.name`, when the weights keep GGUF tensors
     /// quantized; `None` for safetensors and dequantized GGUF (use [`get`](Self::get)).
     pub fn qtensor(

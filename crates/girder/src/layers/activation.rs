@@ -40,7 +40,7 @@ impl Activation {
     /// layer's output), overwriting it where a vectorized in-place kernel exists (GELU).
     pub fn forward_owned(&self, x: Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => super::kernels::gelu_erf(x),
+            Activation::Gelu => super::cpu::kernels::gelu_erf(x),
             _ => self.forward(&x),
         }
     }

@@ -1,4 +1,4 @@
-use super::quant_matmul::QuantMatrix;
+use super::cpu::quant_matmul::QuantMatrix;
 use crate::error::Result;
 use crate::hub::Weights;
 use candle_core::quantized::{QMatMul, QTensor};
@@ -21,11 +21,11 @@ enum Weight {
     Blocks(QuantMatrix),
 }
 
-/// `x wt` through [`skinny_matmul`](super::skinny_matmul) when `x` has few rows and both are
+/// `x wt` through [`skinny_matmul`](super::cpu::skinny_matmul) when `x` has few rows and both are
 /// plain f32 CPU tensors; `None` otherwise.
 fn skinny(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
-    use super::skinny_matmul as skinny;
-    let plain = super::kernels::fast_path;
+    use super::cpu::skinny_matmul as skinny;
+    let plain = super::cpu::kernels::fast_path;
     let Ok((m, k)) = x.dims2() else {
         return Ok(None);
     };
@@ -155,7 +155,7 @@ impl Linear {
             .collect();
         let weight = match quantized {
             Some(qs) if !qs.is_empty() => {
-                Self::quantized_weight(Arc::new(super::quant_matmul::concat_rows(&qs)?))?
+                Self::quantized_weight(Arc::new(super::cpu::quant_matmul::concat_rows(&qs)?))?
             }
             // Dense, or a mix (f16 GGUF tensors next to quantized ones): f32.
             _ => {
@@ -202,7 +202,7 @@ impl Linear {
             Weight::DenseTransposed(wt) => match skinny(x, wt)? {
                 Some(y) => y,
                 None => {
-                    super::team::rest();
+                    super::cpu::team::rest();
                     x.broadcast_matmul(wt)?
                 }
             },
@@ -210,7 +210,7 @@ impl Linear {
             Weight::Blocks(m) => m.forward(x)?,
         };
         Ok(match &self.bias {
-            Some(b) => super::kernels::add_in_place(y, b)?,
+            Some(b) => super::cpu::kernels::add_in_place(y, b)?,
             None => y,
         })
     }

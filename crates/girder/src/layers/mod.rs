@@ -1,26 +1,26 @@
-//! Building blocks shared by every architecture, written once: linear layers, norms,
-//! activations, embeddings, rotary embeddings, ragged attention, causal attention over a
-//! key/value cache, and pooling; and the `team` of threads their kernels split work over.
+//! Building blocks shared by every architecture, written once and device-neutral: linear
+//! layers, norms, activations, embeddings, rotary embeddings, ragged attention, causal
+//! attention over a key/value cache, and pooling. girder's own CPU kernels (and the team of
+//! threads they split work over) live in [`cpu`]; each block falls back to candle's ops on
+//! any other device.
 //!
 //! Every block works on packed `[total_tokens, hidden]` tensors (see [`crate::batch`]).
 
 mod activation;
 mod attention;
-pub(crate) mod kernels;
+pub mod cpu;
 mod kv_cache;
 mod linear;
 mod norm;
 pub mod pooling;
-pub mod quant_matmul;
 pub mod rope;
-pub mod skinny_matmul;
-pub(crate) mod team;
 
 pub use activation::Activation;
 pub use attention::{
     causal_attention, packed_self_attention, ragged_causal_attention, varlen_attention,
+    varlen_attention_with_bias,
 };
-pub use kernels::{add_in_place, gelu_erf, silu_mul, softmax_last_dim};
+pub use cpu::kernels::{add_in_place, gelu_erf, silu_mul, softmax_last_dim};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
@@ -34,9 +34,9 @@ use candle_core::Tensor;
 /// Why: candle's matmul (the `gemm` crate, for products of many rows) splits its work with
 /// rayon. Called from a thread outside the pool (the CLI's main thread, the server's model
 /// thread), each call hands its job to the pool and sleeps on a futex until a worker has run
-/// it: two context switches per operation (measured on SmolLM2 decoding with one thread,
-/// when all kernels still used rayon: 40% of the time). From a thread of the pool the same
-/// calls run inline and share work by stealing. girder's own kernels run on the `team` (`layers/team.rs`).
+/// it: two context switches per operation, which cost 40% of a one-thread SmolLM2 decode
+/// step whose products all ran on rayon. From a thread of the pool the same calls run inline
+/// and share work by stealing. girder's own kernels run on the team (`layers/cpu/team.rs`).
 pub fn in_thread_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()

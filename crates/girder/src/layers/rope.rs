@@ -6,10 +6,9 @@
 //! The cos/sin rows are computed per batch from the tokens' positions (no table sized by the
 //! context, which is 128k positions for Llama 3), in f32 as transformers does.
 
-use super::kernels::{f32s, fast_path};
-use super::team;
+use super::cpu;
 use crate::error::{Error, Result};
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -214,48 +213,10 @@ impl RotaryEmbedding {
             ))
             .into());
         }
-        // Rows of adjacent values, however far apart the rows lie.
-        let readable =
-            x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() && x.stride()[1] == 1;
-        if !(readable && fast_path(cos) && fast_path(sin)) {
-            return Self::apply(&x.reshape((n, heads, head_dim))?, cos, sin);
+        match cpu::rope::rotate_heads(x, heads, cos, sin)? {
+            Some(rotated) => Ok(rotated),
+            None => Self::apply(&x.reshape((n, heads, head_dim))?, cos, sin),
         }
-        let (storage, layout) = x.storage_and_layout();
-        let (cos_storage, cos_layout) = cos.storage_and_layout();
-        let (sin_storage, sin_layout) = sin.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(data)), Some(cos), Some(sin)) = (
-            &*storage,
-            f32s(&cos_storage, cos_layout),
-            f32s(&sin_storage, sin_layout),
-        ) else {
-            return Self::apply(&x.reshape((n, heads, head_dim))?, cos, sin);
-        };
-        let (start, row_stride) = (layout.start_offset(), layout.stride()[0]);
-        // Rows split over the team's threads for prompts; a decode step's few rows in one
-        // task, on this thread.
-        let rows_per_task = if n * width >= 16 * 1024 {
-            (8192 / width.max(1)).max(1)
-        } else {
-            n.max(1)
-        };
-        let out = team::collect_chunks(n * width, rows_per_task * width, |task, rows| {
-            for (r, o) in rows.chunks_mut(width).enumerate() {
-                let row = task * rows_per_task + r;
-                let x = &data[start + row * row_stride..][..width];
-                let (c, s) = (&cos[row * half..][..half], &sin[row * half..][..half]);
-                for (x, o) in x.chunks_exact(head_dim).zip(o.chunks_mut(head_dim)) {
-                    let (low, high) = o.split_at_mut(half);
-                    for i in 0..half {
-                        let (a, b) = (x[i], x[i + half]);
-                        // candle's `rope_thd`, term for term.
-                        low[i].write(a * c[i] - b * s[i]);
-                        high[i].write(a * s[i] + b * c[i]);
-                    }
-                }
-            }
-        });
-        drop((storage, cos_storage, sin_storage));
-        Ok(Tensor::from_vec(out, (n, heads, head_dim), x.device())?)
     }
 }
 

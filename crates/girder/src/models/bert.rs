@@ -6,7 +6,7 @@
 //! RoBERTa reuses the `Encoder` and [`Config`] from here and brings its own embeddings and heads.
 
 use super::heads::{first_tokens, tied_decoder, EncoderHead, WithHead};
-use super::{EncoderForward, EncoderOutput, Head};
+use super::{base_weights, EncoderForward, EncoderOutput, Head};
 use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
@@ -286,6 +286,7 @@ pub struct BertModel {
     embeddings: Embeddings,
     encoder: Encoder,
     pooler: Option<Pooler>,
+    max_position_embeddings: usize,
 }
 
 impl BertModel {
@@ -306,11 +307,8 @@ impl BertModel {
             embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
             encoder: Encoder::load(&w.pp("encoder"), cfg, cfg.activation(common)?)?,
             pooler,
+            max_position_embeddings: cfg.max_position_embeddings,
         })
-    }
-
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings.table()
     }
 }
 
@@ -331,14 +329,13 @@ impl EncoderForward for BertModel {
             pooler_output,
         })
     }
-}
 
-/// The base model's weights: under `prefix.` in head checkpoints, at the root in base ones.
-pub(crate) fn base_weights(w: &Weights, prefix: &str) -> Weights {
-    if w.contains(&format!("{prefix}.embeddings.word_embeddings.weight")) {
-        w.pp(prefix)
-    } else {
-        w.clone()
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings.table()
+    }
+
+    fn max_position_embeddings(&self) -> usize {
+        self.max_position_embeddings
     }
 }
 
@@ -346,12 +343,8 @@ pub(crate) fn base_weights(w: &Weights, prefix: &str) -> Weights {
 /// `classifier`), `BertForTokenClassification` (`classifier` on every token) or
 /// `BertForMaskedLM` (`cls.predictions`: transform, then the decoder tied to the word
 /// embeddings).
-pub fn load(
-    w: &Weights,
-    cfg: &Config,
-    common: &CommonConfig,
-    head: Head,
-) -> Result<Box<dyn EncoderForward>> {
+pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn EncoderForward>> {
+    let cfg = &Config::from_common(common)?;
     let (h, labels) = (cfg.hidden_size, common.id2label.len());
     let with_pooler = matches!(head, Head::Base | Head::SequenceClassification);
     let bert = BertModel::load(w, cfg, common, with_pooler)?;
@@ -385,6 +378,7 @@ pub fn load(
                 )?,
             }
         }
+        Head::CausalLM => return Err(Error::unsupported_head("BERT", head)),
     };
     Ok(Box::new(WithHead { base: bert, head }))
 }

@@ -4,9 +4,8 @@
 //! positions, no token types) → layers of attention and feed-forward, each with a residual
 //! LayerNorm → heads. Its config names differ from BERT's (`dim`, `n_layers`, `hidden_dim`).
 
-use super::bert::base_weights;
 use super::heads::{tied_decoder, EncoderHead, WithHead};
-use super::{EncoderForward, EncoderOutput, Head};
+use super::{base_weights, EncoderForward, EncoderOutput, Head};
 use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
@@ -189,6 +188,7 @@ impl Layer {
 pub struct DistilBertModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
+    max_position_embeddings: usize,
 }
 
 impl DistilBertModel {
@@ -202,11 +202,8 @@ impl DistilBertModel {
         Ok(DistilBertModel {
             embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
             layers,
+            max_position_embeddings: cfg.max_position_embeddings,
         })
-    }
-
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings.table()
     }
 }
 
@@ -223,18 +220,22 @@ impl EncoderForward for DistilBertModel {
             pooler_output: None,
         })
     }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings.table()
+    }
+
+    fn max_position_embeddings(&self) -> usize {
+        self.max_position_embeddings
+    }
 }
 
 /// Loads `DistilBertModel`, `DistilBertForSequenceClassification` (`pre_classifier` + ReLU
 /// on `[CLS]`, then `classifier`), `DistilBertForTokenClassification` (`classifier` on every
 /// token) or `DistilBertForMaskedLM` (`vocab_transform`, activation, `vocab_layer_norm`,
 /// then `vocab_projector` tied to the word embeddings).
-pub fn load(
-    w: &Weights,
-    cfg: &Config,
-    common: &CommonConfig,
-    head: Head,
-) -> Result<Box<dyn EncoderForward>> {
+pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn EncoderForward>> {
+    let cfg = &Config::from_common(common)?;
     let (d, labels) = (cfg.dim, common.id2label.len());
     let distilbert = DistilBertModel::load(w, cfg, common)?;
     let head = match head {
@@ -258,6 +259,7 @@ pub fn load(
                 distilbert.word_embeddings(),
             )?,
         },
+        Head::CausalLM => return Err(Error::unsupported_head("DistilBERT", head)),
     };
     Ok(Box::new(WithHead {
         base: distilbert,

@@ -271,7 +271,7 @@ impl DecoderForward for GPT2LMHeadModel {
         }
         let x = self.ln_f.forward(&x)?;
         let x = super::logit_rows(&x, batch, logits)?;
-        crate::layers::team::rest(); // candle's matmul runs on rayon's threads
+        crate::layers::cpu::team::rest(); // candle's matmul runs on rayon's threads
         Ok(x.matmul(&self.wte.table().t()?)?)
     }
 
@@ -294,4 +294,16 @@ impl DecoderForward for GPT2LMHeadModel {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
+
+    fn input_embeddings(&self) -> &Tensor {
+        self.wte.table()
+    }
+}
+
+/// Builds `GPT2LMHeadModel` from config.json and its checkpoint (the registry's constructor).
+pub fn load(w: &Weights, common: &CommonConfig) -> Result<Box<dyn DecoderForward>> {
+    Ok(Box::new(GPT2LMHeadModel::load(
+        w,
+        &Config::from_common(common)?,
+    )?))
 }

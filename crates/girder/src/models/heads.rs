@@ -135,4 +135,12 @@ impl<B: EncoderForward> EncoderForward for WithHead<B> {
     ) -> Result<Tensor> {
         self.head.forward(out, batch, rows)
     }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.base.word_embeddings()
+    }
+
+    fn max_position_embeddings(&self) -> usize {
+        self.base.max_position_embeddings()
+    }
 }

@@ -11,6 +11,7 @@
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
+use crate::hub::gguf::TensorNames;
 use crate::hub::{GgufFile, Weights};
 use crate::layers::rope::{RopeParameters, RopeScaling, RotaryEmbedding};
 use crate::layers::{
@@ -554,7 +555,51 @@ impl DecoderForward for LlamaForCausalLM {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
+
+    fn input_embeddings(&self) -> &Tensor {
+        self.model.embed_tokens.table()
+    }
 }
+
+/// Builds `LlamaForCausalLM` (or Mistral's, Qwen2's) from config.json and its checkpoint
+/// (the registry's constructor).
+pub fn load(w: &Weights, common: &CommonConfig) -> Result<Box<dyn DecoderForward>> {
+    Ok(Box::new(LlamaForCausalLM::load(
+        w,
+        &Config::from_common(common)?,
+    )?))
+}
+
+/// Builds the model from a GGUF file (`llama`, `qwen2`): hyper-parameters from its metadata,
+/// tensors through `w` under transformers' names ([`GGUF_TENSOR_NAMES`]).
+pub fn load_gguf(gguf: &GgufFile, w: &Weights) -> Result<Box<dyn DecoderForward>> {
+    Ok(Box::new(LlamaForCausalLM::load(
+        w,
+        &Config::from_gguf(gguf)?,
+    )?))
+}
+
+/// llama.cpp's tensor names for this architecture (`llm_arch` `LLM_ARCH_LLAMA` and
+/// `LLM_ARCH_QWEN2` in llama.cpp's `llama-arch.cpp`) → transformers' names.
+pub const GGUF_TENSOR_NAMES: TensorNames = TensorNames {
+    whole: &[
+        ("token_embd", "model.embed_tokens"),
+        ("output_norm", "model.norm"),
+        ("output", "lm_head"),
+    ],
+    layer_prefix: "model.layers",
+    layer: &[
+        ("attn_norm", "input_layernorm"),
+        ("ffn_norm", "post_attention_layernorm"),
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ],
+};
 
 #[cfg(test)]
 mod tests {

@@ -1,16 +1,22 @@
-//! The architectures girder implements, and the registry that picks one from config.json
-//! the way transformers' AutoModel does: `architectures[0]` first, else `model_type`.
+//! The architectures girder implements, one file each, and the [`registry`] that picks one
+//! from config.json the way transformers' AutoModel does: `architectures[0]` first, else
+//! `model_type`.
 //!
-//! [`ARCHITECTURES`] lists the encoders and [`DECODERS`] the causal language models; they are
-//! the only tables that list architectures. Models never see text, files or threads: they
-//! get [`Weights`], a config and a [`RaggedBatch`] (decoders also each sequence's [`KvCache`]).
+//! The registry is the only table that lists architectures. Models never see text, files or
+//! threads: they get [`Weights`], a config and a [`RaggedBatch`] (decoders also each
+//! sequence's [`KvCache`]). [`EncoderModel`] and [`DecoderModel`] are a loaded class of
+//! either kind, behind the traits every model file implements.
 
 pub mod bert;
 pub mod distilbert;
 pub mod gpt2;
 mod heads;
 pub mod llama;
+pub mod mpnet;
+pub mod registry;
 pub mod roberta;
+
+pub use registry::{Architecture, Resolved};
 
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
@@ -18,6 +24,61 @@ use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::KvCache;
 use candle_core::Tensor;
+
+/// The kinds of model girder runs; each task names the kinds that serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Bidirectional encoders (BERT and its family): hidden states, classifiers, fill-mask.
+    Encoder,
+    /// Causal language models (GPT-2, LLaMA and its family): text generation.
+    Decoder,
+}
+
+impl Kind {
+    /// `encoder`, `decoder`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Encoder => "encoder",
+            Kind::Decoder => "decoder",
+        }
+    }
+
+    /// The kind in a sentence: `an encoder`, `a decoder (causal language model)`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Encoder => "an encoder",
+            Kind::Decoder => "a decoder (causal language model)",
+        }
+    }
+}
+
+/// Which head a checkpoint carries (the suffix of its transformers class name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Head {
+    /// `…Model`: hidden states (and pooler output).
+    Base,
+    /// `…ForSequenceClassification`
+    SequenceClassification,
+    /// `…ForTokenClassification`
+    TokenClassification,
+    /// `…ForMaskedLM`
+    MaskedLM,
+    /// `…ForCausalLM`, `GPT2LMHeadModel`: next-token logits.
+    CausalLM,
+}
+
+impl Head {
+    /// What a message calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Base => "a base model, no head",
+            Head::SequenceClassification => "a sequence-classification head",
+            Head::TokenClassification => "a token-classification head",
+            Head::MaskedLM => "a masked-LM head",
+            Head::CausalLM => "a causal-LM head",
+        }
+    }
+}
 
 /// What an encoder's base model returns.
 #[derive(Debug, Clone)]
@@ -49,205 +110,106 @@ pub trait EncoderForward: Send + Sync {
             reason: "it is a base model without a head".into(),
         })
     }
+
+    /// The word-embedding matrix `[vocab, hidden]`, as loaded (the guard reads its rows).
+    fn word_embeddings(&self) -> &Tensor;
+
+    /// Rows of the position-embedding table (before any [`registry::PositionOffset`]).
+    fn max_position_embeddings(&self) -> usize;
 }
 
-/// Which head a checkpoint carries (the suffix of its transformers class name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Head {
-    /// `…Model`: hidden states (and pooler output).
-    Base,
-    /// `…ForSequenceClassification`
-    SequenceClassification,
-    /// `…ForTokenClassification`
-    TokenClassification,
-    /// `…ForMaskedLM`
-    MaskedLM,
-}
-
-impl Head {
-    const ALL: [Head; 4] = [
-        Head::Base,
-        Head::SequenceClassification,
-        Head::TokenClassification,
-        Head::MaskedLM,
-    ];
-
-    fn class_suffix(self) -> &'static str {
-        match self {
-            Head::Base => "Model",
-            Head::SequenceClassification => "ForSequenceClassification",
-            Head::TokenClassification => "ForTokenClassification",
-            Head::MaskedLM => "ForMaskedLM",
-        }
+/// A base model's weights: under `prefix.` in head checkpoints (`bert.`, `roberta.`), at
+/// the root in base ones.
+pub(crate) fn base_weights(w: &Weights, prefix: &str) -> Weights {
+    if w.contains(&format!("{prefix}.embeddings.word_embeddings.weight")) {
+        w.pp(prefix)
+    } else {
+        w.clone()
     }
 }
 
-/// The implementation (one file per family).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Bert,
-    DistilBert,
-    Roberta,
-}
-
-/// One row of the registry.
-#[derive(Debug)]
-pub struct Architecture {
-    /// `model_type` values of config.json.
-    pub model_types: &'static [&'static str],
-    /// transformers' class-name prefix: `Bert` + `ForMaskedLM`.
-    pub class_prefix: &'static str,
-    /// The implementation.
-    pub family: Family,
-}
-
-/// Every architecture girder supports.
-pub const ARCHITECTURES: &[Architecture] = &[
-    Architecture {
-        model_types: &["bert"],
-        class_prefix: "Bert",
-        family: Family::Bert,
-    },
-    Architecture {
-        model_types: &["distilbert"],
-        class_prefix: "DistilBert",
-        family: Family::DistilBert,
-    },
-    Architecture {
-        model_types: &["roberta"],
-        class_prefix: "Roberta",
-        family: Family::Roberta,
-    },
-    Architecture {
-        model_types: &["xlm-roberta"],
-        class_prefix: "XLMRoberta",
-        family: Family::Roberta,
-    },
-];
-
-/// Every supported class name, for error messages and docs.
-pub fn supported_classes() -> Vec<String> {
-    ARCHITECTURES
-        .iter()
-        .flat_map(|a| {
-            Head::ALL
-                .iter()
-                .map(move |h| format!("{}{}", a.class_prefix, h.class_suffix()))
-        })
-        .collect()
-}
-
-/// AutoModel dispatch: `architectures[0]` names class and head; without it, `model_type`
-/// names the family and the base model is used.
-pub fn resolve(config: &CommonConfig) -> Result<(&'static Architecture, Head, String)> {
-    let unsupported = |name: &str| Error::UnsupportedArchitecture {
-        name: name.to_string(),
-        supported: supported_classes().join(", "),
-    };
-    if let Some(class) = config.architectures.first() {
-        for arch in ARCHITECTURES {
-            for head in Head::ALL {
-                if class.strip_prefix(arch.class_prefix) == Some(head.class_suffix()) {
-                    return Ok((arch, head, class.clone()));
-                }
+/// Position ids as transformers' `create_position_ids_from_input_ids` (RoBERTa, MPNet):
+/// tokens count from `padding_idx + 1`, and a pad token (even one typed in the text) gets
+/// `padding_idx`.
+pub(crate) fn positions_after_padding(batch: &RaggedBatch, padding_idx: u32) -> Vec<u32> {
+    let mut positions = Vec::with_capacity(batch.total_tokens());
+    for i in 0..batch.num_seqs() {
+        let mut count = 0;
+        for &id in &batch.input_ids[batch.seq_range(i)] {
+            if id == padding_idx {
+                positions.push(padding_idx);
+            } else {
+                count += 1;
+                positions.push(padding_idx + count);
             }
         }
-        return Err(unsupported(class));
     }
-    match &config.model_type {
-        Some(model_type) => ARCHITECTURES
-            .iter()
-            .find(|a| a.model_types.contains(&model_type.as_str()))
-            .map(|a| (a, Head::Base, format!("{}Model", a.class_prefix)))
-            .ok_or_else(|| unsupported(model_type)),
-        None => Err(Error::BadConfig {
-            file: config.path.clone(),
-            field: "architectures".into(),
-            reason:
-                "neither `architectures` nor `model_type` is set, so the architecture is unknown"
-                    .into(),
-        }),
-    }
+    positions
 }
 
-/// A loaded encoder with its head, dispatched from config.json.
+/// A loaded encoder with its head, built by its registry row.
 pub struct EncoderModel {
-    class_name: String,
-    family: Family,
-    head: Head,
+    resolved: Resolved,
     position_limit: usize,
-    vocab_size: usize,
     inner: Box<dyn EncoderForward>,
 }
 
 impl std::fmt::Debug for EncoderModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EncoderModel")
-            .field("class_name", &self.class_name)
-            .field("head", &self.head)
+            .field("class_name", &self.resolved.class_name)
+            .field("head", &self.resolved.head)
             .finish()
     }
 }
 
 impl EncoderModel {
-    /// Builds the class named by the config from the checkpoint.
-    pub fn load(config: &CommonConfig, weights: &Weights) -> Result<Self> {
-        let (arch, head, class_name) = resolve(config)?;
-        let labels = |head: Head| -> Result<()> {
-            if matches!(
-                head,
-                Head::SequenceClassification | Head::TokenClassification
-            ) && config.id2label.is_empty()
-            {
-                return Err(Error::BadConfig {
-                    file: config.path.clone(),
-                    field: "id2label".into(),
-                    reason: format!("{class_name} needs labels (id2label or num_labels)"),
-                });
-            }
-            Ok(())
+    /// Builds the class `resolved` names (an encoder row of the registry) from the checkpoint.
+    pub fn load(resolved: Resolved, config: &CommonConfig, weights: &Weights) -> Result<Self> {
+        let registry::Constructor::Encoder(build) = resolved.architecture.constructor else {
+            return Err(Error::TaskMismatch {
+                model: resolved.class_name.into(),
+                task: "the encoder pipelines".into(),
+                reason: format!("it is {}", resolved.architecture.kind.describe()),
+            });
         };
-        labels(head)?;
-        let (inner, position_limit, vocab_size) = match arch.family {
-            Family::Bert => {
-                let cfg = bert::Config::from_common(config)?;
-                let inner = bert::load(weights, &cfg, config, head)?;
-                (inner, cfg.max_position_embeddings, cfg.vocab_size)
-            }
-            Family::DistilBert => {
-                let cfg = distilbert::Config::from_common(config)?;
-                let inner = distilbert::load(weights, &cfg, config, head)?;
-                (inner, cfg.max_position_embeddings, cfg.vocab_size)
-            }
-            Family::Roberta => {
-                let cfg = bert::Config::from_common(config)?;
-                let inner = roberta::load(weights, &cfg, config, head)?;
-                (inner, roberta::position_limit(&cfg), cfg.vocab_size)
-            }
-        };
+        if matches!(
+            resolved.head,
+            Head::SequenceClassification | Head::TokenClassification
+        ) && config.id2label.is_empty()
+        {
+            return Err(Error::BadConfig {
+                file: config.path.clone(),
+                field: "id2label".into(),
+                reason: format!(
+                    "{} needs labels (id2label or num_labels)",
+                    resolved.class_name
+                ),
+            });
+        }
+        let inner = build(weights, config, resolved.head)?;
+        let offset = resolved.architecture.position_offset.rows(config);
+        let position_limit = inner.max_position_embeddings().saturating_sub(offset);
         Ok(EncoderModel {
-            class_name,
-            family: arch.family,
-            head,
+            resolved,
             position_limit,
-            vocab_size,
             inner,
         })
     }
 
     /// transformers' class name, e.g. `BertForTokenClassification`.
     pub fn class_name(&self) -> &str {
-        &self.class_name
+        self.resolved.class_name
     }
 
-    /// The implementation family.
-    pub fn family(&self) -> Family {
-        self.family
+    /// The registry row.
+    pub fn architecture(&self) -> &'static Architecture {
+        self.resolved.architecture
     }
 
     /// The head the checkpoint carries.
     pub fn head(&self) -> Head {
-        self.head
+        self.resolved.head
     }
 
     /// How many tokens (special tokens included) the position embeddings can index.
@@ -255,9 +217,19 @@ impl EncoderModel {
         self.position_limit
     }
 
-    /// Rows of the word-embedding matrix the config declares.
+    /// Rows of the word-embedding matrix.
     pub fn vocab_size(&self) -> usize {
-        self.vocab_size
+        self.inner
+            .word_embeddings()
+            .dims()
+            .first()
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The word-embedding matrix `[vocab, hidden]`.
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.inner.word_embeddings()
     }
 
     /// The base model's output on a packed batch.
@@ -272,9 +244,9 @@ impl EncoderModel {
         batch: &RaggedBatch,
         rows: Option<&[u32]>,
     ) -> Result<Tensor> {
-        if self.head == Head::Base {
+        if self.resolved.head == Head::Base {
             return Err(Error::TaskMismatch {
-                model: self.class_name.clone(),
+                model: self.resolved.class_name.into(),
                 task: "a head".into(),
                 reason: "it is a base model without a head".into(),
             });
@@ -314,6 +286,9 @@ pub trait DecoderForward: Send + Sync {
 
     /// Rows of the output projection.
     fn vocab_size(&self) -> usize;
+
+    /// The token-embedding matrix `[vocab, hidden]`, as loaded (the guard reads its rows).
+    fn input_embeddings(&self) -> &Tensor;
 }
 
 /// Checks what a decoder needs of its batch: one cache per sequence, positions continuing
@@ -375,82 +350,10 @@ pub(crate) fn logit_rows(hidden: &Tensor, batch: &RaggedBatch, logits: Logits) -
     }
 }
 
-/// The decoder implementations (one file per family).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecoderFamily {
-    Gpt2,
-    Llama,
-}
-
-/// One row of the decoder registry.
-#[derive(Debug)]
-pub struct DecoderArchitecture {
-    /// `model_type` of config.json.
-    pub model_type: &'static str,
-    /// transformers' class name, `architectures[0]`.
-    pub class_name: &'static str,
-    /// The implementation.
-    pub family: DecoderFamily,
-}
-
-/// Every causal language model girder supports.
-pub const DECODERS: &[DecoderArchitecture] = &[
-    DecoderArchitecture {
-        model_type: "gpt2",
-        class_name: "GPT2LMHeadModel",
-        family: DecoderFamily::Gpt2,
-    },
-    DecoderArchitecture {
-        model_type: "llama",
-        class_name: "LlamaForCausalLM",
-        family: DecoderFamily::Llama,
-    },
-    DecoderArchitecture {
-        model_type: "mistral",
-        class_name: "MistralForCausalLM",
-        family: DecoderFamily::Llama,
-    },
-    DecoderArchitecture {
-        model_type: "qwen2",
-        class_name: "Qwen2ForCausalLM",
-        family: DecoderFamily::Llama,
-    },
-];
-
-/// AutoModelForCausalLM dispatch: `architectures[0]`, else `model_type`.
-pub fn resolve_decoder(config: &CommonConfig) -> Result<&'static DecoderArchitecture> {
-    let unsupported = |name: &str| Error::UnsupportedArchitecture {
-        name: name.to_string(),
-        supported: DECODERS
-            .iter()
-            .map(|d| d.class_name)
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
-    if let Some(class) = config.architectures.first() {
-        return DECODERS
-            .iter()
-            .find(|d| d.class_name == class)
-            .ok_or_else(|| unsupported(class));
-    }
-    match &config.model_type {
-        Some(model_type) => DECODERS
-            .iter()
-            .find(|d| d.model_type == model_type)
-            .ok_or_else(|| unsupported(model_type)),
-        None => Err(Error::BadConfig {
-            file: config.path.clone(),
-            field: "architectures".into(),
-            reason:
-                "neither `architectures` nor `model_type` is set, so the architecture is unknown"
-                    .into(),
-        }),
-    }
-}
-
-/// A loaded causal language model, dispatched from config.json.
+/// A loaded causal language model, built by its registry row.
 pub struct DecoderModel {
     class_name: String,
+    architecture: &'static Architecture,
     inner: Box<dyn DecoderForward>,
 }
 
@@ -463,54 +366,58 @@ impl std::fmt::Debug for DecoderModel {
 }
 
 impl DecoderModel {
-    /// Builds the class named by the config from a safetensors checkpoint.
-    pub fn load(config: &CommonConfig, weights: &Weights) -> Result<Self> {
-        let arch = resolve_decoder(config)?;
-        let inner: Box<dyn DecoderForward> = match arch.family {
-            DecoderFamily::Gpt2 => {
-                let cfg = gpt2::Config::from_common(config)?;
-                Box::new(gpt2::GPT2LMHeadModel::load(weights, &cfg)?)
-            }
-            DecoderFamily::Llama => {
-                let cfg = llama::Config::from_common(config)?;
-                Box::new(llama::LlamaForCausalLM::load(weights, &cfg)?)
-            }
+    /// Builds the class `resolved` names (a decoder row of the registry) from a
+    /// safetensors checkpoint.
+    pub fn load(resolved: Resolved, config: &CommonConfig, weights: &Weights) -> Result<Self> {
+        let registry::Constructor::Decoder(build) = resolved.architecture.constructor else {
+            return Err(Error::TaskMismatch {
+                model: resolved.class_name.into(),
+                task: "text-generation".into(),
+                reason: format!("it is {}", resolved.architecture.kind.describe()),
+            });
         };
         Ok(DecoderModel {
-            class_name: arch.class_name.to_string(),
-            inner,
+            class_name: resolved.class_name.to_string(),
+            architecture: resolved.architecture,
+            inner: build(weights, config)?,
         })
     }
 
-    /// Builds a LLaMA-family model from a GGUF file (`llama`, `qwen2`). With
-    /// `keep_quantized`, the projections stay quantized (`layers::quant_matmul`, or candle's
-    /// quantized matmul for the types it does not read); otherwise every tensor is
-    /// dequantized to f32.
-    pub fn load_gguf(gguf: crate::hub::GgufFile, keep_quantized: bool) -> Result<Self> {
-        let cfg = llama::Config::from_gguf(&gguf)?;
-        let class_name = match gguf.architecture() {
-            "qwen2" => "Qwen2ForCausalLM",
-            _ => "LlamaForCausalLM",
-        };
-        let device = candle_core::Device::Cpu;
-        let weights = Weights::from_gguf(gguf, keep_quantized, candle_core::DType::F32, &device);
+    /// Builds a model from a GGUF file with the constructor of its registry row; `weights`
+    /// serves the file's tensors under transformers' names.
+    pub fn load_gguf(
+        architecture: &'static Architecture,
+        format: registry::GgufFormat,
+        gguf: &crate::hub::GgufFile,
+        weights: &Weights,
+    ) -> Result<Self> {
         Ok(DecoderModel {
-            class_name: class_name.to_string(),
-            inner: Box::new(llama::LlamaForCausalLM::load(&weights, &cfg)?),
+            class_name: architecture.classes[0].0.to_string(),
+            architecture,
+            inner: (format.build)(gguf, weights)?,
         })
     }
 
-    /// Wraps an implementation built elsewhere.
-    pub fn from_parts(class_name: impl Into<String>, inner: Box<dyn DecoderForward>) -> Self {
+    /// The same model with another implementation of its forward pass (to wrap,
+    /// instrument or replace it; tests and benchmarks).
+    pub fn map_inner(
+        self,
+        f: impl FnOnce(Box<dyn DecoderForward>) -> Box<dyn DecoderForward>,
+    ) -> Self {
         DecoderModel {
-            class_name: class_name.into(),
-            inner,
+            inner: f(self.inner),
+            ..self
         }
     }
 
     /// transformers' class name, e.g. `LlamaForCausalLM`.
     pub fn class_name(&self) -> &str {
         &self.class_name
+    }
+
+    /// The registry row.
+    pub fn architecture(&self) -> &'static Architecture {
+        self.architecture
     }
 
     /// See [`DecoderForward::forward`].
@@ -537,36 +444,22 @@ impl DecoderModel {
     pub fn vocab_size(&self) -> usize {
         self.inner.vocab_size()
     }
+
+    /// See [`DecoderForward::input_embeddings`].
+    pub fn input_embeddings(&self) -> &Tensor {
+        self.inner.input_embeddings()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(json: &str) -> CommonConfig {
-        let dir = std::env::temp_dir().join(format!(
-            "girder-models-{}-{}",
-            std::process::id(),
-            json.len()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
-        std::fs::write(&path, json).unwrap();
-        CommonConfig::from_file(&path).unwrap()
-    }
-
     #[test]
-    fn dispatch_follows_automodel() {
-        let (a, h, _) =
-            resolve(&config(r#"{"architectures": ["XLMRobertaForMaskedLM"]}"#)).unwrap();
-        assert_eq!((a.family, h), (Family::Roberta, Head::MaskedLM));
-        let (a, h, _) = resolve(&config(r#"{"model_type": "distilbert"}"#)).unwrap();
-        assert_eq!((a.family, h), (Family::DistilBert, Head::Base));
-        let err = resolve(&config(r#"{"architectures": ["GPTJForCausalLM"]}"#)).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("GPTJForCausalLM") && msg.contains("BertForMaskedLM"),
-            "{msg}"
-        );
+    fn positions_start_after_padding_idx() {
+        let mut batch = RaggedBatch::from_encodings([]);
+        batch.push(&[0, 5, 6, 2], &[]);
+        batch.push(&[0, 1, 7, 2], &[]);
+        assert_eq!(positions_after_padding(&batch, 1), [2, 3, 4, 5, 2, 1, 3, 4]);
     }
 }

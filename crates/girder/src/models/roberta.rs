@@ -5,12 +5,12 @@
 //! (`bert::Encoder`); what differs is the embeddings (positions start after
 //! `padding_idx`) and the heads (a two-layer classification head, an LM head with GELU).
 
-use super::bert::{base_weights, Config, Encoder, Pooler};
+use super::bert::{Config, Encoder, Pooler};
 use super::heads::{tied_decoder, EncoderHead, WithHead};
-use super::{EncoderForward, EncoderOutput, Head};
+use super::{base_weights, positions_after_padding, EncoderForward, EncoderOutput, Head};
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
 use crate::layers::{layer_norm, Activation, Embedding, Linear};
@@ -20,30 +20,6 @@ use candle_nn::Module;
 /// RoBERTa's `padding_idx` (config `pad_token_id`, 1 by default).
 fn padding_idx(cfg: &Config) -> u32 {
     cfg.pad_token_id.unwrap_or(1)
-}
-
-/// How many positions a RoBERTa model can index: position ids start at `padding_idx + 1`.
-pub fn position_limit(cfg: &Config) -> usize {
-    cfg.max_position_embeddings
-        .saturating_sub(padding_idx(cfg) as usize + 1)
-}
-
-/// Position ids as transformers' `create_position_ids_from_input_ids`: tokens count from
-/// `padding_idx + 1`, and a pad token (even one typed in the text) gets `padding_idx`.
-fn position_ids(batch: &RaggedBatch, padding_idx: u32) -> Vec<u32> {
-    let mut positions = Vec::with_capacity(batch.total_tokens());
-    for i in 0..batch.num_seqs() {
-        let mut count = 0;
-        for &id in &batch.input_ids[batch.seq_range(i)] {
-            if id == padding_idx {
-                positions.push(padding_idx);
-            } else {
-                count += 1;
-                positions.push(padding_idx + count);
-            }
-        }
-    }
-    positions
 }
 
 struct Embeddings {
@@ -80,7 +56,7 @@ impl Embeddings {
         input_ids: &Tensor,
         token_type_ids: &Tensor,
     ) -> Result<Tensor> {
-        let positions = position_ids(batch, self.padding_idx);
+        let positions = positions_after_padding(batch, self.padding_idx);
         let positions = Tensor::from_vec(positions, batch.total_tokens(), input_ids.device())?;
         let x = self.word_embeddings.forward(input_ids)?;
         let x = (x + self.token_type_embeddings.forward(token_type_ids)?)?;
@@ -94,6 +70,7 @@ pub struct RobertaModel {
     embeddings: Embeddings,
     encoder: Encoder,
     pooler: Option<Pooler>,
+    max_position_embeddings: usize,
 }
 
 impl RobertaModel {
@@ -114,11 +91,8 @@ impl RobertaModel {
             embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
             encoder: Encoder::load(&w.pp("encoder"), cfg, cfg.activation(common)?)?,
             pooler,
+            max_position_embeddings: cfg.max_position_embeddings,
         })
-    }
-
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings.table()
     }
 }
 
@@ -138,6 +112,14 @@ impl EncoderForward for RobertaModel {
             pooler_output,
         })
     }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings.table()
+    }
+
+    fn max_position_embeddings(&self) -> usize {
+        self.max_position_embeddings
+    }
 }
 
 /// Loads `RobertaModel` / `XLMRobertaModel` (with its pooler), `…ForSequenceClassification`
@@ -145,12 +127,8 @@ impl EncoderForward for RobertaModel {
 /// `…ForTokenClassification` (`classifier` on every token) or `…ForMaskedLM` (`lm_head`:
 /// dense, exact GELU whatever `hidden_act` says, as `RobertaLMHead` hard-codes it,
 /// LayerNorm, decoder tied to the word embeddings).
-pub fn load(
-    w: &Weights,
-    cfg: &Config,
-    common: &CommonConfig,
-    head: Head,
-) -> Result<Box<dyn EncoderForward>> {
+pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn EncoderForward>> {
+    let cfg = &Config::from_common(common)?;
     let (h, labels) = (cfg.hidden_size, common.id2label.len());
     let roberta = RobertaModel::load(w, cfg, common, head == Head::Base)?;
     let head = match head {
@@ -177,22 +155,10 @@ pub fn load(
                 )?,
             }
         }
+        Head::CausalLM => return Err(Error::unsupported_head("RoBERTa", head)),
     };
     Ok(Box::new(WithHead {
         base: roberta,
         head,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_start_after_padding_idx() {
-        let mut batch = RaggedBatch::from_encodings([]);
-        batch.push(&[0, 5, 6, 2], &[]);
-        batch.push(&[0, 1, 7, 2], &[]);
-        assert_eq!(position_ids(&batch, 1), [2, 3, 4, 5, 2, 1, 3, 4]);
-    }
 }

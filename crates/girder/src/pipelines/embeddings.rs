@@ -120,7 +120,7 @@ fn pooling_mode(cfg: &PoolingFile) -> Option<Pooling> {
 }
 
 /// Options of the embeddings task.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     /// Overrides the pooling of `1_Pooling/config.json` (mean when the folder has none).
     pub pooling: Option<Pooling>,
@@ -139,11 +139,16 @@ pub struct Output {
 /// Embeds each text; one output per text, in order.
 pub fn run<S: AsRef<str>>(model: &Model, texts: &[S], options: &Options) -> Result<Vec<Output>> {
     let encodings = model.encode_texts(texts)?;
-    run_encoded(model, &encodings, options)
+    run_encoded(model, &encodings, &model.plan(&encodings), options)
 }
 
 /// [`run`] on texts already tokenized with `model.tokenizer`.
-pub fn run_encoded(model: &Model, encodings: &[Encoded], options: &Options) -> Result<Vec<Output>> {
+pub fn run_encoded(
+    model: &Model,
+    encodings: &[Encoded],
+    plan: &[Vec<usize>],
+    options: &Options,
+) -> Result<Vec<Output>> {
     let sentence = model.sentence.as_ref();
     let pooling = options
         .pooling
@@ -153,7 +158,7 @@ pub fn run_encoded(model: &Model, encodings: &[Encoded], options: &Options) -> R
         .normalize
         .unwrap_or(sentence.is_some_and(|s| s.normalize));
     let mut outputs = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
-    model.forward_batches(encodings, |indices, batch, out| {
+    model.forward_batches(encodings, plan, |indices, batch, out| {
         let mut pooled = pool(&out.last_hidden_state, batch, pooling)?;
         if normalize {
             pooled = l2_normalize(&pooled)?;

@@ -387,7 +387,7 @@ pub fn run<S: AsRef<str>>(
 ) -> Result<Vec<TextResult>> {
     check_head(model)?;
     let encodings = model.encode_texts(texts)?;
-    run_encoded(model, &encodings, options)
+    run_encoded(model, &encodings, &model.plan(&encodings), options)
 }
 
 fn check_head(model: &Model) -> Result<()> {
@@ -406,6 +406,7 @@ fn check_head(model: &Model) -> Result<()> {
 pub fn run_encoded(
     model: &Model,
     encodings: &[Encoded],
+    plan: &[Vec<usize>],
     options: &Options,
 ) -> Result<Vec<TextResult>> {
     check_head(model)?;
@@ -426,7 +427,7 @@ pub fn run_encoded(
         })
         .collect::<Result<Vec<_>>>()?;
     let mut results = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
-    model.forward_batches(encodings, |indices, batch, out| {
+    model.forward_batches(encodings, plan, |indices, batch, out| {
         let mut rows = Vec::new();
         for (i, &index) in indices.iter().enumerate() {
             let first = batch.seq_range(i).start as u32;

@@ -1,13 +1,19 @@
-//! Tasks with the semantics of the transformers pipelines.
+//! Tasks with the semantics of the transformers pipelines, and [`TASKS`], the one table of
+//! them: names, aliases, the kind of model and the heads that serve each. The CLI's `girder
+//! run <task>` and the server's routes are derived from it.
 //!
-//! [`Model`] is a loaded model folder: config, tokenizer (with girder's policy) and weights.
-//! Each task module takes a `&Model`, texts and a typed `Options` whose `Default` is
-//! transformers' default, and returns one output per text, in input order.
+//! [`Model`] is a loaded encoder: config, tokenizer (with girder's policy) and weights; a
+//! causal language model is a [`TextGenerator`]. Both come from the one loader,
+//! [`crate::load`]. Each task module takes the model, texts and a typed `Options` whose
+//! `Default` is transformers' default, and returns one output per text, in input order.
+//! [`TaskOptions`] and [`TaskOutput`] are any task's options and outputs, for callers that
+//! run whichever task they were asked for.
 
 pub mod embeddings;
 pub mod fill_mask;
 mod postprocess;
 pub mod text_classification;
+pub mod text_generation;
 pub mod token_classification;
 
 pub use postprocess::PostprocessError;
@@ -15,110 +21,306 @@ pub use postprocess::PostprocessError;
 use crate::batch::{plan_batches, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
-use crate::hub::{ModelFolder, ModelRef, Weights};
-use crate::models::{EncoderModel, EncoderOutput};
-use crate::tokenize::{max_input_length, Encoded, InputLimits, TextTokenizer, Truncation};
-use candle_core::{DType, Device};
+use crate::generate::TextGenerator;
+use crate::hub::ModelFolder;
+use crate::models::{EncoderModel, EncoderOutput, Head, Kind};
+use crate::tokenize::{Encoded, TextTokenizer};
+use serde::Serialize;
 
-/// The tasks girder runs, with transformers' names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The tasks girder runs, with transformers' names (see [`TASKS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Task {
-    /// `text-classification` (alias `sentiment-analysis`)
     TextClassification,
-    /// `token-classification` (alias `ner`)
     TokenClassification,
-    /// `fill-mask`
     FillMask,
-    /// `embeddings` (alias `feature-extraction`, `sentence-similarity`): one pooled vector per text
+    /// One pooled vector per text.
     Embeddings,
+    TextGeneration,
 }
 
+/// One row of the task table.
+#[derive(Debug)]
+pub struct TaskInfo {
+    pub task: Task,
+    /// transformers' task name.
+    pub name: &'static str,
+    /// Other names transformers (or sentence-transformers) accepts for it.
+    pub aliases: &'static [&'static str],
+    /// The kind of model that serves it.
+    pub kind: Kind,
+    /// The heads that serve it; empty: every model of the kind.
+    pub heads: &'static [Head],
+    /// One line for `--help`.
+    pub summary: &'static str,
+}
+
+/// Every task, in the order `--help` lists them.
+pub const TASKS: &[TaskInfo] = &[
+    TaskInfo {
+        task: Task::TextClassification,
+        name: "text-classification",
+        aliases: &["sentiment-analysis"],
+        kind: Kind::Encoder,
+        heads: &[Head::SequenceClassification],
+        summary: "labels and scores for each text",
+    },
+    TaskInfo {
+        task: Task::TokenClassification,
+        name: "token-classification",
+        aliases: &["ner"],
+        kind: Kind::Encoder,
+        heads: &[Head::TokenClassification],
+        summary: "entities (labelled spans) in each text",
+    },
+    TaskInfo {
+        task: Task::FillMask,
+        name: "fill-mask",
+        aliases: &[],
+        kind: Kind::Encoder,
+        heads: &[Head::MaskedLM],
+        summary: "the likeliest tokens for each mask",
+    },
+    TaskInfo {
+        task: Task::Embeddings,
+        name: "embeddings",
+        aliases: &["feature-extraction", "sentence-similarity"],
+        kind: Kind::Encoder,
+        // A model with a head still has hidden states to pool.
+        heads: &[],
+        summary: "one pooled vector per text",
+    },
+    TaskInfo {
+        task: Task::TextGeneration,
+        name: "text-generation",
+        aliases: &[],
+        kind: Kind::Decoder,
+        heads: &[Head::CausalLM],
+        summary: "a continuation of each prompt",
+    },
+];
+
 impl Task {
-    /// All tasks, in the order `--help` lists them.
-    pub const ALL: [Task; 4] = [
-        Task::TextClassification,
-        Task::TokenClassification,
-        Task::FillMask,
-        Task::Embeddings,
-    ];
+    /// Every task, in table order.
+    pub fn all() -> impl Iterator<Item = Task> {
+        TASKS.iter().map(|t| t.task)
+    }
+
+    /// The task's row.
+    pub fn info(self) -> &'static TaskInfo {
+        TASKS
+            .iter()
+            .find(|t| t.task == self)
+            .expect("every task has a row in TASKS")
+    }
 
     /// transformers' task name.
     pub fn name(self) -> &'static str {
-        match self {
-            Task::TextClassification => "text-classification",
-            Task::TokenClassification => "token-classification",
-            Task::FillMask => "fill-mask",
-            Task::Embeddings => "embeddings",
-        }
+        self.info().name
+    }
+
+    /// The kind of model that serves it.
+    pub fn kind(self) -> Kind {
+        self.info().kind
     }
 
     /// Parses a task name or one of its aliases.
+    ///
+    /// ```
+    /// use girder::pipelines::Task;
+    /// assert_eq!(Task::parse("ner").unwrap(), Task::TokenClassification);
+    /// assert!(Task::parse("translation").unwrap_err().to_string().contains("text-generation"));
+    /// ```
     pub fn parse(name: &str) -> Result<Task> {
-        Ok(match name {
-            "text-classification" | "sentiment-analysis" => Task::TextClassification,
-            "token-classification" | "ner" => Task::TokenClassification,
-            "fill-mask" => Task::FillMask,
-            "embeddings" | "feature-extraction" | "sentence-similarity" => Task::Embeddings,
-            other => {
-                return Err(Error::InvalidOption {
-                    option: "task".into(),
-                    reason: format!(
-                        "unknown task `{other}`; known: {}",
-                        Task::ALL.map(Task::name).join(", ")
-                    ),
-                })
-            }
-        })
+        TASKS
+            .iter()
+            .find(|t| t.name == name || t.aliases.contains(&name))
+            .map(|t| t.task)
+            .ok_or_else(|| Error::InvalidOption {
+                option: "task".into(),
+                reason: format!(
+                    "unknown task `{name}`; known: {}",
+                    TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                ),
+            })
+    }
+
+    /// The task a head implies: the task that names it, else the task that every model of
+    /// its kind serves (embeddings for a base encoder).
+    pub fn for_head(head: Head) -> Task {
+        let kind = if head == Head::CausalLM {
+            Kind::Decoder
+        } else {
+            Kind::Encoder
+        };
+        TASKS
+            .iter()
+            .find(|t| t.heads.contains(&head))
+            .or_else(|| TASKS.iter().find(|t| t.kind == kind && t.heads.is_empty()))
+            .map_or(Task::Embeddings, |t| t.task)
+    }
+
+    /// `Ok` when a model of `kind` with `head` (class `class_name`) serves this task;
+    /// otherwise an error that names the kinds and heads that do.
+    pub fn check(self, kind: Kind, head: Head, class_name: &str) -> Result<()> {
+        let info = self.info();
+        let mismatch = |reason: String| Error::TaskMismatch {
+            model: class_name.to_string(),
+            task: info.name.to_string(),
+            reason,
+        };
+        // The registry's classes that serve the task (its families, when any head does).
+        let served_by = || {
+            let architectures = crate::models::registry::ARCHITECTURES
+                .iter()
+                .filter(|a| a.kind == info.kind);
+            let (heads, names): (String, Vec<&str>) = if info.heads.is_empty() {
+                (String::new(), architectures.map(|a| a.name).collect())
+            } else {
+                let heads: Vec<&str> = info.heads.iter().map(|h| h.name()).collect();
+                (
+                    format!(" with {}", heads.join(" or ")),
+                    architectures
+                        .flat_map(|a| a.classes.iter())
+                        .filter(|(_, h)| info.heads.contains(h))
+                        .map(|(class, _)| *class)
+                        .collect(),
+                )
+            };
+            format!(
+                "{} is served by {}{heads} ({})",
+                info.name,
+                plural(info.kind),
+                names.join(", ")
+            )
+        };
+        if kind != info.kind {
+            return Err(mismatch(format!(
+                "{}; {class_name} is {}",
+                served_by(),
+                kind.describe()
+            )));
+        }
+        if !info.heads.is_empty() && !info.heads.contains(&head) {
+            return Err(mismatch(format!(
+                "{}; {class_name} ({}) serves {}",
+                served_by(),
+                head.name(),
+                Task::for_head(head).name()
+            )));
+        }
+        Ok(())
     }
 }
 
-/// How to load a model.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    /// Overrides the model's input limit (it may not exceed the position embeddings).
-    pub max_length: Option<usize>,
-    /// What to do with inputs beyond the limit.
-    pub truncation: Truncation,
-    /// Where to compute.
-    pub device: Device,
-    /// Tokens per forward pass at most (see [`DEFAULT_MAX_BATCH_TOKENS`]).
-    pub max_batch_tokens: usize,
-    /// Take the tokenizer from this folder or hub id instead of the model's own folder
-    /// (to check a tokenizer against a model: `girder check --tokenizer`).
-    pub tokenizer: Option<String>,
-    /// A PEFT LoRA adapter folder merged into the weights at load
-    /// ([`crate::hub::LoraAdapter`]); a classification adapter sets the head and labels.
-    pub adapter: Option<std::path::PathBuf>,
+fn plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Encoder => "encoders",
+        Kind::Decoder => "decoders (causal language models)",
+    }
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            max_length: None,
-            truncation: Truncation::Truncate,
-            device: Device::Cpu,
-            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
-            tokenizer: None,
-            adapter: None,
+/// Any task's options: what `girder run` and the server's batcher execute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOptions {
+    TextClassification(text_classification::Options),
+    TokenClassification(token_classification::Options),
+    FillMask(fill_mask::Options),
+    Embeddings(embeddings::Options),
+    TextGeneration(text_generation::Options),
+}
+
+impl TaskOptions {
+    /// The task these options are for.
+    pub fn task(&self) -> Task {
+        match self {
+            TaskOptions::TextClassification(_) => Task::TextClassification,
+            TaskOptions::TokenClassification(_) => Task::TokenClassification,
+            TaskOptions::FillMask(_) => Task::FillMask,
+            TaskOptions::Embeddings(_) => Task::Embeddings,
+            TaskOptions::TextGeneration(_) => Task::TextGeneration,
+        }
+    }
+
+    /// Runs an encoder task on texts already tokenized by `model` (`texts[i]` into
+    /// `encodings[i]`), in the forward passes of `plan` ([`Model::plan`]); one output per
+    /// text, in order.
+    pub fn run_encoded(
+        &self,
+        model: &Model,
+        texts: &[String],
+        encodings: &[Encoded],
+        plan: &[Vec<usize>],
+    ) -> Result<Vec<TaskOutput>> {
+        Ok(match self {
+            TaskOptions::TextClassification(o) => {
+                text_classification::run_encoded(model, encodings, plan, o)?
+                    .into_iter()
+                    .map(TaskOutput::TextClassification)
+                    .collect()
+            }
+            TaskOptions::TokenClassification(o) => {
+                token_classification::run_encoded(model, texts, encodings, plan, o)?
+                    .into_iter()
+                    .map(TaskOutput::TokenClassification)
+                    .collect()
+            }
+            TaskOptions::FillMask(o) => fill_mask::run_encoded(model, encodings, plan, o)?
+                .into_iter()
+                .map(TaskOutput::FillMask)
+                .collect(),
+            TaskOptions::Embeddings(o) => embeddings::run_encoded(model, encodings, plan, o)?
+                .into_iter()
+                .map(TaskOutput::Embeddings)
+                .collect(),
+            TaskOptions::TextGeneration(_) => {
+                return Task::TextGeneration
+                    .check(
+                        Kind::Encoder,
+                        model.encoder.head(),
+                        model.encoder.class_name(),
+                    )
+                    .map(|()| Vec::new())
+            }
+        })
+    }
+
+    /// Runs text generation on prompts; the encoder tasks are refused with the kind that
+    /// serves them.
+    pub fn run_generation(
+        &self,
+        generator: &TextGenerator,
+        prompts: &[String],
+    ) -> Result<Vec<TaskOutput>> {
+        match self {
+            TaskOptions::TextGeneration(o) => Ok(text_generation::run(generator, prompts, o)?
+                .into_iter()
+                .map(TaskOutput::TextGeneration)
+                .collect()),
+            other => other
+                .task()
+                .check(
+                    Kind::Decoder,
+                    Head::CausalLM,
+                    generator.model().class_name(),
+                )
+                .map(|()| Vec::new()),
         }
     }
 }
 
-/// The default budget of tokens per forward pass (`--max-batch-tokens`); it bounds
-/// activation memory.
-pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
+/// Any task's output for one text; serialises as that task's output does.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum TaskOutput {
+    TextClassification(text_classification::TextResult),
+    TokenClassification(token_classification::TextResult),
+    FillMask(fill_mask::TextResult),
+    Embeddings(embeddings::Output),
+    TextGeneration(text_generation::Output),
+}
 
-/// A model folder loaded for inference: config, tokenizer and weights.
-///
-/// ```
-/// # fn main() -> girder::Result<()> {
-/// use girder::pipelines::{embeddings, LoadOptions, Model};
-/// let model = Model::load("tests/fixtures/bert-st-mean", &LoadOptions::default())?;
-/// let out = embeddings::run(&model, &["A man is eating food."], &embeddings::Options::default())?;
-/// assert!(out[0].embedding.len() > 0);
-/// # Ok(())
-/// # }
-/// ```
+/// An encoder loaded for the pipelines: config, tokenizer and weights, built by
+/// [`crate::load`] (or its shorthand [`Model::load`]).
 #[derive(Debug)]
 pub struct Model {
     pub folder: ModelFolder,
@@ -132,71 +334,9 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a local folder or a hub id from the Hugging Face cache.
-    pub fn load(reference: &str, options: &LoadOptions) -> Result<Self> {
-        let folder = ModelRef::parse(reference).resolve()?;
-        Self::load_folder(folder, options)
-    }
-
-    /// Loads an already located folder.
-    pub fn load_folder(folder: ModelFolder, options: &LoadOptions) -> Result<Self> {
-        let mut config = CommonConfig::from_file(
-            &folder.require("config.json", "a model folder needs config.json")?,
-        )?;
-        let mut tokenizer = match &options.tokenizer {
-            Some(reference) => {
-                TextTokenizer::from_folder(&ModelRef::parse(reference).resolve_tokenizer()?)?
-            }
-            None => TextTokenizer::from_folder(&folder)?,
-        };
-        let mut weights =
-            Weights::from_safetensors(&folder.weight_files()?, DType::F32, &options.device)?;
-        if let Some(path) = &options.adapter {
-            weights = crate::hub::LoraAdapter::load(path)?.apply(&weights, &mut config)?;
-        }
-        let encoder = EncoderModel::load(&config, &weights)?;
-        let sentence = embeddings::SentenceConfig::from_folder(&folder)?;
-        let limits = InputLimits {
-            tokenizer_max_length: tokenizer.tokenizer_max_length(),
-            position_limit: Some(encoder.position_limit()),
-            sentence_max_seq_length: sentence.as_ref().and_then(|s| s.max_seq_length),
-        };
-        let max_length = match options.max_length {
-            Some(m) if m > encoder.position_limit() => {
-                return Err(Error::InvalidOption {
-                    option: "max_length".into(),
-                    reason: format!(
-                        "{m} is more than the {} positions {} can encode",
-                        encoder.position_limit(),
-                        encoder.class_name()
-                    ),
-                })
-            }
-            Some(m) => m,
-            None => max_input_length(&limits),
-        };
-        tokenizer.set_max_length(max_length, options.truncation)?;
-        Ok(Model {
-            folder,
-            config,
-            tokenizer,
-            encoder,
-            sentence,
-            max_batch_tokens: options.max_batch_tokens.max(1),
-        })
-    }
-
-    /// The task the model's head implies: text-classification for `…ForSequenceClassification`,
-    /// token-classification for `…ForTokenClassification`, fill-mask for `…ForMaskedLM`, and
-    /// embeddings for a base (or sentence-transformers) model. `girder serve` uses it when no
-    /// `--task` is given.
+    /// The task the model's head implies ([`Task::for_head`]).
     pub fn default_task(&self) -> Task {
-        match self.encoder.head() {
-            crate::models::Head::SequenceClassification => Task::TextClassification,
-            crate::models::Head::TokenClassification => Task::TokenClassification,
-            crate::models::Head::MaskedLM => Task::FillMask,
-            crate::models::Head::Base => Task::Embeddings,
-        }
+        Task::for_head(self.encoder.head())
     }
 
     /// Tokenizes `texts` under the policy.
@@ -204,20 +344,36 @@ impl Model {
         self.tokenizer.encode_all(texts)
     }
 
-    /// Runs the base model over `encodings` in packed batches planned by
-    /// [`plan_batches`] under [`Model::max_batch_tokens`], calling `each` with the input indices of
-    /// the batch's sequences (in batch order), the batch and the output. Batches come in
-    /// length order, not input order: callers place results by index.
+    /// The forward passes for `encodings`: [`plan_batches`] under
+    /// [`Model::max_batch_tokens`], each pass the input indices of its sequences. The one
+    /// planner of encoder batches: the CLI plans each window with it, the server each batch
+    /// of requests.
+    pub fn plan(&self, encodings: &[Encoded]) -> Vec<Vec<usize>> {
+        let lengths: Vec<usize> = encodings.iter().map(Encoded::len).collect();
+        plan_batches(&lengths, self.max_batch_tokens)
+    }
+
+    /// Runs the base model over `encodings` in the packed batches of `plan` (from
+    /// [`plan`](Self::plan)), calling `each` with the input indices of the batch's sequences
+    /// (in batch order), the batch and the output. Batches come in the plan's order (by
+    /// length), not input order: callers place results by index. An index outside
+    /// `encodings` is an error.
     pub fn forward_batches(
         &self,
         encodings: &[Encoded],
+        plan: &[Vec<usize>],
         mut each: impl FnMut(&[usize], &RaggedBatch, &EncoderOutput) -> Result<()>,
     ) -> Result<()> {
-        let lengths: Vec<usize> = encodings.iter().map(Encoded::len).collect();
-        for indices in plan_batches(&lengths, self.max_batch_tokens) {
+        for indices in plan {
+            if let Some(&bad) = indices.iter().find(|&&i| i >= encodings.len()) {
+                return Err(Error::InvalidOption {
+                    option: "plan".into(),
+                    reason: format!("index {bad} of {} inputs", encodings.len()),
+                });
+            }
             let batch = RaggedBatch::from_encodings(indices.iter().map(|&i| &encodings[i]));
             let out = self.encoder.encode(&batch)?;
-            each(&indices, &batch, &out)?;
+            each(indices, &batch, &out)?;
         }
         Ok(())
     }

@@ -262,7 +262,7 @@ pub fn run<S: AsRef<str>>(
 ) -> Result<Vec<TextResult>> {
     check_head(model)?;
     let encodings = model.encode_texts(texts)?;
-    run_encoded(model, &encodings, options)
+    run_encoded(model, &encodings, &model.plan(&encodings), options)
 }
 
 fn check_head(model: &Model) -> Result<()> {
@@ -280,12 +280,13 @@ fn check_head(model: &Model) -> Result<()> {
 pub fn run_encoded(
     model: &Model,
     encodings: &[Encoded],
+    plan: &[Vec<usize>],
     options: &Options,
 ) -> Result<Vec<TextResult>> {
     check_head(model)?;
     let labels = &model.config.id2label;
     let mut results = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
-    model.forward_batches(encodings, |indices, batch, out| {
+    model.forward_batches(encodings, plan, |indices, batch, out| {
         let logits = model
             .encoder
             .head_logits(out, batch, None)?

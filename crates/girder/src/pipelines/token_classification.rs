@@ -479,7 +479,7 @@ pub fn run<S: AsRef<str>>(
 ) -> Result<Vec<TextResult>> {
     check_head(model)?;
     let encodings = model.encode_texts(texts)?;
-    run_encoded(model, texts, &encodings, options)
+    run_encoded(model, texts, &encodings, &model.plan(&encodings), options)
 }
 
 fn check_head(model: &Model) -> Result<()> {
@@ -499,13 +499,14 @@ pub fn run_encoded<S: AsRef<str>>(
     model: &Model,
     texts: &[S],
     encodings: &[Encoded],
+    plan: &[Vec<usize>],
     options: &Options,
 ) -> Result<Vec<TextResult>> {
     check_head(model)?;
     let tokenizer = model.tokenizer.inner();
     let labels = &model.config.id2label;
     let mut results = (0..encodings.len()).map(|_| None).collect::<Vec<_>>();
-    model.forward_batches(encodings, |indices, batch, out| {
+    model.forward_batches(encodings, plan, |indices, batch, out| {
         let logits = model.encoder.head_logits(out, batch, None)?;
         for (i, &index) in indices.iter().enumerate() {
             let range = batch.seq_range(i);

@@ -203,6 +203,21 @@ impl TextTokenizer {
         Ok(tokenizer)
     }
 
+    /// A tokenizer built elsewhere (a GGUF file's, from its metadata), read from `source`;
+    /// the limit starts at 512 until the loader sets the model's.
+    pub fn from_tokenizer(inner: tokenizers::Tokenizer, source: PathBuf) -> Result<Self> {
+        let mut tokenizer = TextTokenizer {
+            inner,
+            source,
+            max_length: 512,
+            truncation: Truncation::Truncate,
+            mask_token: None,
+            tokenizer_max_length: None,
+        };
+        tokenizer.apply_policy()?;
+        Ok(tokenizer)
+    }
+
     /// `model_max_length` from tokenizer_config.json, when it is a real limit.
     pub fn tokenizer_max_length(&self) -> Option<usize> {
         self.tokenizer_max_length

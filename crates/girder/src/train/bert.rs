@@ -51,7 +51,7 @@ impl TrainableBert {
         let cfg = Config::from_common(common)?;
         let activation = cfg.activation(common)?;
         let w = Weights::from_safetensors(&folder.weight_files()?, DType::F32, &Device::Cpu)?;
-        let w = crate::models::bert::base_weights(&w, "bert");
+        let w = crate::models::base_weights(&w, "bert");
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
             (
@@ -485,7 +485,8 @@ fn common_initializer_range(common: &CommonConfig) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipelines::{LoadOptions, Model};
+    use crate::pipelines::Model;
+    use crate::LoadOptions;
 
     fn fixture() -> (Model, RaggedBatch) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bert-base");

@@ -66,7 +66,7 @@ pub fn pooled_features<S: AsRef<str>>(
     for (w, window) in texts.chunks(WINDOW).enumerate() {
         let first = w * WINDOW;
         let encodings = model.tokenizer.encode_window(window, first)?;
-        model.forward_batches(&encodings, |indices, _batch, out| {
+        model.forward_batches(&encodings, &model.plan(&encodings), |indices, _batch, out| {
             let pooled = out.pooler_output.as_ref().ok_or_else(|| Error::TaskMismatch {
                 model: model.encoder.class_name().to_string(),
                 task: "head-only training".into(),

@@ -13,7 +13,7 @@
 //! The tests compare each against candle's autograd on the elementary composition.
 
 use crate::error::Result;
-use crate::layers::kernels::{erf, exp};
+use crate::layers::cpu::kernels::{erf, exp};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 

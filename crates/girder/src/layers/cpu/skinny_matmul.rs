@@ -45,7 +45,7 @@ pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // tile copied over (both were page faults and copies in `perf`).
     let mut out = Vec::<f32>::with_capacity(m * n);
     let shared = Output(out.as_mut_ptr());
-    crate::layers::team::for_each(strips, |s| {
+    crate::layers::cpu::team::for_each(strips, |s| {
         let shared = &shared;
         let first = s * STRIP;
         let width = STRIP.min(n - first);

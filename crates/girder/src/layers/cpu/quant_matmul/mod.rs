@@ -25,14 +25,14 @@
 //!   batch it is in.
 //! - AVX2 (`avx2`) and a scalar loop read the blocks as the file stores them.
 //!
-//! Weight rows are split across the [`team`](crate::layers::team)'s threads.
+//! Weight rows are split across the [`team`](crate::layers::cpu::team)'s threads.
 //!
 //! Dequantizing the matrix for one f32 GEMM materialises every matrix as f32 on every call:
 //! 538 MB of transient memory for SmolLM2, which under a server's continuous batching cost
 //! more than it saved (perf: page clearing and transposes) and grew the resident set by 40%.
 
 use crate::error::Result;
-use crate::layers::team::{self, Chunks};
+use crate::layers::cpu::team::{self, Chunks};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
@@ -227,6 +227,9 @@ struct ActivationRow<'a> {
 impl QuantMatrix {
     /// The matrix of a Q4_1 or Q8_0 `QTensor` `[rows, cols]`; `None` for any other type.
     pub fn from_qtensor(t: &std::sync::Arc<QTensor>) -> Result<Option<Self>> {
+        if !t.device().is_cpu() {
+            return Ok(None);
+        }
         let format = match t.dtype() {
             GgmlDType::Q4_1 => Format::Q4_1,
             GgmlDType::Q8_0 => Format::Q8_0,
@@ -276,7 +279,7 @@ impl QuantMatrix {
         // output of a norm or an activation), else a copy.
         let (storage, layout) = x.storage_and_layout();
         let copied: Vec<f32>;
-        let xs: &[f32] = match crate::layers::kernels::f32s(&storage, layout) {
+        let xs: &[f32] = match crate::layers::cpu::kernels::f32s(&storage, layout) {
             Some(xs) => xs,
             None => {
                 copied = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -365,7 +368,7 @@ fn forward_bands(w: &vnni512::Bands, acts: &vnni512::PassActivations, n: usize) 
             }
         }
     };
-    crate::layers::team::for_each(w.bands(), multiply);
+    crate::layers::cpu::team::for_each(w.bands(), multiply);
     // SAFETY: the bands wrote all `n · rows` elements.
     unsafe { out.set_len(n * rows) };
     out

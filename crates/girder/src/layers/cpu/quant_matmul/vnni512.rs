@@ -29,7 +29,7 @@
 #[cfg(doc)]
 use super::ByteActivations;
 use super::{round_block_avx512, Format, BLOCK, ROWS_PER_PASS as PASS};
-use crate::layers::team;
+use crate::layers::cpu::team;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
@@ -306,7 +306,7 @@ unsafe fn band_of<const A: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::quant_matmul::{ByteActivations, Kernel};
+    use crate::layers::cpu::quant_matmul::{ByteActivations, Kernel};
 
     /// The rounding into passes gives the bytes, scales and sums of [`ByteActivations`] (which
     /// the AVX2 and scalar kernels read), each row at its place in its pass's records, and

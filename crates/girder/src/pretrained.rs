@@ -1,0 +1,430 @@
+//! The one loader: a model reference and [`LoadOptions`] become a [`Loaded`] model of one
+//! [`Kind`], as transformers' `from_pretrained` and AutoModel do.
+//!
+//! A reference is a model folder, a hub id in the Hugging Face cache (`org/name[@revision]`),
+//! or a `.gguf` file. The [registry](crate::models::registry) decides the architecture and
+//! its kind from config.json (or a GGUF file's `general.architecture`); nothing else does.
+//! The folder is opened once: config, tokenizer (under girder's policy), weights on the
+//! device asked for, an adapter merged in, and for encoders the input limit; the CLI, the
+//! server, the guard and training all start here.
+//!
+//! ```
+//! # fn main() -> girder::Result<()> {
+//! use girder::pipelines::{embeddings, Task};
+//! use girder::{load, Kind, LoadOptions};
+//!
+//! let model = load("tests/fixtures/bert-st-mean", &LoadOptions::default())?;
+//! assert_eq!((model.kind(), model.default_task()), (Kind::Encoder, Task::Embeddings));
+//! let vectors = embeddings::run(model.encoder()?, &["A man is eating food."], &Default::default())?;
+//! assert_eq!(vectors.len(), 1);
+//!
+//! // A task its kind does not serve is refused with the kinds that do.
+//! let err = model.supports(Task::TextGeneration).unwrap_err().to_string();
+//! assert!(err.contains("decoder"), "{err}");
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::config::CommonConfig;
+use crate::error::{Error, Result};
+use crate::generate::{chat::ChatTemplate, GenerationConfig, TextGenerator};
+use crate::hub::{GgufFile, LoraAdapter, ModelFolder, ModelRef, Weights};
+use crate::models::{registry, Architecture, DecoderModel, EncoderModel, Head, Kind};
+use crate::pipelines::{embeddings::SentenceConfig, Model, Task};
+use crate::tokenize::{max_input_length, InputLimits, TextTokenizer, Truncation};
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+
+/// The default budget of tokens per forward pass (`--max-batch-tokens`); it bounds
+/// activation memory.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
+
+/// How a GGUF file's tensors are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GgufMode {
+    /// Projections stay quantized: Q4_1 / Q8_0 through girder's kernel with activations
+    /// rounded to bytes as llama.cpp does (`layers::cpu::quant_matmul`), other types through
+    /// candle's quantized matmul.
+    #[default]
+    Quantized,
+    /// Every tensor dequantized to f32 (the reference transformers computes).
+    Dequantized,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where every tensor of the model lives and is computed.
+    pub device: Device,
+    /// The dtype weights are computed in (f32; bf16 and f16 checkpoints are upcast).
+    pub dtype: DType,
+    /// Encoders: overrides the model's input limit (it may not exceed the position
+    /// embeddings).
+    pub max_length: Option<usize>,
+    /// Encoders: what to do with inputs beyond the limit.
+    pub truncation: Truncation,
+    /// Encoders: tokens per forward pass at most (see [`DEFAULT_MAX_BATCH_TOKENS`]).
+    pub max_batch_tokens: usize,
+    /// Take the tokenizer from this folder or hub id instead of the model's own folder
+    /// (to check a tokenizer against a model: `girder check --tokenizer`).
+    pub tokenizer: Option<String>,
+    /// Encoders: a PEFT LoRA adapter folder merged into the weights at load
+    /// ([`LoraAdapter`]); a classification adapter sets the head and labels.
+    pub adapter: Option<PathBuf>,
+    /// GGUF files: quantized (the default) or dequantized projections.
+    pub gguf: GgufMode,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            max_length: None,
+            truncation: Truncation::Truncate,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            tokenizer: None,
+            adapter: None,
+            gguf: GgufMode::default(),
+        }
+    }
+}
+
+/// A model loaded by [`load`]: one variant per [`Kind`].
+#[derive(Debug)]
+pub enum Loaded {
+    /// An encoder with its tokenizer: the text-classification, token-classification,
+    /// fill-mask and embeddings pipelines.
+    Encoder(Box<Model>),
+    /// A causal language model with its tokenizer and generation settings: text generation.
+    Decoder(Box<TextGenerator>),
+}
+
+/// Loads `reference` (a folder, a hub id in the Hugging Face cache, or a `.gguf` file).
+pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
+    if options.dtype != DType::F32 {
+        return Err(Error::Unsupported {
+            what: format!(
+                "dtype {:?} at load (weights are computed in f32; bf16 and f16 checkpoints are upcast)",
+                options.dtype
+            ),
+        });
+    }
+    let path = Path::new(reference);
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return load_gguf(path, options);
+    }
+    let folder = ModelRef::parse(reference).resolve()?;
+    let mut config = CommonConfig::from_file(
+        &folder.require("config.json", "a model folder needs config.json")?,
+    )?;
+    let mut resolved = registry::resolve(&config)?;
+    // sentence-transformers loads its Transformer module with AutoModel: the base model,
+    // whatever head `architectures` names (all-mpnet-base-v2 says MPNetForMaskedLM and
+    // ships no LM head).
+    let sentence = SentenceConfig::from_folder(&folder)?;
+    if sentence.is_some() && resolved.architecture.kind == Kind::Encoder {
+        resolved = resolved.base();
+    }
+    let tokenizer = match &options.tokenizer {
+        Some(reference) => {
+            TextTokenizer::from_folder(&ModelRef::parse(reference).resolve_tokenizer()?)?
+        }
+        None => TextTokenizer::from_folder(&folder)?,
+    };
+    let mut weights =
+        Weights::from_safetensors(&folder.weight_files()?, options.dtype, &options.device)?;
+    match resolved.architecture.kind {
+        Kind::Encoder => {
+            if let Some(path) = &options.adapter {
+                weights = LoraAdapter::load(path)?.apply(&weights, &mut config)?;
+                // A classification adapter names the head it trained.
+                resolved = registry::resolve(&config)?;
+            }
+            let encoder = EncoderModel::load(resolved, &config, &weights)?;
+            encoder_model(folder, config, tokenizer, encoder, sentence, options)
+        }
+        Kind::Decoder => {
+            refuse_adapter(options, resolved.class_name)?;
+            let model = DecoderModel::load(resolved, &config, &weights)?;
+            let generation_config = GenerationConfig::from_folder(&folder, &config)?;
+            let chat_template = ChatTemplate::from_folder(&folder)?;
+            decoder_model(
+                model,
+                tokenizer,
+                generation_config,
+                chat_template,
+                Some((folder, config)),
+            )
+        }
+    }
+}
+
+/// The encoder with its tokenizer limited to the model's real input length.
+fn encoder_model(
+    folder: ModelFolder,
+    config: CommonConfig,
+    mut tokenizer: TextTokenizer,
+    encoder: EncoderModel,
+    sentence: Option<SentenceConfig>,
+    options: &LoadOptions,
+) -> Result<Loaded> {
+    let limits = InputLimits {
+        tokenizer_max_length: tokenizer.tokenizer_max_length(),
+        position_limit: Some(encoder.position_limit()),
+        sentence_max_seq_length: sentence.as_ref().and_then(|s| s.max_seq_length),
+    };
+    let max_length = match options.max_length {
+        Some(m) if m > encoder.position_limit() => {
+            return Err(Error::InvalidOption {
+                option: "max_length".into(),
+                reason: format!(
+                    "{m} is more than the {} positions {} can encode",
+                    encoder.position_limit(),
+                    encoder.class_name()
+                ),
+            })
+        }
+        Some(m) => m,
+        None => max_input_length(&limits),
+    };
+    tokenizer.set_max_length(max_length, options.truncation)?;
+    Ok(Loaded::Encoder(Box::new(Model {
+        folder,
+        config,
+        tokenizer,
+        encoder,
+        sentence,
+        max_batch_tokens: options.max_batch_tokens.max(1),
+    })))
+}
+
+/// The decoder with its tokenizer refusing prompts beyond the context: a prompt is never
+/// cut silently.
+fn decoder_model(
+    model: DecoderModel,
+    mut tokenizer: TextTokenizer,
+    generation_config: GenerationConfig,
+    chat_template: Option<ChatTemplate>,
+    files: Option<(ModelFolder, CommonConfig)>,
+) -> Result<Loaded> {
+    tokenizer.set_max_length(model.context_length().max(2), Truncation::Refuse)?;
+    Ok(Loaded::Decoder(Box::new(TextGenerator::new(
+        model,
+        tokenizer,
+        generation_config,
+        chat_template,
+        files,
+    ))))
+}
+
+/// A GGUF file: the architecture from `general.architecture`, the hyper-parameters,
+/// tokenizer, chat template and eos/bos ids from its metadata.
+fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
+    if !path.is_file() {
+        return Err(Error::MissingFile {
+            folder: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            needs: "the GGUF file to load".into(),
+        });
+    }
+    let mut gguf = GgufFile::open(path)?;
+    let (architecture, format) = registry::resolve_gguf(&gguf)?;
+    refuse_adapter(options, architecture.classes[0].0)?;
+    if options.tokenizer.is_some() {
+        return Err(Error::InvalidOption {
+            option: "tokenizer".into(),
+            reason: format!(
+                "{} carries its tokenizer in its metadata; another one cannot be put in its place",
+                path.display()
+            ),
+        });
+    }
+    gguf.read_tensors(format.tensor_names, format.permuted_qk, &options.device)?;
+    let tokens = gguf.tokenizer()?;
+    let generation_config = GenerationConfig {
+        eos_token_ids: gguf
+            .opt_u32("tokenizer.ggml.eos_token_id")?
+            .into_iter()
+            .collect(),
+        bos_token_id: gguf.opt_u32("tokenizer.ggml.bos_token_id")?,
+    };
+    let chat_template = ChatTemplate::from_gguf(&gguf, &tokens)?;
+    let tokenizer = TextTokenizer::from_tokenizer(tokens, path.to_path_buf())?;
+    let keep_quantized = options.gguf == GgufMode::Quantized;
+    let weights = Weights::from_gguf(gguf, keep_quantized, options.dtype, &options.device);
+    let gguf = weights.gguf().ok_or_else(|| Error::BadGguf {
+        file: path.to_path_buf(),
+        reason: "the file's tensors were not kept".into(),
+    })?;
+    let model = DecoderModel::load_gguf(architecture, format, gguf, &weights)?;
+    decoder_model(model, tokenizer, generation_config, chat_template, None)
+}
+
+fn refuse_adapter(options: &LoadOptions, class_name: &str) -> Result<()> {
+    match &options.adapter {
+        Some(path) => Err(Error::InvalidOption {
+            option: "adapter".into(),
+            reason: format!(
+                "{} is for encoders; {class_name} is {} (merge the adapter with PEFT first)",
+                path.display(),
+                Kind::Decoder.describe()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl Loaded {
+    /// The kind of model.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Loaded::Encoder(_) => Kind::Encoder,
+            Loaded::Decoder(_) => Kind::Decoder,
+        }
+    }
+
+    /// The registry row of its architecture.
+    pub fn architecture(&self) -> &'static Architecture {
+        match self {
+            Loaded::Encoder(m) => m.encoder.architecture(),
+            Loaded::Decoder(g) => g.model().architecture(),
+        }
+    }
+
+    /// transformers' class name, e.g. `BertForSequenceClassification`, `LlamaForCausalLM`.
+    pub fn class_name(&self) -> &str {
+        match self {
+            Loaded::Encoder(m) => m.encoder.class_name(),
+            Loaded::Decoder(g) => g.model().class_name(),
+        }
+    }
+
+    /// The head the checkpoint carries.
+    pub fn head(&self) -> Head {
+        match self {
+            Loaded::Encoder(m) => m.encoder.head(),
+            Loaded::Decoder(_) => Head::CausalLM,
+        }
+    }
+
+    /// The tokenizer, under girder's policy.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        match self {
+            Loaded::Encoder(m) => &m.tokenizer,
+            Loaded::Decoder(g) => g.text_tokenizer(),
+        }
+    }
+
+    /// The model folder and its config.json; `None` for a GGUF file.
+    pub fn files(&self) -> Option<(&ModelFolder, &CommonConfig)> {
+        match self {
+            Loaded::Encoder(m) => Some((&m.folder, &m.config)),
+            Loaded::Decoder(g) => g.files(),
+        }
+    }
+
+    /// The task its head implies: text-classification for `…ForSequenceClassification`,
+    /// token-classification for `…ForTokenClassification`, fill-mask for `…ForMaskedLM`,
+    /// embeddings for a base (or sentence-transformers) model, text-generation for a causal
+    /// language model. `girder serve` uses it when no `--task` is given.
+    pub fn default_task(&self) -> Task {
+        Task::for_head(self.head())
+    }
+
+    /// `Ok` when this model can run `task`; otherwise an error that says which kinds (and
+    /// heads) serve it.
+    pub fn supports(&self, task: Task) -> Result<()> {
+        task.check(self.kind(), self.head(), self.class_name())
+    }
+
+    /// The encoder, or an error naming the kind this model is.
+    pub fn encoder(&self) -> Result<&Model> {
+        match self {
+            Loaded::Encoder(m) => Ok(m),
+            Loaded::Decoder(_) => Err(self.wrong_kind(Kind::Encoder)),
+        }
+    }
+
+    /// The causal language model, or an error naming the kind this model is.
+    pub fn decoder(&self) -> Result<&TextGenerator> {
+        match self {
+            Loaded::Decoder(g) => Ok(g),
+            Loaded::Encoder(_) => Err(self.wrong_kind(Kind::Decoder)),
+        }
+    }
+
+    /// [`encoder`](Self::encoder), by value.
+    pub fn into_encoder(self) -> Result<Model> {
+        match self {
+            Loaded::Encoder(m) => Ok(*m),
+            other => Err(other.wrong_kind(Kind::Encoder)),
+        }
+    }
+
+    /// [`decoder`](Self::decoder), by value.
+    pub fn into_decoder(self) -> Result<TextGenerator> {
+        match self {
+            Loaded::Decoder(g) => Ok(*g),
+            other => Err(other.wrong_kind(Kind::Decoder)),
+        }
+    }
+
+    fn wrong_kind(&self, wanted: Kind) -> Error {
+        let task = match wanted {
+            Kind::Encoder => Task::Embeddings,
+            Kind::Decoder => Task::TextGeneration,
+        };
+        match self.supports(task) {
+            Err(err) => err,
+            Ok(()) => Error::TaskMismatch {
+                model: self.class_name().to_string(),
+                task: task.name().to_string(),
+                reason: format!("it is {}", self.kind().describe()),
+            },
+        }
+    }
+}
+
+impl Model {
+    /// Loads an encoder: [`load`], refusing any other kind.
+    ///
+    /// ```
+    /// # fn main() -> girder::Result<()> {
+    /// use girder::pipelines::{embeddings, Model};
+    /// let model = Model::load("tests/fixtures/bert-st-mean", &Default::default())?;
+    /// let out = embeddings::run(&model, &["A man is eating food."], &embeddings::Options::default())?;
+    /// assert!(out[0].embedding.len() > 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn load(reference: &str, options: &LoadOptions) -> Result<Model> {
+        load(reference, options)?.into_encoder()
+    }
+}
+
+impl TextGenerator {
+    /// Loads a causal language model (a folder, a hub id or a `.gguf` file, quantized):
+    /// [`load`] with the default options, refusing any other kind.
+    pub fn load(reference: &str) -> Result<TextGenerator> {
+        load(reference, &LoadOptions::default())?.into_decoder()
+    }
+}
+
+impl From<Model> for Loaded {
+    fn from(model: Model) -> Self {
+        Loaded::Encoder(Box::new(model))
+    }
+}
+
+impl From<TextGenerator> for Loaded {
+    fn from(generator: TextGenerator) -> Self {
+        Loaded::Decoder(Box::new(generator))
+    }
+}
