@@ -115,6 +115,54 @@ impl CommonConfig {
         })
     }
 
+    /// The config of the same model as class `class_name` with these labels (by id), as
+    /// transformers' `from_pretrained(..., id2label=...)` on a head class writes it:
+    /// `architectures`, `id2label`, `label2id` and `num_labels`; `problem_type` becomes
+    /// single-label classification for a sequence classifier; `classifier_dropout` is set
+    /// when given.
+    pub fn set_head(
+        &mut self,
+        class_name: &str,
+        labels: &[String],
+        sequence_classifier: bool,
+        classifier_dropout: Option<f64>,
+    ) {
+        self.architectures = vec![class_name.to_string()];
+        self.id2label = labels.to_vec();
+        let Some(raw) = self.raw.as_object_mut() else {
+            return;
+        };
+        raw.insert("architectures".into(), serde_json::json!([class_name]));
+        let id2label: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone().into()))
+            .collect();
+        let label2id: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i.into()))
+            .collect();
+        raw.insert("id2label".into(), id2label.into());
+        raw.insert("label2id".into(), label2id.into());
+        raw.remove("num_labels");
+        if sequence_classifier {
+            self.problem_type = Some(ProblemType::SingleLabelClassification);
+            raw.insert("problem_type".into(), "single_label_classification".into());
+        }
+        if let Some(p) = classifier_dropout {
+            raw.insert("classifier_dropout".into(), p.into());
+        }
+    }
+
+    /// `initializer_range` (the standard deviation of new weights), 0.02 when unset.
+    pub fn initializer_range(&self) -> f64 {
+        self.raw
+            .get("initializer_range")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.02)
+    }
+
     /// Parses the architecture-specific view of the same document.
     pub fn parse_as<T: DeserializeOwned>(&self) -> Result<T> {
         let text = self.raw.to_string();

@@ -29,6 +29,7 @@ pub mod layers;
 pub mod models;
 pub mod pipelines;
 pub mod pretrained;
+pub mod rng;
 pub mod tokenize;
 pub mod train;
 

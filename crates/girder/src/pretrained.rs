@@ -28,7 +28,7 @@
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::generate::{chat::ChatTemplate, GenerationConfig, TextGenerator};
-use crate::hub::{GgufFile, LoraAdapter, ModelFolder, ModelRef, Weights};
+use crate::hub::{GgufFile, Lora, LoraAdapter, ModelFolder, ModelRef, Trained, Training, Weights};
 use crate::models::{registry, Architecture, DecoderModel, EncoderModel, Head, Kind};
 use crate::pipelines::{embeddings::SentenceConfig, Model, Task};
 use crate::tokenize::{max_input_length, InputLimits, TextTokenizer, Truncation};
@@ -73,6 +73,36 @@ pub struct LoadOptions {
     pub adapter: Option<PathBuf>,
     /// GGUF files: quantized (the default) or dequantized projections.
     pub gguf: GgufMode,
+    /// Encoders: build this head with these labels instead of the class config.json names,
+    /// as transformers' `AutoModelForSequenceClassification.from_pretrained(base,
+    /// id2label=...)`; a checkpoint without the head's tensors needs `training`, which
+    /// initialises them.
+    pub head: Option<NewHead>,
+    /// Encoders: build the model for training, its trained tensors variables.
+    pub training: Option<TrainingLoad>,
+}
+
+/// A head to build on an encoder, with its labels (see [`LoadOptions::head`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewHead {
+    /// [`Head::SequenceClassification`] or [`Head::TokenClassification`].
+    pub head: Head,
+    /// The label of each class id.
+    pub labels: Vec<String>,
+    /// The heads' dropout (`classifier_dropout`); `None`: the architecture's default.
+    pub classifier_dropout: Option<f64>,
+}
+
+/// What a training load trains (see [`LoadOptions::training`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingLoad {
+    /// Every weight (full fine-tuning); otherwise the head's (the registry's
+    /// `head_modules`) and the LoRA adapters.
+    pub all_weights: bool,
+    /// LoRA adapters on the targeted linear layers.
+    pub lora: Option<Lora>,
+    /// Seeds the new head's initialisation and LoRA's `A` matrices.
+    pub seed: u64,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +116,8 @@ impl Default for LoadOptions {
             tokenizer: None,
             adapter: None,
             gguf: GgufMode::default(),
+            head: None,
+            training: None,
         }
     }
 }
@@ -144,8 +176,40 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
                 // A classification adapter names the head it trained.
                 resolved = registry::resolve(&config)?;
             }
+            if let Some(new) = &options.head {
+                resolved = with_head(resolved, new, &mut config)?;
+            }
+            let parameters = match &options.training {
+                Some(load) => {
+                    let architecture = resolved.architecture;
+                    let plan = Training {
+                        trained: if load.all_weights {
+                            Trained::All
+                        } else {
+                            Trained::Modules(
+                                architecture
+                                    .head_modules
+                                    .iter()
+                                    .map(|m| m.to_string())
+                                    .collect(),
+                            )
+                        },
+                        lora: load.lora.clone(),
+                        seed: load.seed,
+                        initializer_range: config.initializer_range(),
+                    };
+                    let (trainable, parameters) = weights.for_training(plan);
+                    weights = trainable;
+                    Some(parameters)
+                }
+                None => None,
+            };
             let encoder = EncoderModel::load(resolved, &config, &weights)?;
-            encoder_model(folder, config, tokenizer, encoder, sentence, options)
+            let mut loaded = encoder_model(folder, config, tokenizer, encoder, sentence, options)?;
+            if let Loaded::Encoder(model) = &mut loaded {
+                model.parameters = parameters;
+            }
+            Ok(loaded)
         }
         Kind::Decoder => {
             refuse_adapter(options, resolved.class_name)?;
@@ -161,6 +225,39 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
             )
         }
     }
+}
+
+/// The class of `resolved`'s architecture that carries `new.head`, with the config set for
+/// its labels.
+fn with_head(
+    resolved: registry::Resolved,
+    new: &NewHead,
+    config: &mut CommonConfig,
+) -> Result<registry::Resolved> {
+    let architecture = resolved.architecture;
+    let Some(&(class_name, head)) = architecture.classes.iter().find(|(_, h)| *h == new.head)
+    else {
+        return Err(Error::Unsupported {
+            what: format!("{} with {}", architecture.name, new.head.name()),
+        });
+    };
+    if new.labels.is_empty() {
+        return Err(Error::InvalidOption {
+            option: "labels".into(),
+            reason: format!("{class_name} needs at least one label"),
+        });
+    }
+    config.set_head(
+        class_name,
+        &new.labels,
+        head == Head::SequenceClassification,
+        new.classifier_dropout,
+    );
+    Ok(registry::Resolved {
+        architecture,
+        class_name,
+        head,
+    })
 }
 
 /// The encoder with its tokenizer limited to the model's real input length.
@@ -199,6 +296,7 @@ fn encoder_model(
         encoder,
         sentence,
         max_batch_tokens: options.max_batch_tokens.max(1),
+        parameters: None,
     })))
 }
 

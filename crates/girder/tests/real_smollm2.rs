@@ -202,7 +202,7 @@ fn llama_cpp() -> (LlamaCpp, std::collections::HashMap<String, Tensor>) {
 #[test]
 fn quantized_gguf_says_paris_and_computes_what_llama_cpp_computes() {
     // The quantized path rounds each block of 32 activations to bytes before multiplying the
-    // Q4_1 / Q8_0 blocks (layers/quant_matmul/), as llama.cpp does; its reference is
+    // Q4_1 / Q8_0 blocks (layers/cpu/quant_matmul/), as llama.cpp does; its reference is
     // llama.cpp's logits on the same file, not transformers' dequantized model.
     let (expected, tensors) = expected();
     let (reference, reference_logits) = llama_cpp();
@@ -301,7 +301,7 @@ fn gguf_chat_template_renders_as_transformers() {
 fn quantized_prefill_equals_decode_steps() {
     // A prefill (many rows in passes of eight, attention over the new tokens) and decode steps
     // (one row, attention over the cache) compute every row with the same instructions in the
-    // same order (layers/quant_matmul/vnni512.rs, layers/attention.rs::attend_rows),
+    // same order (layers/cpu/quant_matmul/vnni512.rs, layers/cpu/attention.rs::attend_rows),
     // so they agree bit for bit: greedy output does not depend on how a prompt is split or
     // batched. The last 4 tokens go one at a time after a prefill of the rest.
     let (expected, _) = expected();

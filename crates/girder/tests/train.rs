@@ -1,21 +1,23 @@
-//! Fine-tuning end to end on the tiny BERT fixture: a head trained on frozen pooled features
-//! is written as a model folder; girder loads it back as `BertForSequenceClassification`
-//! with the training path's logits, and (where the dev-only .venv-oracle exists)
-//! transformers loads it unchanged, with no missing or unexpected tensor, and the same
-//! logits within 1e-4.
+//! Fine-tuning end to end on the tiny fixture of every encoder family (BERT, DistilBERT,
+//! RoBERTa, XLM-RoBERTa, MPNet): the inference model itself is trained, head-only, fully or
+//! with LoRA, as a sequence and as a token classifier; the kept weights are written as a
+//! model folder (or a PEFT adapter) that girder loads back with the trained model's logits,
+//! and (where the dev-only .venv-oracle exists) that transformers and PEFT load unchanged,
+//! with no missing or unexpected tensor, and the same logits within 1e-4.
 
 use girder::check::model_card;
+use girder::hub::Lora;
+use girder::models::Head;
 use girder::pipelines::{text_classification as tc, Model};
-use girder::train::bert::{Lora, TrainableBert};
-use girder::train::data::{bio_tags, read_classification, read_conll, Columns};
-use girder::train::export::{
-    write_lora_adapter, write_sequence_classifier, ClassifierHead, LoraAdapter, SequenceClassifier,
-};
-use girder::train::full::{train_full, train_token_classifier, EncodedSet};
-use girder::train::head::{pooled_features, predict, train_head, FeatureSet, Quiet};
+use girder::train::data::{bio_tags, read_classification, read_conll, Columns, LabelSet};
+use girder::train::export::{write_classifier, write_lora_adapter, Classifier, LoraAdapter};
+use girder::train::fit::{Quiet, TrainedModel};
+use girder::train::full::{train_sequence_classifier, train_token_classifier, EncodedSet};
+use girder::train::head::{sequence_features, token_features, train_head};
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
-use girder::train::{Rng, TrainingArguments};
+use girder::train::trainable::Trainable;
+use girder::train::{Method, TrainingArguments};
 use girder::LoadOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +25,19 @@ use std::process::Command;
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("crates/girder/tests/fixtures").join(name)
+}
+
+/// The base fixture of every encoder family and its classes' prefix.
+const FAMILIES: [(&str, &str); 5] = [
+    ("bert-base", "Bert"),
+    ("distilbert-base", "DistilBert"),
+    ("roberta-base", "Roberta"),
+    ("xlmr-base", "XLMRoberta"),
+    ("mpnet-base", "MPNet"),
+];
 
 const TRAIN: &str = "text\tlabel
 what a lovely film\tgood
@@ -38,6 +53,8 @@ the worst film this year\tbad
 awful acting and a silly plot\tbad
 a tedious waste of time\tbad
 ";
+
+const NER: &str = "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n";
 
 /// Logits of `model`'s classifier for `texts`, in input order.
 fn girder_logits(model: &Model, texts: &[&str]) -> Vec<Vec<f32>> {
@@ -71,313 +88,329 @@ fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-#[test]
-fn a_trained_head_is_a_folder_that_girder_and_transformers_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let train_path = dir.path().join("train.tsv");
-    std::fs::write(&train_path, TRAIN).unwrap();
-    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
-    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let data = read_classification(&train_path, &Columns::default(), None).unwrap();
-    assert_eq!(data.labels.names(), ["bad", "good"]);
-    let texts = data.texts();
-    let features = pooled_features(&base, &texts, &mut Quiet).unwrap();
-    let labels = data.label_ids();
-    let set = FeatureSet {
-        features: &features,
-        labels: &labels,
-    };
-    let args = TrainingArguments {
+fn args(method: Method) -> TrainingArguments {
+    TrainingArguments {
         num_train_epochs: 2,
-        learning_rate: 1e-2,
+        learning_rate: match method {
+            Method::Full => 1e-3,
+            _ => 1e-2,
+        },
+        per_device_train_batch_size: 4,
         ..Default::default()
+    }
+}
+
+/// Trains `base` as a sequence classifier of "bad" / "good" with `method` on [`TRAIN`].
+fn train_sequence(
+    base: &Path,
+    method: Method,
+    lora: Option<Lora>,
+    train_path: &Path,
+) -> (Trainable, TrainedModel, LabelSet) {
+    let data = read_classification(train_path, &Columns::default(), None).unwrap();
+    assert_eq!(data.labels.names(), ["bad", "good"]);
+    let args = args(method);
+    let trainable = Trainable::load(
+        base.to_str().unwrap(),
+        Head::SequenceClassification,
+        data.labels.names(),
+        method,
+        lora,
+        &args,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let labels = data.label_ids();
+    let model = &trainable.model;
+    let trained = match method {
+        Method::Head => {
+            let features = sequence_features(model, &data.texts(), &labels, &mut Quiet).unwrap();
+            train_head(&trainable, &features, Some(&features), &args, &mut Quiet).unwrap()
+        }
+        _ => {
+            let encodings = model.encode_texts(&data.texts()).unwrap();
+            let set = EncodedSet {
+                encodings: &encodings,
+                labels: &labels,
+            };
+            train_sequence_classifier(&trainable, set, Some(set), &args, &mut Quiet).unwrap()
+        }
     };
-    let trained = train_head(set, Some(set), 2, &args, &mut Quiet).unwrap();
-    let kept = trained.epochs[trained.best_epoch - 1].eval.clone().unwrap();
-    let out = dir.path().join("bert-tiny-sentiment");
-    write_sequence_classifier(
-        &SequenceClassifier {
-            head: ClassifierHead::Sequence,
-            ner_evaluation: None,
-            base: &base.folder,
-            base_reference: "tests/fixtures/bert-base",
-            labels: &data.labels,
-            trained: vec![
-                ("classifier.weight".into(), trained.weight.clone()),
-                ("classifier.bias".into(), trained.bias.clone()),
-            ],
+    (trainable, trained, data.labels)
+}
+
+fn write(
+    trainable: &Trainable,
+    trained: &TrainedModel,
+    labels: &LabelSet,
+    out: &Path,
+    method: Method,
+) {
+    let args = args(method);
+    let kept = trained.epochs[trained.best_epoch - 1].eval.clone();
+    write_classifier(
+        &Classifier {
+            model: &trainable.model,
+            base_reference: "tests/fixtures/base",
+            labels,
+            tensors: trained.tensors.clone(),
             datasets: vec!["train.tsv".into()],
-            evaluation: Some(("train.tsv".into(), &kept)),
-            method: "head",
+            evaluation: kept.as_ref().map(|m| ("train.tsv".to_string(), m)),
+            ner_evaluation: None,
+            method: method.name(),
             args: &args,
             best_epoch: trained.best_epoch,
         },
-        &out,
+        out,
     )
     .unwrap();
+}
 
-    // girder reads it as a classifier whose logits are the training path's.
-    let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_eq!(
-        classifier.encoder.class_name(),
-        "BertForSequenceClassification"
-    );
-    assert_eq!(classifier.config.id2label, ["bad", "good"]);
-    let logits = girder_logits(&classifier, &texts);
-    let expected = features
-        .matmul(&trained.weight.t().unwrap())
-        .unwrap()
-        .broadcast_add(&trained.bias)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let diff = max_abs_diff(&logits, &expected);
-    assert!(diff < 1e-5, "exported logits differ by {diff}");
-    let results = tc::run(&classifier, &texts, &tc::Options::default()).unwrap();
-    let predicted: Vec<usize> = results
-        .iter()
-        .map(|r| usize::from(r.best.as_ref().unwrap().label == "good"))
+#[test]
+fn every_family_trains_with_every_method_into_a_folder_transformers_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_path = dir.path().join("train.tsv");
+    std::fs::write(&train_path, TRAIN).unwrap();
+    let texts: Vec<&str> = TRAIN
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap())
         .collect();
-    assert_eq!(
-        predicted,
-        predict(&features, &trained.weight, &trained.bias).unwrap()
-    );
-    assert_eq!(
-        ClassificationMetrics::compute(&labels, &predicted, 2).accuracy,
-        kept.accuracy
-    );
-
+    let mut folders = Vec::new();
+    for (name, prefix) in FAMILIES {
+        let base = fixture(name);
+        for method in [Method::Head, Method::Full, Method::Lora] {
+            let lora = (method == Method::Lora).then(Lora::default);
+            let lora = lora.map(|l| Lora {
+                target_modules: match prefix {
+                    "DistilBert" => vec!["q_lin".into(), "v_lin".into()],
+                    "MPNet" => vec!["q".into(), "v".into()],
+                    _ => l.target_modules,
+                },
+                ..l
+            });
+            let (trainable, trained, labels) = train_sequence(&base, method, lora, &train_path);
+            let class = format!("{prefix}ForSequenceClassification");
+            assert_eq!(trainable.model.encoder.class_name(), class);
+            // The head is new; nothing else of the base is.
+            let new = trainable.new_tensors();
+            assert!(
+                !new.is_empty()
+                    && new.iter().all(|n| n.starts_with("classifier")
+                        || n.starts_with("pre_classifier")
+                        || n.ends_with("pooler.dense.weight")
+                        || n.ends_with("pooler.dense.bias")),
+                "{name}: {new:?}"
+            );
+            // In memory, the model is the kept epoch's; the folder computes the same.
+            let expected = girder_logits(&trainable.model, &texts);
+            let out = dir.path().join(format!("{name}-{}", method.name()));
+            write(&trainable, &trained, &labels, &out, method);
+            let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+            assert_eq!(classifier.encoder.class_name(), class);
+            assert_eq!(classifier.config.id2label, ["bad", "good"]);
+            let logits = girder_logits(&classifier, &texts);
+            let diff = max_abs_diff(&logits, &expected);
+            println!(
+                "{name:<16} {:<5} folder vs trained model: {diff:.2e}",
+                method.name()
+            );
+            assert!(
+                diff < 1e-5,
+                "{name} {}: exported logits differ by {diff}",
+                method.name()
+            );
+            if method == Method::Head {
+                // Only the head moved: the encoder's tensors are the base's.
+                let base = Model::load(base.to_str().unwrap(), &LoadOptions::default()).unwrap();
+                let enc = base.encode_texts(&texts[..2]).unwrap();
+                let batch = girder::batch::RaggedBatch::from_encodings(&enc);
+                let a = base.encoder.encode(&batch).unwrap().last_hidden_state;
+                let b = classifier.encoder.encode(&batch).unwrap().last_hidden_state;
+                assert_eq!(
+                    a.to_vec2::<f32>().unwrap(),
+                    b.to_vec2::<f32>().unwrap(),
+                    "{name}"
+                );
+            }
+            folders.push((out, class, logits));
+        }
+    }
     // The card's front matter parses and names the base and the data.
-    let readme = out.join("README.md");
+    let readme = folders[0].0.join("README.md");
     let card = model_card::parse(&readme, &std::fs::read_to_string(&readme).unwrap())
         .unwrap()
         .unwrap();
-    assert_eq!(
-        card.base_model.unwrap().values(),
-        ["tests/fixtures/bert-base"]
-    );
+    assert_eq!(card.base_model.unwrap().values(), ["tests/fixtures/base"]);
     assert_eq!(card.datasets.unwrap().values(), ["train.tsv"]);
     assert_eq!(card.pipeline_tag.as_deref(), Some("text-classification"));
-
-    transformers_agrees(&out, &texts, &logits);
+    transformers_agrees(&folders, &texts);
 }
 
 #[test]
-fn full_fine_tuning_exports_every_trained_weight() {
+fn full_fine_tuning_moves_the_encoder_and_the_pipeline_agrees() {
     let dir = tempfile::tempdir().unwrap();
     let train_path = dir.path().join("train.tsv");
     std::fs::write(&train_path, TRAIN).unwrap();
-    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
-    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let data = read_classification(&train_path, &Columns::default(), None).unwrap();
-    let texts = data.texts();
-    let encodings = base.encode_texts(&texts).unwrap();
-    let labels = data.label_ids();
-    let args = TrainingArguments {
-        num_train_epochs: 2,
-        learning_rate: 1e-3,
-        per_device_train_batch_size: 4,
-        ..Default::default()
-    };
-    let mut bert =
-        TrainableBert::load(&base.folder, &base.config, 2, &mut Rng::new(args.seed)).unwrap();
-    // Copies: training updates the variables' storage in place.
-    let before: Vec<(String, candle_core::Tensor)> = bert
-        .checkpoint_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| (n, t.copy().unwrap()))
-        .collect();
-    let trained = train_full(
-        &mut bert,
-        EncodedSet {
-            encodings: &encodings,
-            labels: &labels,
-        },
-        None,
-        2,
-        &args,
-        &mut Quiet,
-    )
-    .unwrap();
-    assert_eq!(trained.best_epoch, 2);
-    // The encoder moved, not only the classifier.
-    let moved = |name: &str| {
-        let a = &before.iter().find(|(n, _)| n == name).unwrap().1;
-        let b = &trained.tensors.iter().find(|(n, _)| n == name).unwrap().1;
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 0.0
-    };
-    assert!(moved("bert.encoder.layer.0.attention.self.query.weight"));
-    assert!(moved("bert.embeddings.word_embeddings.weight"));
-
-    let out = dir.path().join("bert-tiny-full");
-    write_sequence_classifier(
-        &SequenceClassifier {
-            head: ClassifierHead::Sequence,
-            ner_evaluation: None,
-            base: &base.folder,
-            base_reference: "tests/fixtures/bert-base",
-            labels: &data.labels,
-            trained: trained.tensors.clone(),
-            datasets: vec!["train.tsv".into()],
-            evaluation: None,
-            method: "full",
-            args: &args,
-            best_epoch: trained.best_epoch,
-        },
-        &out,
-    )
-    .unwrap();
-    let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let logits = girder_logits(&classifier, &texts);
-    let batch = girder::batch::RaggedBatch::from_encodings(&encodings);
-    let expected = bert
-        .logits(&batch, &mut None)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let diff = max_abs_diff(&logits, &expected);
-    assert!(
-        diff < 1e-5,
-        "exported logits differ from the trained model's by {diff}"
-    );
-    transformers_agrees(&out, &texts, &logits);
-}
-
-#[test]
-fn lora_trains_only_adapters_and_merges_into_a_plain_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let train_path = dir.path().join("train.tsv");
-    std::fs::write(&train_path, TRAIN).unwrap();
-    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
-    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let data = read_classification(&train_path, &Columns::default(), None).unwrap();
-    let texts = data.texts();
-    let encodings = base.encode_texts(&texts).unwrap();
-    let labels = data.label_ids();
-    let args = TrainingArguments {
-        num_train_epochs: 2,
-        learning_rate: 1e-2,
-        per_device_train_batch_size: 4,
-        ..Default::default()
-    };
-    let mut rng = Rng::new(args.seed);
-    let mut bert = TrainableBert::load(&base.folder, &base.config, 2, &mut rng).unwrap();
-    let batch = girder::batch::RaggedBatch::from_encodings(&encodings);
-    let untouched = bert
-        .pooled(&batch, &mut None)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let adapted = bert.enable_lora(Lora::default(), &mut rng).unwrap();
+    let base = fixture("mpnet-base");
+    let before = Model::load(base.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let (trainable, trained, labels) = train_sequence(&base, Method::Full, None, &train_path);
     assert_eq!(
-        adapted,
-        [
-            "encoder.layer.0.attention.self.query",
-            "encoder.layer.0.attention.self.value",
-            "encoder.layer.1.attention.self.query",
-            "encoder.layer.1.attention.self.value",
-        ]
+        trained.best_epoch,
+        trained.epochs.len().min(trained.best_epoch)
     );
-    // B starts at zero: the adapted model computes the base model's function.
-    let start = bert
-        .pooled(&batch, &mut None)
+    // The encoder moved, not only the classifier: the exported word embeddings and a
+    // layer's query differ from the base's.
+    let exported = |name: &str| &trained.tensors.iter().find(|(n, _)| n == name).unwrap().1;
+    let words = exported("mpnet.embeddings.word_embeddings.weight");
+    let change = (words - before.encoder.word_embeddings())
         .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    assert!(max_abs_diff(&untouched, &start) < 1e-6);
-    let trainable: Vec<&String> = bert.vars().keys().collect();
-    assert_eq!(trainable.len(), 4 * 2 + 2, "{trainable:?}");
-    train_full(
-        &mut bert,
-        EncodedSet {
-            encodings: &encodings,
-            labels: &labels,
-        },
-        None,
-        2,
-        &args,
-        &mut Quiet,
-    )
-    .unwrap();
-    let moved = bert
-        .pooled(&batch, &mut None)
+        .abs()
         .unwrap()
-        .to_vec2::<f32>()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
         .unwrap();
-    assert!(
-        max_abs_diff(&untouched, &moved) > 1e-6,
-        "the adapters did not train"
-    );
-
-    // Merged weights in a plain folder give the adapted model's logits.
-    let out = dir.path().join("bert-tiny-lora-merged");
-    write_sequence_classifier(
-        &SequenceClassifier {
-            head: ClassifierHead::Sequence,
-            ner_evaluation: None,
-            base: &base.folder,
-            base_reference: "tests/fixtures/bert-base",
-            labels: &data.labels,
-            trained: bert.checkpoint_tensors().unwrap(),
-            datasets: vec!["train.tsv".into()],
-            evaluation: None,
-            method: "lora",
-            args: &args,
-            best_epoch: 2,
-        },
-        &out,
-    )
-    .unwrap();
+    assert!(change > 0.0, "the word embeddings did not move");
+    assert!(trained
+        .tensors
+        .iter()
+        .any(|(n, _)| n == "mpnet.encoder.layer.0.attention.attn.q.weight"));
+    let out = dir.path().join("mpnet-full");
+    write(&trainable, &trained, &labels, &out, Method::Full);
     let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let texts = ["what a lovely film", "a tedious waste of time"];
+    let results = tc::run(&classifier, &texts, &tc::Options::default()).unwrap();
     let logits = girder_logits(&classifier, &texts);
-    let expected = bert
-        .logits(&batch, &mut None)
+    for (r, row) in results.iter().zip(&logits) {
+        let best = if row[1] > row[0] { "good" } else { "bad" };
+        assert_eq!(r.best.as_ref().unwrap().label, best);
+    }
+    let kept = trained.epochs[trained.best_epoch - 1].eval.clone().unwrap();
+    let all: Vec<&str> = TRAIN
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    let predicted: Vec<usize> = tc::run(&classifier, &all, &tc::Options::default())
         .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let diff = max_abs_diff(&logits, &expected);
-    assert!(
-        diff < 1e-5,
-        "merged logits differ from the adapted model's by {diff}"
+        .iter()
+        .map(|r| usize::from(r.best.as_ref().unwrap().label == "good"))
+        .collect();
+    let gold: Vec<usize> = TRAIN
+        .lines()
+        .skip(1)
+        .map(|l| usize::from(l.ends_with("good")))
+        .collect();
+    assert_eq!(
+        ClassificationMetrics::compute(&gold, &predicted, 2).accuracy,
+        kept.accuracy
     );
-    transformers_agrees(&out, &texts, &logits);
+}
 
-    // The unmerged adapter, as PEFT writes it, gives the same logits in PEFT.
-    let adapter_dir = dir.path().join("bert-tiny-lora");
-    write_lora_adapter(
-        &LoraAdapter {
-            base_reference: base_path.canonicalize().unwrap().to_str().unwrap(),
-            lora: bert.lora().unwrap(),
-            tensors: bert.adapter_tensors(),
-            datasets: vec!["train.tsv".into()],
-            labels: data.labels.names(),
-            head: ClassifierHead::Sequence,
-        },
-        &adapter_dir,
-    )
-    .unwrap();
-    // girder applies the unmerged adapter at load (`--adapter`): same logits and labels.
-    let adapted = Model::load(
-        base_path.to_str().unwrap(),
-        &LoadOptions {
-            adapter: Some(adapter_dir.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(adapted.config.id2label, data.labels.names());
-    let diff = max_abs_diff(&girder_logits(&adapted, &texts), &expected);
-    assert!(diff < 1e-5, "the adapter applied at load differs by {diff}");
-    peft_agrees(&adapter_dir, &texts, &expected);
+#[test]
+fn lora_starts_from_the_base_and_its_adapter_loads_in_girder_and_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_path = dir.path().join("train.tsv");
+    std::fs::write(&train_path, TRAIN).unwrap();
+    let texts = [
+        "what a lovely film",
+        "a tedious waste of time",
+        "i hated every minute",
+    ];
+    for (name, targets) in [
+        ("bert-base", vec!["query", "value"]),
+        ("roberta-base", vec!["query", "value", "dense"]),
+    ] {
+        let base_path = fixture(name);
+        let lora = Lora {
+            target_modules: targets.iter().map(|t| t.to_string()).collect(),
+            ..Lora::default()
+        };
+        // B starts at zero: before training, the adapted encoder computes the base's function.
+        let fresh = Trainable::load(
+            base_path.to_str().unwrap(),
+            Head::SequenceClassification,
+            &["bad".into(), "good".into()],
+            Method::Lora,
+            Some(lora.clone()),
+            &args(Method::Lora),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let enc = base.encode_texts(&texts).unwrap();
+        let batch = girder::batch::RaggedBatch::from_encodings(&enc);
+        let plain = base
+            .encoder
+            .encode(&batch)
+            .unwrap()
+            .last_hidden_state
+            .to_vec2::<f32>()
+            .unwrap();
+        let adapted = fresh
+            .model
+            .encoder
+            .encode(&batch)
+            .unwrap()
+            .last_hidden_state
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!(max_abs_diff(&plain, &adapted) < 1e-6, "{name}");
+        let trained_vars: Vec<String> = fresh
+            .parameters()
+            .trained()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            trained_vars
+                .iter()
+                .all(|n| n.contains(".lora_") || n.starts_with("classifier")),
+            "{trained_vars:?}"
+        );
+        drop(fresh);
+
+        let (trainable, trained, labels) =
+            train_sequence(&base_path, Method::Lora, Some(lora.clone()), &train_path);
+        let expected = girder_logits(&trainable.model, &texts);
+        // The merged weights in a plain folder give the adapted model's logits.
+        let merged = dir.path().join(format!("{name}-lora-merged"));
+        write(&trainable, &trained, &labels, &merged, Method::Lora);
+        let classifier = Model::load(merged.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let diff = max_abs_diff(&girder_logits(&classifier, &texts), &expected);
+        assert!(diff < 1e-5, "{name}: merged logits differ by {diff}");
+        // The unmerged adapter, as PEFT writes it: girder applies it at load.
+        let adapter_dir = dir.path().join(format!("{name}-lora"));
+        write_lora_adapter(
+            &LoraAdapter {
+                base_reference: base_path.canonicalize().unwrap().to_str().unwrap(),
+                lora: &lora,
+                tensors: trained.adapters.clone().unwrap(),
+                modules_to_save: trainable.head_modules(),
+                datasets: vec!["train.tsv".into()],
+                labels: labels.names(),
+                head: Head::SequenceClassification,
+            },
+            &adapter_dir,
+        )
+        .unwrap();
+        let adapted = Model::load(
+            base_path.to_str().unwrap(),
+            &LoadOptions {
+                adapter: Some(adapter_dir.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(adapted.config.id2label, labels.names());
+        let diff = max_abs_diff(&girder_logits(&adapted, &texts), &expected);
+        assert!(
+            diff < 1e-5,
+            "{name}: the adapter applied at load differs by {diff}"
+        );
+        peft_agrees(&adapter_dir, &texts, &expected);
+    }
 }
 
 /// Dev-only: PEFT's `AutoPeftModelForSequenceClassification` on an adapter folder.
@@ -443,148 +476,132 @@ print(json.dumps({"logits": logits}))
 }
 
 #[test]
-fn a_token_classifier_is_a_folder_that_girder_and_transformers_load() {
+fn token_classifiers_train_head_only_and_with_lora() {
     let dir = tempfile::tempdir().unwrap();
     let data_path = dir.path().join("train.bio");
-    std::fs::write(
-        &data_path,
-        "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n",
-    )
-    .unwrap();
-    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
-    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    std::fs::write(&data_path, NER).unwrap();
     let tags = bio_tags(&["PER".into(), "LOC".into()]).unwrap();
     let (sentences, _) = read_conll(&data_path, Some(&tags)).unwrap();
-    let features = ner::word_features(&base, &sentences, &mut Quiet).unwrap();
-    // One row per word (no word is split by truncation here).
-    assert_eq!(features.labels, [1, 2, 0, 3, 1, 0, 0, 3, 4]);
-    let args = TrainingArguments {
-        num_train_epochs: 2,
-        learning_rate: 1e-2,
-        ..Default::default()
-    };
-    let set = FeatureSet {
-        features: &features.features,
-        labels: &features.labels,
-    };
-    let trained = train_head(set, None, tags.len(), &args, &mut Quiet).unwrap();
-    let out = dir.path().join("bert-tiny-ner");
-    write_sequence_classifier(
-        &SequenceClassifier {
-            head: ClassifierHead::Token,
-            ner_evaluation: None,
-            base: &base.folder,
-            base_reference: "tests/fixtures/bert-base",
-            labels: &tags,
-            trained: vec![
-                ("classifier.weight".into(), trained.weight.clone()),
-                ("classifier.bias".into(), trained.bias.clone()),
-            ],
-            datasets: vec!["train.bio".into()],
-            evaluation: None,
-            method: "head",
-            args: &args,
-            best_epoch: trained.best_epoch,
-        },
-        &out,
-    )
-    .unwrap();
-    let tagger = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_eq!(tagger.encoder.class_name(), "BertForTokenClassification");
-    // girder's logits on every token of "Angela Merkel visited Paris"
     let text = "Angela Merkel visited Paris";
-    let logits = girder_logits_per_token(&tagger, text);
-    token_transformers_agrees(&out, text, &logits);
-}
-
-#[test]
-fn a_lora_token_classifier_is_an_adapter_that_girder_and_peft_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_path = dir.path().join("train.bio");
-    std::fs::write(
-        &data_path,
-        "Angela\tB-PER\nMerkel\tI-PER\nvisited\tO\nParis\tB-LOC\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n",
-    )
-    .unwrap();
-    let base_path = root().join("crates/girder/tests/fixtures/bert-base");
-    let base = Model::load(base_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let tags = bio_tags(&["PER".into(), "LOC".into()]).unwrap();
-    let (sentences, _) = read_conll(&data_path, Some(&tags)).unwrap();
-    let encoded = ner::encode_sentences(&base, &sentences).unwrap();
-    let mut rng = Rng::new(3);
-    let mut bert = TrainableBert::load(&base.folder, &base.config, tags.len(), &mut rng).unwrap();
-    let lora = Lora {
-        target_modules: vec!["query".into(), "value".into(), "dense".into()],
-        ..Lora::default()
-    };
-    bert.enable_lora(lora, &mut rng).unwrap();
-    let args = TrainingArguments {
-        num_train_epochs: 3,
-        learning_rate: 1e-2,
-        ..Default::default()
-    };
-    let trained = train_token_classifier(
-        &mut bert,
-        &encoded,
-        Some((&sentences, &encoded)),
-        &tags,
-        &args,
-        &mut Quiet,
-    )
-    .unwrap();
-    assert!(trained.epochs.iter().all(|e| e.entities.is_some()));
-    // The kept epoch is the last here only if it scored best; compare with what was kept.
-    let adapters = trained.adapters.clone().unwrap();
-    let out = dir.path().join("bert-tiny-ner-lora");
-    write_lora_adapter(
-        &LoraAdapter {
-            base_reference: base_path.canonicalize().unwrap().to_str().unwrap(),
-            lora: bert.lora().unwrap(),
-            tensors: adapters,
-            datasets: vec!["train.bio".into()],
-            labels: tags.names(),
-            head: ClassifierHead::Token,
-        },
-        &out,
-    )
-    .unwrap();
-    // The kept weights, merged, in girder's inference path: the adapter applied at load.
-    let text = "Angela Merkel visited Paris";
-    let adapted = Model::load(
-        base_path.to_str().unwrap(),
-        &LoadOptions {
-            adapter: Some(out.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(adapted.encoder.class_name(), "BertForTokenClassification");
-    assert_eq!(adapted.config.id2label, tags.names());
-    let logits = girder_logits_per_token(&adapted, text);
-    let merged_folder = dir.path().join("merged");
-    write_sequence_classifier(
-        &SequenceClassifier {
-            head: ClassifierHead::Token,
-            ner_evaluation: None,
-            base: &base.folder,
-            base_reference: "tests/fixtures/bert-base",
-            labels: &tags,
-            trained: trained.tensors.clone(),
-            datasets: vec!["train.bio".into()],
-            evaluation: None,
-            method: "lora",
-            args: &args,
-            best_epoch: trained.best_epoch,
-        },
-        &merged_folder,
-    )
-    .unwrap();
-    let merged = Model::load(merged_folder.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let diff = max_abs_diff(&logits, &girder_logits_per_token(&merged, text));
-    assert!(diff < 1e-5, "adapter at load vs merged folder: {diff}");
-    // The merged folder (every encoder weight written) loads in transformers too.
-    token_transformers_agrees(&merged_folder, text, &logits);
-    peft_agrees_as(&out, "TokenClassification", tags.len(), &[text], &logits);
+    for (name, prefix) in [
+        ("bert-base", "Bert"),
+        ("distilbert-base", "DistilBert"),
+        ("xlmr-base", "XLMRoberta"),
+    ] {
+        let base_path = fixture(name);
+        for method in [Method::Head, Method::Lora] {
+            let lora = (method == Method::Lora).then(|| Lora {
+                target_modules: match prefix {
+                    "DistilBert" => vec!["q_lin".into(), "v_lin".into(), "lin1".into()],
+                    _ => vec!["query".into(), "value".into(), "dense".into()],
+                },
+                ..Lora::default()
+            });
+            let args = TrainingArguments {
+                num_train_epochs: 3,
+                learning_rate: 1e-2,
+                ..Default::default()
+            };
+            let trainable = Trainable::load(
+                base_path.to_str().unwrap(),
+                Head::TokenClassification,
+                tags.names(),
+                method,
+                lora.clone(),
+                &args,
+                LoadOptions::default(),
+            )
+            .unwrap();
+            let model = &trainable.model;
+            let trained = if method == Method::Head {
+                let features = token_features(model, &sentences, &mut Quiet).unwrap();
+                if name == "bert-base" {
+                    // One row per word (no word is split by truncation here).
+                    assert_eq!(features.labels, [1, 2, 0, 3, 1, 0, 0, 3, 4]);
+                }
+                train_head(&trainable, &features, None, &args, &mut Quiet).unwrap()
+            } else {
+                let encoded = ner::encode_sentences(model, &sentences).unwrap();
+                let trained = train_token_classifier(
+                    &trainable,
+                    &encoded,
+                    Some((&sentences, &encoded)),
+                    &tags,
+                    &args,
+                    &mut Quiet,
+                )
+                .unwrap();
+                assert!(trained.epochs.iter().all(|e| e.entities.is_some()));
+                trained
+            };
+            let expected = girder_logits_per_token(model, text);
+            let out = dir.path().join(format!("{name}-ner-{}", method.name()));
+            write_classifier(
+                &Classifier {
+                    model,
+                    base_reference: "tests/fixtures/base",
+                    labels: &tags,
+                    tensors: trained.tensors.clone(),
+                    datasets: vec!["train.bio".into()],
+                    evaluation: None,
+                    ner_evaluation: None,
+                    method: method.name(),
+                    args: &args,
+                    best_epoch: trained.best_epoch,
+                },
+                &out,
+            )
+            .unwrap();
+            let tagger = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+            let class = format!("{prefix}ForTokenClassification");
+            assert_eq!(tagger.encoder.class_name(), class);
+            let logits = girder_logits_per_token(&tagger, text);
+            let diff = max_abs_diff(&logits, &expected);
+            assert!(
+                diff < 1e-5,
+                "{name} {}: folder vs trained model {diff}",
+                method.name()
+            );
+            token_transformers_agrees(&out, &class, text, &logits);
+            if let (Some(lora), Some(adapters)) = (lora, trained.adapters.clone()) {
+                let adapter_dir = dir.path().join(format!("{name}-ner-adapter"));
+                write_lora_adapter(
+                    &LoraAdapter {
+                        base_reference: base_path.canonicalize().unwrap().to_str().unwrap(),
+                        lora: &lora,
+                        tensors: adapters,
+                        modules_to_save: trainable.head_modules(),
+                        datasets: vec!["train.bio".into()],
+                        labels: tags.names(),
+                        head: Head::TokenClassification,
+                    },
+                    &adapter_dir,
+                )
+                .unwrap();
+                let adapted = Model::load(
+                    base_path.to_str().unwrap(),
+                    &LoadOptions {
+                        adapter: Some(adapter_dir.clone()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                assert_eq!(adapted.encoder.class_name(), class);
+                let diff = max_abs_diff(&girder_logits_per_token(&adapted, text), &expected);
+                assert!(
+                    diff < 1e-5,
+                    "{name}: adapter at load vs trained model {diff}"
+                );
+                peft_agrees_as(
+                    &adapter_dir,
+                    "TokenClassification",
+                    tags.len(),
+                    &[text],
+                    &expected,
+                );
+            }
+        }
+    }
 }
 
 fn girder_logits_per_token(model: &Model, text: &str) -> Vec<Vec<f32>> {
@@ -602,8 +619,9 @@ fn girder_logits_per_token(model: &Model, text: &str) -> Vec<Vec<f32>> {
     rows
 }
 
-/// Dev-only: AutoModelForTokenClassification on the folder, no missing or unexpected tensor.
-fn token_transformers_agrees(folder: &Path, text: &str, girder: &[Vec<f32>]) {
+/// Dev-only: AutoModelForTokenClassification on the folder: class `class`, no missing or
+/// unexpected tensor, girder's token logits.
+fn token_transformers_agrees(folder: &Path, class: &str, text: &str, girder: &[Vec<f32>]) {
     let python = root().join(".venv-oracle/bin/python");
     if !python.exists() {
         println!(
@@ -638,25 +656,28 @@ print(json.dumps({"logits": logits, "info": {k: sorted(map(str, v)) for k, v in 
     let stdout = String::from_utf8_lossy(&output.stdout);
     let reply: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
-    assert_eq!(reply["class"], "BertForTokenClassification");
+    assert_eq!(reply["class"], class);
     for key in ["missing_keys", "unexpected_keys", "mismatched_keys"] {
         let list = &reply["info"][key];
         assert!(
             list.as_array().is_none_or(|a| a.is_empty()),
-            "{key}: {list}"
+            "{}: {key}: {list}",
+            folder.display()
         );
     }
     let theirs: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
     let diff = max_abs_diff(girder, &theirs);
-    println!("transformers vs girder token logits: max abs diff {diff:e}");
+    println!("transformers vs girder token logits ({class}): max abs diff {diff:e}");
     assert!(
         diff < 1e-4,
         "token logits differ from transformers by {diff}"
     );
 }
 
-/// Dev-only: transformers' AutoModelForSequenceClassification on the folder.
-fn transformers_agrees(folder: &Path, texts: &[&str], girder: &[Vec<f32>]) {
+/// Dev-only: transformers' AutoModelForSequenceClassification on each folder (one Python
+/// process for all): the class named, single-label classification of "bad" / "good", no
+/// missing or unexpected tensor, girder's logits for `texts`.
+fn transformers_agrees(folders: &[(PathBuf, String, Vec<Vec<f32>>)], texts: &[&str]) {
     let python = root().join(".venv-oracle/bin/python");
     if !python.exists() {
         println!(
@@ -668,46 +689,59 @@ fn transformers_agrees(folder: &Path, texts: &[&str], girder: &[Vec<f32>]) {
     const SCRIPT: &str = r#"
 import json, sys, torch
 from transformers import AutoTokenizer, AutoModelForSequenceClassification
-folder, texts = sys.argv[1], json.loads(sys.argv[2])
-tok = AutoTokenizer.from_pretrained(folder)
-model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
-model.eval()
-with torch.no_grad():
-    logits = [model(**tok(t, return_tensors="pt")).logits[0].tolist() for t in texts]
-print(json.dumps({"logits": logits, "info": {k: sorted(map(str, v)) for k, v in info.items()},
-                  "class": type(model).__name__, "id2label": model.config.id2label,
-                  "problem_type": model.config.problem_type}))
+folders, texts = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+replies = []
+for folder in folders:
+    tok = AutoTokenizer.from_pretrained(folder)
+    model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    model.eval()
+    with torch.no_grad():
+        logits = [model(**tok(t, return_tensors="pt")).logits[0].tolist() for t in texts]
+    replies.append({"logits": logits, "info": {k: sorted(map(str, v)) for k, v in info.items()},
+                    "class": type(model).__name__, "id2label": model.config.id2label,
+                    "problem_type": model.config.problem_type})
+print(json.dumps(replies))
 "#;
+    let paths: Vec<String> = folders.iter().map(|f| f.0.display().to_string()).collect();
     let output = Command::new(&python)
         .args(["-c", SCRIPT])
-        .arg(folder)
+        .arg(serde_json::to_string(&paths).unwrap())
         .arg(serde_json::to_string(texts).unwrap())
         .output()
         .expect("cannot run the oracle");
     assert!(
         output.status.success(),
-        "transformers failed to load {}:\n{}",
-        folder.display(),
+        "transformers failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let reply: serde_json::Value = serde_json::from_str(last).unwrap();
-    assert_eq!(reply["class"], "BertForSequenceClassification");
-    assert_eq!(reply["problem_type"], "single_label_classification");
-    assert_eq!(
-        reply["id2label"],
-        serde_json::json!({"0": "bad", "1": "good"})
-    );
-    for key in ["missing_keys", "unexpected_keys", "mismatched_keys"] {
-        let list = &reply["info"][key];
+    let replies: Vec<serde_json::Value> =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    for ((folder, class, girder), reply) in folders.iter().zip(&replies) {
+        assert_eq!(reply["class"], class.as_str(), "{}", folder.display());
+        assert_eq!(reply["problem_type"], "single_label_classification");
+        assert_eq!(
+            reply["id2label"],
+            serde_json::json!({"0": "bad", "1": "good"})
+        );
+        for key in ["missing_keys", "unexpected_keys", "mismatched_keys"] {
+            let list = &reply["info"][key];
+            assert!(
+                list.as_array().is_none_or(|a| a.is_empty()),
+                "{}: {key}: {list}",
+                folder.display()
+            );
+        }
+        let theirs: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
+        let diff = max_abs_diff(girder, &theirs);
+        println!(
+            "transformers vs girder logits, {}: max abs diff {diff:e}",
+            folder.file_name().unwrap().to_string_lossy()
+        );
         assert!(
-            list.as_array().is_none_or(|a| a.is_empty()),
-            "{key}: {list}"
+            diff < 1e-4,
+            "{}: logits differ from transformers by {diff}",
+            folder.display()
         );
     }
-    let theirs: Vec<Vec<f32>> = serde_json::from_value(reply["logits"].clone()).unwrap();
-    let diff = max_abs_diff(girder, &theirs);
-    println!("transformers vs girder logits: max abs diff {diff:e}");
-    assert!(diff < 1e-4, "logits differ from transformers by {diff}");
 }

@@ -3,23 +3,21 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use girder::hub::Lora;
+use girder::models::Head;
 use girder::pipelines::text_classification::{self as tc};
 use girder::pipelines::Model;
 use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
-use girder::train::bert::{Lora, TrainableBert};
-use girder::train::data::{
-    bio_tags, read_classification, read_conll, ClassificationData, Columns, LabelSet,
-    TaggedSentence,
-};
-use girder::train::export::{
-    write_lora_adapter, write_sequence_classifier, ClassifierHead, LoraAdapter, SequenceClassifier,
-};
+use girder::train::data::{bio_tags, read_classification, read_conll, Columns, LabelSet};
+use girder::train::export::{write_classifier, write_lora_adapter, Classifier, LoraAdapter};
+use girder::train::fit::{EpochReport, Observer, StepReport, TrainedModel};
 use girder::train::full::{self, EncodedSet};
-use girder::train::head::{self, EpochReport, FeatureSet, Observer, StepReport};
+use girder::train::head;
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
 use girder::train::seqeval::NerMetrics;
-use girder::train::{Method, Rng, TrainingArguments};
+use girder::train::trainable::Trainable;
+use girder::train::{Method, TrainingArguments};
 use girder::LoadOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -36,9 +34,9 @@ pub enum TrainTask {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum MethodArg {
-    /// Train the classifier only, on the frozen encoder's pooled output.
+    /// Train the head only, on what the frozen encoder computes for it.
     Head,
-    /// Train every weight (encoder, pooler, classifier).
+    /// Train every weight (encoder, pooler, head).
     Full,
     /// Train LoRA adapters (--target-modules) and the classifier; writes a PEFT adapter
     /// folder, or with --merge a model folder with the merged weights.
@@ -49,7 +47,8 @@ pub enum MethodArg {
 pub struct TrainArgs {
     /// The task.
     task: TrainTask,
-    /// The base model: a folder or a hub id in the Hugging Face cache (BERT with a pooler).
+    /// The base model: a folder or a hub id in the Hugging Face cache (BERT, DistilBERT,
+    /// RoBERTa, XLM-RoBERTa or MPNet; a base model or one with a head).
     #[arg(long)]
     base: String,
     /// Training data: .tsv / .csv (with a header row) or .jsonl; token-classification:
@@ -87,7 +86,8 @@ pub struct TrainArgs {
     /// Fraction of the steps spent warming up the learning rate linearly.
     #[arg(long, default_value_t = 0.0)]
     warmup_ratio: f64,
-    /// Dropout on the pooled output (transformers: hidden_dropout_prob).
+    /// The head's dropout (config.json's classifier_dropout); the encoder's own dropout is
+    /// the base config's.
     #[arg(long, default_value_t = 0.1)]
     classifier_dropout: f64,
     #[arg(long, default_value_t = 42)]
@@ -107,7 +107,9 @@ pub struct TrainArgs {
     /// Dropout on the adapters' input.
     #[arg(long, default_value_t = 0.0)]
     lora_dropout: f64,
-    /// The encoder's linear layers that get adapters, comma-separated.
+    /// The encoder's linear layers that get adapters, comma-separated (the last segment of
+    /// their names: BERT, RoBERTa `query,key,value,dense`; DistilBERT `q_lin,k_lin,v_lin`;
+    /// MPNet `q,k,v,o`).
     #[arg(long, value_delimiter = ',', default_value = "query,value")]
     target_modules: Vec<String>,
     /// LoRA: write a model folder with the adapters merged into the weights instead of a
@@ -236,15 +238,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(path) => Some(read_classification(path, &cols, Some(&labels))?),
         None => None,
     };
-    let options = LoadOptions {
-        max_length: args.max_length,
-        max_batch_tokens: args.max_batch_tokens,
-        ..LoadOptions::default()
-    };
-    let model = Model::load(&args.base, &options)
-        .with_context(|| format!("loading the base model {}", args.base))?;
+    let trainable = load_trainable(
+        &args,
+        Head::SequenceClassification,
+        labels.names(),
+        method,
+        &training,
+    )?;
+    let model = &trainable.model;
     eprintln!(
-        "{} examples ({} labels: {}), {} for evaluation; base {} ({}), max length {}",
+        "{} examples ({} labels: {}), {} for evaluation; base {} as {}, max length {}",
         train_data.examples.len(),
         labels.len(),
         labels.listing(),
@@ -253,190 +256,178 @@ pub fn run(args: TrainArgs) -> Result<()> {
         model.encoder.class_name(),
         model.tokenizer.max_length()
     );
-
     let mut progress = Progress::new(labels.names().to_vec());
     let started = Instant::now();
-    let (trained, best_epoch, epochs) = match method {
-        Method::Head => {
-            let t = train_head_only(
-                &model,
-                &train_data,
-                eval_data.as_ref(),
-                &training,
-                &mut progress,
-            )?;
-            (
-                vec![
-                    ("classifier.weight".to_string(), t.weight),
-                    ("classifier.bias".to_string(), t.bias),
-                ],
-                t.best_epoch,
-                t.epochs,
-            )
-        }
-        Method::Full | Method::Lora => {
-            let lora = (method == Method::Lora).then(|| lora_of(&args));
-            let t = train_all(
-                &model,
-                &train_data,
-                eval_data.as_ref(),
-                &training,
-                lora,
-                &mut progress,
-            )?;
-            if let (Some(adapters), false) = (t.adapters, args.merge) {
-                write_adapter(&args, adapters, labels.names(), ClassifierHead::Sequence)?;
-                let kept = t.epochs[t.best_epoch - 1].eval.clone();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "out": args.out,
-                        "method": "lora",
-                        "adapter": true,
-                        "best_epoch": t.best_epoch,
-                        "eval": kept,
-                        "train_examples": train_data.examples.len(),
-                        "train_examples_per_s_by_epoch": t.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
-                        "total_s": started.elapsed().as_secs_f64(),
-                    })
+    let train_labels = train_data.label_ids();
+    let eval_labels = eval_data.as_ref().map(|d| d.label_ids());
+    let trained = if method == Method::Head {
+        progress.start(
+            train_labels.len(),
+            "encoding {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
+        );
+        let train_features =
+            head::sequence_features(model, &train_data.texts(), &train_labels, &mut progress)?;
+        let eval_features = match (&eval_data, &eval_labels) {
+            (Some(d), Some(l)) => {
+                progress.start(
+                    l.len(),
+                    "encoding eval {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
                 );
-                return Ok(());
+                Some(head::sequence_features(
+                    model,
+                    &d.texts(),
+                    l,
+                    &mut progress,
+                )?)
             }
-            (t.tensors, t.best_epoch, t.epochs)
-        }
+            _ => None,
+        };
+        let encoded = train_labels.len() + eval_labels.as_ref().map_or(0, Vec::len);
+        let encoded_s = started.elapsed().as_secs_f64();
+        progress.bar.finish_and_clear();
+        eprintln!(
+            "features of {encoded} texts in {encoded_s:.1} s ({:.1} texts/s)",
+            encoded as f64 / encoded_s.max(1e-9)
+        );
+        head::train_head(
+            &trainable,
+            &train_features,
+            eval_features.as_ref(),
+            &training,
+            &mut progress,
+        )?
+    } else {
+        let train_encodings = model.encode_texts(&train_data.texts())?;
+        let eval_encodings = match &eval_data {
+            Some(d) => Some(model.encode_texts(&d.texts())?),
+            None => None,
+        };
+        let eval_set = match (&eval_encodings, &eval_labels) {
+            (Some(encodings), Some(labels)) => Some(EncodedSet { encodings, labels }),
+            _ => None,
+        };
+        full::train_sequence_classifier(
+            &trainable,
+            EncodedSet {
+                encodings: &train_encodings,
+                labels: &train_labels,
+            },
+            eval_set,
+            &training,
+            &mut progress,
+        )?
     };
     progress.bar.finish_and_clear();
-    let kept = epochs[best_epoch - 1].eval.clone();
-    let model_info = SequenceClassifier {
-        head: ClassifierHead::Sequence,
-        ner_evaluation: None,
-        base: &model.folder,
-        base_reference: &args.base,
-        labels: &labels,
-        trained,
-        datasets: vec![file_name(&args.data)],
-        evaluation: match (&args.eval, &kept) {
-            (Some(path), Some(m)) => Some((file_name(path), m)),
-            _ => None,
-        },
-        method: method.name(),
-        args: &training,
-        best_epoch,
+    let kept = trained.epochs[trained.best_epoch - 1].eval.clone();
+    let summary = |adapter: bool| {
+        serde_json::json!({
+            "out": args.out,
+            "method": method.name(),
+            "adapter": adapter,
+            "best_epoch": trained.best_epoch,
+            "eval": kept,
+            "train_examples": train_data.examples.len(),
+            "train_examples_per_s_by_epoch": trained.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+            "total_s": started.elapsed().as_secs_f64(),
+        })
     };
-    write_sequence_classifier(&model_info, &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    let epoch_rates: Vec<f64> = epochs.iter().map(|e| e.examples_per_s).collect();
-    let summary = serde_json::json!({
-        "out": args.out,
-        "method": method.name(),
-        "best_epoch": best_epoch,
-        "eval": kept,
-        "train_examples": train_data.examples.len(),
-        "train_examples_per_s_by_epoch": epoch_rates,
-        "total_s": started.elapsed().as_secs_f64(),
-    });
-    println!("{summary}");
+    if write_adapter_unless_merged(
+        &args,
+        &trainable,
+        &trained,
+        labels.names(),
+        Head::SequenceClassification,
+    )? {
+        println!("{}", summary(true));
+        return Ok(());
+    }
+    write_classifier(
+        &Classifier {
+            model,
+            base_reference: &args.base,
+            labels: &labels,
+            tensors: trained.tensors.clone(),
+            datasets: vec![file_name(&args.data)],
+            evaluation: match (&args.eval, &kept) {
+                (Some(path), Some(m)) => Some((file_name(path), m)),
+                _ => None,
+            },
+            ner_evaluation: None,
+            method: method.name(),
+            args: &training,
+            best_epoch: trained.best_epoch,
+        },
+        &args.out,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{}", summary(false));
     Ok(())
 }
 
-/// Head-only: pooled features once, then the classifier.
-fn train_head_only(
-    model: &Model,
-    train_data: &ClassificationData,
-    eval_data: Option<&ClassificationData>,
+/// The base loaded for training with the head asked for; the newly initialised tensors are
+/// named on stderr, as transformers warns about them.
+fn load_trainable(
+    args: &TrainArgs,
+    head: Head,
+    labels: &[String],
+    method: Method,
     training: &TrainingArguments,
-    progress: &mut Progress,
-) -> Result<head::TrainedHead> {
-    let started = Instant::now();
-    let texts = train_data.texts();
-    progress.start(
-        texts.len(),
-        "encoding {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
-    );
-    let train_features = head::pooled_features(model, &texts, progress)?;
-    let eval_features = match eval_data {
-        Some(d) => {
-            let texts = d.texts();
-            progress.start(
-                texts.len(),
-                "encoding eval {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
-            );
-            Some(head::pooled_features(model, &texts, progress)?)
-        }
-        None => None,
+) -> Result<Trainable> {
+    let options = LoadOptions {
+        max_length: args.max_length,
+        max_batch_tokens: args.max_batch_tokens,
+        ..LoadOptions::default()
     };
-    let encoded = texts.len() + eval_data.map_or(0, |d| d.examples.len());
-    let encoded_s = started.elapsed().as_secs_f64();
-    progress.bar.finish_and_clear();
-    eprintln!(
-        "pooled features of {encoded} texts in {encoded_s:.1} s ({:.1} texts/s)",
-        encoded as f64 / encoded_s.max(1e-9)
-    );
-    let train_labels = train_data.label_ids();
-    let eval_labels = eval_data.map(|d| d.label_ids());
-    let train_set = FeatureSet {
-        features: &train_features,
-        labels: &train_labels,
-    };
-    let eval_set = match (&eval_features, &eval_labels) {
-        (Some(features), Some(labels)) => Some(FeatureSet { features, labels }),
-        _ => None,
-    };
-    Ok(head::train_head(
-        train_set,
-        eval_set,
-        train_data.labels.len(),
-        training,
-        progress,
-    )?)
+    let lora = (method == Method::Lora).then(|| lora_of(args));
+    let trainable = Trainable::load(&args.base, head, labels, method, lora, training, options)
+        .with_context(|| format!("loading the base model {}", args.base))?;
+    let new = trainable.new_tensors();
+    if !new.is_empty() {
+        eprintln!("newly initialised: {}", new.join(", "));
+    }
+    let adapters = trainable
+        .parameters()
+        .trained()
+        .iter()
+        .filter(|(n, _)| n.ends_with(".lora_A.weight"))
+        .count();
+    if adapters > 0 {
+        eprintln!("LoRA adapters on {adapters} linear layers");
+    }
+    Ok(trainable)
 }
 
-/// Full fine-tuning or LoRA through the differentiable BERT.
-fn train_all(
-    model: &Model,
-    train_data: &ClassificationData,
-    eval_data: Option<&ClassificationData>,
-    training: &TrainingArguments,
-    lora: Option<Lora>,
-    progress: &mut Progress,
-) -> Result<full::TrainedModel> {
-    let mut rng = Rng::new(training.seed);
-    let mut bert = TrainableBert::load(
-        &model.folder,
-        &model.config,
-        train_data.labels.len(),
-        &mut rng,
-    )?;
-    if let Some(lora) = lora {
-        let adapted = bert.enable_lora(lora, &mut rng)?;
-        eprintln!("LoRA adapters on {} linear layers", adapted.len());
-    }
-    let train_encodings = model.encode_texts(&train_data.texts())?;
-    let train_labels = train_data.label_ids();
-    let eval_encodings = match eval_data {
-        Some(d) => Some(model.encode_texts(&d.texts())?),
-        None => None,
+/// LoRA without `--merge`: writes the kept epoch's adapters and head as a PEFT adapter folder
+/// at `--out` and returns true.
+fn write_adapter_unless_merged(
+    args: &TrainArgs,
+    trainable: &Trainable,
+    trained: &TrainedModel,
+    labels: &[String],
+    head: Head,
+) -> Result<bool> {
+    let (Some(adapters), Some(lora), false) = (&trained.adapters, trainable.lora(), args.merge)
+    else {
+        return Ok(false);
     };
-    let eval_labels = eval_data.map(|d| d.label_ids());
-    let eval_set = match (&eval_encodings, &eval_labels) {
-        (Some(encodings), Some(labels)) => Some(EncodedSet { encodings, labels }),
-        _ => None,
-    };
-    Ok(full::train_full(
-        &mut bert,
-        EncodedSet {
-            encodings: &train_encodings,
-            labels: &train_labels,
+    write_lora_adapter(
+        &LoraAdapter {
+            base_reference: &args.base,
+            lora: &lora,
+            tensors: adapters.clone(),
+            modules_to_save: trainable.head_modules(),
+            datasets: vec![file_name(&args.data)],
+            labels,
+            head,
         },
-        eval_set,
-        train_data.labels.len(),
-        training,
-        progress,
-    )?)
+        &args.out,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    Ok(true)
 }
 
 /// `girder train token-classification`: head-only on the frozen encoder's word features, or
-/// full / LoRA through the trainable encoder.
+/// full / LoRA through the encoder.
 fn run_ner(args: TrainArgs) -> Result<()> {
     let (method, training) = settings(&args)?;
     let fixed = match &args.labels {
@@ -448,57 +439,63 @@ fn run_ner(args: TrainArgs) -> Result<()> {
         Some(path) => Some(read_conll(path, Some(&tags))?.0),
         None => None,
     };
-    let options = LoadOptions {
-        max_length: args.max_length,
-        max_batch_tokens: args.max_batch_tokens,
-        ..LoadOptions::default()
-    };
-    let model = Model::load(&args.base, &options)
-        .with_context(|| format!("loading the base model {}", args.base))?;
+    let trainable = load_trainable(
+        &args,
+        Head::TokenClassification,
+        tags.names(),
+        method,
+        &training,
+    )?;
+    let model = &trainable.model;
     eprintln!(
-        "{} sentences ({} tags: {}), {} for evaluation; base {}",
+        "{} sentences ({} tags: {}), {} for evaluation; base {} as {}",
         train_sentences.len(),
         tags.len(),
         tags.listing(),
         eval_sentences.as_ref().map_or(0, Vec::len),
-        args.base
+        args.base,
+        model.encoder.class_name()
     );
     let started = Instant::now();
     let mut progress = Progress::new(tags.names().to_vec());
-    let (trained, best_epoch, ner_metrics, epochs) = if method == Method::Head {
-        let (trained, metrics) = ner_head_only(
-            &model,
-            &train_sentences,
-            eval_sentences.as_deref(),
-            &tags,
+    let (trained, ner_metrics) = if method == Method::Head {
+        progress.start(
+            train_sentences.len(),
+            "encoding {bar:30} {pos}/{len} sentences, {per_sec}, {elapsed}",
+        );
+        let train_features = head::token_features(model, &train_sentences, &mut progress)?;
+        let eval_features = match &eval_sentences {
+            Some(s) => Some(head::token_features(model, s, &mut progress)?),
+            None => None,
+        };
+        progress.bar.finish_and_clear();
+        let trained = head::train_head(
+            &trainable,
+            &train_features,
+            eval_features.as_ref(),
             &training,
             &mut progress,
         )?;
-        let best = trained.best_epoch;
-        (
-            vec![
-                ("classifier.weight".into(), trained.weight.clone()),
-                ("classifier.bias".into(), trained.bias.clone()),
-            ],
-            best,
-            metrics,
-            trained.epochs,
-        )
+        progress.bar.finish_and_clear();
+        // The model holds the kept epoch's head: its entity scores on the evaluation data.
+        let metrics = match (&eval_sentences, &eval_features) {
+            (Some(sentences), Some(features)) => {
+                let predicted = features.predict(model)?;
+                let words = ner::word_tags(sentences, &features.words, &predicted, &tags);
+                Some(ner::score(sentences, &words, &tags))
+            }
+            _ => None,
+        };
+        (trained, metrics)
     } else {
-        let mut rng = Rng::new(training.seed);
-        let mut bert = TrainableBert::load(&model.folder, &model.config, tags.len(), &mut rng)?;
-        if method == Method::Lora {
-            let adapted = bert.enable_lora(lora_of(&args), &mut rng)?;
-            eprintln!("LoRA adapters on {} linear layers", adapted.len());
-        }
-        let train_encoded = ner::encode_sentences(&model, &train_sentences)?;
+        let train_encoded = ner::encode_sentences(model, &train_sentences)?;
         let eval_encoded = match &eval_sentences {
-            Some(s) => Some(ner::encode_sentences(&model, s)?),
+            Some(s) => Some(ner::encode_sentences(model, s)?),
             None => None,
         };
         let eval_set = eval_sentences.as_deref().zip(eval_encoded.as_deref());
-        let t = full::train_token_classifier(
-            &mut bert,
+        let trained = full::train_token_classifier(
+            &trainable,
             &train_encoded,
             eval_set,
             &tags,
@@ -506,107 +503,53 @@ fn run_ner(args: TrainArgs) -> Result<()> {
             &mut progress,
         )?;
         progress.bar.finish_and_clear();
-        let metrics = t.epochs[t.best_epoch - 1].entities.clone();
-        if let (Some(adapters), false) = (t.adapters, args.merge) {
-            write_adapter(&args, adapters, tags.names(), ClassifierHead::Token)?;
-            print_entities(metrics.as_ref());
-            println!(
-                "{}",
-                serde_json::json!({
-                    "out": args.out,
-                    "method": "lora",
-                    "adapter": true,
-                    "best_epoch": t.best_epoch,
-                    "entities": metrics,
-                    "train_sentences": train_sentences.len(),
-                    "train_examples_per_s_by_epoch": t.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
-                    "total_s": started.elapsed().as_secs_f64(),
-                })
-            );
-            return Ok(());
-        }
-        (t.tensors, t.best_epoch, metrics, t.epochs)
+        let metrics = trained.epochs[trained.best_epoch - 1].entities.clone();
+        (trained, metrics)
     };
     print_entities(ner_metrics.as_ref());
-    write_sequence_classifier(
-        &SequenceClassifier {
-            head: ClassifierHead::Token,
+    let summary = |adapter: bool| {
+        serde_json::json!({
+            "out": args.out,
+            "method": method.name(),
+            "adapter": adapter,
+            "best_epoch": trained.best_epoch,
+            "entities": ner_metrics,
+            "train_sentences": train_sentences.len(),
+            "train_examples_per_s_by_epoch": trained.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+            "total_s": started.elapsed().as_secs_f64(),
+        })
+    };
+    if write_adapter_unless_merged(
+        &args,
+        &trainable,
+        &trained,
+        tags.names(),
+        Head::TokenClassification,
+    )? {
+        println!("{}", summary(true));
+        return Ok(());
+    }
+    write_classifier(
+        &Classifier {
+            model,
+            base_reference: &args.base,
+            labels: &tags,
+            tensors: trained.tensors.clone(),
+            datasets: vec![file_name(&args.data)],
+            evaluation: None,
             ner_evaluation: match (&args.eval, &ner_metrics) {
                 (Some(path), Some(m)) => Some((file_name(path), m)),
                 _ => None,
             },
-            base: &model.folder,
-            base_reference: &args.base,
-            labels: &tags,
-            trained,
-            datasets: vec![file_name(&args.data)],
-            evaluation: None,
             method: method.name(),
             args: &training,
-            best_epoch,
+            best_epoch: trained.best_epoch,
         },
         &args.out,
     )
     .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "out": args.out,
-            "method": method.name(),
-            "best_epoch": best_epoch,
-            "entities": ner_metrics,
-            "train_sentences": train_sentences.len(),
-            "train_examples_per_s_by_epoch": epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
-            "total_s": started.elapsed().as_secs_f64(),
-        })
-    );
+    println!("{}", summary(false));
     Ok(())
-}
-
-/// Head-only token classification: word features once, then the classifier; the entity
-/// scores of the kept head on the evaluation sentences.
-fn ner_head_only(
-    model: &Model,
-    train_sentences: &[TaggedSentence],
-    eval_sentences: Option<&[TaggedSentence]>,
-    tags: &LabelSet,
-    training: &TrainingArguments,
-    progress: &mut Progress,
-) -> Result<(head::TrainedHead, Option<NerMetrics>)> {
-    progress.start(
-        train_sentences.len(),
-        "encoding {bar:30} {pos}/{len} sentences, {per_sec}, {elapsed}",
-    );
-    let train_features = ner::word_features(model, train_sentences, progress)?;
-    let eval_features = match eval_sentences {
-        Some(s) => Some(ner::word_features(model, s, progress)?),
-        None => None,
-    };
-    progress.bar.finish_and_clear();
-    let eval_set = eval_features.as_ref().map(|f| FeatureSet {
-        features: &f.features,
-        labels: &f.labels,
-    });
-    let trained = head::train_head(
-        FeatureSet {
-            features: &train_features.features,
-            labels: &train_features.labels,
-        },
-        eval_set,
-        tags.len(),
-        training,
-        progress,
-    )?;
-    progress.bar.finish_and_clear();
-    let metrics = match (eval_sentences, &eval_features) {
-        (Some(sentences), Some(features)) => {
-            let predicted = head::predict(&features.features, &trained.weight, &trained.bias)?;
-            let words = ner::word_tags(sentences, features, &predicted, tags);
-            Some(ner::score(sentences, &words, tags))
-        }
-        _ => None,
-    };
-    Ok((trained, metrics))
 }
 
 /// The LoRA settings of the command line.
@@ -617,27 +560,6 @@ fn lora_of(args: &TrainArgs) -> Lora {
         lora_dropout: args.lora_dropout,
         target_modules: args.target_modules.clone(),
     }
-}
-
-/// Writes the trained adapters and classifier as a PEFT adapter folder at `--out`.
-fn write_adapter(
-    args: &TrainArgs,
-    adapters: Vec<(String, candle_core::Tensor)>,
-    labels: &[String],
-    head: ClassifierHead,
-) -> Result<()> {
-    write_lora_adapter(
-        &LoraAdapter {
-            base_reference: &args.base,
-            lora: &lora_of(args),
-            tensors: adapters,
-            datasets: vec![file_name(&args.data)],
-            labels,
-            head,
-        },
-        &args.out,
-    )
-    .with_context(|| format!("writing {}", args.out.display()))
 }
 
 /// The per-type and micro-averaged entity scores, on stderr.

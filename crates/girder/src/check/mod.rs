@@ -2,16 +2,18 @@
 //!
 //! A wrong tokenizer (or a library upgrade that changed tokenization) produces garbage
 //! without an error: transformers warns in a few cases and checks none of them properly.
-//! [`check`] runs every check on a loaded [`Model`] and returns a [`Report`] of
-//! [`Finding`]s, each with a severity, a stable code, a message that names the numbers,
-//! and the fix. [`preflight`] is the subset `girder run` runs at load.
+//! [`check`] runs every check on a [`Loaded`] model (what [`crate::load`] returned: the
+//! guard reads the tokenizer, the folder's files and the embedding matrix as loaded, never
+//! opening the folder again) and returns a [`Report`] of [`Finding`]s, each with a severity,
+//! a stable code, a message that names the numbers, and the fix. [`preflight`] is the subset
+//! `girder run` and `girder serve` run at load.
 //!
 //! | module | checks | codes |
 //! |---|---|---|
 //! | [`fit`] | vocabulary against the embedding matrix, special tokens, length limits, casing and accents, unknown-token rate | `vocab-overflow`, `vocab-truncated`, `vocab-smaller`, `vocab-size-config`, `special-token-unknown`, `special-token-mismatch`, `pad-token-missing`, `max-length-unset`, `max-length-exceeds-positions`, `baked-padding`, `baked-truncation`, `casing-mismatch`, `accents-stripped`, `unk-rate` |
 //! | [`canary`] | the model's own embedding rows tell a wrong tokenizer of plausible size | `tokenizer-mismatch`, `canary-passed`, `canary-untrained`, `canary-inconclusive` |
 //! | [`lock`] | drift against a pinned `girder.lock` | `lock-ids-changed`, `lock-fingerprint-changed`, `lock-label-drift`, `lock-label-takeover`, `lock-scores-drift`, `lock-ok` |
-//! | [`generator`] | a loaded causal LM without a model folder (GGUF): ids against output rows, special tokens, probe round trip, chat template | `vocab-overflow`, `vocab-smaller`, `special-token-unknown`, `eos-missing`, `round-trip`, `chat-template`, `chat-template-missing` |
+//! | [`generator`] | a loaded causal LM without a model folder (a GGUF file): ids against output rows, special tokens, probe round trip, chat template | `vocab-overflow`, `vocab-smaller`, `special-token-unknown`, `eos-missing`, `round-trip`, `chat-template`, `chat-template-missing` |
 //! | [`model_card`] | README.md's YAML front matter, license and language policy | `card`, `card-missing`, `card-invalid`, `license-denied`, `language-missing` |
 //!
 //! Severity: an error means the model must not be trusted as loaded; a warning means the

@@ -240,19 +240,23 @@ impl LoraAdapter {
             Some("TOKEN_CLS") => "ForTokenClassification",
             _ => return Ok(()),
         };
-        let classifier = ["classifier.weight", "score.weight"]
-            .iter()
-            .find_map(|n| self.tensors.get(*n))
-            .ok_or_else(|| Error::MissingTensor {
-                name: format!(
-                    "{PEFT_PREFIX}classifier.weight (modules_to_save of a {head} adapter)"
-                ),
-                files: self
-                    .folder
-                    .join("adapter_model.safetensors")
-                    .display()
-                    .to_string(),
-            })?;
+        // The head's output layer: BERT's and DistilBERT's `classifier`, RoBERTa's and
+        // MPNet's `classifier.out_proj`, or `score`.
+        let classifier = [
+            "classifier.weight",
+            "classifier.out_proj.weight",
+            "score.weight",
+        ]
+        .iter()
+        .find_map(|n| self.tensors.get(*n))
+        .ok_or_else(|| Error::MissingTensor {
+            name: format!("{PEFT_PREFIX}classifier.weight (modules_to_save of a {head} adapter)"),
+            files: self
+                .folder
+                .join("adapter_model.safetensors")
+                .display()
+                .to_string(),
+        })?;
         let num_labels = classifier.dim(0)?;
         let base_class = config
             .architectures

@@ -6,11 +6,11 @@
 
 pub mod adapter;
 pub mod gguf;
-mod weights;
+pub mod weights;
 
 pub use adapter::LoraAdapter;
 pub use gguf::GgufFile;
-pub use weights::Weights;
+pub use weights::{Lora, LoraPair, Parameters, Trained, Training, Weights};
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};

@@ -7,15 +7,22 @@
 //! A GGUF file ([`GgufFile`]) serves the same lookups under transformers' names. Its tensors
 //! are dequantized by [`get`](Weights::get), or kept quantized for [`Weights::qtensor`] when
 //! the weights were opened with `keep_quantized`.
+//!
+//! For training ([`Weights::for_training`]) the same lookups build the inference model with
+//! its weights as variables ([`Parameters`]): the tensors a [`Training`] plan trains become
+//! [`Var`]s, the others stay frozen, a tensor the checkpoint lacks (a new classification
+//! head) is initialised as transformers' `_init_weights` does, and LoRA adapters are added to
+//! the targeted linear layers, as candle's `VarBuilder::from_varmap` and PEFT do.
 
 use super::GgufFile;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use candle_core::quantized::QTensor;
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
+use candle_core::{DType, Device, Tensor, Var};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 struct Checkpoint {
     files: Vec<(PathBuf, MmapedSafetensors)>,
@@ -35,6 +42,264 @@ pub struct Weights {
     prefix: String,
     dtype: DType,
     device: Device,
+    /// Set by [`Weights::for_training`].
+    training: Option<Parameters>,
+}
+
+/// Which tensors a training load makes variables, and how it starts what the checkpoint
+/// lacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Training {
+    pub trained: Trained,
+    /// LoRA adapters on the targeted linear layers of the encoder's layers.
+    pub lora: Option<Lora>,
+    /// Seeds the initialisation of new tensors (a head) and of LoRA's `A` matrices.
+    pub seed: u64,
+    /// The standard deviation of new weights (config.json's `initializer_range`).
+    pub initializer_range: f64,
+}
+
+/// The tensors a training load trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trained {
+    /// Every tensor (full fine-tuning).
+    All,
+    /// The tensors under these top-level modules (a head: `classifier`, `pre_classifier`),
+    /// and LoRA's adapters.
+    Modules(Vec<String>),
+}
+
+/// PEFT's `LoraConfig` fields girder trains with (Hu et al., 2021,
+/// <https://arxiv.org/abs/2106.09685>): `y = W x + b + (B A dropout(x)) · lora_alpha / r`,
+/// `A` Kaiming-uniform and `B` zero, so training starts from the base model's function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lora {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// The last name segments of the linear layers that get adapters (`query`, `value`).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for Lora {
+    /// PEFT's defaults (r 8, alpha 8, dropout 0), with BERT's query and value as targets.
+    fn default() -> Self {
+        Lora {
+            r: 8,
+            lora_alpha: 8.0,
+            lora_dropout: 0.0,
+            target_modules: vec!["query".into(), "value".into()],
+        }
+    }
+}
+
+impl Lora {
+    /// `lora_alpha / r`
+    pub fn scaling(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+}
+
+/// One LoRA adapter of a linear layer: `[r, in]` and `[out, r]` variables.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scaling: f64,
+    pub dropout: f64,
+}
+
+/// Every tensor a training load handed out, under its full checkpoint name: the variables
+/// the optimizer trains and the frozen tensors, in load order. Shared by the [`Weights`]
+/// views of one load.
+#[derive(Clone)]
+pub struct Parameters(Arc<Mutex<ParameterState>>);
+
+struct ParameterState {
+    plan: Training,
+    rng: Rng,
+    /// name → (tensor, trained)
+    tensors: BTreeMap<String, (Tensor, bool)>,
+    /// The names in load order.
+    order: Vec<String>,
+    /// Tensors the checkpoint lacked, initialised here.
+    new: Vec<String>,
+}
+
+impl std::fmt::Debug for Parameters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Parameters")
+            .field("tensors", &state.order.len())
+            .field("new", &state.new)
+            .finish()
+    }
+}
+
+impl Parameters {
+    fn lock(&self) -> MutexGuard<'_, ParameterState> {
+        // A panic while holding the lock leaves a valid state (inserts only).
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The training plan.
+    pub fn plan(&self) -> Training {
+        self.lock().plan.clone()
+    }
+
+    /// The trained variables with their names, in load order.
+    pub fn trained(&self) -> Vec<(String, Var)> {
+        let state = self.lock();
+        state
+            .order
+            .iter()
+            .filter_map(|name| {
+                let (tensor, trained) = &state.tensors[name];
+                trained
+                    .then(|| Var::from_tensor(tensor).ok().map(|v| (name.clone(), v)))
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// Every tensor handed out, trained or frozen, with its name, in load order; the
+    /// trained ones detached from the tape.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let state = self.lock();
+        state
+            .order
+            .iter()
+            .map(|name| (name.clone(), state.tensors[name].0.detach()))
+            .collect()
+    }
+
+    /// The tensors the checkpoint lacked and the load initialised (a new head).
+    pub fn new_tensors(&self) -> Vec<String> {
+        self.lock().new.clone()
+    }
+
+    fn trains(plan: &Training, name: &str) -> bool {
+        match &plan.trained {
+            Trained::All => true,
+            Trained::Modules(modules) => {
+                name.contains(".lora_")
+                    || modules
+                        .iter()
+                        .any(|m| name == m || name.starts_with(&format!("{m}.")))
+            }
+        }
+    }
+
+    /// The tensor `name`, loaded by `load` the first time; a missing one is initialised
+    /// when `init` allows it.
+    fn get_or_load(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+        load: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        if let Some((tensor, _)) = self.lock().tensors.get(name) {
+            if tensor.dims() != shape {
+                return Err(Error::ShapeMismatch {
+                    tensor: name.to_string(),
+                    expected: shape.to_vec(),
+                    actual: tensor.dims().to_vec(),
+                });
+            }
+            return Ok(tensor.clone());
+        }
+        let (tensor, new) = match load() {
+            Ok(tensor) => (tensor, false),
+            Err(Error::MissingTensor { .. }) => (self.initialise(name, shape, device)?, true),
+            Err(other) => return Err(other),
+        };
+        let mut state = self.lock();
+        let trained = Self::trains(&state.plan, name);
+        let tensor = if trained {
+            Var::from_tensor(&tensor.contiguous()?)?.as_tensor().clone()
+        } else {
+            tensor
+        };
+        state
+            .tensors
+            .insert(name.to_string(), (tensor.clone(), trained));
+        state.order.push(name.to_string());
+        if new {
+            state.new.push(name.to_string());
+        }
+        Ok(tensor)
+    }
+
+    /// transformers' `_init_weights` for a tensor the checkpoint lacks: biases 0, LayerNorm
+    /// weights 1, other weights normal with the config's `initializer_range`.
+    fn initialise(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let count: usize = shape.iter().product();
+        let norm = name.ends_with("LayerNorm.weight") || name.ends_with("layer_norm.weight");
+        let values: Vec<f32> = if name.ends_with(".bias") || name.ends_with("LayerNorm.beta") {
+            vec![0.0; count]
+        } else if norm || name.ends_with("LayerNorm.gamma") {
+            vec![1.0; count]
+        } else {
+            let mut state = self.lock();
+            let std = state.plan.initializer_range;
+            (0..count)
+                .map(|_| (state.rng.normal() * std) as f32)
+                .collect()
+        };
+        Ok(Tensor::from_vec(values, shape, device)?)
+    }
+
+    /// The LoRA adapter of the linear layer `prefix` (`[in]` → `[out]`), created the first
+    /// time; `None` unless the plan adapts it (its last segment is a target and it lies in a
+    /// transformer layer, `….layer.N.…`).
+    fn lora(
+        &self,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        device: &Device,
+    ) -> Result<Option<LoraPair>> {
+        let Some(lora) = self.lock().plan.lora.clone() else {
+            return Ok(None);
+        };
+        let leaf = prefix.rsplit('.').next().unwrap_or_default();
+        let in_layer = prefix.split('.').any(|s| s == "layer");
+        if !in_layer || !lora.target_modules.iter().any(|t| t == leaf) {
+            return Ok(None);
+        }
+        if lora.r == 0 {
+            return Err(Error::InvalidOption {
+                option: "lora_r".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let a_name = format!("{prefix}.lora_A.weight");
+        let b_name = format!("{prefix}.lora_B.weight");
+        let a = self.get_or_load(&a_name, &[lora.r, in_dim], device, || {
+            // kaiming_uniform_(a = sqrt(5)), as PEFT: bound = 1 / sqrt(fan_in).
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let mut state = self.lock();
+            let values: Vec<f32> = (0..lora.r * in_dim)
+                .map(|_| ((2.0 * state.rng.uniform() - 1.0) * bound) as f32)
+                .collect();
+            Ok(Tensor::from_vec(values, (lora.r, in_dim), device)?)
+        })?;
+        let b = self.get_or_load(&b_name, &[out_dim, lora.r], device, || {
+            Ok(Tensor::zeros((out_dim, lora.r), DType::F32, device)?)
+        })?;
+        Ok(Some(LoraPair {
+            a,
+            b,
+            scaling: lora.scaling(),
+            dropout: lora.lora_dropout,
+        }))
+    }
+
+    /// The LoRA settings of the plan, if any.
+    pub fn lora_settings(&self) -> Option<Lora> {
+        self.lock().plan.lora.clone()
+    }
 }
 
 impl Weights {
@@ -65,6 +330,7 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
+            training: None,
         })
     }
 
@@ -81,6 +347,7 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
+            training: None,
         }
     }
 
@@ -127,6 +394,37 @@ impl Weights {
         }
     }
 
+    /// The same checkpoint for a training load under `plan`, and the [`Parameters`] it
+    /// fills as the model is built.
+    pub fn for_training(&self, plan: Training) -> (Self, Parameters) {
+        let parameters = Parameters(Arc::new(Mutex::new(ParameterState {
+            rng: Rng::new(plan.seed),
+            plan,
+            tensors: BTreeMap::new(),
+            order: Vec::new(),
+            new: Vec::new(),
+        })));
+        let weights = Weights {
+            training: Some(parameters.clone()),
+            ..self.clone()
+        };
+        (weights, parameters)
+    }
+
+    /// Whether this is a training load, which initialises the tensors a checkpoint lacks.
+    pub fn creates_missing(&self) -> bool {
+        self.training.is_some()
+    }
+
+    /// The LoRA adapter of the linear layer at this prefix (`[in]` → `[out]`), when a
+    /// training load adapts it.
+    pub fn lora(&self, in_dim: usize, out_dim: usize) -> Result<Option<LoraPair>> {
+        match &self.training {
+            Some(p) => p.lora(&self.prefix, in_dim, out_dim, &self.device),
+            None => Ok(None),
+        }
+    }
+
     /// The same checkpoint one level down: `w.pp("encoder").pp("layer.0")`.
     pub fn pp(&self, segment: impl AsRef<str>) -> Self {
         let segment = segment.as_ref();
@@ -159,10 +457,15 @@ impl Weights {
         }
     }
 
-    /// Whether `prefix.name` is in the checkpoint.
+    /// Whether `prefix.name` is in the checkpoint (or was created by this training load).
     pub fn contains(&self, name: &str) -> bool {
         if self.overrides.contains_key(&self.full_name(name)) {
             return true;
+        }
+        if let Some(p) = &self.training {
+            if p.lock().tensors.contains_key(&self.full_name(name)) {
+                return true;
+            }
         }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
             return gguf.tensor(&self.full_name(name)).is_some();
@@ -184,10 +487,21 @@ impl Weights {
         Some(view.shape().to_vec())
     }
 
-    /// Loads `prefix.name`, checks its shape and converts it to the compute dtype.
+    /// Loads `prefix.name`, checks its shape and converts it to the compute dtype; in a
+    /// training load, the variable or frozen tensor [`Parameters`] holds for it.
     pub fn get(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Tensor> {
         let expected = shape.into();
         let full = self.full_name(name);
+        match &self.training {
+            Some(parameters) => parameters.get_or_load(&full, &expected, &self.device, || {
+                self.load(&full, expected.clone())
+            }),
+            None => self.load(&full, expected),
+        }
+    }
+
+    fn load(&self, full: &str, expected: Vec<usize>) -> Result<Tensor> {
+        let full = full.to_string();
         if let Some(tensor) = self.overrides.get(&full) {
             if tensor.dims() != expected.as_slice() {
                 return Err(Error::ShapeMismatch {

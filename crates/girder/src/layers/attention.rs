@@ -5,6 +5,7 @@
 
 use super::cpu::attention::{attend_rows, QueryRow};
 use super::cpu::team;
+use super::Dropout;
 use crate::error::Result;
 use candle_core::Tensor;
 
@@ -13,25 +14,18 @@ use candle_core::Tensor;
 /// and the team may keep polling.
 const GEMM_THREADING_THRESHOLD: usize = 48 * 48 * 256;
 
-/// Bidirectional scaled dot-product attention of each sequence over its own tokens, on
-/// packed input (encoders: no padding exists, so no mask is needed).
-///
-/// `q`, `k`, `v`: `[total_tokens, heads, head_dim]` f32; sequence `i` owns rows
-/// `cu_seqlens[i]..cu_seqlens[i + 1]`. Returns `[total_tokens, heads, head_dim]`.
-///
-/// Each sequence is two batched GEMMs (`QKᵀ` over all heads, then `PV`) around one softmax.
-/// candle's `flash_attn_varlen_cpu` computes the same with a scalar dot product and one
-/// `exp` per query-key pair in its online softmax; on 512-token inputs it spent over half
-/// the forward pass there (perf, workload (c) of the encoder benchmark).
 /// Bidirectional self-attention of a packed batch from its fused projection: `qkv` is
 /// `[total_tokens, 3 · heads · head_dim]` (queries, keys, values side by side, as
 /// [`super::Linear::concat`] of the three projections gives it). Returns the context
-/// `[total_tokens, heads · head_dim]`, before the output projection.
+/// `[total_tokens, heads · head_dim]`, before the output projection. `bias` and
+/// `probs_dropout` as for [`varlen_attention`].
 pub fn packed_self_attention(
     qkv: &Tensor,
     heads: usize,
     head_dim: usize,
     cu_seqlens: &[u32],
+    bias: Option<&Tensor>,
+    probs_dropout: &Dropout,
 ) -> Result<Tensor> {
     let n = qkv.dim(0)?;
     // [n, 3 · heads, head_dim]: q, k and v as views, heads `0..`, `heads..`, `2 · heads..`
@@ -41,24 +35,34 @@ pub fn packed_self_attention(
         qkv.narrow(1, heads, heads)?,
         qkv.narrow(1, 2 * heads, heads)?,
     );
-    Ok(varlen_attention(&q, &k, &v, cu_seqlens)?.reshape((n, heads * head_dim))?)
+    Ok(
+        varlen_attention(&q, &k, &v, cu_seqlens, bias, probs_dropout)?
+            .reshape((n, heads * head_dim))?,
+    )
 }
 
-pub fn varlen_attention(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &[u32]) -> Result<Tensor> {
-    varlen_attention_with_bias(q, k, v, cu_seqlens, None)
-}
-
-/// [`varlen_attention`] with an additive bias on the scaled scores before the softmax
-/// (MPNet's and T5's relative position bias): `bias` is `[heads, m, m]` with `m` at least the
-/// longest sequence, and a sequence of `len` tokens adds its top-left `[heads, len, len]`
-/// block (a bias that depends only on key minus query position is the same for every
-/// sequence).
-pub fn varlen_attention_with_bias(
+/// Bidirectional scaled dot-product attention of each sequence over its own tokens, on
+/// packed input (encoders: no padding exists, so no mask is needed).
+///
+/// `q`, `k`, `v`: `[total_tokens, heads, head_dim]` f32; sequence `i` owns rows
+/// `cu_seqlens[i]..cu_seqlens[i + 1]`. Returns `[total_tokens, heads, head_dim]`. `bias`, when
+/// given, is added to the scaled scores before the softmax (MPNet's and T5's relative
+/// position bias): `[heads, m, m]` with `m` at least the longest sequence, a sequence of
+/// `len` tokens adding its top-left `[heads, len, len]` block (a bias that depends only on
+/// key minus query position is the same for every sequence). `probs_dropout` drops
+/// attention probabilities in a training pass (`attention_probs_dropout_prob`).
+///
+/// Each sequence is two batched GEMMs (`QKᵀ` over all heads, then `PV`) around one softmax.
+/// candle's `flash_attn_varlen_cpu` computes the same with a scalar dot product and one
+/// `exp` per query-key pair in its online softmax; on 512-token inputs it spent over half
+/// the forward pass there (perf, workload (c) of the encoder benchmark).
+pub fn varlen_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     cu_seqlens: &[u32],
     bias: Option<&Tensor>,
+    probs_dropout: &Dropout,
 ) -> Result<Tensor> {
     let head_dim = q.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
@@ -87,6 +91,7 @@ pub fn varlen_attention_with_bias(
             None => scores,
         };
         let probs = super::cpu::kernels::softmax_last_dim(scores)?;
+        let probs = probs_dropout.forward(probs)?;
         outs.push(probs.matmul(&v)?.transpose(0, 1)?); // [len, heads, head_dim]
     }
     Ok(match outs.len() {

@@ -1,5 +1,10 @@
+//! `nn.Linear`, dense or quantized, and in training with its weight as a variable and
+//! optionally a LoRA adapter.
+
 use super::cpu::quant_matmul::QuantMatrix;
+use super::Dropout;
 use crate::error::Result;
+use crate::hub::weights::LoraPair;
 use crate::hub::Weights;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Tensor};
@@ -19,6 +24,12 @@ enum Weight {
     Quantized(QMatMul),
     /// Q4_1 / Q8_0 through girder's kernel ([`QuantMatrix`]): candle's Q4_1 is scalar.
     Blocks(QuantMatrix),
+    /// A trained `[out, in]` variable, multiplied as it is: a copy made at load would not
+    /// follow the optimizer's updates.
+    Trained(Tensor),
+    /// Layers side by side whose weights cannot be fused ([`Linear::concat`] of trained or
+    /// adapted parts): each computes its columns.
+    Parts(Vec<Linear>),
 }
 
 /// `x wt` through [`skinny_matmul`](super::cpu::skinny_matmul) when `x` has few rows and both are
@@ -54,6 +65,7 @@ fn skinny(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
 }
 
+/// Where the parts' biases live (a part without one gets zeros there).
 fn b_device(parts: &[Linear]) -> &candle_core::Device {
     parts
         .iter()
@@ -61,11 +73,13 @@ fn b_device(parts: &[Linear]) -> &candle_core::Device {
         .unwrap_or(&candle_core::Device::Cpu)
 }
 
-/// `y = x Wᵀ + b`, with the checkpoint's `[out, in]` weight layout (PyTorch's `nn.Linear`).
+/// `y = x Wᵀ + b`, with the checkpoint's `[out, in]` weight layout (PyTorch's `nn.Linear`),
+/// plus `(B A dropout(x)) · scaling` when a training load gave it a LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    lora: Option<LoraPair>,
 }
 
 impl Linear {
@@ -74,6 +88,7 @@ impl Linear {
         Ok(Linear {
             weight: Self::load_weight(w, in_dim, out_dim)?,
             bias: Some(w.get([out_dim], "bias")?),
+            lora: w.lora(in_dim, out_dim)?,
         })
     }
 
@@ -82,14 +97,25 @@ impl Linear {
         Ok(Linear {
             weight: Self::load_weight(w, in_dim, out_dim)?,
             bias: None,
+            lora: w.lora(in_dim, out_dim)?,
         })
     }
 
-    /// Quantized when the weights keep GGUF tensors quantized, dense otherwise.
+    /// Quantized when the weights keep GGUF tensors quantized, a variable when a training
+    /// load trains it, dense otherwise.
     fn load_weight(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Weight> {
         Ok(match w.qtensor([out_dim, in_dim], "weight")? {
             Some(q) => Self::quantized_weight(q)?,
-            None => Weight::DenseTransposed(w.get([out_dim, in_dim], "weight")?.t()?.contiguous()?),
+            None => Self::dense(w.get([out_dim, in_dim], "weight")?)?,
+        })
+    }
+
+    /// An `[out, in]` weight: transposed once, unless it is trained.
+    fn dense(weight: Tensor) -> Result<Weight> {
+        Ok(if weight.is_variable() {
+            Weight::Trained(weight)
+        } else {
+            Weight::DenseTransposed(weight.t()?.contiguous()?)
         })
     }
 
@@ -104,8 +130,9 @@ impl Linear {
     /// embedding table).
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         Ok(Linear {
-            weight: Weight::DenseTransposed(weight.t()?.contiguous()?),
+            weight: Self::dense(weight)?,
             bias,
+            lora: None,
         })
     }
 
@@ -114,6 +141,7 @@ impl Linear {
         Ok(Linear {
             weight: Weight::DenseTransposed(weight_t.contiguous()?),
             bias,
+            lora: None,
         })
     }
 
@@ -122,6 +150,7 @@ impl Linear {
         Ok(Linear {
             weight: Self::quantized_weight(weight)?,
             bias,
+            lora: None,
         })
     }
 
@@ -145,6 +174,17 @@ impl Linear {
     /// # Ok::<(), girder::Error>(())
     /// ```
     pub fn concat(parts: &[Linear]) -> Result<Linear> {
+        // Trained or adapted parts stay apart: a fused copy would not follow their updates.
+        if parts
+            .iter()
+            .any(|p| p.lora.is_some() || matches!(p.weight, Weight::Trained(_) | Weight::Parts(_)))
+        {
+            return Ok(Linear {
+                weight: Weight::Parts(parts.to_vec()),
+                bias: None,
+                lora: None,
+            });
+        }
         let quantized: Option<Vec<Arc<QTensor>>> = parts
             .iter()
             .map(|p| match &p.weight {
@@ -182,16 +222,28 @@ impl Linear {
                 .collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&biases, 0)?)
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
     /// The weight as a dense f32 `[in, out]` matrix.
     fn dense_transposed(&self) -> Result<Tensor> {
         let w = match &self.weight {
             Weight::DenseTransposed(wt) => return Ok(wt.clone()),
-            Weight::Quantized(QMatMul::QTensor(t)) => t.dequantize(&candle_core::Device::Cpu)?,
+            Weight::Quantized(QMatMul::QTensor(t)) => t.dequantize(&t.device())?,
             Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.clone(),
-            Weight::Blocks(m) => m.qtensor().dequantize(&candle_core::Device::Cpu)?,
+            Weight::Blocks(m) => m.qtensor().dequantize(&m.qtensor().device())?,
+            Weight::Trained(w) => w.clone(),
+            Weight::Parts(parts) => {
+                let wts = parts
+                    .iter()
+                    .map(|p| p.dense_transposed())
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(Tensor::cat(&wts, 1)?);
+            }
         };
         Ok(w.to_dtype(candle_core::DType::F32)?.t()?.contiguous()?)
     }
@@ -208,10 +260,26 @@ impl Linear {
             },
             Weight::Quantized(q) => q.forward(x)?,
             Weight::Blocks(m) => m.forward(x)?,
+            Weight::Trained(w) => x.broadcast_matmul(&w.t()?)?,
+            Weight::Parts(parts) => {
+                let outs = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&outs, 1)?
+            }
         };
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => super::cpu::kernels::add_in_place(y, b)?,
             None => y,
-        })
+        };
+        let Some(lora) = &self.lora else {
+            return Ok(y);
+        };
+        let x = Dropout::new(lora.dropout).forward(x.clone())?;
+        let delta = x
+            .broadcast_matmul(&lora.a.t()?)?
+            .broadcast_matmul(&lora.b.t()?)?;
+        Ok((y + (delta * lora.scaling)?)?)
     }
 }

@@ -14,16 +14,17 @@ mod linear;
 mod norm;
 pub mod pooling;
 pub mod rope;
+pub mod training;
 
 pub use activation::Activation;
 pub use attention::{
     causal_attention, packed_self_attention, ragged_causal_attention, varlen_attention,
-    varlen_attention_with_bias,
 };
 pub use cpu::kernels::{add_in_place, gelu_erf, silu_mul, softmax_last_dim};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
+pub use training::Dropout;
 
 use crate::error::Result;
 use crate::hub::Weights;
@@ -59,8 +60,12 @@ impl Embedding {
         })
     }
 
-    /// `ids`: `[n]` u32 → `[n, dim]`.
+    /// `ids`: `[n]` u32 → `[n, dim]`. In a training pass a trainable table's rows are a leaf
+    /// of their own ([`training::LookedUp`]).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        if let Some(rows) = training::record_lookup(&self.table, ids)? {
+            return Ok(rows);
+        }
         Ok(self.table.index_select(ids, 0)?)
     }
 

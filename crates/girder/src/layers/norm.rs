@@ -29,10 +29,25 @@ pub fn layer_norm(w: &Weights, dim: usize, eps: f64) -> Result<LayerNorm> {
 
 impl candle_nn::Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match cpu::norm::layer_norm(x, &self.weight, &self.bias, self.eps)? {
-            Some(y) => Ok(y),
-            None => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps),
+        if let Some(y) = cpu::norm::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
         }
+        let (w, b) = (&self.weight, &self.bias);
+        if !(x.track_op() || w.track_op() || b.track_op()) {
+            return candle_nn::ops::layer_norm(x, w, b, self.eps);
+        }
+        // Training: candle's fused op has no backward pass.
+        if cpu::kernels::trains_on_cpu(x) || cpu::kernels::trains_on_cpu(w) {
+            return cpu::autograd::layer_norm(x, w, b, self.eps as f64)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()));
+        }
+        let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        centred
+            .broadcast_div(&(var + self.eps as f64)?.sqrt()?)?
+            .broadcast_mul(w)?
+            .broadcast_add(b)
     }
 }
 

@@ -187,8 +187,9 @@ impl RotaryEmbedding {
     /// which may be a view of some columns of a fused projection (rows further apart than
     /// their width): the heads are read where they lie, rotated with the same arithmetic,
     /// and written once into the `[n, heads, head_dim]` result, rows split over the team's
-    /// threads when there are many. (The view was first copied out, then rotated into a
-    /// zeroed tensor on one thread: a few percent of a prompt's prefill.)
+    /// threads when there are many (copying the view out and rotating it into a zeroed
+    /// tensor on one thread costs a few percent of a prompt's prefill). On another device,
+    /// or with gradients, candle's `rope_thd` on a copy.
     ///
     /// ```
     /// use candle_core::{Device, Tensor};

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
 use crate::layers::{
-    add_in_place, layer_norm, packed_self_attention, Activation, Embedding, Linear,
+    add_in_place, layer_norm, packed_self_attention, Activation, Dropout, Embedding, Linear,
 };
 use candle_core::Tensor;
 use candle_nn::Module;
@@ -44,6 +44,13 @@ pub struct Config {
     pub pad_token_id: Option<u32>,
     #[serde(default = "defaults::position_embedding_type")]
     pub position_embedding_type: String,
+    #[serde(default = "defaults::dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "defaults::dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// The heads' dropout; `None`: `hidden_dropout_prob`.
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
 }
 
 mod defaults {
@@ -76,6 +83,9 @@ mod defaults {
     }
     pub fn position_embedding_type() -> String {
         "absolute".into()
+    }
+    pub fn dropout() -> f64 {
+        0.1
     }
 }
 
@@ -113,14 +123,20 @@ impl Config {
     pub(crate) fn activation(&self, common: &CommonConfig) -> Result<Activation> {
         Activation::parse(&self.hidden_act, &common.path, "hidden_act")
     }
+
+    /// The classification heads' dropout (`classifier_dropout`, else `hidden_dropout_prob`).
+    pub(crate) fn classifier_dropout(&self) -> Dropout {
+        Dropout::new(self.classifier_dropout.unwrap_or(self.hidden_dropout_prob))
+    }
 }
 
-/// word + position + token type embeddings, then LayerNorm.
+/// word + position + token type embeddings, then LayerNorm and dropout.
 struct Embeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
+    dropout: Dropout,
 }
 
 impl Embeddings {
@@ -142,6 +158,7 @@ impl Embeddings {
                 cfg.hidden_size,
             )?,
             layer_norm: layer_norm(&w.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
         })
     }
 
@@ -155,7 +172,7 @@ impl Embeddings {
         let x = self.word_embeddings.forward(input_ids)?;
         let x = (x + self.token_type_embeddings.forward(token_type_ids)?)?;
         let x = (x + self.position_embeddings.forward(positions)?)?;
-        Ok(self.layer_norm.forward(&x)?)
+        self.dropout.forward(self.layer_norm.forward(&x)?)
     }
 }
 
@@ -164,7 +181,9 @@ impl Embeddings {
 /// `key` and `value` are loaded as one product whose output columns are q, k, v.
 struct Attention {
     qkv: Linear,
+    probs_dropout: Dropout,
     output: Linear,
+    dropout: Dropout,
     output_norm: LayerNorm,
     num_heads: usize,
     head_dim: usize,
@@ -180,7 +199,9 @@ impl Attention {
                 Linear::load(&sa.pp("key"), h, h)?,
                 Linear::load(&sa.pp("value"), h, h)?,
             ])?,
+            probs_dropout: Dropout::new(cfg.attention_probs_dropout_prob),
             output: Linear::load(&w.pp("output.dense"), h, h)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
             output_norm: layer_norm(&w.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
@@ -193,8 +214,10 @@ impl Attention {
             self.num_heads,
             self.head_dim,
             &batch.cu_seqlens,
+            None,
+            &self.probs_dropout,
         )?;
-        let out = self.output.forward(&context)?;
+        let out = self.dropout.forward(self.output.forward(&context)?)?;
         Ok(self.output_norm.forward(&add_in_place(out, x)?)?)
     }
 }
@@ -206,6 +229,7 @@ struct Layer {
     intermediate: Linear,
     activation: Activation,
     output: Linear,
+    dropout: Dropout,
     output_norm: LayerNorm,
 }
 
@@ -224,6 +248,7 @@ impl Layer {
                 cfg.intermediate_size,
                 cfg.hidden_size,
             )?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
             output_norm: layer_norm(
                 &w.pp("output.LayerNorm"),
                 cfg.hidden_size,
@@ -237,7 +262,7 @@ impl Layer {
         let h = self
             .activation
             .forward_owned(self.intermediate.forward(&attended)?)?;
-        let out = self.output.forward(&h)?;
+        let out = self.dropout.forward(self.output.forward(&h)?)?;
         Ok(self.output_norm.forward(&add_in_place(out, &attended)?)?)
     }
 }
@@ -298,7 +323,7 @@ impl BertModel {
         with_pooler: bool,
     ) -> Result<Self> {
         let w = base_weights(w, "bert");
-        let pooler = if with_pooler && w.contains("pooler.dense.weight") {
+        let pooler = if with_pooler && (w.contains("pooler.dense.weight") || w.creates_missing()) {
             Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
         } else {
             None
@@ -358,10 +383,12 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
                 });
             }
             EncoderHead::Pooled {
+                dropout: cfg.classifier_dropout(),
                 classifier: Linear::load(&w.pp("classifier"), h, labels)?,
             }
         }
         Head::TokenClassification => EncoderHead::PerToken {
+            dropout: cfg.classifier_dropout(),
             classifier: Linear::load(&w.pp("classifier"), h, labels)?,
         },
         Head::MaskedLM => {

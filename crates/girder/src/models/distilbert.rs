@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
 use crate::layers::{
-    add_in_place, layer_norm, packed_self_attention, Activation, Embedding, Linear,
+    add_in_place, layer_norm, packed_self_attention, Activation, Dropout, Embedding, Linear,
 };
 use candle_core::Tensor;
 use candle_nn::Module;
@@ -38,6 +38,16 @@ pub struct Config {
     pub activation: String,
     #[serde(default = "defaults::max_position_embeddings")]
     pub max_position_embeddings: usize,
+    #[serde(default = "defaults::dropout")]
+    pub dropout: f64,
+    #[serde(default = "defaults::dropout")]
+    pub attention_dropout: f64,
+    #[serde(default = "defaults::seq_classif_dropout")]
+    pub seq_classif_dropout: f64,
+    /// girder's override of the heads' dropout (`girder train --classifier-dropout`);
+    /// transformers' DistilBERT reads `seq_classif_dropout` and `dropout` instead.
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
 }
 
 mod defaults {
@@ -61,6 +71,12 @@ mod defaults {
     }
     pub fn max_position_embeddings() -> usize {
         512
+    }
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn seq_classif_dropout() -> f64 {
+        0.2
     }
 }
 
@@ -90,6 +106,7 @@ struct Embeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     layer_norm: LayerNorm,
+    dropout: Dropout,
 }
 
 impl Embeddings {
@@ -102,13 +119,14 @@ impl Embeddings {
                 cfg.dim,
             )?,
             layer_norm: layer_norm(&w.pp("LayerNorm"), cfg.dim, LAYER_NORM_EPS)?,
+            dropout: Dropout::new(cfg.dropout),
         })
     }
 
     fn forward(&self, t: &BatchTensors) -> Result<Tensor> {
         let x = self.word_embeddings.forward(&t.input_ids)?;
         let x = (x + self.position_embeddings.forward(&t.positions)?)?;
-        Ok(self.layer_norm.forward(&x)?)
+        self.dropout.forward(self.layer_norm.forward(&x)?)
     }
 }
 
@@ -116,6 +134,7 @@ impl Embeddings {
 /// attention, `out_lin`.
 struct Attention {
     qkv: Linear,
+    dropout: Dropout,
     out_lin: Linear,
     n_heads: usize,
     head_dim: usize,
@@ -130,6 +149,7 @@ impl Attention {
                 Linear::load(&w.pp("k_lin"), d, d)?,
                 Linear::load(&w.pp("v_lin"), d, d)?,
             ])?,
+            dropout: Dropout::new(cfg.attention_dropout),
             out_lin: Linear::load(&w.pp("out_lin"), d, d)?,
             n_heads: cfg.n_heads,
             head_dim: d / cfg.n_heads,
@@ -142,6 +162,8 @@ impl Attention {
             self.n_heads,
             self.head_dim,
             &t.cu_seqlens,
+            None,
+            &self.dropout,
         )?;
         self.out_lin.forward(&context)
     }
@@ -155,6 +177,7 @@ struct Layer {
     lin1: Linear,
     activation: Activation,
     lin2: Linear,
+    dropout: Dropout,
     output_layer_norm: LayerNorm,
 }
 
@@ -166,6 +189,7 @@ impl Layer {
             lin1: Linear::load(&w.pp("ffn.lin1"), cfg.dim, cfg.hidden_dim)?,
             activation,
             lin2: Linear::load(&w.pp("ffn.lin2"), cfg.hidden_dim, cfg.dim)?,
+            dropout: Dropout::new(cfg.dropout),
             output_layer_norm: layer_norm(&w.pp("output_layer_norm"), cfg.dim, LAYER_NORM_EPS)?,
         })
     }
@@ -177,7 +201,7 @@ impl Layer {
         let h = self
             .activation
             .forward_owned(self.lin1.forward(&attended)?)?;
-        let out = self.lin2.forward(&h)?;
+        let out = self.dropout.forward(self.lin2.forward(&h)?)?;
         Ok(self
             .output_layer_norm
             .forward(&add_in_place(out, &attended)?)?)
@@ -241,11 +265,14 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
     let head = match head {
         Head::Base => return Ok(Box::new(distilbert)),
         Head::SequenceClassification => EncoderHead::FirstToken {
+            input_dropout: Dropout::new(0.0),
             dense: Linear::load(&w.pp("pre_classifier"), d, d)?,
             activation: Activation::Relu,
+            dropout: Dropout::new(cfg.classifier_dropout.unwrap_or(cfg.seq_classif_dropout)),
             out_proj: Linear::load(&w.pp("classifier"), d, labels)?,
         },
         Head::TokenClassification => EncoderHead::PerToken {
+            dropout: Dropout::new(cfg.classifier_dropout.unwrap_or(cfg.dropout)),
             classifier: Linear::load(&w.pp("classifier"), d, labels)?,
         },
         Head::MaskedLM => EncoderHead::MaskedLm {

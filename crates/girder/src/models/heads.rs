@@ -11,23 +11,32 @@ use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
-use crate::layers::{Activation, Linear};
+use crate::layers::{Activation, Dropout, Linear};
 use candle_core::Tensor;
 use candle_nn::Module;
 
 /// A head on top of an encoder's output.
 pub(crate) enum EncoderHead {
-    /// A classifier on the base model's pooler output (BERT).
-    Pooled { classifier: Linear },
-    /// `dense → activation` on each sequence's first token, then `out_proj`
-    /// (RoBERTa's classification head, DistilBERT's `pre_classifier` + `classifier`).
+    /// Dropout, then a classifier on the base model's pooler output (BERT).
+    Pooled {
+        dropout: Dropout,
+        classifier: Linear,
+    },
+    /// `dropout → dense → activation → dropout` on each sequence's first token, then
+    /// `out_proj` (RoBERTa's and MPNet's classification heads; DistilBERT's `pre_classifier`
+    /// and `classifier`, with no dropout before the first).
     FirstToken {
+        input_dropout: Dropout,
         dense: Linear,
         activation: Activation,
+        dropout: Dropout,
         out_proj: Linear,
     },
-    /// A linear classifier on every token.
-    PerToken { classifier: Linear },
+    /// Dropout, then a linear classifier on every token.
+    PerToken {
+        dropout: Dropout,
+        classifier: Linear,
+    },
     /// `dense → activation → LayerNorm → decoder + bias`, with the decoder usually tied to
     /// the word embeddings.
     MaskedLm {
@@ -47,7 +56,10 @@ impl EncoderHead {
         rows: Option<&[u32]>,
     ) -> Result<Tensor> {
         match self {
-            EncoderHead::Pooled { classifier } => {
+            EncoderHead::Pooled {
+                dropout,
+                classifier,
+            } => {
                 let pooled = out
                     .pooler_output
                     .as_ref()
@@ -55,18 +67,25 @@ impl EncoderHead {
                         name: "pooler.dense.weight".into(),
                         files: "a sequence classifier on the pooler needs the pooler".into(),
                     })?;
-                classifier.forward(pooled)
+                classifier.forward(&dropout.forward(pooled.clone())?)
             }
             EncoderHead::FirstToken {
+                input_dropout,
                 dense,
                 activation,
+                dropout,
                 out_proj,
             } => {
-                let first = first_tokens(&out.last_hidden_state, batch)?;
-                out_proj.forward(&activation.forward(&dense.forward(&first)?)?)
+                let first = input_dropout.forward(first_tokens(&out.last_hidden_state, batch)?)?;
+                let h = dropout.forward(activation.forward(&dense.forward(&first)?)?)?;
+                out_proj.forward(&h)
             }
-            EncoderHead::PerToken { classifier } => {
-                classifier.forward(&select_rows(&out.last_hidden_state, rows)?)
+            EncoderHead::PerToken {
+                dropout,
+                classifier,
+            } => {
+                let hidden = select_rows(&out.last_hidden_state, rows)?;
+                classifier.forward(&dropout.forward(hidden)?)
             }
             EncoderHead::MaskedLm {
                 dense,

@@ -15,7 +15,8 @@ use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::{
-    add_in_place, layer_norm, varlen_attention_with_bias, Activation, Embedding, LayerNorm, Linear,
+    add_in_place, layer_norm, packed_self_attention, Activation, Dropout, Embedding, LayerNorm,
+    Linear,
 };
 use candle_core::Tensor;
 use candle_nn::Module;
@@ -42,6 +43,14 @@ pub struct Config {
     pub layer_norm_eps: f64,
     #[serde(default = "defaults::relative_attention_num_buckets")]
     pub relative_attention_num_buckets: usize,
+    #[serde(default = "defaults::dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "defaults::dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// girder's override of the heads' dropout (`girder train --classifier-dropout`);
+    /// transformers' MPNet heads use `hidden_dropout_prob`.
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
 }
 
 mod defaults {
@@ -71,6 +80,9 @@ mod defaults {
     }
     pub fn relative_attention_num_buckets() -> usize {
         32
+    }
+    pub fn dropout() -> f64 {
+        0.1
     }
 }
 
@@ -120,6 +132,10 @@ impl Config {
     fn activation(&self, common: &CommonConfig) -> Result<Activation> {
         Activation::parse(&self.hidden_act, &common.path, "hidden_act")
     }
+
+    fn classifier_dropout(&self) -> Dropout {
+        Dropout::new(self.classifier_dropout.unwrap_or(self.hidden_dropout_prob))
+    }
 }
 
 /// The bucket of a key `relative` positions after its query (negative: before it), as
@@ -147,11 +163,12 @@ pub fn relative_position_bucket(relative: i64) -> u32 {
     bucket as u32
 }
 
-/// Word and position embeddings, then LayerNorm (`MPNetEmbeddings`).
+/// Word and position embeddings, then LayerNorm and dropout (`MPNetEmbeddings`).
 struct Embeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     layer_norm: LayerNorm,
+    dropout: Dropout,
     padding_idx: u32,
 }
 
@@ -166,6 +183,7 @@ impl Embeddings {
                 h,
             )?,
             layer_norm: layer_norm(&w.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
             padding_idx: PADDING_IDX,
         })
     }
@@ -175,7 +193,7 @@ impl Embeddings {
         let positions = Tensor::from_vec(positions, batch.total_tokens(), input_ids.device())?;
         let x = self.word_embeddings.forward(input_ids)?;
         let x = (x + self.position_embeddings.forward(&positions)?)?;
-        Ok(self.layer_norm.forward(&x)?)
+        self.dropout.forward(self.layer_norm.forward(&x)?)
     }
 }
 
@@ -183,7 +201,9 @@ impl Embeddings {
 /// the position bias, `o`), then the residual LayerNorm.
 struct Attention {
     qkv: Linear,
+    probs_dropout: Dropout,
     o: Linear,
+    dropout: Dropout,
     layer_norm: LayerNorm,
     num_heads: usize,
     head_dim: usize,
@@ -199,7 +219,9 @@ impl Attention {
                 Linear::load(&attn.pp("k"), h, h)?,
                 Linear::load(&attn.pp("v"), h, h)?,
             ])?,
+            probs_dropout: Dropout::new(cfg.attention_probs_dropout_prob),
             o: Linear::load(&attn.pp("o"), h, h)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
             layer_norm: layer_norm(&w.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
@@ -208,19 +230,15 @@ impl Attention {
 
     /// `position_bias`: `[heads, max_seqlen, max_seqlen]`.
     fn forward(&self, x: &Tensor, batch: &BatchTensors, position_bias: &Tensor) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let (heads, d) = (self.num_heads, self.head_dim);
-        // [n, 3 · heads, head_dim]: q, k and v as views
-        let qkv = self.qkv.forward(x)?.reshape((n, 3 * heads, d))?;
-        let context = varlen_attention_with_bias(
-            &qkv.narrow(1, 0, heads)?,
-            &qkv.narrow(1, heads, heads)?,
-            &qkv.narrow(1, 2 * heads, heads)?,
+        let context = packed_self_attention(
+            &self.qkv.forward(x)?,
+            self.num_heads,
+            self.head_dim,
             &batch.cu_seqlens,
             Some(position_bias),
-        )?
-        .reshape((n, heads * d))?;
-        let out = self.o.forward(&context)?;
+            &self.probs_dropout,
+        )?;
+        let out = self.dropout.forward(self.o.forward(&context)?)?;
         Ok(self.layer_norm.forward(&add_in_place(out, x)?)?)
     }
 }
@@ -231,6 +249,7 @@ struct Layer {
     intermediate: Linear,
     activation: Activation,
     output: Linear,
+    dropout: Dropout,
     output_norm: LayerNorm,
 }
 
@@ -242,6 +261,7 @@ impl Layer {
             intermediate: Linear::load(&w.pp("intermediate.dense"), h, i)?,
             activation,
             output: Linear::load(&w.pp("output.dense"), i, h)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
             output_norm: layer_norm(&w.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
         })
     }
@@ -251,7 +271,7 @@ impl Layer {
         let h = self
             .activation
             .forward_owned(self.intermediate.forward(&attended)?)?;
-        let out = self.output.forward(&h)?;
+        let out = self.dropout.forward(self.output.forward(&h)?)?;
         Ok(self.output_norm.forward(&add_in_place(out, &attended)?)?)
     }
 }
@@ -324,7 +344,7 @@ impl MPNetModel {
         with_pooler: bool,
     ) -> Result<Self> {
         let w = base_weights(w, "mpnet");
-        let pooler = if with_pooler && w.contains("pooler.dense.weight") {
+        let pooler = if with_pooler && (w.contains("pooler.dense.weight") || w.creates_missing()) {
             Some(Pooler {
                 dense: Linear::load(&w.pp("pooler.dense"), cfg.hidden_size, cfg.hidden_size)?,
             })
@@ -378,11 +398,14 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
     let head = match head {
         Head::Base => return Ok(Box::new(mpnet)),
         Head::SequenceClassification => EncoderHead::FirstToken {
+            input_dropout: cfg.classifier_dropout(),
             dense: Linear::load(&w.pp("classifier.dense"), h, h)?,
             activation: Activation::Tanh,
+            dropout: cfg.classifier_dropout(),
             out_proj: Linear::load(&w.pp("classifier.out_proj"), h, labels)?,
         },
         Head::TokenClassification => EncoderHead::PerToken {
+            dropout: cfg.classifier_dropout(),
             classifier: Linear::load(&w.pp("classifier"), h, labels)?,
         },
         Head::MaskedLM => {

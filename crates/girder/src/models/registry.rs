@@ -90,6 +90,12 @@ pub struct Architecture {
     /// The word-embedding matrix in a base checkpoint (head checkpoints add the base
     /// model's prefix), whose rows the guard reads.
     pub embedding_tensor: &'static str,
+    /// transformers' `base_model_prefix`: where a head class keeps the base model's tensors
+    /// (`bert.encoder…`).
+    pub base_model_prefix: &'static str,
+    /// The top-level modules of the heads (`classifier`, DistilBERT's `pre_classifier`): what
+    /// head-only and LoRA training train, PEFT's `modules_to_save`.
+    pub head_modules: &'static [&'static str],
     /// How llama.cpp stores the architecture, when girder reads it from GGUF.
     pub gguf: Option<GgufFormat>,
     pub constructor: Constructor,
@@ -123,6 +129,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("Bert"),
         position_offset: PositionOffset::Zero,
         embedding_tensor: "embeddings.word_embeddings.weight",
+        base_model_prefix: "bert",
+        head_modules: &["classifier", "cls"],
         gguf: None,
         constructor: Constructor::Encoder(bert::load),
     },
@@ -133,6 +141,14 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("DistilBert"),
         position_offset: PositionOffset::Zero,
         embedding_tensor: "embeddings.word_embeddings.weight",
+        base_model_prefix: "distilbert",
+        head_modules: &[
+            "pre_classifier",
+            "classifier",
+            "vocab_transform",
+            "vocab_layer_norm",
+            "vocab_projector",
+        ],
         gguf: None,
         constructor: Constructor::Encoder(distilbert::load),
     },
@@ -143,6 +159,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("Roberta"),
         position_offset: PositionOffset::AfterPadding,
         embedding_tensor: "embeddings.word_embeddings.weight",
+        base_model_prefix: "roberta",
+        head_modules: &["classifier", "lm_head"],
         gguf: None,
         constructor: Constructor::Encoder(roberta::load),
     },
@@ -153,6 +171,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("XLMRoberta"),
         position_offset: PositionOffset::AfterPadding,
         embedding_tensor: "embeddings.word_embeddings.weight",
+        base_model_prefix: "roberta",
+        head_modules: &["classifier", "lm_head"],
         gguf: None,
         constructor: Constructor::Encoder(roberta::load),
     },
@@ -163,6 +183,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("MPNet"),
         position_offset: PositionOffset::AfterFixedPadding(mpnet::PADDING_IDX),
         embedding_tensor: "embeddings.word_embeddings.weight",
+        base_model_prefix: "mpnet",
+        head_modules: &["classifier", "lm_head"],
         gguf: None,
         constructor: Constructor::Encoder(mpnet::load),
     },
@@ -173,6 +195,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: &[("GPT2LMHeadModel", Head::CausalLM)],
         position_offset: PositionOffset::Zero,
         embedding_tensor: "transformer.wte.weight",
+        base_model_prefix: "transformer",
+        head_modules: &["lm_head"],
         gguf: None,
         constructor: Constructor::Decoder(gpt2::load),
     },
@@ -183,6 +207,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: &[("LlamaForCausalLM", Head::CausalLM)],
         position_offset: PositionOffset::Zero,
         embedding_tensor: "model.embed_tokens.weight",
+        base_model_prefix: "model",
+        head_modules: &["lm_head"],
         gguf: Some(GgufFormat {
             architecture: "llama",
             tensor_names: &llama::GGUF_TENSOR_NAMES,
@@ -198,6 +224,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: &[("MistralForCausalLM", Head::CausalLM)],
         position_offset: PositionOffset::Zero,
         embedding_tensor: "model.embed_tokens.weight",
+        base_model_prefix: "model",
+        head_modules: &["lm_head"],
         gguf: None,
         constructor: Constructor::Decoder(llama::load),
     },
@@ -208,6 +236,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: &[("Qwen2ForCausalLM", Head::CausalLM)],
         position_offset: PositionOffset::Zero,
         embedding_tensor: "model.embed_tokens.weight",
+        base_model_prefix: "model",
+        head_modules: &["lm_head"],
         gguf: Some(GgufFormat {
             architecture: "qwen2",
             tensor_names: &llama::GGUF_TENSOR_NAMES,

@@ -13,7 +13,7 @@ use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
-use crate::layers::{layer_norm, Activation, Embedding, Linear};
+use crate::layers::{layer_norm, Activation, Dropout, Embedding, Linear};
 use candle_core::Tensor;
 use candle_nn::Module;
 
@@ -27,6 +27,7 @@ struct Embeddings {
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
+    dropout: Dropout,
     padding_idx: u32,
 }
 
@@ -46,6 +47,7 @@ impl Embeddings {
                 h,
             )?,
             layer_norm: layer_norm(&w.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
             padding_idx: padding_idx(cfg),
         })
     }
@@ -61,7 +63,7 @@ impl Embeddings {
         let x = self.word_embeddings.forward(input_ids)?;
         let x = (x + self.token_type_embeddings.forward(token_type_ids)?)?;
         let x = (x + self.position_embeddings.forward(&positions)?)?;
-        Ok(self.layer_norm.forward(&x)?)
+        self.dropout.forward(self.layer_norm.forward(&x)?)
     }
 }
 
@@ -134,11 +136,14 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
     let head = match head {
         Head::Base => return Ok(Box::new(roberta)),
         Head::SequenceClassification => EncoderHead::FirstToken {
+            input_dropout: cfg.classifier_dropout(),
             dense: Linear::load(&w.pp("classifier.dense"), h, h)?,
             activation: Activation::Tanh,
+            dropout: cfg.classifier_dropout(),
             out_proj: Linear::load(&w.pp("classifier.out_proj"), h, labels)?,
         },
         Head::TokenClassification => EncoderHead::PerToken {
+            dropout: cfg.classifier_dropout(),
             classifier: Linear::load(&w.pp("classifier"), h, labels)?,
         },
         Head::MaskedLM => {

@@ -331,6 +331,9 @@ pub struct Model {
     pub sentence: Option<embeddings::SentenceConfig>,
     /// Tokens per forward pass at most.
     pub max_batch_tokens: usize,
+    /// Set by a training load ([`crate::pretrained::TrainingLoad`]): the model's tensors,
+    /// the trained ones variables.
+    pub parameters: Option<crate::hub::Parameters>,
 }
 
 impl Model {

@@ -1,37 +1,43 @@
-//! Fine-tuning: train a classification head on labelled data and write a model folder
-//! that transformers loads unchanged.
+//! Fine-tuning: train a classifier on labelled data and write a model folder that
+//! transformers loads unchanged.
 //!
-//! Training runs on candle's autograd ([`candle_core::Var`]) with an in-place AdamW
-//! ([`optim::AdamW`], PyTorch's update rule) and transformers' linear warm-up and decay
-//! schedule. The head-only method ([`head::train_head`]) freezes the encoder: each text's
-//! pooled features are computed once by the inference model, then only the classifier is
-//! trained, as `BertForSequenceClassification` with a frozen `bert` would be. Full
-//! fine-tuning and LoRA ([`full::train_full`], [`full::train_token_classifier`]) train
-//! through [`bert::TrainableBert`], a differentiable twin of the inference model whose
-//! LayerNorm, softmax and GELU are fused operations with closed-form gradients ([`ops`]).
+//! The model trained is the inference model itself ([`trainable::Trainable`]): the one
+//! loader builds the base with a new head, its trained tensors candle variables
+//! ([`candle_core::Var`]), for every encoder family of the registry. Its fused operations
+//! have closed-form backward passes (`layers::cpu::autograd`), dropout is on in each step's
+//! forward pass (`layers::training`), and an in-place AdamW ([`optim::AdamW`], PyTorch's
+//! update rule) follows transformers' linear warm-up and decay schedule ([`fit::fit`]).
+//!
+//! | method | trains | module |
+//! |---|---|---|
+//! | [`Method::Head`] | the head, on features the frozen encoder computed once | [`head`] |
+//! | [`Method::Full`] | every weight | [`full`] |
+//! | [`Method::Lora`] | LoRA adapters and the head | [`full`] |
 
-pub mod bert;
 pub mod data;
 pub mod export;
+pub mod fit;
 pub mod full;
 pub mod head;
 pub mod metrics;
 pub mod ner;
-pub mod ops;
 pub mod optim;
 pub mod seqeval;
+pub mod trainable;
 
 use crate::error::{Error, Result};
+
+pub use crate::rng::Rng;
 
 /// What is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// The classifier only; the encoder is frozen and its pooled features computed once.
+    /// The head only; the encoder is frozen and the features its head reads computed once.
     Head,
-    /// Every weight, through the differentiable [`bert::TrainableBert`].
+    /// Every weight.
     Full,
-    /// LoRA adapters on the encoder's attention projections, plus the classifier; the
-    /// rest frozen ([`bert::TrainableBert::enable_lora`]).
+    /// LoRA adapters on the targeted linear layers of the encoder, plus the head; the rest
+    /// frozen.
     Lora,
 }
 
@@ -52,7 +58,9 @@ pub struct TrainingArguments {
     pub adam_epsilon: f64,
     /// Seeds the head's initialisation, the shuffling and dropout.
     pub seed: u64,
-    /// Dropout on the pooled output before the classifier (`hidden_dropout_prob`).
+    /// The heads' dropout (config.json's `classifier_dropout`, which BERT and RoBERTa read;
+    /// girder's DistilBERT and MPNet heads read it too). The encoder's own dropout comes
+    /// from the base's config (`hidden_dropout_prob`, `attention_probs_dropout_prob`).
     pub classifier_dropout: f64,
 }
 
@@ -141,47 +149,6 @@ pub fn linear_schedule(step: usize, warmup: usize, total: usize) -> f64 {
     (remaining / total.saturating_sub(warmup).max(1) as f64).max(0.0)
 }
 
-/// SplitMix64 (Steele et al., 2014): a small seeded generator, so that a seed gives the
-/// same initialisation, order and dropout on every machine.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator whose whole stream is fixed by `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform(); // (0, 1]: ln is finite
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,24 +164,5 @@ mod tests {
             assert!((got - want).abs() < 1e-12, "{lambdas:?}");
         }
         assert_eq!(linear_schedule(0, 0, 4), 1.0);
-    }
-
-    #[test]
-    fn rng_is_seeded_and_spread() {
-        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        assert_eq!(a.next_u64(), b.next_u64());
-        let samples: Vec<f64> = (0..20_000).map(|_| a.normal()).collect();
-        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
-        let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / samples.len() as f64;
-        assert!(
-            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
-            "{mean} {var}"
-        );
-        let mut order: Vec<usize> = (0..10).collect();
-        b.shuffle(&mut order);
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
-        assert_ne!(order, sorted);
     }
 }

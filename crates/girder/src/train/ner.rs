@@ -1,26 +1,12 @@
-//! Head-only token classification (NER): the encoder is frozen, the last hidden state of
-//! each word's first subword is computed once, and a `Linear(hidden, num_tags)` classifier
-//! is trained on those rows, as `BertForTokenClassification` with a frozen `bert` and
-//! transformers' `run_ner.py` labelling (later subwords ignored) would be.
+//! Token classification (NER) data: sentences of words tokenized with their tags aligned
+//! to the first subword of each word, as transformers' `run_ner.py` labels them (later
+//! subwords and special tokens ignored), predictions per word, and seqeval's scores.
 
 use super::data::{align_tags, LabelSet, TaggedSentence, IGNORE_INDEX};
-use super::head::Observer;
 use super::seqeval::NerMetrics;
 use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
 use crate::pipelines::Model;
-use candle_core::Tensor;
-
-/// Per-word features: the rows of the words' first subwords.
-#[derive(Debug, Clone)]
-pub struct WordFeatures {
-    /// `[labelled words, hidden]`
-    pub features: Tensor,
-    /// The tag id of each row.
-    pub labels: Vec<usize>,
-    /// `(sentence, word)` of each row.
-    pub words: Vec<(usize, usize)>,
-}
 
 /// A sentence tokenized from its words: ids, token types, each token's word, and each
 /// token's tag id (the first subword of a word gets the word's tag, the others and the
@@ -91,72 +77,18 @@ pub fn labelled_rows(
     rows
 }
 
-/// Runs the frozen encoder over the sentences and keeps each word's first-subword row.
-/// Words cut off by truncation have no row (they are predicted `O`).
-pub fn word_features(
-    model: &Model,
-    sentences: &[TaggedSentence],
-    observer: &mut dyn Observer,
-) -> Result<WordFeatures> {
-    const WINDOW: usize = 256;
-    let mut rows = Vec::new();
-    let mut labels = Vec::new();
-    let mut words = Vec::new();
-    let mut done = 0;
-    for (w, window) in sentences.chunks(WINDOW).enumerate() {
-        let first = w * WINDOW;
-        let encoded = encode_sentences(model, window).map_err(|e| match e {
-            Error::Tokenize { index, reason } => Error::Tokenize {
-                index: first + index,
-                reason,
-            },
-            other => other,
-        })?;
-        // One sequence at a time would be slow; pack the window under the model's budget.
-        let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
-        for indices in crate::batch::plan_batches(&lengths, model.max_batch_tokens) {
-            let batch = batch_of(&encoded, &indices);
-            let out = model.encoder.encode(&batch)?;
-            let picked = labelled_rows(&encoded, &indices, &batch);
-            for &(_, (sentence, word), tag) in &picked {
-                labels.push(tag);
-                words.push((first + sentence, word));
-            }
-            if !picked.is_empty() {
-                let picked: Vec<u32> = picked.iter().map(|p| p.0).collect();
-                let picked = Tensor::new(picked, out.last_hidden_state.device())?;
-                rows.push(out.last_hidden_state.index_select(&picked, 0)?);
-            }
-        }
-        done += window.len();
-        observer.features(done, sentences.len());
-    }
-    if rows.is_empty() {
-        return Err(Error::EmptyInput);
-    }
-    Ok(WordFeatures {
-        features: Tensor::cat(&rows, 0)?,
-        labels,
-        words,
-    })
-}
-
 /// Predicted tag names per word of each sentence (`O` for words without a row), from the
-/// predicted tag id of each row of `features`.
+/// predicted tag id of each `(sentence, word)`.
 pub fn word_tags(
     sentences: &[TaggedSentence],
-    features: &WordFeatures,
+    words: &[(usize, usize)],
     predicted: &[usize],
     tags: &LabelSet,
 ) -> Vec<Vec<String>> {
     let mut out = untagged(sentences);
     tag_words(
         &mut out,
-        features
-            .words
-            .iter()
-            .copied()
-            .zip(predicted.iter().copied()),
+        words.iter().copied().zip(predicted.iter().copied()),
         tags.names(),
     );
     out
@@ -201,14 +133,26 @@ pub fn score(
 }
 
 /// Each sentence's predicted tag per word (`O` for words cut off by truncation) by a
-/// token-classification `model` (inference path), for `girder eval` on CoNLL/BIO files.
+/// token-classification `model` (inference path, dropout off), for `girder eval` on
+/// CoNLL/BIO files.
 pub fn predict_word_tags(model: &Model, sentences: &[TaggedSentence]) -> Result<Vec<Vec<String>>> {
-    let mut out = untagged(sentences);
     let encoded = encode_sentences(model, sentences)?;
+    predict_encoded(model, sentences, &encoded, &model.config.id2label)
+}
+
+/// [`predict_word_tags`] of sentences already encoded ([`encode_sentences`]), tags named
+/// by `names`.
+pub fn predict_encoded(
+    model: &Model,
+    sentences: &[TaggedSentence],
+    encoded: &[EncodedSentence],
+    names: &[String],
+) -> Result<Vec<Vec<String>>> {
+    let mut out = untagged(sentences);
     let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
     for indices in crate::batch::plan_batches(&lengths, model.max_batch_tokens) {
-        let batch = batch_of(&encoded, &indices);
-        let picked = labelled_rows(&encoded, &indices, &batch);
+        let batch = batch_of(encoded, &indices);
+        let picked = labelled_rows(encoded, &indices, &batch);
         if picked.is_empty() {
             continue;
         }
@@ -220,7 +164,7 @@ pub fn predict_word_tags(model: &Model, sentences: &[TaggedSentence]) -> Result<
             .iter()
             .map(|p| p.1)
             .zip(best.iter().map(|&t| t as usize));
-        tag_words(&mut out, words, &model.config.id2label);
+        tag_words(&mut out, words, names);
     }
     Ok(out)
 }

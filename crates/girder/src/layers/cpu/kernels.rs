@@ -321,23 +321,37 @@ pub(crate) fn fast_path(x: &Tensor) -> bool {
 
 /// Exact (erf) GELU, `x·Φ(x)`, computed in place when `x` is a fresh f32 CPU tensor
 /// (`x` must not be shared: its storage is overwritten), candle's `gelu_erf` otherwise.
+/// When `x` tracks gradients: the differentiable op of [`super::autograd`] on the CPU.
 pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
     if fast_path(&x) {
         x.inplace_op1(&GeluErfInPlace)?;
         Ok(x)
+    } else if trains_on_cpu(&x) {
+        super::autograd::gelu_erf(&x)
     } else {
         Ok(x.gelu_erf()?)
     }
 }
 
-/// Softmax over the last dimension, in place under the same conditions as [`gelu_erf`].
+/// Softmax over the last dimension, in place under the same conditions as [`gelu_erf`];
+/// when `x` tracks gradients, the differentiable op of [`super::autograd`] on the CPU and
+/// candle's composed softmax elsewhere (candle's fused one has no backward pass).
 pub fn softmax_last_dim(x: Tensor) -> Result<Tensor> {
     if fast_path(&x) {
         x.inplace_op1(&SoftmaxLastDimInPlace)?;
         Ok(x)
+    } else if trains_on_cpu(&x) {
+        super::autograd::softmax_last_dim(&x)
+    } else if x.track_op() {
+        Ok(candle_nn::ops::softmax(&x, candle_core::D::Minus1)?)
     } else {
         Ok(candle_nn::ops::softmax_last_dim(&x)?)
     }
+}
+
+/// An f32 CPU tensor that tracks gradients: the backward passes of [`super::autograd`] apply.
+pub(crate) fn trains_on_cpu(x: &Tensor) -> bool {
+    x.track_op() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
 /// `x + y` into `x`'s storage (`x` must not be shared), where `y` has `x`'s shape or is one

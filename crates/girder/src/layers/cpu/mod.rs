@@ -12,8 +12,10 @@
 //! | [`attention`] | causal attention row by row over each sequence's cache |
 //! | [`norm`] | LayerNorm and RMSNorm rows |
 //! | [`rope`] | rotary embedding of heads where they lie |
+//! | [`autograd`] | LayerNorm, softmax and GELU with closed-form backward passes (training) |
 
 pub(crate) mod attention;
+pub mod autograd;
 pub(crate) mod kernels;
 pub(crate) mod norm;
 pub mod quant_matmul;

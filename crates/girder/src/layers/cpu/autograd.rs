@@ -1,5 +1,7 @@
-//! Differentiable fused operations for training: LayerNorm, softmax and exact GELU, each one
-//! pass forward and one pass backward with the gradient written out in closed form.
+//! The backward passes of the fused operations, for training: LayerNorm, softmax and exact
+//! GELU as candle custom ops, each one pass forward and one pass backward with the gradient
+//! written out in closed form. The layers take them on the CPU when their input tracks
+//! gradients; the in-place kernels of [`super::kernels`] serve inference.
 //!
 //! Composed from candle's elementary operations, a LayerNorm is nine tensors forward and
 //! about twenty backward, a softmax five and ten; `perf` on full fine-tuning showed candle's
@@ -12,8 +14,8 @@
 //!
 //! The tests compare each against candle's autograd on the elementary composition.
 
+use super::kernels::{erf, exp};
 use crate::error::Result;
-use crate::layers::cpu::kernels::{erf, exp};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -272,7 +274,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     fn input(rows: usize, width: usize, seed: u64) -> Tensor {
-        let mut rng = crate::train::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let v: Vec<f32> = (0..rows * width)
             .map(|_| (rng.normal() * 2.0) as f32)
             .collect();
