@@ -167,6 +167,45 @@ fn bad_inputs_exit_1_with_one_line() {
         &[],
     ));
     assert!(err.contains("sequence-classification head"), "{err}");
+    // A task of another kind names the classes that serve it.
+    let llama = fixture("llama-causal-lm");
+    let err = one_line_error(&girder_with(
+        &["run", "fill-mask", "-m", llama.to_str().unwrap(), "x"],
+        None,
+        &[],
+    ));
+    assert!(
+        err.contains("BertForMaskedLM") && err.contains("is a decoder"),
+        "{err}"
+    );
+    let err = one_line_error(&girder_with(
+        &["run", "text-generation", "-m", m, "x"],
+        None,
+        &[],
+    ));
+    assert!(
+        err.contains("LlamaForCausalLM") && err.contains("is an encoder"),
+        "{err}"
+    );
+    // An architecture the registry lacks is named, with the supported classes.
+    let dir = common::scratch("unknown-architecture");
+    copy_dir(&fixture("bert-st-mean"), &dir);
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"BertModel\"", "\"GPTJForCausalLM\"");
+    std::fs::write(&config, text).unwrap();
+    let err = one_line_error(&girder_with(
+        &["run", "embeddings", "-m", dir.to_str().unwrap(), "x"],
+        None,
+        &[],
+    ));
+    assert!(
+        err.contains("GPTJForCausalLM")
+            && err.contains("MPNetModel")
+            && err.contains("Qwen2ForCausalLM"),
+        "{err}"
+    );
 }
 
 #[test]

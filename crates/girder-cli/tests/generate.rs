@@ -55,6 +55,50 @@ fn generate_prints_transformers_greedy_continuations() {
 }
 
 #[test]
+fn run_text_generation_is_the_pipeline_with_the_prompt() {
+    let dir = fixture("qwen2-causal-lm");
+    let exp = expected("qwen2-causal-lm");
+    let prompts = exp["prompts"].as_array().unwrap();
+    let texts: Vec<&str> = prompts
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    let mut args = vec![
+        "run",
+        "text-generation",
+        "--model",
+        dir.to_str().unwrap(),
+        "--max-new-tokens",
+        "32",
+        "--batch-size",
+        "2",
+    ];
+    args.extend(&texts);
+    let out = girder(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), prompts.len());
+    for (line, p) in lines.iter().zip(prompts) {
+        // transformers' pipeline returns the prompt and its continuation.
+        let full = format!(
+            "{}{}",
+            p["text"].as_str().unwrap(),
+            p["generated_text"].as_str().unwrap()
+        );
+        assert_eq!(line["generated_text"], full.as_str());
+        assert_eq!(line["finish_reason"], p["finish_reason"]);
+    }
+}
+
+#[test]
 fn stream_prints_the_text_and_chat_uses_the_template() {
     let dir = fixture("qwen2-causal-lm");
     let exp = expected("qwen2-causal-lm");

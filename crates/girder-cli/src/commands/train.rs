@@ -319,49 +319,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     progress.bar.finish_and_clear();
     let kept = trained.epochs[trained.best_epoch - 1].eval.clone();
-    let summary = |adapter: bool| {
-        serde_json::json!({
-            "out": args.out,
-            "method": method.name(),
-            "adapter": adapter,
-            "best_epoch": trained.best_epoch,
-            "eval": kept,
-            "train_examples": train_data.examples.len(),
-            "train_examples_per_s_by_epoch": trained.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
-            "total_s": started.elapsed().as_secs_f64(),
-        })
+    let summary = serde_json::json!({
+        "out": args.out,
+        "method": method.name(),
+        "best_epoch": trained.best_epoch,
+        "eval": kept,
+        "train_examples": train_data.examples.len(),
+        "train_examples_per_s_by_epoch": trained.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+        "total_s": started.elapsed().as_secs_f64(),
+    });
+    let evaluation = match (&args.eval, &kept) {
+        (Some(path), Some(m)) => Some((file_name(path), m)),
+        _ => None,
     };
-    if write_adapter_unless_merged(
-        &args,
-        &trainable,
-        &trained,
-        labels.names(),
-        Head::SequenceClassification,
-    )? {
-        println!("{}", summary(true));
-        return Ok(());
-    }
-    write_classifier(
-        &Classifier {
-            model,
-            base_reference: &args.base,
-            labels: &labels,
-            tensors: trained.tensors.clone(),
-            datasets: vec![file_name(&args.data)],
-            evaluation: match (&args.eval, &kept) {
-                (Some(path), Some(m)) => Some((file_name(path), m)),
-                _ => None,
-            },
-            ner_evaluation: None,
-            method: method.name(),
-            args: &training,
-            best_epoch: trained.best_epoch,
-        },
-        &args.out,
-    )
-    .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{}", summary(false));
-    Ok(())
+    let output = Output {
+        trainable: &trainable,
+        trained: &trained,
+        labels: &labels,
+        head: Head::SequenceClassification,
+        training: &training,
+    };
+    output.write(&args, evaluation, None, summary)
 }
 
 /// The base loaded for training with the head asked for; the newly initialised tensors are
@@ -397,33 +375,66 @@ fn load_trainable(
     Ok(trainable)
 }
 
-/// LoRA without `--merge`: writes the kept epoch's adapters and head as a PEFT adapter folder
-/// at `--out` and returns true.
-fn write_adapter_unless_merged(
-    args: &TrainArgs,
-    trainable: &Trainable,
-    trained: &TrainedModel,
-    labels: &[String],
+/// What a training run produced, to write at `--out`.
+struct Output<'a> {
+    trainable: &'a Trainable,
+    trained: &'a TrainedModel,
+    labels: &'a LabelSet,
     head: Head,
-) -> Result<bool> {
-    let (Some(adapters), Some(lora), false) = (&trained.adapters, trainable.lora(), args.merge)
-    else {
-        return Ok(false);
-    };
-    write_lora_adapter(
-        &LoraAdapter {
-            base_reference: &args.base,
-            lora: &lora,
-            tensors: adapters.clone(),
-            modules_to_save: trainable.head_modules(),
-            datasets: vec![file_name(&args.data)],
-            labels,
-            head,
-        },
-        &args.out,
-    )
-    .with_context(|| format!("writing {}", args.out.display()))?;
-    Ok(true)
+    training: &'a TrainingArguments,
+}
+
+impl Output<'_> {
+    /// Writes the kept epoch's adapters and head as a PEFT adapter folder (LoRA without
+    /// `--merge`) or the model folder, and prints `summary` with `adapter` set.
+    fn write(
+        &self,
+        args: &TrainArgs,
+        evaluation: Option<(String, &ClassificationMetrics)>,
+        ner_evaluation: Option<(String, &NerMetrics)>,
+        mut summary: serde_json::Value,
+    ) -> Result<()> {
+        let adapter = match (&self.trained.adapters, self.trainable.lora(), args.merge) {
+            (Some(adapters), Some(lora), false) => {
+                write_lora_adapter(
+                    &LoraAdapter {
+                        base_reference: &args.base,
+                        lora: &lora,
+                        tensors: adapters.clone(),
+                        modules_to_save: self.trainable.head_modules(),
+                        datasets: vec![file_name(&args.data)],
+                        labels: self.labels.names(),
+                        head: self.head,
+                    },
+                    &args.out,
+                )
+                .with_context(|| format!("writing {}", args.out.display()))?;
+                true
+            }
+            _ => {
+                write_classifier(
+                    &Classifier {
+                        model: &self.trainable.model,
+                        base_reference: &args.base,
+                        labels: self.labels,
+                        tensors: self.trained.tensors.clone(),
+                        datasets: vec![file_name(&args.data)],
+                        evaluation,
+                        ner_evaluation,
+                        method: self.trainable.method().name(),
+                        args: self.training,
+                        best_epoch: self.trained.best_epoch,
+                    },
+                    &args.out,
+                )
+                .with_context(|| format!("writing {}", args.out.display()))?;
+                false
+            }
+        };
+        summary["adapter"] = adapter.into();
+        println!("{summary}");
+        Ok(())
+    }
 }
 
 /// `girder train token-classification`: head-only on the frozen encoder's word features, or
@@ -507,49 +518,27 @@ fn run_ner(args: TrainArgs) -> Result<()> {
         (trained, metrics)
     };
     print_entities(ner_metrics.as_ref());
-    let summary = |adapter: bool| {
-        serde_json::json!({
-            "out": args.out,
-            "method": method.name(),
-            "adapter": adapter,
-            "best_epoch": trained.best_epoch,
-            "entities": ner_metrics,
-            "train_sentences": train_sentences.len(),
-            "train_examples_per_s_by_epoch": trained.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
-            "total_s": started.elapsed().as_secs_f64(),
-        })
+    let summary = serde_json::json!({
+        "out": args.out,
+        "method": method.name(),
+        "best_epoch": trained.best_epoch,
+        "entities": ner_metrics,
+        "train_sentences": train_sentences.len(),
+        "train_examples_per_s_by_epoch": trained.epochs.iter().map(|e| e.examples_per_s).collect::<Vec<_>>(),
+        "total_s": started.elapsed().as_secs_f64(),
+    });
+    let evaluation = match (&args.eval, &ner_metrics) {
+        (Some(path), Some(m)) => Some((file_name(path), m)),
+        _ => None,
     };
-    if write_adapter_unless_merged(
-        &args,
-        &trainable,
-        &trained,
-        tags.names(),
-        Head::TokenClassification,
-    )? {
-        println!("{}", summary(true));
-        return Ok(());
-    }
-    write_classifier(
-        &Classifier {
-            model,
-            base_reference: &args.base,
-            labels: &tags,
-            tensors: trained.tensors.clone(),
-            datasets: vec![file_name(&args.data)],
-            evaluation: None,
-            ner_evaluation: match (&args.eval, &ner_metrics) {
-                (Some(path), Some(m)) => Some((file_name(path), m)),
-                _ => None,
-            },
-            method: method.name(),
-            args: &training,
-            best_epoch: trained.best_epoch,
-        },
-        &args.out,
-    )
-    .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{}", summary(false));
-    Ok(())
+    let output = Output {
+        trainable: &trainable,
+        trained: &trained,
+        labels: &tags,
+        head: Head::TokenClassification,
+        training: &training,
+    };
+    output.write(&args, None, evaluation, summary)
 }
 
 /// The LoRA settings of the command line.

@@ -101,6 +101,53 @@ impl EncoderHead {
     }
 }
 
+/// The heads RoBERTa and MPNet share (transformers' `RobertaClassificationHead` and
+/// `MPNetClassificationHead`, `RobertaLMHead` and `MPNetLMHead` are the same modules):
+/// `classifier.dense` + tanh on the first token, then `classifier.out_proj`; `classifier` on
+/// every token; `lm_head`: dense, exact GELU whatever `hidden_act` says, LayerNorm, decoder
+/// tied to the word embeddings. `dropout` is the classifiers' dropout, `eps` the LM head's
+/// LayerNorm epsilon. `None` for a base model.
+pub(crate) fn first_token_heads(
+    w: &Weights,
+    head: super::Head,
+    hidden: usize,
+    labels: usize,
+    dropout: Dropout,
+    eps: f64,
+    word_embeddings: &Tensor,
+) -> Result<Option<EncoderHead>> {
+    use super::Head;
+    Ok(Some(match head {
+        Head::Base => return Ok(None),
+        Head::SequenceClassification => EncoderHead::FirstToken {
+            input_dropout: dropout,
+            dense: Linear::load(&w.pp("classifier.dense"), hidden, hidden)?,
+            activation: Activation::Tanh,
+            dropout,
+            out_proj: Linear::load(&w.pp("classifier.out_proj"), hidden, labels)?,
+        },
+        Head::TokenClassification => EncoderHead::PerToken {
+            dropout,
+            classifier: Linear::load(&w.pp("classifier"), hidden, labels)?,
+        },
+        Head::MaskedLM => {
+            let p = w.pp("lm_head");
+            EncoderHead::MaskedLm {
+                dense: Linear::load(&p.pp("dense"), hidden, hidden)?,
+                activation: Activation::Gelu,
+                norm: crate::layers::layer_norm(&p.pp("layer_norm"), hidden, eps)?,
+                decoder: tied_decoder(
+                    &p,
+                    "decoder.weight",
+                    &["bias", "decoder.bias"],
+                    word_embeddings,
+                )?,
+            }
+        }
+        Head::CausalLM => return Err(Error::unsupported_head("an encoder", head)),
+    }))
+}
+
 /// The decoder of a masked-LM head: its own `weight` when the checkpoint stores one, else the
 /// word embeddings (tied, as transformers ties them); the bias under the first of `biases`
 /// the checkpoint has.

@@ -8,7 +8,7 @@
 //! head and bucket (`relative_attention_bias`, owned by the encoder and shared by every
 //! layer), added to the attention scores before the softmax.
 
-use super::heads::{tied_decoder, EncoderHead, WithHead};
+use super::heads::{first_token_heads, WithHead};
 use super::{base_weights, positions_after_padding, EncoderForward, EncoderOutput, Head};
 use crate::batch::{BatchTensors, RaggedBatch};
 use crate::config::CommonConfig;
@@ -395,36 +395,12 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
     let cfg = Config::from_common(common)?;
     let (h, labels) = (cfg.hidden_size, common.id2label.len());
     let mpnet = MPNetModel::load(w, &cfg, common, head == Head::Base)?;
-    let head = match head {
-        Head::Base => return Ok(Box::new(mpnet)),
-        Head::SequenceClassification => EncoderHead::FirstToken {
-            input_dropout: cfg.classifier_dropout(),
-            dense: Linear::load(&w.pp("classifier.dense"), h, h)?,
-            activation: Activation::Tanh,
-            dropout: cfg.classifier_dropout(),
-            out_proj: Linear::load(&w.pp("classifier.out_proj"), h, labels)?,
-        },
-        Head::TokenClassification => EncoderHead::PerToken {
-            dropout: cfg.classifier_dropout(),
-            classifier: Linear::load(&w.pp("classifier"), h, labels)?,
-        },
-        Head::MaskedLM => {
-            let p = w.pp("lm_head");
-            EncoderHead::MaskedLm {
-                dense: Linear::load(&p.pp("dense"), h, h)?,
-                activation: Activation::Gelu,
-                norm: layer_norm(&p.pp("layer_norm"), h, cfg.layer_norm_eps)?,
-                decoder: tied_decoder(
-                    &p,
-                    "decoder.weight",
-                    &["bias", "decoder.bias"],
-                    mpnet.word_embeddings(),
-                )?,
-            }
-        }
-        Head::CausalLM => return Err(Error::unsupported_head("MPNet", head)),
-    };
-    Ok(Box::new(WithHead { base: mpnet, head }))
+    let dropout = cfg.classifier_dropout();
+    let eps = cfg.layer_norm_eps;
+    match first_token_heads(w, head, h, labels, dropout, eps, mpnet.word_embeddings())? {
+        None => Ok(Box::new(mpnet)),
+        Some(head) => Ok(Box::new(WithHead { base: mpnet, head })),
+    }
 }
 
 #[cfg(test)]

@@ -6,14 +6,14 @@
 //! `padding_idx`) and the heads (a two-layer classification head, an LM head with GELU).
 
 use super::bert::{Config, Encoder, Pooler};
-use super::heads::{tied_decoder, EncoderHead, WithHead};
+use super::heads::{first_token_heads, WithHead};
 use super::{base_weights, positions_after_padding, EncoderForward, EncoderOutput, Head};
 use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
-use crate::layers::{layer_norm, Activation, Dropout, Embedding, Linear};
+use crate::layers::{layer_norm, Dropout, Embedding};
 use candle_core::Tensor;
 use candle_nn::Module;
 
@@ -133,37 +133,13 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
     let cfg = &Config::from_common(common)?;
     let (h, labels) = (cfg.hidden_size, common.id2label.len());
     let roberta = RobertaModel::load(w, cfg, common, head == Head::Base)?;
-    let head = match head {
-        Head::Base => return Ok(Box::new(roberta)),
-        Head::SequenceClassification => EncoderHead::FirstToken {
-            input_dropout: cfg.classifier_dropout(),
-            dense: Linear::load(&w.pp("classifier.dense"), h, h)?,
-            activation: Activation::Tanh,
-            dropout: cfg.classifier_dropout(),
-            out_proj: Linear::load(&w.pp("classifier.out_proj"), h, labels)?,
-        },
-        Head::TokenClassification => EncoderHead::PerToken {
-            dropout: cfg.classifier_dropout(),
-            classifier: Linear::load(&w.pp("classifier"), h, labels)?,
-        },
-        Head::MaskedLM => {
-            let p = w.pp("lm_head");
-            EncoderHead::MaskedLm {
-                dense: Linear::load(&p.pp("dense"), h, h)?,
-                activation: Activation::Gelu,
-                norm: layer_norm(&p.pp("layer_norm"), h, cfg.layer_norm_eps)?,
-                decoder: tied_decoder(
-                    &p,
-                    "decoder.weight",
-                    &["bias", "decoder.bias"],
-                    roberta.word_embeddings(),
-                )?,
-            }
-        }
-        Head::CausalLM => return Err(Error::unsupported_head("RoBERTa", head)),
-    };
-    Ok(Box::new(WithHead {
-        base: roberta,
-        head,
-    }))
+    let dropout = cfg.classifier_dropout();
+    let eps = cfg.layer_norm_eps;
+    match first_token_heads(w, head, h, labels, dropout, eps, roberta.word_embeddings())? {
+        None => Ok(Box::new(roberta)),
+        Some(head) => Ok(Box::new(WithHead {
+            base: roberta,
+            head,
+        })),
+    }
 }
