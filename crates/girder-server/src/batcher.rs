@@ -15,7 +15,6 @@
 use crate::engine::Runner;
 use crate::error::ApiError;
 use crate::metrics as m;
-use girder::batch::plan_batches;
 use girder::pipelines::{TaskOptions, TaskOutput};
 use girder::tokenize::Encoded;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -69,7 +68,7 @@ impl Batcher {
         std::thread::Builder::new()
             .name("girder-model".into())
             .spawn(move || {
-                run_batches(&*runner, &next, max_batch_tokens.max(1));
+                run_batches(&*runner, &next);
                 model_alive.store(false, Ordering::SeqCst);
             })?;
         Ok(Batcher {
@@ -176,9 +175,8 @@ fn form_batches(mut rx: mpsc::Receiver<Job>, next: &NextBatch, max_batch_tokens:
     next.changed.notify_all();
 }
 
-/// The model thread: takes each formed batch, plans its forward passes and runs them, and
-/// answers its jobs.
-fn run_batches(runner: &dyn Runner, next: &NextBatch, max_batch_tokens: usize) {
+/// The model thread: takes each formed batch, runs it and answers its jobs.
+fn run_batches(runner: &dyn Runner, next: &NextBatch) {
     loop {
         let mut batch = {
             let mut forming = next.lock();
@@ -208,7 +206,7 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch, max_batch_tokens: usize) {
         let tokens: usize = batch.iter().map(Job::tokens).sum();
         metrics::histogram!(m::BATCH_REQUESTS).record(batch.len() as f64);
         metrics::histogram!(m::BATCH_TOKENS).record(tokens as f64);
-        let outcome = run_guarded(runner, &batch, max_batch_tokens);
+        let outcome = run_guarded(runner, &batch);
         metrics::histogram!(m::BATCH_DURATION).record(start.elapsed().as_secs_f64());
         match outcome {
             Ok(items) => answer(batch, items),
@@ -221,7 +219,7 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch, max_batch_tokens: usize) {
             // error reaches only the request that caused it, with its own indices.
             Err(_) => {
                 for job in batch {
-                    let outcome = run_guarded(runner, std::slice::from_ref(&job), max_batch_tokens);
+                    let outcome = run_guarded(runner, std::slice::from_ref(&job));
                     let _ = job.reply.send(outcome);
                 }
             }
@@ -229,23 +227,17 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch, max_batch_tokens: usize) {
     }
 }
 
-/// Runs `jobs` as one batch, turning a library error or a panic into an [`ApiError`]. Its
-/// forward passes are planned here, once, by the library's planner: a batch formed under the
-/// budget is one pass, and a request alone over it is split.
-fn run_guarded(runner: &dyn Runner, jobs: &[Job], max_batch_tokens: usize) -> Reply {
+/// Runs `jobs` as one batch, turning a library error or a panic into an [`ApiError`].
+fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Reply {
     let work = &jobs[0].work;
     let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
     let encodings: Vec<Encoded> = jobs
         .iter()
         .flat_map(|j| j.encodings.iter().cloned())
         .collect();
-    let lengths: Vec<usize> = encodings.iter().map(Encoded::len).collect();
-    let plan = plan_batches(&lengths, max_batch_tokens);
     // The runner only reads the model (`forward` takes `&self`), so state seen after a panic
     // is the state before it.
-    match catch_unwind(AssertUnwindSafe(|| {
-        runner.run(work, &texts, &encodings, &plan)
-    })) {
+    match catch_unwind(AssertUnwindSafe(|| runner.run(work, &texts, &encodings))) {
         Ok(Ok(items)) if items.len() == texts.len() => Ok(items),
         Ok(Ok(items)) => Err(ApiError::Internal(format!(
             "the model returned {} results for {} inputs",
@@ -293,7 +285,6 @@ mod tests {
             _: &TaskOptions,
             texts: &[String],
             _: &[Encoded],
-            _: &[Vec<usize>],
         ) -> girder::Result<Vec<TaskOutput>> {
             texts
                 .iter()

@@ -26,7 +26,7 @@ use axum::Router;
 use batcher::Batcher;
 use engine::EncoderEngine;
 use generation::Generator;
-use girder::check::{self, lock, CheckOptions, Report, Subject};
+use girder::check::{self, lock, CheckOptions, Report};
 use girder::pipelines::Task;
 use girder::tokenize::Truncation;
 use girder::Loaded;
@@ -151,11 +151,7 @@ pub struct Preflight {
 pub fn preflight(model: &Loaded, pinned: Option<&lock::Lock>) -> girder::Result<Preflight> {
     let mut report = check::check(model, &CheckOptions::default())?;
     if let Some(pinned) = pinned {
-        let subject = Subject::of(model).ok_or_else(|| girder::Error::InvalidOption {
-            option: "--lock".into(),
-            reason: "a lock pins a model folder's tokenizer files; a GGUF file has none (its tokenizer is checked from its metadata)".into(),
-        })?;
-        report.extend(lock::compare(pinned, &subject)?);
+        report.extend(lock::compare(pinned, &check::lock_subject(model)?)?);
     }
     Ok(Preflight {
         report,
@@ -201,7 +197,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
                 let mut t = model.tokenizer.clone();
                 t.set_max_length(max_length, Truncation::Truncate)?;
                 // Shared: a request's tokenization gets a handle, not a copy of the
-                // vocabulary (cloning it per request was a quarter of the HTTP threads' time).
+                // vocabulary (a copy per request costs a quarter of the HTTP threads' time).
                 Arc::new(t)
             };
             let refusing = {

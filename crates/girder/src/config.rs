@@ -155,6 +155,17 @@ impl CommonConfig {
         }
     }
 
+    /// Sets (or with `None` removes) `problem_type`.
+    pub fn set_problem_type(&mut self, problem_type: Option<ProblemType>) {
+        self.problem_type = problem_type;
+        if let Some(raw) = self.raw.as_object_mut() {
+            match problem_type.and_then(|p| serde_json::to_value(p).ok()) {
+                Some(value) => raw.insert("problem_type".into(), value),
+                None => raw.remove("problem_type"),
+            };
+        }
+    }
+
     /// `initializer_range` (the standard deviation of new weights), 0.02 when unset.
     pub fn initializer_range(&self) -> f64 {
         self.raw

@@ -158,10 +158,37 @@ pub enum Error {
 }
 
 impl Error {
-    /// A head that an architecture's model file does not build.
-    pub(crate) fn unsupported_head(family: &str, head: crate::models::Head) -> Self {
+    /// A head that an architecture's model file does not build (`head` as
+    /// `models::Head::name` says it).
+    pub(crate) fn unsupported_head(family: &str, head: &str) -> Self {
         Error::Unsupported {
-            what: format!("{family} with {}", head.name()),
+            what: format!("{family} with {head}"),
+        }
+    }
+
+    /// The same error with the input index it names moved by `by` (an error from a window of
+    /// a longer input names the input's index in the whole).
+    pub(crate) fn offset_index(self, by: usize) -> Self {
+        match self {
+            Error::Tokenize { index, reason } => Error::Tokenize {
+                index: index + by,
+                reason,
+            },
+            Error::InputTooLong { index, tokens, max } => Error::InputTooLong {
+                index: index + by,
+                tokens,
+                max,
+            },
+            Error::ContextLength { index, tokens, max } => Error::ContextLength {
+                index: index + by,
+                tokens,
+                max,
+            },
+            Error::BadInput { index, reason } => Error::BadInput {
+                index: index + by,
+                reason,
+            },
+            other => other,
         }
     }
 

@@ -172,9 +172,22 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
     match resolved.architecture.kind {
         Kind::Encoder => {
             if let Some(path) = &options.adapter {
-                weights = LoraAdapter::load(path)?.apply(&weights, &mut config)?;
-                // A classification adapter names the head it trained.
-                resolved = registry::resolve(&config)?;
+                let adapter = LoraAdapter::load(path)?;
+                weights = adapter.apply(&weights)?;
+                // A classification adapter brings the head it trained, and its labels.
+                if let Some(head) = adapter.head()? {
+                    let new = NewHead {
+                        head: if head.sequence {
+                            Head::SequenceClassification
+                        } else {
+                            Head::TokenClassification
+                        },
+                        labels: head.labels,
+                        classifier_dropout: None,
+                    };
+                    resolved = with_head(resolved, &new, &mut config)?;
+                    config.set_problem_type(head.problem_type);
+                }
             }
             if let Some(new) = &options.head {
                 resolved = with_head(resolved, new, &mut config)?;
@@ -182,19 +195,29 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
             let parameters = match &options.training {
                 Some(load) => {
                     let architecture = resolved.architecture;
+                    let head_modules: Vec<String> = architecture
+                        .head_modules
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect();
+                    let lora = load.lora.clone().map(|mut lora| {
+                        if lora.target_modules.is_empty() {
+                            lora.target_modules = architecture
+                                .lora_target_modules
+                                .iter()
+                                .map(|t| t.to_string())
+                                .collect();
+                        }
+                        lora
+                    });
                     let plan = Training {
                         trained: if load.all_weights {
                             Trained::All
                         } else {
-                            Trained::Modules(
-                                architecture
-                                    .head_modules
-                                    .iter()
-                                    .map(|m| m.to_string())
-                                    .collect(),
-                            )
+                            Trained::Modules(head_modules.clone())
                         },
-                        lora: load.lora.clone(),
+                        head_modules,
+                        lora,
                         seed: load.seed,
                         initializer_range: config.initializer_range(),
                     };
@@ -212,7 +235,7 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
             Ok(loaded)
         }
         Kind::Decoder => {
-            refuse_adapter(options, resolved.class_name)?;
+            refuse_encoder_options(options, resolved.class_name)?;
             let model = DecoderModel::load(resolved, &config, &weights)?;
             let generation_config = GenerationConfig::from_folder(&folder, &config)?;
             let chat_template = ChatTemplate::from_folder(&folder)?;
@@ -334,7 +357,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     }
     let mut gguf = GgufFile::open(path)?;
     let (architecture, format) = registry::resolve_gguf(&gguf)?;
-    refuse_adapter(options, architecture.classes[0].0)?;
+    refuse_encoder_options(options, architecture.classes[0].0)?;
     if options.tokenizer.is_some() {
         return Err(Error::InvalidOption {
             option: "tokenizer".into(),
@@ -363,6 +386,47 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     })?;
     let model = DecoderModel::load_gguf(architecture, format, gguf, &weights)?;
     decoder_model(model, tokenizer, generation_config, chat_template, None)
+}
+
+/// `class_name`, of kind `is`, asked to be a `wanted`.
+fn wrong_kind(class_name: &str, is: Kind, wanted: Kind) -> Error {
+    Error::TaskMismatch {
+        model: class_name.to_string(),
+        task: format!("as {}", wanted.describe()),
+        reason: kind_reason(is, wanted),
+    }
+}
+
+/// Why a model of kind `is` is not a `wanted`, naming each family of the kind wanted by its
+/// first class (`BertModel`, `LlamaForCausalLM`).
+fn kind_reason(is: Kind, wanted: Kind) -> String {
+    let classes: Vec<&str> = registry::ARCHITECTURES
+        .iter()
+        .filter(|a| a.kind == wanted)
+        .map(|a| a.classes[0].0)
+        .collect();
+    format!(
+        "it is {}; girder's {}s: {}",
+        is.describe(),
+        wanted.name(),
+        classes.join(", ")
+    )
+}
+
+/// A decoder load refuses the options that only encoders take.
+fn refuse_encoder_options(options: &LoadOptions, class_name: &str) -> Result<()> {
+    let wanted = if options.head.is_some() {
+        "a classification head"
+    } else if options.training.is_some() {
+        "training"
+    } else {
+        return refuse_adapter(options, class_name);
+    };
+    Err(Error::TaskMismatch {
+        model: class_name.to_string(),
+        task: wanted.into(),
+        reason: kind_reason(Kind::Decoder, Kind::Encoder),
+    })
 }
 
 fn refuse_adapter(options: &LoadOptions, class_name: &str) -> Result<()> {
@@ -475,18 +539,7 @@ impl Loaded {
     }
 
     fn wrong_kind(&self, wanted: Kind) -> Error {
-        let task = match wanted {
-            Kind::Encoder => Task::Embeddings,
-            Kind::Decoder => Task::TextGeneration,
-        };
-        match self.supports(task) {
-            Err(err) => err,
-            Ok(()) => Error::TaskMismatch {
-                model: self.class_name().to_string(),
-                task: task.name().to_string(),
-                reason: format!("it is {}", self.kind().describe()),
-            },
-        }
+        wrong_kind(self.class_name(), self.kind(), wanted)
     }
 }
 

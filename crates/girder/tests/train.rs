@@ -180,15 +180,8 @@ fn every_family_trains_with_every_method_into_a_folder_transformers_loads() {
     for (name, prefix) in FAMILIES {
         let base = fixture(name);
         for method in [Method::Head, Method::Full, Method::Lora] {
+            // The architecture's default targets (the attention's query and value).
             let lora = (method == Method::Lora).then(Lora::default);
-            let lora = lora.map(|l| Lora {
-                target_modules: match prefix {
-                    "DistilBert" => vec!["q_lin".into(), "v_lin".into()],
-                    "MPNet" => vec!["q".into(), "v".into()],
-                    _ => l.target_modules,
-                },
-                ..l
-            });
             let (trainable, trained, labels) = train_sequence(&base, method, lora, &train_path);
             let class = format!("{prefix}ForSequenceClassification");
             assert_eq!(trainable.model.encoder.class_name(), class);

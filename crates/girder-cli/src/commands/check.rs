@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use girder::check::{self, lock, CheckOptions, Report, Severity, Subject};
+use girder::check::{self, lock, CheckOptions, Report, Severity};
 use girder::{LoadOptions, Loaded};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -126,7 +126,7 @@ fn report(args: &CheckArgs) -> Result<(Report, String)> {
     };
     let mut report = check::check(&loaded, &options)?;
     if let Some(pinned) = &pinned {
-        report.extend(lock::compare(pinned, &lock_subject(&loaded, &args.model)?)?);
+        report.extend(lock::compare(pinned, &check::lock_subject(&loaded)?)?);
     }
     let what = format!(
         "{} ({}) with tokenizer {}",
@@ -160,18 +160,28 @@ fn print_human(report: &Report, what: &str, seconds: f64) {
     );
 }
 
-/// What a lock pins and compares: a model folder's tokenizer files. A GGUF file has none.
-pub fn lock_subject<'a>(loaded: &'a Loaded, model: &str) -> Result<Subject<'a>> {
-    Subject::of(loaded).with_context(|| {
-        format!("`{model}` has no model folder: a lock pins a folder's tokenizer files, and a GGUF file's tokenizer is checked from its metadata")
-    })
+/// The pre-flight gate of `girder run`: the checks of [`check::preflight`] at load.
+pub fn preflight_gate(model: &Loaded, allow_mismatch: bool) -> Result<()> {
+    gate(&check::preflight(model)?, allow_mismatch, "run", false)
 }
 
-/// The pre-flight gate of `girder run`: the checks of [`check::preflight`] at load. An error
-/// refuses to start unless `allow_mismatch`, in which case every error is printed as a loud
-/// warning on stderr.
-pub fn preflight_gate(model: &Loaded, allow_mismatch: bool) -> Result<()> {
-    let report = check::preflight(model)?;
+/// The one gate before work starts (`girder run`, `serve`, `lock`): an error of `report`
+/// refuses to `work` unless `allow_mismatch`, in which case every error is printed as a loud
+/// warning on stderr; with `show_warnings` the warnings are printed too.
+pub fn gate(report: &Report, allow_mismatch: bool, work: &str, show_warnings: bool) -> Result<()> {
+    if show_warnings {
+        for f in report.with_severity(Severity::Warning) {
+            let fix = if f.fix.is_empty() {
+                String::new()
+            } else {
+                format!(" (fix: {})", f.fix)
+            };
+            eprintln!(
+                "girder {work}: pre-flight warning {}: {}{fix}",
+                f.code, f.message
+            );
+        }
+    }
     let errors: Vec<String> = report
         .with_severity(Severity::Error)
         .map(|f| format!("{}: {}", f.code, f.message))
@@ -181,12 +191,14 @@ pub fn preflight_gate(model: &Loaded, allow_mismatch: bool) -> Result<()> {
     }
     if !allow_mismatch {
         anyhow::bail!(
-            "pre-flight check failed ({}): run `girder check` for the fixes, or pass --allow-mismatch to run anyway",
+            "pre-flight check failed ({}): not going to {work}; run `girder check` for the fixes, or pass --allow-mismatch to {work} anyway",
             errors.join("; ")
         );
     }
     for error in &errors {
-        eprintln!("WARNING: --allow-mismatch: running despite a failed pre-flight check: {error}");
+        eprintln!(
+            "WARNING: --allow-mismatch: going to {work} despite a failed pre-flight check: {error}"
+        );
     }
     Ok(())
 }

@@ -87,11 +87,6 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<TextGenerator> {
-        anyhow::ensure!(
-            !self.dequantize || self.model.to_ascii_lowercase().ends_with(".gguf"),
-            "--dequantize applies to .gguf files; `{}` is not one",
-            self.model
-        );
         let options = LoadOptions {
             gguf: if self.dequantize {
                 GgufMode::Dequantized
@@ -100,8 +95,15 @@ impl ModelArgs {
             },
             ..LoadOptions::default()
         };
-        girder::load(&self.model, &options)
-            .and_then(girder::Loaded::into_decoder)
+        let loaded = girder::load(&self.model, &options)
+            .with_context(|| format!("cannot load model `{}`", self.model))?;
+        anyhow::ensure!(
+            !self.dequantize || loaded.files().is_none(),
+            "--dequantize applies to .gguf files; `{}` is a model folder (its weights are f32)",
+            self.model
+        );
+        loaded
+            .into_decoder()
             .with_context(|| format!("cannot load model `{}`", self.model))
     }
 

@@ -1,10 +1,10 @@
 //! `girder lock`: pin the tokenizer's fingerprint, the probe's token ids and (for
 //! classifiers) the label distribution, for `girder check --lock` to compare with later.
 
-use super::check::{load, lock_subject, read_probe};
-use anyhow::{bail, Result};
+use super::check::{gate, load, read_probe};
+use anyhow::Result;
 use clap::Args;
-use girder::check::{self, lock, CheckOptions, Severity};
+use girder::check::{self, lock, CheckOptions};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -29,29 +29,14 @@ pub struct LockArgs {
 pub fn run(args: LockArgs) -> Result<()> {
     let probe = read_probe(args.probe.as_deref())?;
     let loaded = load(&args.model, args.tokenizer.as_deref())?;
-    let subject = lock_subject(&loaded, &args.model)?;
+    let subject = check::lock_subject(&loaded)?;
     let options = CheckOptions {
         probe,
         ..CheckOptions::default()
     };
     let texts = check::probe_texts(&options);
     let report = check::preflight_subject(&subject, &texts)?;
-    let errors: Vec<String> = report
-        .with_severity(Severity::Error)
-        .map(|f| format!("{}: {}", f.code, f.message))
-        .collect();
-    if !errors.is_empty() {
-        if !args.allow_mismatch {
-            bail!(
-                "refusing to pin a model that fails the pre-flight check ({}); fix it, or pass --allow-mismatch",
-                errors.join("; ")
-            );
-        }
-        eprintln!(
-            "WARNING: pinning despite pre-flight errors: {}",
-            errors.join("; ")
-        );
-    }
+    gate(&report, args.allow_mismatch, "pin", false)?;
     let pinned = lock::create(&subject, &texts)?;
     lock::write(&pinned, &args.out)?;
     println!(

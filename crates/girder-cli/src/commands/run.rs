@@ -232,18 +232,21 @@ pub fn run(args: RunArgs) -> Result<()> {
                 if prompts.is_empty() {
                     break;
                 }
-                for result in task_options.run_generation(generator, &prompts)? {
+                for result in task_options.run_generation(generator, &prompts, total)? {
                     out.write(&result)?;
                 }
                 total += prompts.len();
             }
             if total == 0 {
-                bail!("no input texts: pass them as arguments, with --input file.jsonl, or one per line on stdin");
+                bail!(NO_INPUT);
             }
             out.finish()
         }
     }
 }
+
+const NO_INPUT: &str =
+    "no input texts: pass them as arguments, with --input file.jsonl, or one per line on stdin";
 
 /// Streams windows of texts through an encoder task: a worker thread reads and tokenizes
 /// the next window while the model computes the current one.
@@ -291,7 +294,7 @@ fn run_encoder<W: std::io::Write>(
             progress.advance(texts.len());
         }
         if total == 0 {
-            bail!("no input texts: pass them as arguments, with --input file.jsonl, or one per line on stdin");
+            bail!(NO_INPUT);
         }
         Ok(())
     })?;

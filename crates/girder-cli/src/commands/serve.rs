@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use girder::check::{lock, Severity};
+use girder::check::lock;
 use girder::pipelines::Task;
 use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
 use girder::LoadOptions;
@@ -75,7 +75,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let preflight = girder_server::preflight(&model, pinned.as_ref())
         .context("the pre-flight check could not run")?;
-    gate(&preflight.report, args.allow_mismatch)?;
+    super::check::gate(&preflight.report, args.allow_mismatch, "serve", true)?;
     let mut options = ServeOptions::new(SocketAddr::new(args.host, args.port), &args.model);
     options.task = task;
     options.preflight = Some(preflight);
@@ -87,10 +87,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("girder-http")
-        // Tokenization runs on the blocking pool. tokio's default of up to 512 threads let
-        // 64 concurrent clients grow it to dozens, each keeping its own allocator pages:
-        // the server's RSS climbed for a minute under load. A few threads tokenize as fast
-        // on this many cores.
+        // Tokenization runs on the blocking pool. With tokio's default of up to 512 threads,
+        // 64 concurrent clients grow it to dozens, each keeping its own allocator pages, and
+        // the server's RSS climbs for a minute under load. A few threads tokenize as fast on
+        // this many cores.
         .max_blocking_threads(std::thread::available_parallelism().map_or(4, |n| 2 * n.get()))
         .build()
         .context("cannot start the async runtime")?;
@@ -110,46 +110,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         Ok(())
     })
-}
-
-/// Refuses to start on a pre-flight error unless `allow_mismatch`; prints every warning and
-/// error either way.
-fn gate(report: &girder::check::Report, allow_mismatch: bool) -> Result<()> {
-    for f in report
-        .findings
-        .iter()
-        .filter(|f| f.severity >= Severity::Warning)
-    {
-        eprintln!(
-            "girder serve: pre-flight {} {}: {}{}",
-            f.severity.name(),
-            f.code,
-            f.message,
-            if f.fix.is_empty() {
-                String::new()
-            } else {
-                format!(" (fix: {})", f.fix)
-            }
-        );
-    }
-    if report.ok {
-        return Ok(());
-    }
-    let errors: Vec<&str> = report
-        .with_severity(Severity::Error)
-        .map(|f| f.code.as_str())
-        .collect();
-    if !allow_mismatch {
-        anyhow::bail!(
-            "pre-flight check failed ({}): not serving; run `girder check` for the fixes, or pass --allow-mismatch to serve anyway",
-            errors.join(", ")
-        );
-    }
-    eprintln!(
-        "WARNING: --allow-mismatch: serving despite a failed pre-flight check ({})",
-        errors.join(", ")
-    );
-    Ok(())
 }
 
 /// SIGTERM and Ctrl-C, watched from creation on: a signal that arrives right after the

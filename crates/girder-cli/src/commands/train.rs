@@ -108,9 +108,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     lora_dropout: f64,
     /// The encoder's linear layers that get adapters, comma-separated (the last segment of
-    /// their names: BERT, RoBERTa `query,key,value,dense`; DistilBERT `q_lin,k_lin,v_lin`;
-    /// MPNet `q,k,v,o`).
-    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    /// their names); default: the attention's query and value (`query,value` for BERT and
+    /// RoBERTa, `q_lin,v_lin` for DistilBERT, `q,v` for MPNet).
+    #[arg(long, value_delimiter = ',')]
     target_modules: Vec<String>,
     /// LoRA: write a model folder with the adapters merged into the weights instead of a
     /// PEFT adapter folder (adapter_config.json, adapter_model.safetensors).

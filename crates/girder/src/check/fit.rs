@@ -34,7 +34,7 @@ pub fn check(
     embedding_rows: Option<usize>,
     probe: &[String],
 ) -> Result<Vec<Finding>> {
-    let files = TokenizerFiles::read(model)?;
+    let files = TokenizerFiles::read(model);
     let mut findings = vocab_fit(model, embedding_rows, probe);
     findings.extend(special_tokens(model, &files));
     findings.extend(length(model, &files));
@@ -43,37 +43,28 @@ pub fn check(
     Ok(findings)
 }
 
-/// The JSON files beside the tokenizer, as documents (absent files are empty objects).
-struct TokenizerFiles {
+/// What the tokenizer's files declare, as the loader read them.
+struct TokenizerFiles<'a> {
     folder: PathBuf,
-    tokenizer_json: Option<Value>,
-    tokenizer_config: Value,
-    special_tokens_map: Value,
+    tokenizer_config: &'a Value,
+    special_tokens_map: &'a Value,
+    declared: &'a crate::tokenize::Declared,
 }
 
-impl TokenizerFiles {
-    fn read(model: &Subject) -> Result<Self> {
-        let source = model.tokenizer.source();
-        let folder = source.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let read = |name: &str| -> Result<Value> {
-            let path = folder.join(name);
-            if path.is_file() {
-                crate::config::read_json(&path)
-            } else {
-                Ok(Value::Object(Default::default()))
-            }
-        };
-        let tokenizer_json = if source.file_name().is_some_and(|n| n == "tokenizer.json") {
-            Some(crate::config::read_json(source)?)
-        } else {
-            None
-        };
-        Ok(TokenizerFiles {
-            tokenizer_json,
-            tokenizer_config: read("tokenizer_config.json")?,
-            special_tokens_map: read("special_tokens_map.json")?,
-            folder,
-        })
+impl<'a> TokenizerFiles<'a> {
+    fn read(model: &'a Subject) -> Self {
+        let declared = model.tokenizer.declared();
+        TokenizerFiles {
+            folder: model
+                .tokenizer
+                .source()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            tokenizer_config: &declared.tokenizer_config,
+            special_tokens_map: &declared.special_tokens_map,
+            declared,
+        }
     }
 
     /// `<role>_token` of a file: a string, or an AddedToken object's `content`.
@@ -169,13 +160,13 @@ const ROLES: &[(&str, &[&str])] = &[
 
 /// Check 2: the special tokens named by the tokenizer's files exist, agree with each other
 /// and with the ids of config.json.
-fn special_tokens(model: &Subject, files: &TokenizerFiles) -> Vec<Finding> {
+fn special_tokens(model: &Subject, files: &TokenizerFiles<'_>) -> Vec<Finding> {
     let inner = model.tokenizer.inner();
     let mut findings = Vec::new();
     let mut named: BTreeMap<&str, String> = BTreeMap::new();
     for (role, _) in ROLES {
-        let in_config = TokenizerFiles::named(&files.tokenizer_config, role);
-        let in_map = TokenizerFiles::named(&files.special_tokens_map, role);
+        let in_config = TokenizerFiles::named(files.tokenizer_config, role);
+        let in_map = TokenizerFiles::named(files.special_tokens_map, role);
         if let (Some(a), Some(b)) = (&in_config, &in_map) {
             if a != b {
                 findings.push(Finding::new(
@@ -285,7 +276,7 @@ fn looks_special(token: &str) -> bool {
 }
 
 /// Check 5: model_max_length against the positions the model can index; settings girder overrides.
-fn length(model: &Subject, files: &TokenizerFiles) -> Vec<Finding> {
+fn length(model: &Subject, files: &TokenizerFiles<'_>) -> Vec<Finding> {
     let mut findings = Vec::new();
     let positions = model.position_limit;
     let class = model.class_name;
@@ -318,32 +309,26 @@ fn length(model: &Subject, files: &TokenizerFiles) -> Vec<Finding> {
         )),
         Some(_) => {}
     }
-    if let Some(doc) = &files.tokenizer_json {
-        if let Some(padding) = doc.get("padding").filter(|p| !p.is_null()) {
-            let to = padding
-                .get("strategy")
-                .and_then(|s| s.get("Fixed"))
-                .map(|n| format!("to {n} tokens"))
-                .unwrap_or_else(|| "to the longest input".into());
-            findings.push(Finding::new(
-                Severity::Info,
-                "baked-padding",
-                format!("tokenizer.json pads every input {to}; girder batches without padding and ignores it"),
-                "",
-            ));
-        }
-        if let Some(truncation) = doc.get("truncation").filter(|t| !t.is_null()) {
-            let at = truncation
-                .get("max_length")
-                .map(|n| n.to_string())
-                .unwrap_or_default();
-            findings.push(Finding::new(
-                Severity::Info,
-                "baked-truncation",
-                format!("tokenizer.json truncates at {at} tokens; girder applies its own limit of {limit} and reports each truncated input"),
-                "",
-            ));
-        }
+    if let Some(padding) = &files.declared.baked_padding {
+        let to = match padding.strategy {
+            tokenizers::PaddingStrategy::Fixed(n) => format!("to {n} tokens"),
+            tokenizers::PaddingStrategy::BatchLongest => "to the longest input".into(),
+        };
+        findings.push(Finding::new(
+            Severity::Info,
+            "baked-padding",
+            format!("tokenizer.json pads every input {to}; girder batches without padding and ignores it"),
+            "",
+        ));
+    }
+    if let Some(truncation) = &files.declared.baked_truncation {
+        let at = truncation.max_length;
+        findings.push(Finding::new(
+            Severity::Info,
+            "baked-truncation",
+            format!("tokenizer.json truncates at {at} tokens; girder applies its own limit of {limit} and reports each truncated input"),
+            "",
+        ));
     }
     findings
 }
@@ -454,10 +439,10 @@ fn casing(model: &Subject) -> Vec<Finding> {
 }
 
 /// How much of the probe becomes the unknown token.
-fn unk_rate(model: &Subject, files: &TokenizerFiles, probe: &[String]) -> Vec<Finding> {
+fn unk_rate(model: &Subject, files: &TokenizerFiles<'_>, probe: &[String]) -> Vec<Finding> {
     let inner = model.tokenizer.inner();
-    let unk = TokenizerFiles::named(&files.tokenizer_config, "unk")
-        .or_else(|| TokenizerFiles::named(&files.special_tokens_map, "unk"))
+    let unk = TokenizerFiles::named(files.tokenizer_config, "unk")
+        .or_else(|| TokenizerFiles::named(files.special_tokens_map, "unk"))
         .or_else(|| {
             ["[UNK]", "<unk>"]
                 .into_iter()

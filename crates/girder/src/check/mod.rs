@@ -249,6 +249,18 @@ impl<'a> Subject<'a> {
     }
 }
 
+/// What a lock pins and compares ([`lock::create`], [`lock::compare`]): a model folder's
+/// tokenizer files. A GGUF file has none (its tokenizer is checked from its metadata).
+pub fn lock_subject(loaded: &Loaded) -> Result<Subject<'_>> {
+    Subject::of(loaded).ok_or_else(|| crate::Error::InvalidOption {
+        option: "lock".into(),
+        reason: format!(
+            "{} has no model folder: a lock pins a folder's tokenizer files, and a GGUF file's tokenizer is checked from its metadata",
+            loaded.tokenizer().source().display()
+        ),
+    })
+}
+
 /// The checks that decide whether a model may run: vocabulary fit, special tokens,
 /// length, casing, unknown-token rate and the weight-based canary; for a GGUF file, the
 /// checks of [`generator`]. `girder run` and `girder serve` run this at load and refuse to

@@ -15,7 +15,7 @@
 //! transformers' `LABEL_0`, `LABEL_1`, …
 
 use super::Weights;
-use crate::config::{CommonConfig, ProblemType};
+use crate::config::ProblemType;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -65,6 +65,16 @@ pub struct LoraAdapter {
 }
 
 const PEFT_PREFIX: &str = "base_model.model.";
+
+/// The classifier a classification adapter was trained as ([`LoraAdapter::head`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterHead {
+    /// Sequence classification (`SEQ_CLS`); token classification (`TOKEN_CLS`) otherwise.
+    pub sequence: bool,
+    /// The label of each class id.
+    pub labels: Vec<String>,
+    pub problem_type: Option<ProblemType>,
+}
 
 impl LoraAdapter {
     /// Reads `adapter_config.json` and `adapter_model.safetensors` from `folder`; refuses
@@ -177,11 +187,11 @@ impl LoraAdapter {
             .collect()
     }
 
-    /// The base checkpoint with the adapter merged in, and `config` turned into the
-    /// adapter's task (classification adapters): `W + B·A·scaling` for every adapted layer,
-    /// the saved modules added, under the names the base checkpoint uses (with or without
-    /// its `bert.` / `roberta.` prefix).
-    pub fn apply(&self, base: &Weights, config: &mut CommonConfig) -> Result<Weights> {
+    /// The base checkpoint with the adapter merged in: `W + B·A·scaling` for every adapted
+    /// layer, the saved modules added, under the names the base checkpoint uses (with or
+    /// without its `bert.` / `roberta.` prefix). A classification adapter's head is
+    /// [`head`](Self::head); the loader builds it.
+    pub fn apply(&self, base: &Weights) -> Result<Weights> {
         let file = self.folder.join("adapter_model.safetensors");
         let missing = |name: String| Error::MissingTensor {
             name,
@@ -229,16 +239,17 @@ impl LoraAdapter {
             let target = base_name(base, name).unwrap_or_else(|| name.clone());
             merged.insert(target, tensor.clone());
         }
-        self.retarget(config)?;
         Ok(base.with_overrides(merged))
     }
 
-    /// Turns the base's config into the classification model the adapter was trained as.
-    fn retarget(&self, config: &mut CommonConfig) -> Result<()> {
-        let head = match self.config.task_type.as_deref() {
-            Some("SEQ_CLS") => "ForSequenceClassification",
-            Some("TOKEN_CLS") => "ForTokenClassification",
-            _ => return Ok(()),
+    /// The classifier a `SEQ_CLS` / `TOKEN_CLS` adapter was trained as: its labels (from
+    /// head_config.json, else `LABEL_i` for each row of the saved classifier) and problem
+    /// type; `None` for an adapter of another task.
+    pub fn head(&self) -> Result<Option<AdapterHead>> {
+        let (sequence, head) = match self.config.task_type.as_deref() {
+            Some("SEQ_CLS") => (true, "ForSequenceClassification"),
+            Some("TOKEN_CLS") => (false, "ForTokenClassification"),
+            _ => return Ok(None),
         };
         // The head's output layer: BERT's and DistilBERT's `classifier`, RoBERTa's and
         // MPNet's `classifier.out_proj`, or `score`.
@@ -258,27 +269,7 @@ impl LoraAdapter {
                 .to_string(),
         })?;
         let num_labels = classifier.dim(0)?;
-        let base_class = config
-            .architectures
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::BadConfig {
-                file: config.path.clone(),
-                field: "architectures".into(),
-                reason: "the base model's class is needed to apply a classification adapter".into(),
-            })?;
-        let stem = [
-            "ForSequenceClassification",
-            "ForTokenClassification",
-            "ForMaskedLM",
-            "ForPreTraining",
-            "Model",
-        ]
-        .iter()
-        .find_map(|suffix| base_class.strip_suffix(suffix))
-        .unwrap_or(&base_class);
-        config.architectures = vec![format!("{stem}{head}")];
-        config.id2label = match &self.head {
+        let labels = match &self.head {
             Some(h) => {
                 let bad = || Error::BadConfig {
                     file: self.folder.join("head_config.json"),
@@ -298,8 +289,11 @@ impl LoraAdapter {
             }
             None => (0..num_labels).map(|i| format!("LABEL_{i}")).collect(),
         };
-        config.problem_type = self.head.as_ref().and_then(|h| h.problem_type);
-        Ok(())
+        Ok(Some(AdapterHead {
+            sequence,
+            labels,
+            problem_type: self.head.as_ref().and_then(|h| h.problem_type),
+        }))
     }
 }
 

@@ -51,6 +51,10 @@ pub struct Weights {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Training {
     pub trained: Trained,
+    /// The top-level modules of a new head: a checkpoint tensor there of another shape (a
+    /// classifier trained for other labels) is initialised anew, as transformers'
+    /// `ignore_mismatched_sizes=True` does.
+    pub head_modules: Vec<String>,
     /// LoRA adapters on the targeted linear layers of the encoder's layers.
     pub lora: Option<Lora>,
     /// Seeds the initialisation of new tensors (a head) and of LoRA's `A` matrices.
@@ -77,18 +81,19 @@ pub struct Lora {
     pub r: usize,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
-    /// The last name segments of the linear layers that get adapters (`query`, `value`).
+    /// The last name segments of the linear layers that get adapters (`query`, `value`);
+    /// empty: the architecture's default (the registry's `lora_target_modules`).
     pub target_modules: Vec<String>,
 }
 
 impl Default for Lora {
-    /// PEFT's defaults (r 8, alpha 8, dropout 0), with BERT's query and value as targets.
+    /// PEFT's defaults: r 8, alpha 8, dropout 0, the architecture's default targets.
     fn default() -> Self {
         Lora {
             r: 8,
             lora_alpha: 8.0,
             lora_dropout: 0.0,
-            target_modules: vec!["query".into(), "value".into()],
+            target_modules: Vec::new(),
         }
     }
 }
@@ -97,6 +102,26 @@ impl Lora {
     /// `lora_alpha / r`
     pub fn scaling(&self) -> f64 {
         self.lora_alpha / self.r as f64
+    }
+
+    /// Refuses settings that cannot train, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |option: &str, reason: &str| {
+            Err(Error::InvalidOption {
+                option: option.into(),
+                reason: reason.into(),
+            })
+        };
+        if self.r == 0 {
+            return bad("lora_r", "must be at least 1");
+        }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            return bad("lora_alpha", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad("lora_dropout", "must be in [0, 1)");
+        }
+        Ok(())
     }
 }
 
@@ -209,9 +234,19 @@ impl Parameters {
             }
             return Ok(tensor.clone());
         }
+        let in_head = |state: &ParameterState| {
+            state
+                .plan
+                .head_modules
+                .iter()
+                .any(|m| name.starts_with(&format!("{m}.")))
+        };
         let (tensor, new) = match load() {
             Ok(tensor) => (tensor, false),
             Err(Error::MissingTensor { .. }) => (self.initialise(name, shape, device)?, true),
+            Err(Error::ShapeMismatch { .. }) if in_head(&self.lock()) => {
+                (self.initialise(name, shape, device)?, true)
+            }
             Err(other) => return Err(other),
         };
         let mut state = self.lock();
@@ -268,12 +303,7 @@ impl Parameters {
         if !in_layer || !lora.target_modules.iter().any(|t| t == leaf) {
             return Ok(None);
         }
-        if lora.r == 0 {
-            return Err(Error::InvalidOption {
-                option: "lora_r".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
+        lora.validate()?;
         let a_name = format!("{prefix}.lora_A.weight");
         let b_name = format!("{prefix}.lora_B.weight");
         let a = self.get_or_load(&a_name, &[lora.r, in_dim], device, || {

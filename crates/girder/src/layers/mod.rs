@@ -38,11 +38,14 @@ use candle_core::Tensor;
 /// it: two context switches per operation, which cost 40% of a one-thread SmolLM2 decode
 /// step whose products all ran on rayon. From a thread of the pool the same calls run inline
 /// and share work by stealing. girder's own kernels run on the team (`layers/cpu/team.rs`).
+///
+/// The job runs outside any training pass the worker that takes it may be in
+/// ([`training::outside_any_pass`]).
 pub fn in_thread_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
     } else {
-        rayon::scope(|_| f())
+        rayon::scope(|_| training::outside_any_pass(f))
     }
 }
 

@@ -6,6 +6,12 @@
 //! not an argument threaded through every block: the model files read like their
 //! transformers counterparts (`self.dropout(x)` where transformers has it), and outside a
 //! pass (inference) every [`Dropout`] is the identity and costs one thread-local read.
+//!
+//! The scopes form a stack per thread. A rayon worker waiting inside a pass (in a parallel
+//! kernel) may run another job meanwhile: a job that entered the pool from outside runs in a
+//! scope of its own ([`outside_any_pass`], which [`super::in_thread_pool`] opens), so another
+//! caller's forward pass neither draws this pass's masks nor sees dropout on, and another
+//! training pass keeps its own generator.
 
 use crate::error::Result;
 use crate::rng::Rng;
@@ -13,7 +19,27 @@ use candle_core::{Tensor, Var};
 use std::cell::RefCell;
 
 thread_local! {
-    static PASS: RefCell<Option<Pass>> = const { RefCell::new(None) };
+    /// The innermost scope is last: `Some` a training pass, `None` a job outside any pass.
+    static PASSES: RefCell<Vec<Option<Pass>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `f` on the innermost training pass of this thread, if one is running.
+fn with_pass<R>(f: impl FnOnce(&mut Pass) -> R) -> Option<R> {
+    PASSES.with(|p| p.borrow_mut().last_mut().and_then(Option::as_mut).map(f))
+}
+
+/// Runs `f` in a scope outside any training pass (a job that entered rayon's pool from
+/// another thread), whatever this thread was doing when it took the job.
+pub(crate) fn outside_any_pass<R>(f: impl FnOnce() -> R) -> R {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            PASSES.with(|p| p.borrow_mut().pop());
+        }
+    }
+    PASSES.with(|p| p.borrow_mut().push(None));
+    let _pop = Pop;
+    f()
 }
 
 /// The state of the training pass running on this thread.
@@ -40,18 +66,17 @@ pub struct LookedUp {
 /// where the model's forward pass runs too ([`super::in_thread_pool`]), so that the blocks see
 /// it. Passes do not nest.
 pub fn training_pass<R: Send>(rng: &mut Rng, f: impl FnOnce() -> R + Send) -> (R, Vec<LookedUp>) {
-    /// Ends the pass on the way out, hands the generator back, and when `f` panics leaves
-    /// no pass behind on the thread.
-    struct Guard<'a>(&'a mut Rng);
+    /// Ends the pass on the way out (when `f` panics too), handing the generator back.
+    struct Guard<'a>(&'a mut Rng, bool);
     impl Guard<'_> {
         fn end(&mut self) -> Vec<LookedUp> {
-            match PASS.with(|p| p.borrow_mut().take()) {
-                Some(pass) => {
+            if std::mem::take(&mut self.1) {
+                if let Some(Some(pass)) = PASSES.with(|p| p.borrow_mut().pop()) {
                     *self.0 = pass.rng;
-                    pass.lookups
+                    return pass.lookups;
                 }
-                None => Vec::new(),
             }
+            Vec::new()
         }
     }
     impl Drop for Guard<'_> {
@@ -60,22 +85,22 @@ pub fn training_pass<R: Send>(rng: &mut Rng, f: impl FnOnce() -> R + Send) -> (R
         }
     }
     super::in_thread_pool(move || {
-        PASS.with(|p| {
-            *p.borrow_mut() = Some(Pass {
+        PASSES.with(|p| {
+            p.borrow_mut().push(Some(Pass {
                 rng: rng.clone(),
                 lookups: Vec::new(),
-            })
+            }))
         });
-        let mut guard = Guard(rng);
+        let mut guard = Guard(rng, true);
         let out = f();
         let lookups = guard.end();
         (out, lookups)
     })
 }
 
-/// Whether a training pass is running on this thread.
+/// Whether a training pass is running on this thread (in its innermost scope).
 pub fn in_training_pass() -> bool {
-    PASS.with(|p| p.borrow().is_some())
+    with_pass(|_| ()).is_some()
 }
 
 /// Records the rows a trainable table looked up (see [`LookedUp`]); `None` outside a pass.
@@ -89,11 +114,7 @@ pub(crate) fn record_lookup(table: &Tensor, ids: &Tensor) -> Result<Option<Tenso
         ids: ids.to_vec1::<u32>()?,
         rows: rows.clone(),
     };
-    PASS.with(|p| {
-        if let Some(pass) = p.borrow_mut().as_mut() {
-            pass.lookups.push(looked_up);
-        }
-    });
+    with_pass(|pass| pass.lookups.push(looked_up));
     Ok(Some(rows.as_tensor().clone()))
 }
 
@@ -117,18 +138,16 @@ impl Dropout {
             return Ok(x);
         }
         let keep = 1.0 - self.p;
-        let mask = PASS.with(|p| {
-            p.borrow_mut().as_mut().map(|pass| {
-                (0..x.elem_count())
-                    .map(|_| {
-                        if pass.rng.uniform() < keep {
-                            (1.0 / keep) as f32
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect::<Vec<f32>>()
-            })
+        let mask = with_pass(|pass| {
+            (0..x.elem_count())
+                .map(|_| {
+                    if pass.rng.uniform() < keep {
+                        (1.0 / keep) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect::<Vec<f32>>()
         });
         match mask {
             Some(mask) => {
@@ -164,6 +183,36 @@ mod tests {
         assert!((150..350).contains(&zeros), "{zeros} of 1000 dropped");
         assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
         assert!(!in_training_pass());
+    }
+
+    #[test]
+    fn a_job_from_outside_the_pool_runs_outside_the_pass() {
+        let x = Tensor::ones(256, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let d = Dropout::new(0.5);
+        let mut rng = Rng::new(9);
+        let (inner, _) = training_pass(&mut rng, || {
+            // As a job another thread put in the pool would run here, while this pass waits.
+            outside_any_pass(|| (in_training_pass(), d.forward(x.clone()).unwrap()))
+        });
+        assert!(!inner.0);
+        assert_eq!(
+            inner.1.to_vec1::<f32>().unwrap(),
+            x.to_vec1::<f32>().unwrap()
+        );
+        // A pass nested in it keeps its own generator and leaves the outer one intact.
+        let (outer, _) = training_pass(&mut Rng::new(2), || {
+            let nested = outside_any_pass(|| {
+                let mut own = Rng::new(5);
+                training_pass(&mut own, || d.forward(x.clone()).unwrap()).0
+            });
+            (in_training_pass(), nested)
+        });
+        assert!(outer.0, "the outer pass survives a nested one");
+        let alone = training_pass(&mut Rng::new(5), || d.forward(x.clone()).unwrap()).0;
+        assert_eq!(
+            outer.1.to_vec1::<f32>().unwrap(),
+            alone.to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ use candle_core::Tensor;
 use candle_nn::Module;
 use serde::Deserialize;
 
+/// Where head classes keep `BertModel`'s tensors (transformers' `base_model_prefix`).
+pub const BASE_MODEL_PREFIX: &str = "bert";
+
 /// BertConfig's fields, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -322,7 +325,7 @@ impl BertModel {
         common: &CommonConfig,
         with_pooler: bool,
     ) -> Result<Self> {
-        let w = base_weights(w, "bert");
+        let w = base_weights(w, BASE_MODEL_PREFIX);
         let pooler = if with_pooler && (w.contains("pooler.dense.weight") || w.creates_missing()) {
             Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
         } else {
@@ -405,7 +408,7 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
                 )?,
             }
         }
-        Head::CausalLM => return Err(Error::unsupported_head("BERT", head)),
+        Head::CausalLM => return Err(Error::unsupported_head("BERT", head.name())),
     };
     Ok(Box::new(WithHead { base: bert, head }))
 }

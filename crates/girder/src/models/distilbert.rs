@@ -18,6 +18,9 @@ use candle_core::Tensor;
 use candle_nn::Module;
 use serde::Deserialize;
 
+/// Where head classes keep `DistilBertModel`'s tensors (transformers' `base_model_prefix`).
+pub const BASE_MODEL_PREFIX: &str = "distilbert";
+
 /// transformers hard-codes DistilBERT's LayerNorm epsilon.
 const LAYER_NORM_EPS: f64 = 1e-12;
 
@@ -218,7 +221,7 @@ pub struct DistilBertModel {
 impl DistilBertModel {
     /// `w` is the checkpoint root; the `distilbert.` prefix of head checkpoints is found here.
     pub fn load(w: &Weights, cfg: &Config, common: &CommonConfig) -> Result<Self> {
-        let w = base_weights(w, "distilbert");
+        let w = base_weights(w, BASE_MODEL_PREFIX);
         let activation = cfg.activation(common)?;
         let layers = (0..cfg.n_layers)
             .map(|i| Layer::load(&w.pp(format!("transformer.layer.{i}")), cfg, activation))
@@ -286,7 +289,7 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
                 distilbert.word_embeddings(),
             )?,
         },
-        Head::CausalLM => return Err(Error::unsupported_head("DistilBERT", head)),
+        Head::CausalLM => return Err(Error::unsupported_head("DistilBERT", head.name())),
     };
     Ok(Box::new(WithHead {
         base: distilbert,

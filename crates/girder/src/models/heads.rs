@@ -144,7 +144,7 @@ pub(crate) fn first_token_heads(
                 )?,
             }
         }
-        Head::CausalLM => return Err(Error::unsupported_head("an encoder", head)),
+        Head::CausalLM => return Err(Error::unsupported_head("an encoder", head.name())),
     }))
 }
 

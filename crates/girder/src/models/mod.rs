@@ -68,6 +68,14 @@ pub enum Head {
 }
 
 impl Head {
+    /// The kind of model that carries this head: decoders carry the causal-LM head.
+    pub fn kind(self) -> Kind {
+        match self {
+            Head::CausalLM => Kind::Decoder,
+            _ => Kind::Encoder,
+        }
+    }
+
     /// What a message calls it.
     pub fn name(self) -> &'static str {
         match self {

@@ -22,6 +22,9 @@ use candle_core::Tensor;
 use candle_nn::Module;
 use serde::Deserialize;
 
+/// Where head classes keep `MPNetModel`'s tensors (transformers' `base_model_prefix`).
+pub const BASE_MODEL_PREFIX: &str = "mpnet";
+
 /// MPNetConfig's fields, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -343,7 +346,7 @@ impl MPNetModel {
         common: &CommonConfig,
         with_pooler: bool,
     ) -> Result<Self> {
-        let w = base_weights(w, "mpnet");
+        let w = base_weights(w, BASE_MODEL_PREFIX);
         let pooler = if with_pooler && (w.contains("pooler.dense.weight") || w.creates_missing()) {
             Some(Pooler {
                 dense: Linear::load(&w.pp("pooler.dense"), cfg.hidden_size, cfg.hidden_size)?,

@@ -43,10 +43,10 @@ impl std::fmt::Debug for Constructor {
 pub enum PositionOffset {
     /// At 0 (BERT, DistilBERT, GPT-2; decoders count from their cache).
     Zero,
-    /// After `padding_idx` (config.json's `pad_token_id`, 1 when unset): transformers'
+    /// After `padding_idx` (config.json's `pad_token_id`, else `default`): transformers'
     /// `create_position_ids_from_input_ids` (RoBERTa, XLM-RoBERTa), so `padding_idx + 1`
     /// rows of the position table are never used by a real token.
-    AfterPadding,
+    AfterPadding { default: u32 },
     /// After a `padding_idx` the architecture fixes (MPNet's is 1 whatever the config says).
     AfterFixedPadding(u32),
 }
@@ -56,7 +56,9 @@ impl PositionOffset {
     pub fn rows(self, config: &CommonConfig) -> usize {
         match self {
             PositionOffset::Zero => 0,
-            PositionOffset::AfterPadding => config.pad_token_id.unwrap_or(1) as usize + 1,
+            PositionOffset::AfterPadding { default } => {
+                config.pad_token_id.unwrap_or(default) as usize + 1
+            }
             PositionOffset::AfterFixedPadding(padding_idx) => padding_idx as usize + 1,
         }
     }
@@ -96,6 +98,9 @@ pub struct Architecture {
     /// The top-level modules of the heads (`classifier`, DistilBERT's `pre_classifier`): what
     /// head-only and LoRA training train, PEFT's `modules_to_save`.
     pub head_modules: &'static [&'static str],
+    /// The linear layers LoRA adapts by default: the attention's query and value projections
+    /// (PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING` where it names the family).
+    pub lora_target_modules: &'static [&'static str],
     /// How llama.cpp stores the architecture, when girder reads it from GGUF.
     pub gguf: Option<GgufFormat>,
     pub constructor: Constructor,
@@ -129,8 +134,9 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("Bert"),
         position_offset: PositionOffset::Zero,
         embedding_tensor: "embeddings.word_embeddings.weight",
-        base_model_prefix: "bert",
+        base_model_prefix: bert::BASE_MODEL_PREFIX,
         head_modules: &["classifier", "cls"],
+        lora_target_modules: &["query", "value"],
         gguf: None,
         constructor: Constructor::Encoder(bert::load),
     },
@@ -141,7 +147,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("DistilBert"),
         position_offset: PositionOffset::Zero,
         embedding_tensor: "embeddings.word_embeddings.weight",
-        base_model_prefix: "distilbert",
+        base_model_prefix: distilbert::BASE_MODEL_PREFIX,
         head_modules: &[
             "pre_classifier",
             "classifier",
@@ -149,6 +155,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
             "vocab_layer_norm",
             "vocab_projector",
         ],
+        lora_target_modules: &["q_lin", "v_lin"],
         gguf: None,
         constructor: Constructor::Encoder(distilbert::load),
     },
@@ -157,10 +164,13 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_types: &["roberta"],
         kind: Kind::Encoder,
         classes: encoder_classes!("Roberta"),
-        position_offset: PositionOffset::AfterPadding,
+        position_offset: PositionOffset::AfterPadding {
+            default: roberta::DEFAULT_PADDING_IDX,
+        },
         embedding_tensor: "embeddings.word_embeddings.weight",
-        base_model_prefix: "roberta",
+        base_model_prefix: roberta::BASE_MODEL_PREFIX,
         head_modules: &["classifier", "lm_head"],
+        lora_target_modules: &["query", "value"],
         gguf: None,
         constructor: Constructor::Encoder(roberta::load),
     },
@@ -169,10 +179,13 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_types: &["xlm-roberta"],
         kind: Kind::Encoder,
         classes: encoder_classes!("XLMRoberta"),
-        position_offset: PositionOffset::AfterPadding,
+        position_offset: PositionOffset::AfterPadding {
+            default: roberta::DEFAULT_PADDING_IDX,
+        },
         embedding_tensor: "embeddings.word_embeddings.weight",
-        base_model_prefix: "roberta",
+        base_model_prefix: roberta::BASE_MODEL_PREFIX,
         head_modules: &["classifier", "lm_head"],
+        lora_target_modules: &["query", "value"],
         gguf: None,
         constructor: Constructor::Encoder(roberta::load),
     },
@@ -183,8 +196,9 @@ pub const ARCHITECTURES: &[Architecture] = &[
         classes: encoder_classes!("MPNet"),
         position_offset: PositionOffset::AfterFixedPadding(mpnet::PADDING_IDX),
         embedding_tensor: "embeddings.word_embeddings.weight",
-        base_model_prefix: "mpnet",
+        base_model_prefix: mpnet::BASE_MODEL_PREFIX,
         head_modules: &["classifier", "lm_head"],
+        lora_target_modules: &["q", "v"],
         gguf: None,
         constructor: Constructor::Encoder(mpnet::load),
     },
@@ -197,6 +211,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         embedding_tensor: "transformer.wte.weight",
         base_model_prefix: "transformer",
         head_modules: &["lm_head"],
+        lora_target_modules: &["c_attn"],
         gguf: None,
         constructor: Constructor::Decoder(gpt2::load),
     },
@@ -209,6 +224,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         embedding_tensor: "model.embed_tokens.weight",
         base_model_prefix: "model",
         head_modules: &["lm_head"],
+        lora_target_modules: &["q_proj", "v_proj"],
         gguf: Some(GgufFormat {
             architecture: "llama",
             tensor_names: &llama::GGUF_TENSOR_NAMES,
@@ -226,6 +242,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         embedding_tensor: "model.embed_tokens.weight",
         base_model_prefix: "model",
         head_modules: &["lm_head"],
+        lora_target_modules: &["q_proj", "v_proj"],
         gguf: None,
         constructor: Constructor::Decoder(llama::load),
     },
@@ -238,6 +255,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         embedding_tensor: "model.embed_tokens.weight",
         base_model_prefix: "model",
         head_modules: &["lm_head"],
+        lora_target_modules: &["q_proj", "v_proj"],
         gguf: Some(GgufFormat {
             architecture: "qwen2",
             tensor_names: &llama::GGUF_TENSOR_NAMES,

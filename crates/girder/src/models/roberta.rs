@@ -17,10 +17,16 @@ use crate::layers::{layer_norm, Dropout, Embedding};
 use candle_core::Tensor;
 use candle_nn::Module;
 
+/// Where head classes keep `RobertaModel`'s tensors (transformers' `base_model_prefix`).
+pub const BASE_MODEL_PREFIX: &str = "roberta";
+
 /// RoBERTa's `padding_idx` (config `pad_token_id`, 1 by default).
 fn padding_idx(cfg: &Config) -> u32 {
-    cfg.pad_token_id.unwrap_or(1)
+    cfg.pad_token_id.unwrap_or(DEFAULT_PADDING_IDX)
 }
+
+/// `padding_idx` when config.json names no `pad_token_id` (RoBERTa's `<pad>` is id 1).
+pub const DEFAULT_PADDING_IDX: u32 = 1;
 
 struct Embeddings {
     word_embeddings: Embedding,
@@ -83,7 +89,7 @@ impl RobertaModel {
         common: &CommonConfig,
         with_pooler: bool,
     ) -> Result<Self> {
-        let w = base_weights(w, "roberta");
+        let w = base_weights(w, BASE_MODEL_PREFIX);
         let pooler = if with_pooler && w.contains("pooler.dense.weight") {
             Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
         } else {

@@ -147,11 +147,7 @@ impl Task {
     /// The task a head implies: the task that names it, else the task that every model of
     /// its kind serves (embeddings for a base encoder).
     pub fn for_head(head: Head) -> Task {
-        let kind = if head == Head::CausalLM {
-            Kind::Decoder
-        } else {
-            Kind::Encoder
-        };
+        let kind = head.kind();
         TASKS
             .iter()
             .find(|t| t.heads.contains(&head))
@@ -284,18 +280,23 @@ impl TaskOptions {
         })
     }
 
-    /// Runs text generation on prompts; the encoder tasks are refused with the kind that
-    /// serves them.
+    /// Runs text generation on prompts, the first of index `first_index` in the whole input
+    /// (for errors); the encoder tasks are refused with the kind that serves them.
     pub fn run_generation(
         &self,
         generator: &TextGenerator,
         prompts: &[String],
+        first_index: usize,
     ) -> Result<Vec<TaskOutput>> {
         match self {
-            TaskOptions::TextGeneration(o) => Ok(text_generation::run(generator, prompts, o)?
-                .into_iter()
-                .map(TaskOutput::TextGeneration)
-                .collect()),
+            TaskOptions::TextGeneration(o) => {
+                Ok(
+                    text_generation::run_window(generator, prompts, first_index, o)?
+                        .into_iter()
+                        .map(TaskOutput::TextGeneration)
+                        .collect(),
+                )
+            }
             other => other
                 .task()
                 .check(
@@ -331,8 +332,8 @@ pub struct Model {
     pub sentence: Option<embeddings::SentenceConfig>,
     /// Tokens per forward pass at most.
     pub max_batch_tokens: usize,
-    /// Set by a training load ([`crate::pretrained::TrainingLoad`]): the model's tensors,
-    /// the trained ones variables.
+    /// Set by a training load (`LoadOptions::training`): the model's tensors, the trained
+    /// ones variables.
     pub parameters: Option<crate::hub::Parameters>,
 }
 
@@ -349,11 +350,16 @@ impl Model {
 
     /// The forward passes for `encodings`: [`plan_batches`] under
     /// [`Model::max_batch_tokens`], each pass the input indices of its sequences. The one
-    /// planner of encoder batches: the CLI plans each window with it, the server each batch
-    /// of requests.
+    /// planner of encoder batches: the CLI plans each window with it, the server's engine
+    /// each batch of requests, training each window of features.
     pub fn plan(&self, encodings: &[Encoded]) -> Vec<Vec<usize>> {
         let lengths: Vec<usize> = encodings.iter().map(Encoded::len).collect();
-        plan_batches(&lengths, self.max_batch_tokens)
+        self.plan_lengths(&lengths)
+    }
+
+    /// [`plan`](Self::plan) for sequences of these lengths.
+    pub fn plan_lengths(&self, lengths: &[usize]) -> Vec<Vec<usize>> {
+        plan_batches(lengths, self.max_batch_tokens)
     }
 
     /// Runs the base model over `encodings` in the packed batches of `plan` (from

@@ -60,6 +60,17 @@ pub fn run<S: AsRef<str>>(
     prompts: &[S],
     options: &Options,
 ) -> Result<Vec<Output>> {
+    run_window(generator, prompts, 0, options)
+}
+
+/// [`run`] on a window of a longer input whose first prompt has index `first_index` (errors
+/// name the index in the whole input).
+pub fn run_window<S: AsRef<str>>(
+    generator: &TextGenerator,
+    prompts: &[S],
+    first_index: usize,
+    options: &Options,
+) -> Result<Vec<Output>> {
     if prompts.is_empty() {
         return Err(Error::EmptyInput);
     }
@@ -71,13 +82,15 @@ pub fn run<S: AsRef<str>>(
     }
     let mut outputs = Vec::with_capacity(prompts.len());
     for (window, batch) in prompts.chunks(options.batch_size).enumerate() {
-        let first = window * options.batch_size;
+        let first = first_index + window * options.batch_size;
         let ids = batch
             .iter()
             .enumerate()
             .map(|(i, p)| generator.encode_prompt(p.as_ref(), first + i))
             .collect::<Result<Vec<_>>>()?;
-        let generations = generator.generate_from_ids(&ids, &options.generation, &mut |_, _| {})?;
+        let generations = generator
+            .generate_from_ids(&ids, &options.generation, &mut |_, _| {})
+            .map_err(|e| e.offset_index(first))?;
         for (prompt, g) in batch.iter().zip(generations) {
             let generated_text = if options.return_full_text {
                 format!("{}{}", prompt.as_ref(), g.text)

@@ -121,12 +121,19 @@ impl TokenField {
     }
 }
 
+/// A JSON file of the folder as a document (an empty object when the file is absent),
+/// and its path.
+fn read_document(folder: &ModelFolder, name: &str) -> Result<(serde_json::Value, PathBuf)> {
+    let path = folder.root().join(name);
+    match folder.file(name) {
+        Some(path) => Ok((crate::config::read_json(&path)?, path)),
+        None => Ok((serde_json::Value::Object(Default::default()), path)),
+    }
+}
+
 impl TokenizerConfig {
-    fn read(folder: &ModelFolder) -> Result<Self> {
-        match folder.file("tokenizer_config.json") {
-            Some(path) => crate::config::read_json(&path),
-            None => Ok(TokenizerConfig::default()),
-        }
+    fn from_document(doc: &serde_json::Value, path: &Path) -> Result<Self> {
+        crate::config::parse_json(path, &doc.to_string())
     }
 
     /// transformers writes 1e30 (`VERY_LARGE_INTEGER`) when the limit is unknown.
@@ -135,6 +142,21 @@ impl TokenizerConfig {
             .filter(|m| (1.0..1e29).contains(m))
             .map(|m| m as usize)
     }
+}
+
+/// What the tokenizer's files declare besides the tokenizer, read once at load for the
+/// guard (`girder check` compares the special tokens they name and reports the padding and
+/// truncation girder overrides).
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// tokenizer_config.json as a document (an empty object when absent).
+    pub tokenizer_config: serde_json::Value,
+    /// special_tokens_map.json as a document (an empty object when absent).
+    pub special_tokens_map: serde_json::Value,
+    /// The padding tokenizer.json bakes in, which the policy switches off.
+    pub baked_padding: Option<tokenizers::PaddingParams>,
+    /// The truncation tokenizer.json bakes in, which the policy replaces.
+    pub baked_truncation: Option<tokenizers::TruncationParams>,
 }
 
 /// A tokenizer with girder's policy applied.
@@ -146,6 +168,7 @@ pub struct TextTokenizer {
     truncation: Truncation,
     mask_token: Option<String>,
     tokenizer_max_length: Option<usize>,
+    declared: std::sync::Arc<Declared>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -164,7 +187,8 @@ impl TextTokenizer {
     /// tokenizer_config's `model_max_length` (or 512); the model loader lowers it to the
     /// model's real limit with [`set_max_length`](Self::set_max_length).
     pub fn from_folder(folder: &ModelFolder) -> Result<Self> {
-        let config = TokenizerConfig::read(folder)?;
+        let (config_doc, config_path) = read_document(folder, "tokenizer_config.json")?;
+        let config = TokenizerConfig::from_document(&config_doc, &config_path)?;
         let (inner, source) = if let Some(path) = folder.file("tokenizer.json") {
             (load_tokenizer_json(&path)?, path)
         } else if let Some(vocab) = folder.file("vocab.txt") {
@@ -178,7 +202,9 @@ impl TextTokenizer {
                         .into(),
             });
         };
-        let special_map = read_special_tokens_map(folder)?;
+        let (map_doc, map_path) = read_document(folder, "special_tokens_map.json")?;
+        let special_map: SpecialTokensMap =
+            crate::config::parse_json(&map_path, &map_doc.to_string())?;
         let mask_token = config
             .mask_token
             .as_ref()
@@ -191,6 +217,12 @@ impl TextTokenizer {
                     .map(String::from)
             });
         let tokenizer_max_length = config.real_model_max_length();
+        let declared = Declared {
+            tokenizer_config: config_doc,
+            special_tokens_map: map_doc,
+            baked_padding: inner.get_padding().cloned(),
+            baked_truncation: inner.get_truncation().cloned(),
+        };
         let mut tokenizer = TextTokenizer {
             inner,
             source,
@@ -198,6 +230,7 @@ impl TextTokenizer {
             truncation: Truncation::Truncate,
             mask_token,
             tokenizer_max_length,
+            declared: std::sync::Arc::new(declared),
         };
         tokenizer.apply_policy()?;
         Ok(tokenizer)
@@ -213,9 +246,15 @@ impl TextTokenizer {
             truncation: Truncation::Truncate,
             mask_token: None,
             tokenizer_max_length: None,
+            declared: Default::default(),
         };
         tokenizer.apply_policy()?;
         Ok(tokenizer)
+    }
+
+    /// What the tokenizer's files declare besides the tokenizer ([`Declared`]).
+    pub fn declared(&self) -> &Declared {
+        &self.declared
     }
 
     /// `model_max_length` from tokenizer_config.json, when it is a real limit.
@@ -361,13 +400,6 @@ fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
 struct SpecialTokensMap {
     #[serde(default)]
     mask_token: Option<TokenField>,
-}
-
-fn read_special_tokens_map(folder: &ModelFolder) -> Result<SpecialTokensMap> {
-    match folder.file("special_tokens_map.json") {
-        Some(path) => crate::config::read_json(&path),
-        None => Ok(SpecialTokensMap::default()),
-    }
 }
 
 #[cfg(test)]

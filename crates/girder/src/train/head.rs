@@ -148,7 +148,7 @@ pub fn token_features(
             other => other,
         })?;
         let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
-        for indices in crate::batch::plan_batches(&lengths, model.max_batch_tokens) {
+        for indices in model.plan_lengths(&lengths) {
             let batch = ner::batch_of(&encoded, &indices);
             let out = model.encoder.encode(&batch)?;
             let picked = ner::labelled_rows(&encoded, &indices, &batch);

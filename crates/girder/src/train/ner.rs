@@ -150,7 +150,7 @@ pub fn predict_encoded(
 ) -> Result<Vec<Vec<String>>> {
     let mut out = untagged(sentences);
     let lengths: Vec<usize> = encoded.iter().map(|s| s.ids.len()).collect();
-    for indices in crate::batch::plan_batches(&lengths, model.max_batch_tokens) {
+    for indices in model.plan_lengths(&lengths) {
         let batch = batch_of(encoded, &indices);
         let picked = labelled_rows(encoded, &indices, &batch);
         if picked.is_empty() {

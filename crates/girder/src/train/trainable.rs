@@ -52,6 +52,9 @@ impl Trainable {
             (Method::Lora, None) => Some(Lora::default()),
             _ => None,
         };
+        if let Some(lora) = &lora {
+            lora.validate()?;
+        }
         let options = LoadOptions {
             head: Some(NewHead {
                 head,

@@ -7,8 +7,9 @@
 //! and picked at run time, so one binary runs everywhere and uses what the CPU has.
 //!
 //! The kernels overwrite a tensor's storage, so they are only applied to a tensor that was
-//! just produced and is not shared; they have no backward pass, so callers fall back to
-//! candle's ops when a tensor tracks gradients ([`Tensor::track_op`]).
+//! just produced and is not shared, and only when it tracks no gradient
+//! ([`Tensor::track_op`]): with gradients the entry points here take the differentiable ops
+//! of [`super::autograd`] on the CPU, candle's elsewhere.
 
 use super::team;
 use crate::error::Result;
