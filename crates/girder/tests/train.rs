@@ -13,7 +13,7 @@ use girder::train::data::{bio_tags, read_classification, read_conll, Columns, La
 use girder::train::export::{write_classifier, write_lora_adapter, Classifier, LoraAdapter};
 use girder::train::fit::{Quiet, TrainedModel};
 use girder::train::full::{train_sequence_classifier, train_token_classifier, EncodedSet};
-use girder::train::head::{sequence_features, token_features, train_head};
+use girder::train::head::{sequence_features, token_features, train_head, train_token_head};
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
 use girder::train::trainable::Trainable;
@@ -512,7 +512,17 @@ fn token_classifiers_train_head_only_and_with_lora() {
                     // One row per word (no word is split by truncation here).
                     assert_eq!(features.labels, [1, 2, 0, 3, 1, 0, 0, 3, 4]);
                 }
-                train_head(&trainable, &features, None, &args, &mut Quiet).unwrap()
+                let trained = train_token_head(
+                    &trainable,
+                    &features,
+                    Some((&features, &sentences)),
+                    &tags,
+                    &args,
+                    &mut Quiet,
+                )
+                .unwrap();
+                assert!(trained.epochs.iter().all(|e| e.entities.is_some()));
+                trained
             } else {
                 let encoded = ner::encode_sentences(model, &sentences).unwrap();
                 let trained = train_token_classifier(

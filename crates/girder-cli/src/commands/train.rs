@@ -480,23 +480,17 @@ fn run_ner(args: TrainArgs) -> Result<()> {
             None => None,
         };
         progress.bar.finish_and_clear();
-        let trained = head::train_head(
+        let eval_set = eval_features.as_ref().zip(eval_sentences.as_deref());
+        let trained = head::train_token_head(
             &trainable,
             &train_features,
-            eval_features.as_ref(),
+            eval_set,
+            &tags,
             &training,
             &mut progress,
         )?;
         progress.bar.finish_and_clear();
-        // The model holds the kept epoch's head: its entity scores on the evaluation data.
-        let metrics = match (&eval_sentences, &eval_features) {
-            (Some(sentences), Some(features)) => {
-                let predicted = features.predict(model)?;
-                let words = ner::word_tags(sentences, &features.words, &predicted, &tags);
-                Some(ner::score(sentences, &words, &tags))
-            }
-            _ => None,
-        };
+        let metrics = trained.epochs[trained.best_epoch - 1].entities.clone();
         (trained, metrics)
     } else {
         let train_encoded = ner::encode_sentences(model, &train_sentences)?;

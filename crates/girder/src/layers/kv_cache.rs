@@ -11,7 +11,7 @@
 //! The cache belongs to the caller (one per sequence); models receive it as `&mut`.
 
 use crate::error::Result;
-use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 #[derive(Debug, Clone)]
 struct LayerKv {
@@ -94,14 +94,7 @@ impl KvCache {
         let entry = &mut self.layers[layer];
         for (buffer, rows) in [(&entry.k, k), (&entry.v, v)] {
             let rows = rows.reshape((t, kv_heads, head_dim))?;
-            let copy = WriteRows {
-                rows: &rows,
-                at: entry.len,
-                capacity,
-            };
-            if buffer.device().is_cpu() && buffer.dtype() == DType::F32 && copy.copyable() {
-                buffer.inplace_op1(&copy)?;
-            } else {
+            if !super::cpu::kv_cache::write_rows(buffer, &rows, entry.len, capacity)? {
                 buffer.slice_set(&rows.transpose(0, 1)?.contiguous()?, 1, entry.len)?;
             }
         }
@@ -193,50 +186,6 @@ impl KvCache {
             entry.v = v;
         }
         self.capacity = capacity;
-        Ok(())
-    }
-}
-
-/// Copies `rows` `[t, kv_heads, head_dim]` (contiguous f32) into a `[kv_heads, capacity,
-/// head_dim]` buffer from position `at`.
-struct WriteRows<'a> {
-    rows: &'a Tensor,
-    at: usize,
-    capacity: usize,
-}
-
-impl WriteRows<'_> {
-    /// Whether the rows are contiguous f32 on the CPU (what `cpu_fwd` copies).
-    fn copyable(&self) -> bool {
-        let (storage, layout) = self.rows.storage_and_layout();
-        layout.is_contiguous()
-            && matches!(&*storage, candle_core::Storage::Cpu(CpuStorage::F32(_)))
-            && !self.rows.track_op()
-    }
-}
-
-impl candle_core::InplaceOp1 for WriteRows<'_> {
-    fn name(&self) -> &'static str {
-        "kv-cache-write"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let (t, kv_heads, head_dim) = self.rows.dims3()?;
-        let source = self.rows.storage_and_layout();
-        let (candle_core::Storage::Cpu(CpuStorage::F32(src)), CpuStorage::F32(dst)) =
-            (&*source.0, storage)
-        else {
-            candle_core::bail!("the kv cache copies f32 rows into an f32 buffer");
-        };
-        let src = &src[source.1.start_offset()..];
-        let dst = &mut dst[layout.start_offset()..];
-        for p in 0..t {
-            for h in 0..kv_heads {
-                let from = (p * kv_heads + h) * head_dim;
-                let to = (h * self.capacity + self.at + p) * head_dim;
-                dst[to..to + head_dim].copy_from_slice(&src[from..from + head_dim]);
-            }
-        }
         Ok(())
     }
 }

@@ -32,39 +32,6 @@ enum Weight {
     Parts(Vec<Linear>),
 }
 
-/// `x wt` through [`skinny_matmul`](super::cpu::skinny_matmul) when `x` has few rows and both are
-/// plain f32 CPU tensors; `None` otherwise.
-fn skinny(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
-    use super::cpu::skinny_matmul as skinny;
-    let plain = super::cpu::kernels::fast_path;
-    let Ok((m, k)) = x.dims2() else {
-        return Ok(None);
-    };
-    if m == 0 || m > skinny::MAX_ROWS || !skinny::available() || !plain(x) || !plain(wt) {
-        return Ok(None);
-    }
-    let n = wt.dim(1)?;
-    let out = {
-        let (xs, x_layout) = x.storage_and_layout();
-        let (ws, w_layout) = wt.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(xd)),
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wd)),
-        ) = (&*xs, &*ws)
-        else {
-            return Ok(None);
-        };
-        skinny::matmul(
-            &xd[x_layout.start_offset()..],
-            &wd[w_layout.start_offset()..],
-            m,
-            k,
-            n,
-        )
-    };
-    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
-}
-
 /// Where the parts' biases live (a part without one gets zeros there).
 fn b_device(parts: &[Linear]) -> &candle_core::Device {
     parts
@@ -251,13 +218,15 @@ impl Linear {
     /// `x`: `[n, in]` → `[n, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::DenseTransposed(wt) => match skinny(x, wt)? {
-                Some(y) => y,
-                None => {
-                    super::cpu::team::rest();
-                    x.broadcast_matmul(wt)?
+            Weight::DenseTransposed(wt) => {
+                match super::cpu::skinny_matmul::matmul_tensors(x, wt)? {
+                    Some(y) => y,
+                    None => {
+                        super::cpu::team::rest();
+                        x.broadcast_matmul(wt)?
+                    }
                 }
-            },
+            }
             Weight::Quantized(q) => q.forward(x)?,
             Weight::Blocks(m) => m.forward(x)?,
             Weight::Trained(w) => x.broadcast_matmul(&w.t()?)?,

@@ -5,7 +5,7 @@
 //! included. Each step is then the head's products on a batch of rows instead of a pass
 //! through the encoder.
 
-use super::data::TaggedSentence;
+use super::data::{LabelSet, TaggedSentence};
 use super::fit::{fit, Evaluation, Observer, TrainedModel};
 use super::metrics::ClassificationMetrics;
 use super::ner;
@@ -176,8 +176,8 @@ pub fn token_features(
     })
 }
 
-/// Trains `trainable`'s head on `train`, evaluating on `eval` after every epoch (accuracy of
-/// the rows' labels) and keeping the best epoch's weights.
+/// Trains `trainable`'s head as a sequence classifier on `train`, evaluating on `eval` after
+/// every epoch (accuracy) and keeping the best epoch's weights.
 pub fn train_head(
     trainable: &Trainable,
     train: &Features,
@@ -187,13 +187,6 @@ pub fn train_head(
 ) -> Result<TrainedModel> {
     let model = &trainable.model;
     let num_labels = model.config.id2label.len();
-    let loss = |chunk: &[usize]| -> Result<Tensor> {
-        let (out, batch) = train.batch(chunk)?;
-        let logits = model.encoder.head_logits(&out, &batch, None)?;
-        let targets: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
-        let targets = Tensor::from_vec(targets, chunk.len(), logits.device())?;
-        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
-    };
     let evaluate = || -> Result<Evaluation> {
         let Some(set) = eval else {
             return Ok(Evaluation::default());
@@ -205,12 +198,59 @@ pub fn train_head(
             entities: None,
         })
     };
+    train_on(trainable, train, args, observer, &evaluate)
+}
+
+/// Trains `trainable`'s head as a token classifier on `train`, evaluating on `eval` (the
+/// features of the evaluation sentences, and the sentences) after every epoch with seqeval
+/// and keeping the best epoch's weights (by micro-averaged entity F1, as full and LoRA
+/// training do).
+pub fn train_token_head(
+    trainable: &Trainable,
+    train: &Features,
+    eval: Option<(&Features, &[TaggedSentence])>,
+    tags: &LabelSet,
+    args: &TrainingArguments,
+    observer: &mut dyn Observer,
+) -> Result<TrainedModel> {
+    let model = &trainable.model;
+    let evaluate = || -> Result<Evaluation> {
+        let Some((features, sentences)) = eval else {
+            return Ok(Evaluation::default());
+        };
+        let words = ner::word_tags(sentences, &features.words, &features.predict(model)?, tags);
+        let metrics = ner::score(sentences, &words, tags);
+        Ok(Evaluation {
+            score: Some(metrics.micro.f1),
+            classification: None,
+            entities: Some(metrics),
+        })
+    };
+    train_on(trainable, train, args, observer, &evaluate)
+}
+
+/// The loop over cached features: each step runs the model's head on a batch of rows.
+fn train_on(
+    trainable: &Trainable,
+    train: &Features,
+    args: &TrainingArguments,
+    observer: &mut dyn Observer,
+    evaluate: &(dyn Fn() -> Result<Evaluation> + Sync),
+) -> Result<TrainedModel> {
+    let model = &trainable.model;
+    let loss = |chunk: &[usize]| -> Result<Tensor> {
+        let (out, batch) = train.batch(chunk)?;
+        let logits = model.encoder.head_logits(&out, &batch, None)?;
+        let targets: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
+        let targets = Tensor::from_vec(targets, chunk.len(), logits.device())?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    };
     fit(
         trainable,
         train.labels.len(),
         args,
         observer,
         &loss,
-        &evaluate,
+        evaluate,
     )
 }

@@ -10,6 +10,7 @@
 //! | [`skinny_matmul`] | `x W` for a few rows, streaming each weight once |
 //! | [`quant_matmul`] | GGUF Q4_1 / Q8_0 matrices times activations rounded to bytes (AVX-512 VNNI, AVX2) |
 //! | [`attention`] | causal attention row by row over each sequence's cache |
+//! | [`kv_cache`] | a step's keys and values copied into the cache's buffers |
 //! | [`norm`] | LayerNorm and RMSNorm rows |
 //! | [`rope`] | rotary embedding of heads where they lie |
 //! | [`autograd`] | LayerNorm, softmax and GELU with closed-form backward passes (training) |
@@ -17,6 +18,7 @@
 pub(crate) mod attention;
 pub mod autograd;
 pub(crate) mod kernels;
+pub(crate) mod kv_cache;
 pub(crate) mod norm;
 pub mod quant_matmul;
 pub(crate) mod rope;

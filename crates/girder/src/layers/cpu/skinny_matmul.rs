@@ -177,6 +177,45 @@ mod avx512 {
     }
 }
 
+/// `x wt` (`x` `[m, k]`, `wt` `[k, n]`) through [`matmul`] when `x` has few rows and both are
+/// plain f32 CPU tensors; `None` otherwise (the caller takes candle's matmul).
+pub(crate) fn matmul_tensors(
+    x: &candle_core::Tensor,
+    wt: &candle_core::Tensor,
+) -> crate::error::Result<Option<candle_core::Tensor>> {
+    let plain = super::kernels::fast_path;
+    let Ok((m, k)) = x.dims2() else {
+        return Ok(None);
+    };
+    if m == 0 || m > MAX_ROWS || !available() || !plain(x) || !plain(wt) {
+        return Ok(None);
+    }
+    let n = wt.dim(1)?;
+    let out = {
+        let (xs, x_layout) = x.storage_and_layout();
+        let (ws, w_layout) = wt.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(xd)),
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wd)),
+        ) = (&*xs, &*ws)
+        else {
+            return Ok(None);
+        };
+        matmul(
+            &xd[x_layout.start_offset()..],
+            &wd[w_layout.start_offset()..],
+            m,
+            k,
+            n,
+        )
+    };
+    Ok(Some(candle_core::Tensor::from_vec(
+        out,
+        (m, n),
+        x.device(),
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
