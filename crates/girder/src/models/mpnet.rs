@@ -8,6 +8,7 @@
 //! head and bucket (`relative_attention_bias`, owned by the encoder and shared by every
 //! layer), added to the attention scores before the softmax.
 
+use super::bert::Pooler;
 use super::heads::{first_token_heads, WithHead};
 use super::{base_weights, positions_after_padding, EncoderForward, EncoderOutput, Head};
 use crate::batch::{BatchTensors, RaggedBatch};
@@ -324,11 +325,6 @@ impl Encoder {
     }
 }
 
-/// `tanh(W · h[<s>] + b)` (`MPNetPooler`).
-struct Pooler {
-    dense: Linear,
-}
-
 /// The bare encoder (`MPNetModel`): last hidden state and, when the checkpoint has one, the
 /// pooler output.
 pub struct MPNetModel {
@@ -347,10 +343,9 @@ impl MPNetModel {
         with_pooler: bool,
     ) -> Result<Self> {
         let w = base_weights(w, BASE_MODEL_PREFIX);
+        // `MPNetPooler` is BERT's: `tanh(W · h[<s>] + b)`.
         let pooler = if with_pooler && (w.contains("pooler.dense.weight") || w.creates_missing()) {
-            Some(Pooler {
-                dense: Linear::load(&w.pp("pooler.dense"), cfg.hidden_size, cfg.hidden_size)?,
-            })
+            Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
         } else {
             None
         };
@@ -369,10 +364,7 @@ impl EncoderForward for MPNetModel {
         let x = self.embeddings.forward(batch, &t.input_ids)?;
         let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
         let pooler_output = match &self.pooler {
-            Some(p) => {
-                let first = super::heads::first_tokens(&last_hidden_state, batch)?;
-                Some(p.dense.forward(&first)?.tanh()?)
-            }
+            Some(p) => Some(p.forward(&last_hidden_state, batch)?),
             None => None,
         };
         Ok(EncoderOutput {
