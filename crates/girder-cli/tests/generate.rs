@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixture, girder, girder_with};
+use common::{fixture, girder, girder_with, json_lines};
 
 fn expected(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("expected_generate.json")).unwrap();
@@ -27,17 +27,7 @@ fn generate_prints_transformers_greedy_continuations() {
         "32",
     ];
     args.extend(&texts);
-    let out = girder(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&girder(&args));
     assert_eq!(lines.len(), prompts.len());
     for (line, p) in lines.iter().zip(prompts) {
         assert_eq!(line["token_ids"], p["generated_ids"]);
@@ -74,17 +64,7 @@ fn run_text_generation_is_the_pipeline_with_the_prompt() {
         "2",
     ];
     args.extend(&texts);
-    let out = girder(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&girder(&args));
     assert_eq!(lines.len(), prompts.len());
     for (line, p) in lines.iter().zip(prompts) {
         // transformers' pipeline returns the prompt and its continuation.

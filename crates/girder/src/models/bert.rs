@@ -296,16 +296,41 @@ pub(crate) struct Pooler {
 }
 
 impl Pooler {
-    pub(crate) fn load(w: &Weights, hidden: usize) -> Result<Self> {
-        Ok(Pooler {
-            dense: Linear::load(&w.pp("dense"), hidden, hidden)?,
-        })
+    /// The pooler under `w` (the base model's root) when `wanted` and the checkpoint has one,
+    /// or when `w` creates missing tensors (a head trained from a checkpoint without one).
+    pub(crate) fn load_if_present(
+        w: &Weights,
+        hidden: usize,
+        wanted: bool,
+    ) -> Result<Option<Self>> {
+        if !wanted || !(w.contains("pooler.dense.weight") || w.creates_missing()) {
+            return Ok(None);
+        }
+        Ok(Some(Pooler {
+            dense: Linear::load(&w.pp("pooler.dense"), hidden, hidden)?,
+        }))
     }
 
     /// `hidden`: `[total_tokens, h]` → `[num_seqs, h]`.
     pub(crate) fn forward(&self, hidden: &Tensor, batch: &RaggedBatch) -> Result<Tensor> {
         let first = first_tokens(hidden, batch)?;
         Ok(self.dense.forward(&first)?.tanh()?)
+    }
+
+    /// The encoder's output: `last_hidden_state` and, with a pooler, its pooled first tokens.
+    pub(crate) fn output(
+        pooler: Option<&Pooler>,
+        last_hidden_state: Tensor,
+        batch: &RaggedBatch,
+    ) -> Result<EncoderOutput> {
+        let pooler_output = match pooler {
+            Some(p) => Some(p.forward(&last_hidden_state, batch)?),
+            None => None,
+        };
+        Ok(EncoderOutput {
+            last_hidden_state,
+            pooler_output,
+        })
     }
 }
 
@@ -326,11 +351,7 @@ impl BertModel {
         with_pooler: bool,
     ) -> Result<Self> {
         let w = base_weights(w, BASE_MODEL_PREFIX);
-        let pooler = if with_pooler && (w.contains("pooler.dense.weight") || w.creates_missing()) {
-            Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
-        } else {
-            None
-        };
+        let pooler = Pooler::load_if_present(&w, cfg.hidden_size, with_pooler)?;
         Ok(BertModel {
             embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
             encoder: Encoder::load(&w.pp("encoder"), cfg, cfg.activation(common)?)?,
@@ -348,14 +369,7 @@ impl EncoderForward for BertModel {
             .embeddings
             .forward(&t.input_ids, &t.token_type_ids, &t.positions)?;
         let last_hidden_state = self.encoder.forward(x, &t)?;
-        let pooler_output = match &self.pooler {
-            Some(p) => Some(p.forward(&last_hidden_state, batch)?),
-            None => None,
-        };
-        Ok(EncoderOutput {
-            last_hidden_state,
-            pooler_output,
-        })
+        Pooler::output(self.pooler.as_ref(), last_hidden_state, batch)
     }
 
     fn word_embeddings(&self) -> &Tensor {

@@ -344,11 +344,7 @@ impl MPNetModel {
     ) -> Result<Self> {
         let w = base_weights(w, BASE_MODEL_PREFIX);
         // `MPNetPooler` is BERT's: `tanh(W · h[<s>] + b)`.
-        let pooler = if with_pooler && (w.contains("pooler.dense.weight") || w.creates_missing()) {
-            Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
-        } else {
-            None
-        };
+        let pooler = Pooler::load_if_present(&w, cfg.hidden_size, with_pooler)?;
         Ok(MPNetModel {
             embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
             encoder: Encoder::load(&w.pp("encoder"), cfg, cfg.activation(common)?)?,
@@ -363,14 +359,7 @@ impl EncoderForward for MPNetModel {
         let t = batch.to_tensors(self.word_embeddings().device())?;
         let x = self.embeddings.forward(batch, &t.input_ids)?;
         let last_hidden_state = self.encoder.forward(x, &t, batch.max_seqlen)?;
-        let pooler_output = match &self.pooler {
-            Some(p) => Some(p.forward(&last_hidden_state, batch)?),
-            None => None,
-        };
-        Ok(EncoderOutput {
-            last_hidden_state,
-            pooler_output,
-        })
+        Pooler::output(self.pooler.as_ref(), last_hidden_state, batch)
     }
 
     fn word_embeddings(&self) -> &Tensor {

@@ -90,11 +90,7 @@ impl RobertaModel {
         with_pooler: bool,
     ) -> Result<Self> {
         let w = base_weights(w, BASE_MODEL_PREFIX);
-        let pooler = if with_pooler && w.contains("pooler.dense.weight") {
-            Some(Pooler::load(&w.pp("pooler"), cfg.hidden_size)?)
-        } else {
-            None
-        };
+        let pooler = Pooler::load_if_present(&w, cfg.hidden_size, with_pooler)?;
         Ok(RobertaModel {
             embeddings: Embeddings::load(&w.pp("embeddings"), cfg)?,
             encoder: Encoder::load(&w.pp("encoder"), cfg, cfg.activation(common)?)?,
@@ -111,14 +107,7 @@ impl EncoderForward for RobertaModel {
             .embeddings
             .forward(batch, &t.input_ids, &t.token_type_ids)?;
         let last_hidden_state = self.encoder.forward(x, &t)?;
-        let pooler_output = match &self.pooler {
-            Some(p) => Some(p.forward(&last_hidden_state, batch)?),
-            None => None,
-        };
-        Ok(EncoderOutput {
-            last_hidden_state,
-            pooler_output,
-        })
+        Pooler::output(self.pooler.as_ref(), last_hidden_state, batch)
     }
 
     fn word_embeddings(&self) -> &Tensor {

@@ -74,6 +74,16 @@ pub struct TrainedModel {
     pub best_epoch: usize,
 }
 
+/// Each row's predicted label id: the argmax of `logits`, `[rows, labels]`.
+pub(crate) fn predicted_labels(logits: &Tensor) -> Result<Vec<usize>> {
+    Ok(logits
+        .argmax(1)?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|i| i as usize)
+        .collect())
+}
+
 /// Whether AdamW decays a parameter: weights yes, biases and LayerNorm no (the Trainer's
 /// `get_decay_parameter_names`).
 fn decays(name: &str) -> bool {

@@ -3,7 +3,7 @@
 //! `…ForSequenceClassification` and `…ForTokenClassification`.
 
 use super::data::{LabelSet, TaggedSentence};
-use super::fit::{fit, Evaluation, Observer, TrainedModel};
+use super::fit::{fit, predicted_labels, Evaluation, Observer, TrainedModel};
 use super::metrics::ClassificationMetrics;
 use super::ner::{self, EncodedSentence};
 use super::trainable::Trainable;
@@ -29,13 +29,7 @@ pub fn predict(model: &Model, encodings: &[Encoded], batch_size: usize) -> Resul
         let batch = RaggedBatch::from_encodings(chunk);
         let out = model.encoder.encode(&batch)?;
         let logits = model.encoder.head_logits(&out, &batch, None)?;
-        predicted.extend(
-            logits
-                .argmax(1)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|i| i as usize),
-        );
+        predicted.extend(predicted_labels(&logits)?);
     }
     Ok(predicted)
 }

@@ -6,7 +6,7 @@
 //! through the encoder.
 
 use super::data::{LabelSet, TaggedSentence};
-use super::fit::{fit, Evaluation, Observer, TrainedModel};
+use super::fit::{fit, predicted_labels, Evaluation, Observer, TrainedModel};
 use super::metrics::ClassificationMetrics;
 use super::ner;
 use super::trainable::Trainable;
@@ -59,13 +59,7 @@ impl Features {
         for chunk in all.chunks(256) {
             let (out, batch) = self.batch(chunk)?;
             let logits = model.encoder.head_logits(&out, &batch, None)?;
-            predicted.extend(
-                logits
-                    .argmax(1)?
-                    .to_vec1::<u32>()?
-                    .into_iter()
-                    .map(|i| i as usize),
-            );
+            predicted.extend(predicted_labels(&logits)?);
         }
         Ok(predicted)
     }

@@ -3,6 +3,7 @@
 //! subwords and special tokens ignored), predictions per word, and seqeval's scores.
 
 use super::data::{align_tags, LabelSet, TaggedSentence, IGNORE_INDEX};
+use super::fit::predicted_labels;
 use super::seqeval::NerMetrics;
 use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
@@ -159,11 +160,7 @@ pub fn predict_encoded(
         let out_rows = model.encoder.encode(&batch)?;
         let rows: Vec<u32> = picked.iter().map(|p| p.0).collect();
         let logits = model.encoder.head_logits(&out_rows, &batch, Some(&rows))?;
-        let best = logits.argmax(1)?.to_vec1::<u32>()?;
-        let words = picked
-            .iter()
-            .map(|p| p.1)
-            .zip(best.iter().map(|&t| t as usize));
+        let words = picked.iter().map(|p| p.1).zip(predicted_labels(&logits)?);
         tag_words(&mut out, words, names);
     }
     Ok(out)
