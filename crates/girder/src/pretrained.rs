@@ -42,9 +42,9 @@ pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
 /// How a GGUF file's tensors are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GgufMode {
-    /// Projections stay quantized: Q4_1 / Q8_0 through girder's kernel with activations
-    /// rounded to bytes as llama.cpp does (`layers::cpu::quant_matmul`), other types through
-    /// candle's quantized matmul.
+    /// Projections stay quantized: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K through
+    /// girder's kernel with activations rounded to bytes as llama.cpp does
+    /// (`layers::cpu::quant_matmul`), other types through candle's quantized matmul.
     #[default]
     Quantized,
     /// Every tensor dequantized to f32 (the reference transformers computes).

@@ -315,19 +315,18 @@ impl GgufFile {
     }
 
     /// The tokenizer the metadata describes, as transformers' GGUF loader builds it
-    /// (`integrations/ggml.py`, `GGUFGPTConverter`): byte-level BPE with the vocabulary and
-    /// merges of `tokenizer.ggml.*`, GPT-2's pre-tokenizer, control tokens (type 3) as special
-    /// added tokens, and no template (transformers adds no BOS for these files).
+    /// (`integrations/gguf/gguf_tokenizer_mapping.py`):
+    /// - `tokenizer.ggml.model = gpt2`: byte-level BPE with the file's vocabulary and merges,
+    ///   split as the vocabulary's merges were learned (`tokenizer.ggml.pre`: Qwen2's and
+    ///   Llama 3's patterns, GPT-2's otherwise), no BOS added;
+    /// - `llama` in a Gemma file: Gemma's SentencePiece BPE with byte fallback, its merges
+    ///   rebuilt from the vocabulary (the file lists none), `<bos>` added;
+    ///
+    /// and the tokens the file marks control (type 3) as special added tokens, user-defined
+    /// ones (type 4) as plain added tokens.
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         let model = self.opt_str("tokenizer.ggml.model")?.unwrap_or("");
-        if model != "gpt2" {
-            return Err(Error::UnsupportedGguf {
-                file: self.path.clone(),
-                what: format!("tokenizer model `{model}` (only byte-level BPE, `gpt2`)"),
-            });
-        }
         let tokens = self.strings("tokenizer.ggml.tokens")?;
-        let merges = self.strings("tokenizer.ggml.merges")?;
         let types: Vec<u32> = match self.metadata.get("tokenizer.ggml.token_type") {
             Some(Value::Array(items)) => items
                 .iter()
@@ -339,16 +338,33 @@ impl GgufFile {
                 .collect(),
             _ => vec![1; tokens.len()],
         };
-        let added: Vec<serde_json::Value> = tokens
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .filter(|(_, (_, &t))| t == 3)
-            .map(|(id, (content, _))| {
-                serde_json::json!({"id": id, "content": content, "single_word": false,
-                    "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-            })
-            .collect();
+        let json = match model {
+            "gpt2" => self.byte_level_json(&tokens, &types)?,
+            "llama" if self.architecture.starts_with("gemma") => {
+                self.gemma_json(&tokens, &types)?
+            }
+            other => {
+                return Err(Error::UnsupportedGguf {
+                    file: self.path.clone(),
+                    what: format!(
+                        "tokenizer model `{other}` (supported: byte-level BPE `gpt2`, and \
+                         Gemma's SentencePiece `llama`)"
+                    ),
+                })
+            }
+        };
+        let bytes = serde_json::to_vec(&json).map_err(|e| Error::BadTokenizer {
+            file: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::BadTokenizer {
+            file: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn byte_level_json(&self, tokens: &[&str], types: &[u32]) -> Result<serde_json::Value> {
+        let merges = self.strings("tokenizer.ggml.merges")?;
         let vocab: serde_json::Map<String, serde_json::Value> = tokens
             .iter()
             .enumerate()
@@ -366,13 +382,26 @@ impl GgufFile {
             "trim_offsets": true, "use_regex": true});
         let mut decoder = byte_level.clone();
         decoder["add_prefix_space"] = true.into();
-        let json = serde_json::json!({
+        let pre = self.opt_str("tokenizer.ggml.pre")?.unwrap_or("");
+        let pre_tokenizer = match split_pattern(pre) {
+            Some(pattern) => {
+                let mut bytes = byte_level.clone();
+                bytes["use_regex"] = false.into();
+                serde_json::json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
+                     "invert": false},
+                    bytes,
+                ]})
+            }
+            None => byte_level,
+        };
+        Ok(serde_json::json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
-            "added_tokens": added,
+            "added_tokens": added_tokens(tokens, types),
             "normalizer": null,
-            "pre_tokenizer": byte_level,
+            "pre_tokenizer": pre_tokenizer,
             "post_processor": {
                 "type": "TemplateProcessing",
                 "single": [{"Sequence": {"id": "A", "type_id": 0}}],
@@ -385,21 +414,135 @@ impl GgufFile {
                 "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
                 "ignore_merges": false, "vocab": vocab, "merges": merges,
             },
-        });
-        let bytes = serde_json::to_vec(&json).map_err(|e| Error::BadTokenizer {
-            file: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::BadTokenizer {
-            file: self.path.clone(),
-            reason: e.to_string(),
-        })
+        }))
+    }
+
+    /// `GemmaTokenizer` over the file's vocabulary: tokens of two or more spaces respelled
+    /// with `▁` (the file stores real spaces), merges rebuilt from the vocabulary in file
+    /// order (Gemma's scores do not follow its merge order; transformers' `gemma_tokenizer`).
+    fn gemma_json(&self, tokens: &[&str], types: &[u32]) -> Result<serde_json::Value> {
+        let respelled: Vec<String> = tokens
+            .iter()
+            .map(|t| {
+                if t.contains(' ') && t.trim().is_empty() {
+                    "\u{2581}".repeat(t.chars().count())
+                } else {
+                    t.to_string()
+                }
+            })
+            .collect();
+        let vocab: std::collections::HashMap<&str, usize> = respelled
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        let merges = merges_from_vocab(&respelled, &vocab);
+        let bos = self.opt_u32("tokenizer.ggml.bos_token_id")?.unwrap_or(2) as usize;
+        let bos_token = respelled
+            .get(bos)
+            .cloned()
+            .unwrap_or_else(|| "<bos>".into());
+        let vocab_json: serde_json::Map<String, serde_json::Value> = respelled
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
+            .collect();
+        Ok(serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added_tokens(tokens, types),
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                              "behavior": "MergedWithPrevious", "invert": false},
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos_token, "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos_token, "type_id": 0}},
+                         {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos_token, "type_id": 1}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos_token.clone(): {"id": bos_token, "ids": [bos], "tokens": [bos_token]}},
+            },
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ]},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                "ignore_merges": false, "vocab": vocab_json, "merges": merges,
+            },
+        }))
     }
 
     /// `tokenizer.chat_template`, if the file has one.
     pub fn chat_template(&self) -> Result<Option<&str>> {
         self.opt_str("tokenizer.chat_template")
     }
+}
+
+/// The split pattern of a byte-level vocabulary whose `tokenizer.ggml.pre` names one
+/// (transformers' `GGUF_PRE_TOKENIZER_SPLITS`); `None`: GPT-2's, built into `ByteLevel`.
+fn split_pattern(pre: &str) -> Option<&'static str> {
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
+        _ => None,
+    }
+}
+
+/// Control tokens (type 3) as special added tokens, user-defined ones (type 4) as plain
+/// added tokens, as transformers' `add_gguf_special_tokens`.
+fn added_tokens(tokens: &[&str], types: &[u32]) -> Vec<serde_json::Value> {
+    tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (_, &t))| t == 3 || t == 4)
+        .map(|(id, (content, &t))| {
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": t == 3})
+        })
+        .collect()
+}
+
+/// BPE merges implied by a vocabulary whose order is its merge order (transformers'
+/// `generate_merges` with scores `−index`): every split of a token into two tokens, the
+/// splits of one token ordered by their parts' ids, all ordered by the token's position,
+/// then the longer left part, then the longer right part.
+fn merges_from_vocab(
+    tokens: &[String],
+    vocab: &std::collections::HashMap<&str, usize>,
+) -> Vec<[String; 2]> {
+    let mut merges: Vec<(usize, usize, usize, &str, &str)> = Vec::new();
+    for (position, token) in tokens.iter().enumerate() {
+        let mut local: Vec<(usize, usize, &str, &str)> = token
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (left, right) = token.split_at(at);
+                Some((*vocab.get(left)?, *vocab.get(right)?, left, right))
+            })
+            .collect();
+        local.sort_by_key(|&(l, r, _, _)| (l, r));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(_, _, l, r)| (position, l.chars().count(), r.chars().count(), l, r)),
+        );
+    }
+    // Python's `sorted(..., reverse=True)` on (−position, len(left), len(right)): ascending
+    // position, then descending lengths, equal keys keeping their order (a stable sort).
+    merges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+    merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| [l.to_string(), r.to_string()])
+        .collect()
 }
 
 /// Undoes llama.cpp's `permute(w, n_head)`: rows `[n_head, 2, half, ..]` were reordered as

@@ -22,7 +22,7 @@ use std::sync::Arc;
 enum Weight {
     DenseTransposed(Tensor),
     Quantized(QMatMul),
-    /// Q4_1 / Q8_0 through girder's kernel ([`QuantMatrix`]): candle's Q4_1 is scalar.
+    /// GGUF block types girder's kernel reads ([`QuantMatrix`]): candle's are scalar.
     Blocks(QuantMatrix),
     /// A trained `[out, in]` variable, multiplied as it is: a copy made at load would not
     /// follow the optimizer's updates.
@@ -161,6 +161,23 @@ impl Linear {
             })
             .collect();
         let weight = match quantized {
+            // Quantized parts of different block types (a Q4_K_M file's q and k in Q5_0 beside
+            // v in Q8_0): each run of one type is fused, the runs sit side by side.
+            Some(qs) if qs.iter().any(|q| q.dtype() != qs[0].dtype()) => {
+                let mut runs: Vec<Linear> = Vec::new();
+                let mut start = 0;
+                for end in 1..=parts.len() {
+                    if end == parts.len() || qs[end].dtype() != qs[start].dtype() {
+                        runs.push(Linear::concat(&parts[start..end])?);
+                        start = end;
+                    }
+                }
+                return Ok(Linear {
+                    weight: Weight::Parts(runs),
+                    bias: None,
+                    lora: None,
+                });
+            }
             Some(qs) if !qs.is_empty() => {
                 Self::quantized_weight(Arc::new(super::cpu::quant_matmul::concat_rows(&qs)?))?
             }

@@ -9,6 +9,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod gemma3;
 pub mod gpt2;
 mod heads;
 pub mod llama;

@@ -8,7 +8,7 @@
 //! fixtures. llama.cpp keeps its architectures the same way (`llm_arch` and
 //! `LLM_TENSOR_NAMES`).
 
-use super::{bert, distilbert, gpt2, llama, mpnet, roberta};
+use super::{bert, distilbert, gemma3, gpt2, llama, mpnet, roberta};
 use super::{DecoderForward, EncoderForward, Head, Kind};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
@@ -263,6 +263,24 @@ pub const ARCHITECTURES: &[Architecture] = &[
             build: llama::load_gguf,
         }),
         constructor: Constructor::Decoder(llama::load),
+    },
+    Architecture {
+        name: "Gemma 3 (text)",
+        model_types: &["gemma3_text"],
+        kind: Kind::Decoder,
+        classes: &[("Gemma3ForCausalLM", Head::CausalLM)],
+        position_offset: PositionOffset::Zero,
+        embedding_tensor: "model.embed_tokens.weight",
+        base_model_prefix: "model",
+        head_modules: &["lm_head"],
+        lora_target_modules: &["q_proj", "v_proj"],
+        gguf: Some(GgufFormat {
+            architecture: "gemma3",
+            tensor_names: &gemma3::GGUF_TENSOR_NAMES,
+            permuted_qk: false,
+            build: gemma3::load_gguf,
+        }),
+        constructor: Constructor::Decoder(gemma3::load),
     },
 ];
 

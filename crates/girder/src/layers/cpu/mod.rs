@@ -8,7 +8,7 @@
 //! | [`team`] | the team of threads every kernel splits its work over (polling between regions) |
 //! | [`kernels`] | GELU, softmax, SiLU·mul, bias and residual adds, in place and vectorized |
 //! | [`skinny_matmul`] | `x W` for a few rows, streaming each weight once |
-//! | [`quant_matmul`] | GGUF Q4_1 / Q8_0 matrices times activations rounded to bytes (AVX-512 VNNI, AVX2) |
+//! | [`quant_matmul`] | GGUF matrices (legacy and k-quant types) times activations rounded to bytes (AVX-512 VNNI, AVX2, scalar) |
 //! | [`attention`] | causal attention row by row over each sequence's cache |
 //! | [`kv_cache`] | a step's keys and values copied into the cache's buffers |
 //! | [`norm`] | LayerNorm and RMSNorm rows |

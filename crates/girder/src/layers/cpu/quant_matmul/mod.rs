@@ -1,14 +1,15 @@
-//! A Q4_1 or Q8_0 matrix times activations rounded to 8 bits, as llama.cpp multiplies them.
+//! A GGUF matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) times activations rounded
+//! to 8 bits, as llama.cpp multiplies them.
 //!
-//! candle 0.11 multiplies Q4_1 with a scalar loop (`BlockQ4_1::vec_dot` calls its
-//! `vec_dot_unopt`), about 30 times slower than llama.cpp for SmolLM2's Q4_1 file. This
-//! kernel reads the weight blocks (Q4_1: 20 bytes per 32 weights, f16 scale `d`, f16 minimum
-//! `m`, 16 bytes of nibbles, weight `j` is `d · q_j + m`; Q8_0: 34 bytes, f16 `d` and 32 signed
-//! bytes, weight `j` is `d · q_j`) and rounds each block of 32 activations to signed bytes with
-//! its own scale (`x ≈ e · a`, ggml's `block_q8_1`), so that a block's dot product is integer
-//! arithmetic:
+//! candle 0.11 multiplies these types with scalar loops in a portable build (its SIMD
+//! `vec_dot`s need `target-cpu` flags at compile time), about 30 times slower than llama.cpp
+//! for SmolLM2's Q4_1 file. This kernel reads every type in one canonical form
+//! ([`formats`]): per block of 32 weights, unsigned integers `q_j` with a scale per half, an
+//! integer offset and a minimum, `w_j = s (q_j − o) + m`. It rounds each block of 32
+//! activations to signed bytes with its own scale (`x ≈ e · a`, ggml's `block_q8_1`), so that
+//! a block's dot product is integer arithmetic:
 //!
-//! `Σ_j x_j (d q_j + m) ≈ d e Σ_j q_j a_j + m e Σ_j a_j`
+//! `Σ_j x_j w_j ≈ s e (Σ_j q_j a_j − o Σ_j a_j) + m e Σ_j a_j`
 //!
 //! Why round the activations: with f32 activations each weight had to be widened to f32 and
 //! multiplied one lane per weight; with bytes, AVX-512 VNNI's `vpdpbusd` multiplies and sums
@@ -23,7 +24,8 @@
 //!   results is 16 outputs: no lane sums, no shuffles. Decode steps, prompts and batches run
 //!   the same kernel, eight activation rows per pass: a row's result does not depend on the
 //!   batch it is in.
-//! - AVX2 (`avx2`) and a scalar loop read the blocks as the file stores them.
+//! - AVX2 (`avx2`, Q4_1 and Q8_0) and a scalar loop (every type, through the canonical
+//!   form) read the blocks as the file stores them.
 //!
 //! Weight rows are split across the [`team`](crate::layers::cpu::team)'s threads.
 //!
@@ -33,41 +35,19 @@
 
 use crate::error::Result;
 use crate::layers::cpu::team::{self, Chunks};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod formats;
 #[cfg(target_arch = "x86_64")]
 mod vnni512;
 
+use formats::{BlockScales, Format, Header, Unpacked};
+
+/// Weights per block of the canonical form (a k-quant super-block is eight of them).
 const BLOCK: usize = 32;
-
-/// The block formats the kernel reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    /// f16 d, f16 m, 16 bytes of nibbles (low nibble: element j, high: j + 16).
-    Q4_1,
-    /// f16 d, 32 signed bytes.
-    Q8_0,
-}
-
-impl Format {
-    fn block_bytes(self) -> usize {
-        match self {
-            Format::Q4_1 => 20,
-            Format::Q8_0 => 34,
-        }
-    }
-
-    /// The bytes of scales before a block's weight bytes.
-    fn header_bytes(self) -> usize {
-        match self {
-            Format::Q4_1 => 4,
-            Format::Q8_0 => 2,
-        }
-    }
-}
 
 /// Activation rows one pass of the kernel multiplies (its accumulators stay in registers).
 const ROWS_PER_PASS: usize = 8;
@@ -146,7 +126,7 @@ fn round_blocks(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) 
             let blocks = sums.len().min(xs.len() / BLOCK);
             assert!(q.len() >= blocks * BLOCK && scales.len() >= blocks);
             for b in 0..blocks {
-                let (scale, sum) =
+                let (scale, sum, _) =
                     round_block_avx512(xs.as_ptr().add(b * BLOCK), q.as_mut_ptr().add(b * BLOCK));
                 *scales.get_unchecked_mut(b) = scale;
                 *sums.get_unchecked_mut(b) = scale * sum as f32;
@@ -170,7 +150,7 @@ fn round_blocks(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) 
 }
 
 /// Rounds the 32 values at `x` to bytes at `q` (`vcvtps2dq` rounds ties to even); returns the
-/// block's scale and `Σ q`. The one rounding of the AVX-512 paths ([`round_blocks`] and the
+/// block's scale, `Σ q` and `Σ q` over its first 16 values. The one rounding of the AVX-512 paths ([`round_blocks`] and the
 /// VNNI kernel's [`vnni512::PassActivations::round`]): a row is rounded the same by both.
 ///
 /// # Safety
@@ -178,7 +158,7 @@ fn round_blocks(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) 
 /// writable at `q`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn round_block_avx512(x: *const f32, q: *mut i8) -> (f32, i32) {
+unsafe fn round_block_avx512(x: *const f32, q: *mut i8) -> (f32, i32, i32) {
     use std::arch::x86_64::*;
     let x0 = _mm512_loadu_ps(x);
     let x1 = _mm512_loadu_ps(x.add(16));
@@ -190,7 +170,8 @@ unsafe fn round_block_avx512(x: *const f32, q: *mut i8) -> (f32, i32) {
     let out = q as *mut __m128i;
     _mm_storeu_si128(out, _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(q1));
-    (scale, _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)))
+    let low = _mm512_reduce_add_epi32(q0);
+    (scale, low + _mm512_reduce_add_epi32(q1), low)
 }
 
 #[inline(always)]
@@ -225,19 +206,21 @@ struct ActivationRow<'a> {
 }
 
 impl QuantMatrix {
-    /// The matrix of a Q4_1 or Q8_0 `QTensor` `[rows, cols]`; `None` for any other type.
+    /// The matrix of a `QTensor` `[rows, cols]` of a type the kernels read (Q4_0, Q4_1,
+    /// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); `None` for any other type.
     pub fn from_qtensor(t: &std::sync::Arc<QTensor>) -> Result<Option<Self>> {
         if !t.device().is_cpu() {
             return Ok(None);
         }
-        let format = match t.dtype() {
-            GgmlDType::Q4_1 => Format::Q4_1,
-            GgmlDType::Q8_0 => Format::Q8_0,
-            _ => return Ok(None),
+        let Some(format) = Format::from_ggml(t.dtype()) else {
+            return Ok(None);
         };
         let (rows, cols) = t.shape().dims2()?;
         let data = t.data()?;
-        if !cols.is_multiple_of(BLOCK) || data.len() != rows * cols / BLOCK * format.block_bytes() {
+        let per_block = format.file_block_weights();
+        if !cols.is_multiple_of(per_block)
+            || data.len() != rows * cols / per_block * format.file_block_bytes()
+        {
             return Ok(None);
         }
         let layout = match Kernel::detect() {
@@ -245,7 +228,7 @@ impl QuantMatrix {
             Kernel::Vnni512 => Layout::Bands(std::sync::Arc::new(vnni512::Bands::new(
                 format,
                 rows,
-                cols / BLOCK,
+                cols / per_block,
                 &data,
             ))),
             _ => Layout::Blocks(std::sync::Arc::new(data.into_owned())),
@@ -307,7 +290,7 @@ impl QuantMatrix {
             .chunks(ROWS_PER_PASS * cols)
             .map(|rows| ByteActivations::quantize(rows, cols))
             .collect();
-        let row_bytes = cols / BLOCK * self.format.block_bytes();
+        let row_bytes = cols / self.format.file_block_weights() * self.format.file_block_bytes();
         let (kernel, format) = (Kernel::detect(), self.format);
         let mut transposed = vec![0f32; n * self.rows];
         // Laid out [rows, n] while computing (each thread owns whole weight rows), transposed
@@ -442,10 +425,11 @@ impl Kernel {
 }
 
 /// `out[i] = w · x_i` for every activation row `i` (`out.len()` of them, at most
-/// [`ROWS_PER_PASS`]).
+/// [`ROWS_PER_PASS`]); `w` is a row as the file stores it.
 fn weight_row(kernel: Kernel, format: Format, w: &[u8], acts: &ByteActivations, out: &mut [f32]) {
     assert!(out.len() <= ROWS_PER_PASS && acts.q.len() >= out.len() * acts.blocks * BLOCK);
-    assert!(w.len() >= acts.blocks * format.block_bytes());
+    let groups = acts.blocks / format.group_blocks();
+    assert!(w.len() >= groups * format.file_block_bytes());
     #[cfg(target_arch = "x86_64")]
     {
         const _: () = assert!(ROWS_PER_PASS == 8);
@@ -469,50 +453,45 @@ fn weight_row(kernel: Kernel, format: Format, w: &[u8], acts: &ByteActivations, 
             match (kernel, format) {
                 (Kernel::Avx2, Format::Q4_1) => return by_rows!(avx2::q4_1),
                 (Kernel::Avx2, Format::Q8_0) => return by_rows!(avx2::q8_0),
-                (Kernel::Scalar | Kernel::Vnni512, _) => {}
+                _ => {}
             }
         }
     }
     let _ = kernel;
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = match format {
-            Format::Q4_1 => q4_1_scalar(w, acts.row(i)),
-            Format::Q8_0 => q8_0_scalar(w, acts.row(i)),
-        };
-    }
+    scalar_row(format, w, acts, out);
 }
 
-fn f16_at(block: &[u8], offset: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([block[offset], block[offset + 1]]))
-}
-
-/// The reference the SIMD kernels are tested against (and the kernel of other CPUs).
-fn q4_1_scalar(w: &[u8], a: ActivationRow) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in w.chunks_exact(20).take(a.sums.len()).enumerate() {
-        let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-        let aq = &a.q[b * BLOCK..(b + 1) * BLOCK];
-        let mut dot = 0i32;
-        for (j, &q) in block[4..].iter().enumerate() {
-            dot += (q & 0x0f) as i32 * aq[j] as i32 + (q >> 4) as i32 * aq[j + 16] as i32;
+/// The reference the SIMD kernels are tested against, and the kernel of the types and CPUs
+/// they do not cover: each file block read into the canonical form ([`formats`]), each block's
+/// `s_h · e · (Σ q a − o Σ a) + m · e Σ a` in f32.
+fn scalar_row(format: Format, w: &[u8], acts: &ByteActivations, out: &mut [f32]) {
+    let group = format.group_blocks();
+    let mut header: Header = [0; 2];
+    let mut blocks = [Unpacked::default(); 8];
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (g, file_block) in w
+        .chunks_exact(format.file_block_bytes())
+        .take(acts.blocks / group)
+        .enumerate()
+    {
+        formats::unpack_group(format, file_block, &mut header, &mut blocks);
+        for (k, block) in blocks[..group].iter().enumerate() {
+            let scales = BlockScales::new(format, &header, block.sub);
+            let b = g * group + k;
+            for (i, o) in out.iter_mut().enumerate() {
+                let a = acts.row(i);
+                let aq = &a.q[b * BLOCK..(b + 1) * BLOCK];
+                let mut half = [0f32; 2];
+                for (h, part) in half.iter_mut().enumerate() {
+                    let (q, x) = (&block.q[16 * h..16 * h + 16], &aq[16 * h..16 * h + 16]);
+                    let dot: i32 = q.iter().zip(x).map(|(&q, &x)| q as i32 * x as i32).sum();
+                    let sum: i32 = x.iter().map(|&x| x as i32).sum();
+                    *part = scales.s[h] * a.scales[b] * (dot - scales.offset * sum) as f32;
+                }
+                *o += half[0] + half[1] + scales.minimum * a.sums[b];
+            }
         }
-        total += d * a.scales[b] * dot as f32 + m * a.sums[b];
     }
-    total
-}
-
-fn q8_0_scalar(w: &[u8], a: ActivationRow) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in w.chunks_exact(34).take(a.sums.len()).enumerate() {
-        let aq = &a.q[b * BLOCK..(b + 1) * BLOCK];
-        let dot: i32 = block[2..]
-            .iter()
-            .zip(aq)
-            .map(|(&q, &x)| q as i8 as i32 * x as i32)
-            .sum();
-        total += f16_at(block, 0) * a.scales[b] * dot as f32;
-    }
-    total
 }
 
 fn f16_to_f32(bits: u16) -> f32 {
@@ -534,6 +513,7 @@ fn f16_to_f32(bits: u16) -> f32 {
 mod tests {
     use super::*;
     use crate::test_support::max_diff;
+    use candle_core::quantized::GgmlDType;
 
     /// `x` with every block replaced by what the kernel multiplies: `scale · q`.
     fn rounded(x: &Tensor) -> Tensor {
@@ -553,8 +533,14 @@ mod tests {
     /// odd block count.
     fn check(format: GgmlDType) {
         let dev = Device::Cpu;
-        // 3, 4 and 37 blocks.
-        for cols in [96, 128, 1184] {
+        let per_block = Format::from_ggml(format).unwrap().file_block_weights();
+        // 3, 4 and 37 blocks (k-quants: 1, 2 and 5 super-blocks).
+        let widths = if per_block == BLOCK {
+            [96, 128, 1184]
+        } else {
+            [256, 512, 1280]
+        };
+        for cols in widths {
             // 37 weight rows: two bands of 16 and a partial one (padded at load).
             let w = Tensor::randn(0f32, 1.0, (37, cols), &dev).unwrap();
             let q = std::sync::Arc::new(QTensor::quantize(&w, format).unwrap());
@@ -603,7 +589,7 @@ mod tests {
                 // results of this CPU's kernel.
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let acts = ByteActivations::quantize(&xs, cols);
-                let row_bytes = cols / BLOCK * m.format.block_bytes();
+                let row_bytes = cols / per_block * m.format.file_block_bytes();
                 let mut scalar = vec![0f32; n];
                 weight_row(
                     Kernel::Scalar,
@@ -634,6 +620,36 @@ mod tests {
     #[test]
     fn q8_0_equals_dequantized_matmul() {
         check(GgmlDType::Q8_0);
+    }
+
+    #[test]
+    fn q4_0_equals_dequantized_matmul() {
+        check(GgmlDType::Q4_0);
+    }
+
+    #[test]
+    fn q5_0_equals_dequantized_matmul() {
+        check(GgmlDType::Q5_0);
+    }
+
+    #[test]
+    fn q5_1_equals_dequantized_matmul() {
+        check(GgmlDType::Q5_1);
+    }
+
+    #[test]
+    fn q4_k_equals_dequantized_matmul() {
+        check(GgmlDType::Q4K);
+    }
+
+    #[test]
+    fn q5_k_equals_dequantized_matmul() {
+        check(GgmlDType::Q5K);
+    }
+
+    #[test]
+    fn q6_k_equals_dequantized_matmul() {
+        check(GgmlDType::Q6K);
     }
 
     /// The SIMD rounding and the scalar loop agree on every byte, scale and sum.
