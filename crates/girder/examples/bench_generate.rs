@@ -1,6 +1,7 @@
-//! Generation throughput of a GGUF model, quantized and dequantized: prefill tokens/s,
-//! decode tokens/s at batch 1 and 8, the cost of one decode step at position 32 and 512,
-//! and the memory-bandwidth bound. Prints one JSON object per measurement.
+//! Generation throughput of a GGUF model, quantized and dequantized: prefill tokens/s (128-
+//! and 512-token prompts), decode tokens/s at batch 1 and 8, the cost of one decode step at
+//! position 32 and 512, and the memory-bandwidth bound. Prints one JSON object per
+//! measurement.
 //!
 //! ```sh
 //! cargo run --release --example bench_generate -- models/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -83,13 +84,18 @@ fn read_bandwidth() -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Bytes of every tensor of the GGUF file as stored, and as f32: what one decode step reads
-/// (each projection once, the tied embedding once as the LM head).
+/// Bytes one decode step reads, as the GGUF file stores its tensors and as f32: every tensor
+/// once, but the embedding table, of which a step reads one row, when the file has a separate
+/// output matrix (a tied table is read whole as the LM head).
 fn weight_bytes(path: &str) -> (f64, f64) {
     let mut file = std::fs::File::open(path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let untied = content.tensor_infos.contains_key("output.weight");
     let (mut stored, mut f32_bytes) = (0usize, 0usize);
-    for info in content.tensor_infos.values() {
+    for (name, info) in &content.tensor_infos {
+        if untied && name == "token_embd.weight" {
+            continue;
+        }
         let elems = info.shape.elem_count();
         stored += elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         f32_bytes += elems * 4;
@@ -108,10 +114,10 @@ fn main() {
         serde_json::json!({"measure": "read_bandwidth_gb_s", "value": bandwidth / 1e9})
     );
     for (mode, label) in [
-        (GgufMode::Quantized, "q4_1"),
+        (GgufMode::Quantized, "quantized"),
         (GgufMode::Dequantized, "f32"),
     ] {
-        // BENCH_WEIGHTS=q4_1 (or f32) measures one of the two.
+        // BENCH_WEIGHTS=quantized (or f32) measures one of the two.
         if std::env::var("BENCH_WEIGHTS").is_ok_and(|only| only != label) {
             continue;
         }
@@ -124,7 +130,8 @@ fn main() {
             .unwrap();
         let model = g.model();
         let prompt = prompt_ids(&g, 128);
-        // BENCH_ONLY=b16 (a comma list of prefill, at32, at512, b1, b8, b16) skips the rest,
+        // BENCH_ONLY=b16 (a comma list of prefill, prefill512, at32, at512, b1, b8, b16) skips
+        // the rest,
         // for a profiler; skipped figures print as NaN.
         let only = std::env::var("BENCH_ONLY").ok();
         let wanted = |name: &str| {
@@ -133,12 +140,15 @@ fn main() {
         };
         let measure = |name: &str, f: &dyn Fn() -> f64| if wanted(name) { f() } else { f64::NAN };
         let prefill_s = measure("prefill", &|| time_prefill(model, &prompt, 3));
+        let prefill512_s = measure("prefill512", &|| {
+            time_prefill(model, &prompt_ids(&g, 512), 2)
+        });
         let at32 = measure("at32", &|| time_decode(model, &prompt_ids(&g, 32), 1, 32));
         let at512 = measure("at512", &|| time_decode(model, &prompt_ids(&g, 512), 1, 32));
         let b1 = measure("b1", &|| time_decode(model, &prompt_ids(&g, 16), 1, 64));
         let b8 = measure("b8", &|| time_decode(model, &prompt_ids(&g, 16), 8, 32));
         let b16 = measure("b16", &|| time_decode(model, &prompt_ids(&g, 16), 16, 16));
-        // Weights read per decoded token: the tensors as stored (Q4_1) or as f32.
+        // Weights read per decoded token: the tensors as stored or as f32.
         let weight_bytes = match mode {
             GgufMode::Quantized => stored_bytes,
             GgufMode::Dequantized => f32_bytes,
@@ -150,6 +160,7 @@ fn main() {
                 "weights": label,
                 "prefill_tokens": prompt.len(),
                 "prefill_tok_s": prompt.len() as f64 / prefill_s,
+                "prefill512_tok_s": 512.0 / prefill512_s,
                 "decode_b1_tok_s": 1.0 / b1,
                 "decode_b8_tok_s": 8.0 / b8,
                 "decode_b16_tok_s": 16.0 / b16,

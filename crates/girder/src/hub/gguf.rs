@@ -399,7 +399,7 @@ impl GgufFile {
             "version": "1.0",
             "truncation": null,
             "padding": null,
-            "added_tokens": added_tokens(tokens, types),
+            "added_tokens": added_tokens(tokens, types, |_| true),
             "normalizer": null,
             "pre_tokenizer": pre_tokenizer,
             "post_processor": {
@@ -451,7 +451,7 @@ impl GgufFile {
             "version": "1.0",
             "truncation": null,
             "padding": null,
-            "added_tokens": added_tokens(tokens, types),
+            "added_tokens": added_tokens(tokens, types, |t| vocab.contains_key(t)),
             "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
             "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
                               "behavior": "MergedWithPrevious", "invert": false},
@@ -496,14 +496,19 @@ fn split_pattern(pre: &str) -> Option<&'static str> {
     }
 }
 
-/// Control tokens (type 3) as special added tokens, user-defined ones (type 4) as plain
-/// added tokens, as transformers' `add_gguf_special_tokens`.
-fn added_tokens(tokens: &[&str], types: &[u32]) -> Vec<serde_json::Value> {
+/// Control tokens (type 3) as special added tokens, user-defined ones (type 4) the vocabulary
+/// spells as the file does as plain added tokens, as transformers' `add_gguf_special_tokens`
+/// (Gemma's runs of spaces, respelled with `▁`, are left to the model).
+fn added_tokens(
+    tokens: &[&str],
+    types: &[u32],
+    in_vocab: impl Fn(&str) -> bool,
+) -> Vec<serde_json::Value> {
     tokens
         .iter()
         .zip(types)
         .enumerate()
-        .filter(|(_, (_, &t))| t == 3 || t == 4)
+        .filter(|(_, (token, &t))| t == 3 || (t == 4 && in_vocab(token)))
         .map(|(id, (content, &t))| {
             serde_json::json!({"id": id, "content": content, "single_word": false,
                 "lstrip": false, "rstrip": false, "normalized": false, "special": t == 3})
