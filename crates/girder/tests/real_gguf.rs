@@ -4,6 +4,7 @@
 //! (`gguf_file=`, dequantized to f32): tests/fixtures/real/{name}-gguf.json, made by
 //! `scripts/make-gen-fixtures qwen2.5-0.5b gemma3-270m`.
 
+use girder::generate::chat::Message;
 use girder::generate::{Options, TextGenerator};
 use girder::pretrained::GgufMode;
 use serde::Deserialize;
@@ -23,9 +24,18 @@ struct Prompt {
 }
 
 #[derive(Deserialize)]
+struct Chat {
+    messages: Vec<Message>,
+    add_generation_prompt: bool,
+    rendered: String,
+    input_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
 struct Expected {
     gguf: String,
     tokenizer_cases: Vec<Case>,
+    chat: Vec<Chat>,
     prompts: Vec<Prompt>,
 }
 
@@ -74,9 +84,29 @@ fn leading_agreement(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The file's chat template renders every conversation as transformers' `apply_chat_template`,
+/// and the rendered text encodes to the same ids.
+fn chat_matches_transformers(name: &str, g: &TextGenerator, e: &Expected) {
+    let template = g
+        .chat_template()
+        .unwrap_or_else(|| panic!("{name}: the GGUF has a chat template"));
+    for c in &e.chat {
+        let rendered = template
+            .render(&c.messages, c.add_generation_prompt)
+            .unwrap();
+        assert_eq!(rendered, c.rendered, "{name}: chat {:?}", c.messages);
+        assert_eq!(
+            g.encode_chat(&rendered).unwrap(),
+            c.input_ids,
+            "{name}: chat ids"
+        );
+    }
+}
+
 /// Tokens of every test text and prompt equal transformers'; the dequantized model's greedy
 /// continuations equal transformers' for 16 tokens; the quantized model's (activations rounded
-/// to bytes, as llama.cpp) agree with them on at least 8 tokens for at least 4 of 5 prompts.
+/// to bytes, as llama.cpp) agree with them on at least 8 tokens for at least 4 of 5 prompts;
+/// chats render and encode as transformers'.
 fn matches_transformers(name: &str) {
     let e = expected(name);
     let exact = load(&e, GgufMode::Dequantized);
@@ -90,6 +120,7 @@ fn matches_transformers(name: &str) {
     }
     drop(exact);
     let quantized = load(&e, GgufMode::Quantized);
+    chat_matches_transformers(name, &quantized, &e);
     let agreements: Vec<usize> = e
         .prompts
         .iter()

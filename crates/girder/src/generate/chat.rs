@@ -142,10 +142,32 @@ impl ChatTemplate {
         }
     }
 
-    /// The template of a GGUF file (`tokenizer.chat_template`), if it has one.
-    pub fn from_gguf(gguf: &GgufFile, tokens: &tokenizers::Tokenizer) -> Result<Option<Self>> {
-        let Some(source) = gguf.chat_template()? else {
-            return Ok(None);
+    /// The template of a GGUF file (`tokenizer.chat_template`), else its family's
+    /// (`family_default`, the registry's [`GgufFormat::default_chat_template`](crate::models::registry::GgufFormat)), else none.
+    pub fn from_gguf(
+        gguf: &GgufFile,
+        tokens: &tokenizers::Tokenizer,
+        family_default: Option<&'static str>,
+    ) -> Result<Option<Self>> {
+        let (source, origin) = match (gguf.chat_template()?, family_default) {
+            (Some(source), _) => (
+                source,
+                format!("{} (tokenizer.chat_template)", gguf.path().display()),
+            ),
+            (None, Some(source)) => {
+                tracing::info!(
+                    "{} carries no tokenizer.chat_template: chats use its family's template",
+                    gguf.path().display()
+                );
+                (
+                    source,
+                    format!(
+                        "the family chat template for {} (the file carries none)",
+                        gguf.path().display()
+                    ),
+                )
+            }
+            (None, None) => return Ok(None),
         };
         let mut special_tokens = Vec::new();
         for (name, key) in [
@@ -158,7 +180,6 @@ impl ChatTemplate {
                 special_tokens.push((name.to_string(), text));
             }
         }
-        let origin = format!("{} (tokenizer.chat_template)", gguf.path().display());
         Self::new(source, origin, special_tokens).map(Some)
     }
 

@@ -74,6 +74,9 @@ pub struct GgufFormat {
     /// The converter permuted the rows of q and k for its interleaved RoPE
     /// (`LlamaModel.permute` in llama.cpp's `convert_hf_to_gguf.py`); undone on load.
     pub permuted_qk: bool,
+    /// The family's chat template, for files that carry none (`tokenizer.chat_template`
+    /// absent, as in Gemma 3 GGUFs converted from the base model).
+    pub default_chat_template: Option<&'static str>,
     pub build: GgufConstructor,
 }
 
@@ -229,6 +232,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
             architecture: "llama",
             tensor_names: &llama::GGUF_TENSOR_NAMES,
             permuted_qk: true,
+            default_chat_template: None,
             build: llama::load_gguf,
         }),
         constructor: Constructor::Decoder(llama::load),
@@ -260,6 +264,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
             architecture: "qwen2",
             tensor_names: &llama::GGUF_TENSOR_NAMES,
             permuted_qk: false,
+            default_chat_template: None,
             build: llama::load_gguf,
         }),
         constructor: Constructor::Decoder(llama::load),
@@ -278,6 +283,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
             architecture: "gemma3",
             tensor_names: &gemma3::GGUF_TENSOR_NAMES,
             permuted_qk: false,
+            default_chat_template: Some(gemma3::CHAT_TEMPLATE),
             build: gemma3::load_gguf,
         }),
         constructor: Constructor::Decoder(gemma3::load),

@@ -156,11 +156,36 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The f16 header of one file block: `d`, and `m` or `dmin` where the type has one.
+pub(super) fn header(format: Format, b: &[u8]) -> Header {
+    match format {
+        Format::Q6K => [half_at(b, 208), 0],
+        _ if format.header_halves() == 2 => [half_at(b, 0), half_at(b, 2)],
+        _ => [half_at(b, 0), 0],
+    }
+}
+
+/// The small scales of block `k` of one file block as stored (Q4_K / Q5_K: 6-bit scale and
+/// minimum; Q6_K: the two halves' `i8` scales; none for the legacy types).
+pub(super) fn sub_scales_of(format: Format, b: &[u8], k: usize) -> [u8; 2] {
+    match format {
+        Format::Q4K | Format::Q5K => {
+            let (sc, m) = scale_min_k4(k, &b[4..16]);
+            [sc, m]
+        }
+        Format::Q6K => [b[192 + 2 * k], b[192 + 2 * k + 1]],
+        _ => [0, 0],
+    }
+}
+
 /// Reads one file block (`format.file_block_bytes()` bytes) into its header and its
 /// `format.group_blocks()` blocks of 32.
 pub(super) fn unpack_group(format: Format, b: &[u8], header: &mut Header, out: &mut [Unpacked]) {
     assert!(b.len() >= format.file_block_bytes() && out.len() >= format.group_blocks());
-    *header = [half_at(b, 0), 0];
+    *header = self::header(format, b);
+    for (k, block) in out.iter_mut().take(format.group_blocks()).enumerate() {
+        block.sub = sub_scales_of(format, b, k);
+    }
     // Legacy types: low nibble of byte j is weight j, high nibble weight j + 16.
     let nibbles = |qs: &[u8], q: &mut [u8; BLOCK]| {
         for j in 0..16 {
@@ -176,16 +201,12 @@ pub(super) fn unpack_group(format: Format, b: &[u8], header: &mut Header, out: &
     let qh_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     match format {
         Format::Q4_0 => nibbles(&b[2..18], &mut out[0].q),
-        Format::Q4_1 => {
-            header[1] = half_at(b, 2);
-            nibbles(&b[4..20], &mut out[0].q);
-        }
+        Format::Q4_1 => nibbles(&b[4..20], &mut out[0].q),
         Format::Q5_0 => {
             nibbles(&b[6..22], &mut out[0].q);
             fifth_bits(qh_at(2), &mut out[0].q);
         }
         Format::Q5_1 => {
-            header[1] = half_at(b, 2);
             nibbles(&b[8..24], &mut out[0].q);
             fifth_bits(qh_at(4), &mut out[0].q);
         }
@@ -195,8 +216,6 @@ pub(super) fn unpack_group(format: Format, b: &[u8], header: &mut Header, out: &
             }
         }
         Format::Q4K | Format::Q5K => {
-            header[1] = half_at(b, 2);
-            let scales = &b[4..16];
             let (qh, qs) = match format {
                 Format::Q5K => (Some(&b[16..48]), &b[48..176]),
                 _ => (None, &b[16..144]),
@@ -204,8 +223,6 @@ pub(super) fn unpack_group(format: Format, b: &[u8], header: &mut Header, out: &
             // Sub-blocks 2i and 2i + 1 share 32 bytes: low nibbles, then high nibbles; Q5_K's
             // fifth bit of sub-block j is bit j of the 32 `qh` bytes.
             for (j, block) in out.iter_mut().take(8).enumerate() {
-                let (sc, m) = scale_min_k4(j, scales);
-                block.sub = [sc, m];
                 let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
                 for l in 0..BLOCK {
                     let nibble = if j % 2 == 0 {
@@ -219,13 +236,11 @@ pub(super) fn unpack_group(format: Format, b: &[u8], header: &mut Header, out: &
             }
         }
         Format::Q6K => {
-            let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
-            *header = [half_at(b, 208), 0];
+            let (ql, qh) = (&b[..128], &b[128..192]);
             // Weight y of 256: half n = y / 128 reads 64 bytes of `ql` (low nibbles for
             // y % 128 < 64, high ones above) and 32 of `qh` (2 bits per weight, group
             // (y % 128) / 32 at bits 2g..2g + 2); scale y / 16.
             for (j, block) in out.iter_mut().take(8).enumerate() {
-                block.sub = [scales[2 * j], scales[2 * j + 1]];
                 for (k, q) in block.q.iter_mut().enumerate() {
                     let y = 32 * j + k;
                     let (n, r) = (y / 128, y % 128);

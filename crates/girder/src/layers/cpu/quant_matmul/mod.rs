@@ -24,8 +24,8 @@
 //!   results is 16 outputs: no lane sums, no shuffles. Decode steps, prompts and batches run
 //!   the same kernel, eight activation rows per pass: a row's result does not depend on the
 //!   batch it is in.
-//! - AVX2 (`avx2`, Q4_1 and Q8_0) and a scalar loop (every type, through the canonical
-//!   form) read the blocks as the file stores them.
+//! - AVX2 (`avx2`, every type) and a scalar loop (through the canonical form: the reference,
+//!   and the kernel of CPUs with neither) read the blocks as the file stores them.
 //!
 //! Weight rows are split across the [`team`](crate::layers::cpu::team)'s threads.
 //!
@@ -52,7 +52,7 @@ const BLOCK: usize = 32;
 /// Activation rows one pass of the kernel multiplies (its accumulators stay in registers).
 const ROWS_PER_PASS: usize = 8;
 
-/// A `[rows, cols]` Q4_1 or Q8_0 matrix.
+/// A `[rows, cols]` matrix of one of the block types [`Format`] names.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
     rows: usize,
@@ -240,6 +240,12 @@ impl QuantMatrix {
             layout,
             tensor: t.clone(),
         }))
+    }
+
+    /// Whether the kernels read this block type (others go through candle's quantized
+    /// matmul, which dequantizes block by block).
+    pub fn reads(dtype: candle_core::quantized::GgmlDType) -> bool {
+        Format::from_ggml(dtype).is_some()
     }
 
     /// The quantized tensor the matrix was read from.
@@ -453,6 +459,12 @@ fn weight_row(kernel: Kernel, format: Format, w: &[u8], acts: &ByteActivations, 
             match (kernel, format) {
                 (Kernel::Avx2, Format::Q4_1) => return by_rows!(avx2::q4_1),
                 (Kernel::Avx2, Format::Q8_0) => return by_rows!(avx2::q8_0),
+                (Kernel::Avx2, Format::Q4_0) => return by_rows!(avx2::q4_0),
+                (Kernel::Avx2, Format::Q5_0) => return by_rows!(avx2::q5_0),
+                (Kernel::Avx2, Format::Q5_1) => return by_rows!(avx2::q5_1),
+                (Kernel::Avx2, Format::Q4K) => return by_rows!(avx2::q4_k),
+                (Kernel::Avx2, Format::Q5K) => return by_rows!(avx2::q5_k),
+                (Kernel::Avx2, Format::Q6K) => return by_rows!(avx2::q6_k),
                 _ => {}
             }
         }
@@ -531,6 +543,16 @@ mod tests {
     /// the rounded activations (the same products, summed in another order), for 1 to 8
     /// rows (one pass of the kernel), and 12, 21 and 70 (passes of 8), with an even and an
     /// odd block count.
+    fn has_avx2() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            has!("avx2") && has!("fma") && has!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     fn check(format: GgmlDType) {
         let dev = Device::Cpu;
         let per_block = Format::from_ggml(format).unwrap().file_block_weights();
@@ -585,19 +607,12 @@ mod tests {
                 if n > ROWS_PER_PASS {
                     continue;
                 }
-                // The scalar kernel on the file's blocks, against the first weight row's
+                // The scalar kernel and the AVX2 one (where the CPU has it, whichever kernel
+                // `forward` chose) on the file's blocks, against the first weight row's
                 // results of this CPU's kernel.
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let acts = ByteActivations::quantize(&xs, cols);
                 let row_bytes = cols / per_block * m.format.file_block_bytes();
-                let mut scalar = vec![0f32; n];
-                weight_row(
-                    Kernel::Scalar,
-                    m.format,
-                    &q.data().unwrap()[..row_bytes],
-                    &acts,
-                    &mut scalar,
-                );
                 let fast: Vec<f32> = y
                     .narrow(1, 0, 1)
                     .unwrap()
@@ -605,8 +620,25 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                for (s, f) in scalar.iter().zip(&fast) {
-                    assert!((s - f).abs() < 1e-4, "{format:?} {n}: scalar {s} vs {f}");
+                for kernel in [Kernel::Scalar, Kernel::Avx2] {
+                    if kernel == Kernel::Avx2 && !has_avx2() {
+                        continue;
+                    }
+                    let mut got = vec![0f32; n];
+                    weight_row(
+                        kernel,
+                        m.format,
+                        &q.data().unwrap()[..row_bytes],
+                        &acts,
+                        &mut got,
+                    );
+                    for (g, f) in got.iter().zip(&fast) {
+                        let tolerance = 1e-5 * size.max(1.0);
+                        assert!(
+                            (g - f).abs() < tolerance,
+                            "{format:?} {n}: {kernel:?} {g} vs {f}"
+                        );
+                    }
                 }
             }
         }
