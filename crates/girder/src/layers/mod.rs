@@ -20,7 +20,7 @@ pub use activation::Activation;
 pub use attention::{
     causal_attention, packed_self_attention, ragged_causal_attention, varlen_attention,
 };
-pub use cpu::kernels::{add_in_place, gelu_erf, silu_mul, softmax_last_dim};
+pub use cpu::kernels::{add_in_place, gelu_erf, gelu_tanh_mul, silu_mul, softmax_last_dim};
 pub use kv_cache::KvCache;
 pub use linear::Linear;
 pub use norm::{layer_norm, LayerNorm, RmsNorm};

@@ -21,7 +21,8 @@ use crate::hub::gguf::TensorNames;
 use crate::hub::{GgufFile, Weights};
 use crate::layers::rope::{RopeParameters, RopeScaling, RotaryEmbedding};
 use crate::layers::{
-    add_in_place, ragged_causal_attention, Activation, Embedding, KvCache, Linear, RmsNorm,
+    add_in_place, gelu_tanh_mul, ragged_causal_attention, silu_mul, Activation, Embedding, KvCache,
+    Linear, RmsNorm,
 };
 use crate::models::{DecoderForward, Logits};
 use candle_core::Tensor;
@@ -488,7 +489,11 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;
         let i = self.intermediate;
-        let product = (self.act.forward(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?;
+        let product = match self.act {
+            Activation::GeluTanh => gelu_tanh_mul(&gate_up)?,
+            Activation::Silu => silu_mul(&gate_up)?,
+            act => (act.forward(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?,
+        };
         self.down_proj.forward(&product)
     }
 }

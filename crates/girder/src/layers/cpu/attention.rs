@@ -209,33 +209,49 @@ fn attend_one_head(
     #[inline(always)]
     fn softmax_and_values(scores: &mut [f32], values: &[f32], d: usize, out: &mut [f32]) {
         super::kernels::softmax_row(scores);
-        match d {
-            64 => weighted_values::<4>(scores, values, out),
-            128 => weighted_values::<8>(scores, values, out),
-            _ => {
-                for (j, o) in out.iter_mut().enumerate().take(d) {
-                    let mut acc = 0f32;
-                    for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
-                        acc = p.mul_add(value[j], acc);
-                    }
-                    *o = acc;
+        // Columns in slices of 128, 64 and 16 (Gemma's 256-wide heads: two slices of 128),
+        // each slice's sums in registers; the last `d mod 16` columns key by key.
+        let mut column = 0;
+        while column + 8 * LANES <= d {
+            weighted_values::<8>(scores, values, d, column, &mut out[column..]);
+            column += 8 * LANES;
+        }
+        if column + 4 * LANES <= d {
+            weighted_values::<4>(scores, values, d, column, &mut out[column..]);
+            column += 4 * LANES;
+        }
+        while column + LANES <= d {
+            weighted_values::<1>(scores, values, d, column, &mut out[column..]);
+            column += LANES;
+        }
+        if column < d {
+            out[column..d].iter_mut().for_each(|o| *o = 0.0);
+            for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
+                for (o, v) in out[column..d].iter_mut().zip(&value[column..]) {
+                    *o = p.mul_add(*v, *o);
                 }
             }
         }
     }
-    /// `out = Σ_k p_k v_k` for rows of `C · 16` values: the whole output row in registers,
-    /// even and odd keys into two sets of accumulators (one chain of dependent multiply-adds
-    /// per 16 columns made a 512-position decode step wait on their latency), added at the end.
+    /// `out[..C · 16] = Σ_k p_k v_k[first..first + C · 16]` for value rows of `d`: the slice
+    /// of the output row in registers, even and odd keys into two sets of accumulators (one
+    /// chain of dependent multiply-adds per 16 columns made a 512-position decode step wait on
+    /// their latency), added at the end.
     #[inline(always)]
-    fn weighted_values<const C: usize>(scores: &[f32], values: &[f32], out: &mut [f32]) {
-        let d = C * LANES;
+    fn weighted_values<const C: usize>(
+        scores: &[f32],
+        values: &[f32],
+        d: usize,
+        first: usize,
+        out: &mut [f32],
+    ) {
         let mut even = [[0f32; LANES]; C];
         let mut odd = [[0f32; LANES]; C];
         let pairs = scores.len() / 2;
         for k in 0..pairs {
             let (p0, p1) = (scores[2 * k], scores[2 * k + 1]);
-            let v0 = &values[2 * k * d..(2 * k + 1) * d];
-            let v1 = &values[(2 * k + 1) * d..(2 * k + 2) * d];
+            let v0 = &values[2 * k * d + first..(2 * k + 1) * d];
+            let v1 = &values[(2 * k + 1) * d + first..(2 * k + 2) * d];
             for c in 0..C {
                 let a: &[f32; LANES] = v0[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
                 let b: &[f32; LANES] = v1[c * LANES..(c + 1) * LANES].try_into().expect("a chunk");
@@ -248,7 +264,7 @@ fn attend_one_head(
         if scores.len() % 2 == 1 {
             let (p, v) = (
                 scores[2 * pairs],
-                &values[2 * pairs * d..(2 * pairs + 1) * d],
+                &values[2 * pairs * d + first..(2 * pairs + 1) * d],
             );
             for c in 0..C {
                 for i in 0..LANES {
@@ -274,6 +290,7 @@ fn attend_one_head(
             match d {
                 64 => dot_products_avx512::<4>(q, k, s, w),
                 128 => dot_products_avx512::<8>(q, k, s, w),
+                256 => dot_products_avx512::<16>(q, k, s, w),
                 _ => dot_products(q, k, s, w),
             }
             softmax_and_values(w, v, d, o)
@@ -297,8 +314,9 @@ fn attend_one_head(
 
 /// `scores[k] = scale · q · keys[k]` for `C · 16`-wide rows: 16 keys' products in 16
 /// registers, summed by one transposing reduction (`sum_lanes_16`; the compiler had turned
-/// the per-key loop into two-lane code), the last `n mod 16` keys one by one with the same
-/// additions, so a key's score does not depend on where its block of 16 starts.
+/// the per-key loop into two-lane code), the last `n mod 16` keys (every key of a 256-wide
+/// head) one by one with the same additions, so a key's score does not depend on where its
+/// block of 16 starts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // `c` picks a register of the query and a key's offset
@@ -324,7 +342,9 @@ unsafe fn dot_products_avx512<const C: usize>(
         acc
     };
     let n = scores.len();
-    let blocks = n / 16;
+    // 16 keys at a time keep 16 accumulators beside the query's C registers: for 256-wide
+    // heads (C = 16) the 32 registers would spill, so those keys go one by one.
+    let blocks = if C <= 8 { n / 16 } else { 0 };
     for b in 0..blocks {
         let mut acc = [_mm512_setzero_ps(); 16];
         for (j, a) in acc.iter_mut().enumerate() {
@@ -335,5 +355,53 @@ unsafe fn dot_products_avx512<const C: usize>(
     }
     for k in 16 * blocks..n {
         scores[k] = sum_lanes(product(keys.as_ptr().add(k * d))) * scale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every head width's kernels (the 64- and 128-wide registers, slices of 128, 64 and 16
+    /// columns, the last columns one by one) against softmax and weighted sums in f64.
+    #[test]
+    fn one_head_equals_plain_softmax_attention() {
+        let mut rng = crate::rng::Rng::new(7);
+        for d in [8, 24, 64, 80, 128, 200, 256] {
+            for n in [1, 2, 17, 40] {
+                let mut values = |len: usize| -> Vec<f32> {
+                    (0..len).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
+                };
+                let (q, keys, vals) = (values(d), values(n * d), values(n * d));
+                let scale = (d as f32).powf(-0.5);
+                let mut out = vec![0f32; d];
+                attend_one_head(&q, &keys, &vals, scale, &mut out, &mut Vec::new());
+                let scores: Vec<f64> = keys
+                    .chunks(d)
+                    .map(|k| {
+                        scale as f64
+                            * q.iter()
+                                .zip(k)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let top = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for j in 0..d {
+                    let expected: f64 = weights
+                        .iter()
+                        .zip(vals.chunks(d))
+                        .map(|(w, v)| w / total * v[j] as f64)
+                        .sum();
+                    assert!(
+                        (out[j] as f64 - expected).abs() < 1e-5,
+                        "d {d}, {n} keys, column {j}: {} vs {expected}",
+                        out[j]
+                    );
+                }
+            }
+        }
     }
 }

@@ -137,16 +137,28 @@ macro_rules! dispatch {
     };
 }
 
-/// `silu(gate) · up` for rows laid out `[gate (width) | up (width)]`, into `out` (`width` per row).
+/// `act(gate) · up` for rows laid out `[gate (width) | up (width)]`, into `out` (`width` per
+/// row). Both activations are `g · sigmoid(z)`: SiLU with `z = g`, GELU's tanh form with
+/// `z = 2 √(2/π) (g + 0.044715 g³)` (`0.5 (1 + tanh(u)) = sigmoid(2u)`), so one `exp` each.
 #[inline(always)]
-fn silu_mul_generic(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
+fn gated_generic<const GELU_TANH: bool>(
+    gate_up: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    width: usize,
+) {
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769;
     for (pair, o) in gate_up
         .chunks_exact(2 * width)
         .zip(out.chunks_exact_mut(width))
     {
         let (gate, up) = pair.split_at(width);
         for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-            o.write(g / (1.0 + exp(-g)) * u);
+            let z = if GELU_TANH {
+                TWO_SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g)
+            } else {
+                g
+            };
+            o.write(g / (1.0 + exp(-z)) * u);
         }
     }
 }
@@ -154,38 +166,53 @@ fn silu_mul_generic(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize)
 dispatch!(gelu_erf_slice, gelu_erf_generic);
 dispatch!(pub(super) softmax_row, softmax_generic);
 
-fn silu_mul_rows(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
+fn gated_rows<const GELU_TANH: bool>(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
-            silu_mul_generic(gate_up, out, width)
+        unsafe fn avx512<const G: bool>(a: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
+            gated_generic::<G>(a, out, width)
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(gate_up: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
-            silu_mul_generic(gate_up, out, width)
+        unsafe fn avx2<const G: bool>(a: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
+            gated_generic::<G>(a, out, width)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { avx512(gate_up, out, width) };
+            return unsafe { avx512::<GELU_TANH>(gate_up, out, width) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: as above.
-            return unsafe { avx2(gate_up, out, width) };
+            return unsafe { avx2::<GELU_TANH>(gate_up, out, width) };
         }
     }
-    silu_mul_generic(gate_up, out, width)
+    gated_generic::<GELU_TANH>(gate_up, out, width)
 }
 
 /// `silu(gate) · up` where `gate_up` `[n, 2·width]` holds gate and up side by side (the
 /// output of one fused gate/up projection): `[n, width]`, in one pass over the product
 /// instead of candle's narrow, silu and multiply (three tensors allocated per layer and step).
 pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
+    gated_mul::<false>(gate_up)
+}
+
+/// `gelu_tanh(gate) · up` (GeGLU with GELU's tanh approximation, Gemma's MLP), as
+/// [`silu_mul`].
+pub fn gelu_tanh_mul(gate_up: &Tensor) -> Result<Tensor> {
+    gated_mul::<true>(gate_up)
+}
+
+fn gated_mul<const GELU_TANH: bool>(gate_up: &Tensor) -> Result<Tensor> {
     let (n, both) = gate_up.dims2()?;
     let width = both / 2;
     if !fast_path(gate_up) || both % 2 != 0 {
-        let gate = gate_up.narrow(1, 0, width)?.silu()?;
+        let gate = gate_up.narrow(1, 0, width)?;
+        let gate = if GELU_TANH {
+            gate.gelu()?
+        } else {
+            gate.silu()?
+        };
         return Ok((gate * gate_up.narrow(1, width, width)?)?);
     }
     let (storage, layout) = gate_up.storage_and_layout();
@@ -199,7 +226,7 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     let product = &data[start..end];
     let out = team::collect_chunks(n * width, rows_per_task * width, |i, o| {
         let g = &product[i * rows_per_task * 2 * width..][..o.len() * 2];
-        silu_mul_rows(g, o, width)
+        gated_rows::<GELU_TANH>(g, o, width)
     });
     Ok(Tensor::from_vec(out, (n, width), gate_up.device())?)
 }
