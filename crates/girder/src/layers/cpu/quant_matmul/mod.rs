@@ -52,6 +52,10 @@ const BLOCK: usize = 32;
 /// Activation rows one pass of the kernel multiplies (its accumulators stay in registers).
 const ROWS_PER_PASS: usize = 8;
 
+/// Bytes of rounded activations one band's tasks reread: half of a 2 MB L2, the rest left to
+/// the weights streaming through and the output rows.
+const ACTIVATIONS_IN_L2: usize = 1 << 20;
+
 /// A `[rows, cols]` matrix of one of the block types [`Format`] names.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
@@ -323,7 +327,7 @@ impl QuantMatrix {
 
 /// `[n, rows]` through the AVX-512 kernel: bands of 16 weight rows spread over the
 /// team's threads, each band multiplied by [`ROWS_PER_PASS`] activation rows per pass over its
-/// blocks (the band, a few KB, stays in L1 between passes).
+/// blocks (the band, a few KB, stays in L1 between passes), a group of passes per task.
 #[cfg(target_arch = "x86_64")]
 fn forward_bands(w: &vnni512::Bands, acts: &vnni512::PassActivations, n: usize) -> Vec<f32> {
     /// The output, written by every thread at its own columns.
@@ -338,9 +342,17 @@ fn forward_bands(w: &vnni512::Bands, acts: &vnni512::PassActivations, n: usize) 
         at: out.as_mut_ptr(),
         stride: rows,
     });
-    let multiply = |band: usize| {
+    // A long prompt's activations outgrow L2 (8960 columns of 512 rows are 7 MB), and every band
+    // streams all of them: tasks take a band and a group of passes whose records fit in
+    // `ACTIVATIONS_IN_L2`, so consecutive tasks (taken in order by the team's threads) reread
+    // one group from L2 while the weights, a few KB per band, stream past it.
+    let passes = n.div_ceil(ROWS_PER_PASS);
+    let group = (ACTIVATIONS_IN_L2 / acts.pass_bytes().max(1)).clamp(1, passes.max(1));
+    let bands = w.bands();
+    let multiply = |task: usize| {
         let shared = &shared;
-        for pass in 0..n.div_ceil(ROWS_PER_PASS) {
+        let (first, band) = ((task / bands) * group, task % bands);
+        for pass in first..(first + group).min(passes) {
             // SAFETY: `from_qtensor` chose this layout after Kernel::detect saw AVX-512 VNNI;
             // `acts` holds `n` rows; band `band`'s columns are written by this task only.
             unsafe {
@@ -357,7 +369,7 @@ fn forward_bands(w: &vnni512::Bands, acts: &vnni512::PassActivations, n: usize) 
             }
         }
     };
-    crate::layers::cpu::team::for_each(w.bands(), multiply);
+    crate::layers::cpu::team::for_each(bands * passes.div_ceil(group), multiply);
     // SAFETY: the bands wrote all `n · rows` elements.
     unsafe { out.set_len(n * rows) };
     out
@@ -641,6 +653,36 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A prompt long enough that its activations exceed `ACTIVATIONS_IN_L2` runs in several
+    /// groups of passes (the last one partial) and gives every row what it gives alone.
+    #[test]
+    fn long_prompts_run_in_groups_of_passes() {
+        let dev = Device::Cpu;
+        let (rows, cols, n) = (37, 1280, 1203);
+        let w = Tensor::randn(0f32, 1.0, (rows, cols), &dev).unwrap();
+        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap());
+        let m = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+        let x = Tensor::randn(0f32, 1.0, (n, cols), &dev).unwrap();
+        let y = m.forward(&x).unwrap();
+        let same_products = rounded(&x)
+            .matmul(&q.dequantize(&dev).unwrap().t().unwrap())
+            .unwrap();
+        assert!(max_diff(&y, &same_products) < 1e-3);
+        for i in [0, 600, n - 1] {
+            let alone = m.forward(&x.narrow(0, i, 1).unwrap()).unwrap();
+            assert_eq!(
+                alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y.narrow(0, i, 1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+                "row {i} of {n}"
+            );
         }
     }
 

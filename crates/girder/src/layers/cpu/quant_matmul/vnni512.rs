@@ -222,6 +222,11 @@ impl PassActivations {
         });
         PassActivations { blocks, records }
     }
+
+    /// Bytes of one pass's records.
+    pub(super) fn pass_bytes(&self) -> usize {
+        self.blocks * RECORD
+    }
 }
 
 /// One pass's records: `rows` (up to [`PASS`] rows of `blocks` blocks) rounded, rows past
