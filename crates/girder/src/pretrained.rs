@@ -367,6 +367,9 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
             ),
         });
     }
+    if options.gguf == GgufMode::Quantized {
+        warn_about_slow_types(&gguf);
+    }
     gguf.read_tensors(format.tensor_names, format.permuted_qk, &options.device)?;
     let tokens = gguf.tokenizer()?;
     let generation_config = GenerationConfig {
@@ -379,9 +382,6 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     let chat_template = ChatTemplate::from_gguf(&gguf, &tokens, format.default_chat_template)?;
     let tokenizer = TextTokenizer::from_tokenizer(tokens, path.to_path_buf())?;
     let keep_quantized = options.gguf == GgufMode::Quantized;
-    if keep_quantized {
-        warn_about_slow_types(&gguf);
-    }
     let weights = Weights::from_gguf(gguf, keep_quantized, options.dtype, &options.device);
     let gguf = weights.gguf().ok_or_else(|| Error::BadGguf {
         file: path.to_path_buf(),
@@ -391,25 +391,11 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     decoder_model(model, tokenizer, generation_config, chat_template, None)
 }
 
-/// One warning per block type of the file's matrices that girder's kernels do not read
-/// (Q2_K, Q3_K, the IQ types, F16…), naming the tensors: they load and run through candle's
-/// quantized matmul, which dequantizes as it goes, many times slower.
+/// One warning per block type of the file's matrices that girder's kernels do not read,
+/// naming the tensors: they run through candle's dequantizing matmul, many times slower.
 fn warn_about_slow_types(gguf: &GgufFile) {
-    use candle_core::quantized::GgmlDType;
-    let mut by_type: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
-    for name in gguf.tensor_names() {
-        let Some(t) = gguf.tensor(name) else { continue };
-        let dtype = t.dtype();
-        if t.shape().rank() == 2
-            && dtype != GgmlDType::F32
-            && !crate::layers::cpu::quant_matmul::QuantMatrix::reads(dtype)
-        {
-            by_type.entry(format!("{dtype:?}")).or_default().push(name);
-        }
-    }
-    for (dtype, mut names) in by_type {
-        names.sort_unstable();
-        let shown = names.iter().take(4).copied().collect::<Vec<_>>().join(", ");
+    for (dtype, names) in gguf.matrices_without_kernel() {
+        let shown = names.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
         let more = names.len().saturating_sub(4);
         tracing::warn!(
             "{}: {} tensors of type {dtype} have no girder kernel and are multiplied through \

@@ -555,10 +555,13 @@ fn write_gguf(path: &Path, architecture: &str, ggml_type: u32) {
     b.extend_from_slice(b"GGUF");
     b.extend_from_slice(&3u32.to_le_bytes());
     b.extend_from_slice(&1u64.to_le_bytes()); // tensors
-    b.extend_from_slice(&1u64.to_le_bytes()); // metadata entries
+    b.extend_from_slice(&2u64.to_le_bytes()); // metadata entries
     string(&mut b, "general.architecture");
     b.extend_from_slice(&8u32.to_le_bytes()); // string
     string(&mut b, architecture);
+    string(&mut b, &format!("{architecture}.attention.head_count"));
+    b.extend_from_slice(&4u32.to_le_bytes()); // u32
+    b.extend_from_slice(&1u32.to_le_bytes());
     string(&mut b, "token_embd.weight");
     b.extend_from_slice(&2u32.to_le_bytes());
     b.extend_from_slice(&256u64.to_le_bytes());
@@ -589,6 +592,16 @@ fn unsupported_gguf_files_are_named() {
     let err = TextGenerator::load(quant.to_str().unwrap()).unwrap_err();
     assert!(
         matches!(err, Error::UnsupportedGguf { .. }) && err.to_string().contains("IQ2_XXS"),
+        "{err}"
+    );
+    // A file cut inside a tensor's data names that tensor.
+    let cut = dir.join("cut.gguf");
+    write_gguf(&cut, "llama", 0);
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = TextGenerator::load(cut.to_str().unwrap()).unwrap_err();
+    assert!(
+        matches!(err, Error::BadGguf { .. }) && err.to_string().contains("token_embd"),
         "{err}"
     );
     let garbage = dir.join("garbage.gguf");

@@ -393,3 +393,58 @@ fn chat_prompts_reuse_the_system_prompt_and_continue_as_alone() {
         assert!(round == 0 || reused >= 20, "{question}: {reused} reused");
     }
 }
+
+/// A matrix of a block type girder's kernels do not read (here F16: the first layer's q, so
+/// q and k/v differ in type) is named by `matrices_without_kernel`, loads, and runs through
+/// candle's dequantizing matmul: greedy decoding still says what the Q4_1 file says.
+#[test]
+fn matrices_without_a_kernel_load_and_run() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let dev = Device::Cpu;
+    let mut file = std::fs::File::open(gguf_path()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let slow = "blk.0.attn_q.weight";
+    let tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = content.tensor(&mut file, name, &dev).unwrap();
+            let t = if name == slow {
+                QTensor::quantize(&t.dequantize(&dev).unwrap(), GgmlDType::F16).unwrap()
+            } else {
+                t
+            };
+            (name.clone(), t)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("with-f16.gguf");
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::fs::File::create(&path).unwrap();
+    gguf_file::write(&mut out, &metadata, &tensors).unwrap();
+    drop(out);
+
+    let header = girder::hub::GgufFile::open(&path).unwrap();
+    let named: Vec<(String, Vec<String>)> = header.matrices_without_kernel().into_iter().collect();
+    assert_eq!(named, vec![("F16".to_string(), vec![slow.to_string()])]);
+
+    let options = Options {
+        max_new_tokens: Some(8),
+        ..Options::default()
+    };
+    let prompt = ["The capital of France is"];
+    let with_f16 = girder::load(path.to_str().unwrap(), &Default::default())
+        .and_then(girder::Loaded::into_decoder)
+        .unwrap();
+    let got = with_f16.generate(&prompt, &options).unwrap();
+    let want = load_gguf(GgufMode::Quantized)
+        .generate(&prompt, &options)
+        .unwrap();
+    assert!(got[0].text.contains("Paris"), "{:?}", got[0].text);
+    assert_eq!(got[0].token_ids[..4], want[0].token_ids[..4]);
+}

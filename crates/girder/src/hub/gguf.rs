@@ -161,6 +161,36 @@ impl GgufFile {
         })
     }
 
+    /// The header's matrices whose block type girder's kernels do not read (Q2_K, Q3_K, the IQ
+    /// types, F16…), by type name, each with its tensors' GGUF names, sorted. They load and run
+    /// through candle's quantized matmul, which dequantizes as it goes. Empty once the tensors
+    /// are read.
+    ///
+    /// ```no_run
+    /// let gguf = girder::hub::GgufFile::open("model.gguf")?;
+    /// for (dtype, names) in gguf.matrices_without_kernel() {
+    ///     println!("{dtype}: {}", names.join(", "));
+    /// }
+    /// # Ok::<(), girder::error::Error>(())
+    /// ```
+    pub fn matrices_without_kernel(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut by_type = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for (name, info) in self.tensor_infos.iter().flat_map(|c| &c.tensor_infos) {
+            let dtype = info.ggml_dtype;
+            if info.shape.rank() == 2
+                && dtype != GgmlDType::F32
+                && !crate::layers::cpu::quant_matmul::QuantMatrix::reads(dtype)
+            {
+                by_type
+                    .entry(format!("{dtype:?}"))
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        by_type.values_mut().for_each(|names| names.sort_unstable());
+        by_type
+    }
+
     /// Reads every tensor onto `device`, renamed by `names` (a tensor the map does not name
     /// keeps its GGUF name); with `permuted_qk`, undoes llama.cpp's permutation of the q and
     /// k rows. Reads once: later calls do nothing.
