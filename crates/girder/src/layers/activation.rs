@@ -45,6 +45,21 @@ impl Activation {
         }
     }
 
+    /// `act(gate) · up` for `gate_up` `[n, 2·width]` holding the gate and up projections side
+    /// by side (a gated MLP's fused product): one pass for SiLU and GELU-tanh (SwiGLU, GeGLU),
+    /// narrow, activate and multiply for the others.
+    pub fn gated(&self, gate_up: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Silu => super::cpu::kernels::silu_mul(gate_up),
+            Activation::GeluTanh => super::cpu::kernels::gelu_tanh_mul(gate_up),
+            _ => {
+                let width = gate_up.dim(1)? / 2;
+                let gate = self.forward(&gate_up.narrow(1, 0, width)?)?;
+                Ok((gate * gate_up.narrow(1, width, width)?)?)
+            }
+        }
+    }
+
     /// Applies the function elementwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {

@@ -21,8 +21,7 @@ use crate::hub::gguf::TensorNames;
 use crate::hub::{GgufFile, Weights};
 use crate::layers::rope::{RopeParameters, RopeScaling, RotaryEmbedding};
 use crate::layers::{
-    add_in_place, gelu_tanh_mul, ragged_causal_attention, silu_mul, Activation, Embedding, KvCache,
-    Linear, RmsNorm,
+    add_in_place, ragged_causal_attention, Activation, Embedding, KvCache, Linear, RmsNorm,
 };
 use crate::models::{DecoderForward, Logits};
 use candle_core::Tensor;
@@ -468,7 +467,6 @@ impl Attention {
 struct Mlp {
     gate_up_proj: Linear,
     down_proj: Linear,
-    intermediate: usize,
     act: Activation,
 }
 
@@ -481,20 +479,13 @@ impl Mlp {
                 Linear::load_no_bias(&w.pp("up_proj"), h, i)?,
             ])?,
             down_proj: Linear::load_no_bias(&w.pp("down_proj"), i, h)?,
-            intermediate: i,
             act: cfg.hidden_activation,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;
-        let i = self.intermediate;
-        let product = match self.act {
-            Activation::GeluTanh => gelu_tanh_mul(&gate_up)?,
-            Activation::Silu => silu_mul(&gate_up)?,
-            act => (act.forward(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?,
-        };
-        self.down_proj.forward(&product)
+        self.down_proj.forward(&self.act.gated(&gate_up)?)
     }
 }
 

@@ -15,8 +15,7 @@ use crate::hub::gguf::TensorNames;
 use crate::hub::{GgufFile, Weights};
 use crate::layers::rope::{RopeParameters, RopeScaling, RotaryEmbedding};
 use crate::layers::{
-    add_in_place, ragged_causal_attention, silu_mul, Activation, Embedding, KvCache, Linear,
-    RmsNorm,
+    add_in_place, ragged_causal_attention, Activation, Embedding, KvCache, Linear, RmsNorm,
 };
 use crate::models::{DecoderForward, Logits};
 use candle_core::Tensor;
@@ -394,7 +393,6 @@ impl Attention {
 struct Mlp {
     gate_up_proj: Linear,
     down_proj: Linear,
-    intermediate: usize,
     act: Activation,
 }
 
@@ -406,7 +404,6 @@ impl Mlp {
                 linear(&w.pp("gate_proj"), h, i, cfg.mlp_bias)?,
                 linear(&w.pp("up_proj"), h, i, cfg.mlp_bias)?,
             ])?,
-            intermediate: i,
             down_proj: linear(&w.pp("down_proj"), i, h, cfg.mlp_bias)?,
             act: cfg.hidden_act,
         })
@@ -414,13 +411,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;
-        let product = if self.act == Activation::Silu {
-            silu_mul(&gate_up)?
-        } else {
-            let i = self.intermediate;
-            (self.act.forward(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
-        };
-        self.down_proj.forward(&product)
+        self.down_proj.forward(&self.act.gated(&gate_up)?)
     }
 }
 
