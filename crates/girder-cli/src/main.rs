@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline over texts and print one JSON object per text (JSON Lines).
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Generate text with a causal language model (greedy by default).
     Generate(commands::generate::GenerateArgs),
     /// Chat with a model interactively: its chat template is applied and replies stream.
@@ -49,6 +49,9 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Score a text-classification model on labelled data: accuracy, macro F1, confusion matrix.
     Eval(commands::train::EvalArgs),
+    /// Convert a model from another engine's format (CTranslate2 Whisper) into a Hugging
+    /// Face folder.
+    Convert(commands::convert::ConvertArgs),
 }
 
 impl Command {
@@ -91,7 +94,7 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Run(args) => commands::run::run(args),
+        Command::Run(args) => commands::run::run(*args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Bench(args) => commands::bench::run(args),
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::train::eval(args),
+        Command::Convert(args) => commands::convert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

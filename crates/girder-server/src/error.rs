@@ -137,6 +137,11 @@ impl ApiError {
                 task,
                 reason,
             } => ApiError::BadInput(format!("{model} cannot run {task}: {reason}")),
+            Error::BadAudio { file, reason } => ApiError::Validation {
+                field: field.into(),
+                message: format!("{}: cannot read audio: {reason}", file.display()),
+            },
+            Error::Unsupported { what } => ApiError::BadInput(format!("{what} is not supported")),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -10,8 +10,9 @@
 //! signal handler; tests call [`start`] directly.
 //!
 //! Endpoints: `POST /v1/embeddings`, `/embed`, `/predict`, `/ner`, `/fill-mask` (encoders),
-//! `/v1/completions`, `/v1/chat/completions` (generation), `/tokenize`; `GET /health`,
-//! `/info`, `/metrics`.
+//! `/v1/completions`, `/v1/chat/completions` (generation), `/text2text-generation`,
+//! `/summarization`, `/translation`, `/v1/audio/transcriptions` (encoder-decoders, batched
+//! continuously by the [`seq2seq`] engine), `/tokenize`; `GET /health`, `/info`, `/metrics`.
 
 pub mod batcher;
 pub mod engine;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod generation;
 pub mod metrics;
 pub mod routes;
+pub mod seq2seq;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -190,7 +192,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
         preflight: options.preflight.clone().map(|p| p.report),
         version: env!("CARGO_PKG_VERSION"),
     };
-    let (encoder, generator) = match model {
+    let (encoder, generator, seq2seq) = match model {
         Loaded::Encoder(model) => {
             let max_length = model.tokenizer.max_length();
             let truncating = {
@@ -217,7 +219,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
                 truncating,
                 refusing,
             };
-            (Some(encoder), None)
+            (Some(encoder), None, None)
         }
         Loaded::Decoder(model) => {
             let context = model.model().context_length();
@@ -231,7 +233,17 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
                 options.max_sequences,
                 options.max_batch_tokens,
             )?;
-            (None, Some(generator))
+            (None, Some(generator), None)
+        }
+        Loaded::EncoderDecoder(model) => {
+            info.max_sequences = Some(options.max_sequences);
+            info.context_length = model.model().max_target_positions();
+            let engine = seq2seq::Seq2SeqEngine::spawn(
+                Arc::new(*model),
+                options.max_queue,
+                options.max_sequences,
+            )?;
+            (None, None, Some(engine))
         }
     };
     let state = Arc::new(AppState {
@@ -239,6 +251,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
         task,
         encoder,
         generator,
+        seq2seq,
         info,
         shutting_down: AtomicBool::new(false),
     });

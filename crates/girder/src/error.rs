@@ -152,6 +152,11 @@ pub enum Error {
         known: String,
     },
 
+    /// An audio file (or upload) that cannot be decoded: not audio, corrupt, truncated, an
+    /// unsupported codec, no samples, or a sample rate of 0.
+    #[error("{file}: cannot read audio: {reason}")]
+    BadAudio { file: PathBuf, reason: String },
+
     /// A tensor operation failed inside the model.
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),

@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod audio;
 pub mod batch;
 pub mod check;
 pub mod config;

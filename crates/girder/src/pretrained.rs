@@ -25,11 +25,12 @@
 //! # }
 //! ```
 
+use crate::audio::WhisperFeatureExtractor;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
-use crate::generate::{chat::ChatTemplate, GenerationConfig, TextGenerator};
+use crate::generate::{chat::ChatTemplate, GenerationConfig, Seq2SeqGenerator, TextGenerator};
 use crate::hub::{GgufFile, Lora, LoraAdapter, ModelFolder, ModelRef, Trained, Training, Weights};
-use crate::models::{registry, Architecture, DecoderModel, EncoderModel, Head, Kind};
+use crate::models::{registry, Architecture, DecoderModel, EncoderModel, Head, Kind, Seq2SeqModel};
 use crate::pipelines::{embeddings::SentenceConfig, Model, Task};
 use crate::tokenize::{max_input_length, InputLimits, TextTokenizer, Truncation};
 use candle_core::{DType, Device};
@@ -130,6 +131,9 @@ pub enum Loaded {
     Encoder(Box<Model>),
     /// A causal language model with its tokenizer and generation settings: text generation.
     Decoder(Box<TextGenerator>),
+    /// An encoder-decoder with its tokenizer and generation settings: translation,
+    /// summarization, text-to-text generation, speech recognition.
+    EncoderDecoder(Box<Seq2SeqGenerator>),
 }
 
 /// Loads `reference` (a folder, a hub id in the Hugging Face cache, or a `.gguf` file).
@@ -169,7 +173,8 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
     };
     let mut weights =
         Weights::from_safetensors(&folder.weight_files()?, options.dtype, &options.device)?;
-    match resolved.architecture.kind {
+    // By the class's head: an encoder-decoder's sequence classifier runs as an encoder.
+    match resolved.head.kind() {
         Kind::Encoder => {
             if let Some(path) = &options.adapter {
                 let adapter = LoraAdapter::load(path)?;
@@ -234,8 +239,14 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
             }
             Ok(loaded)
         }
+        Kind::EncoderDecoder => {
+            refuse_encoder_options(options, resolved.class_name, Kind::EncoderDecoder)?;
+            let model = Seq2SeqModel::load(resolved, &config, &weights)?;
+            let generation_config = GenerationConfig::from_folder(&folder, &config)?;
+            seq2seq_model(folder, config, tokenizer, model, generation_config, options)
+        }
         Kind::Decoder => {
-            refuse_encoder_options(options, resolved.class_name)?;
+            refuse_encoder_options(options, resolved.class_name, Kind::Decoder)?;
             let model = DecoderModel::load(resolved, &config, &weights)?;
             let generation_config = GenerationConfig::from_folder(&folder, &config)?;
             let chat_template = ChatTemplate::from_folder(&folder)?;
@@ -342,6 +353,67 @@ fn decoder_model(
     ))))
 }
 
+/// The encoder-decoder with its tokenizer limited to the encoder's real input length, under
+/// the load's truncation policy (inputs are cut on the right and say so, or refused).
+fn seq2seq_model(
+    folder: ModelFolder,
+    config: CommonConfig,
+    mut tokenizer: TextTokenizer,
+    model: Seq2SeqModel,
+    generation_config: GenerationConfig,
+    options: &LoadOptions,
+) -> Result<Loaded> {
+    let limits = InputLimits {
+        tokenizer_max_length: tokenizer.tokenizer_max_length(),
+        position_limit: model.max_source_positions(),
+        sentence_max_seq_length: None,
+    };
+    let max_length = match (options.max_length, model.max_source_positions()) {
+        (Some(m), Some(limit)) if m > limit => {
+            return Err(Error::InvalidOption {
+                option: "max_length".into(),
+                reason: format!(
+                    "{m} is more than the {limit} positions {} can encode",
+                    model.class_name()
+                ),
+            })
+        }
+        (Some(m), _) => m,
+        (None, _) => max_input_length(&limits),
+    };
+    tokenizer.set_max_length(max_length, options.truncation)?;
+    let features = if model.resolved().head == Head::SpeechSeq2Seq {
+        let file = folder
+            .file("preprocessor_config.json")
+            .or_else(|| folder.file("processor_config.json"));
+        Some(match file {
+            Some(path) => WhisperFeatureExtractor::from_file(&path)?,
+            None => WhisperFeatureExtractor::new(num_mel_bins(&config)?),
+        })
+    } else {
+        None
+    };
+    Ok(Loaded::EncoderDecoder(Box::new(Seq2SeqGenerator::new(
+        model,
+        tokenizer,
+        generation_config,
+        folder,
+        config,
+        features,
+    ))))
+}
+
+/// config.json's `num_mel_bins` (Whisper's default: 80).
+fn num_mel_bins(config: &CommonConfig) -> Result<usize> {
+    #[derive(serde::Deserialize)]
+    struct Bins {
+        #[serde(default)]
+        num_mel_bins: Option<usize>,
+    }
+    let bins: Bins = config.parse_as()?;
+    Ok(bins.num_mel_bins.unwrap_or(80))
+}
+
 /// A GGUF file: the architecture from `general.architecture`, the hyper-parameters,
 /// tokenizer, chat template and eos/bos ids from its metadata.
 fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
@@ -357,7 +429,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     }
     let mut gguf = GgufFile::open(path)?;
     let (architecture, format) = registry::resolve_gguf(&gguf)?;
-    refuse_encoder_options(options, architecture.classes[0].0)?;
+    refuse_encoder_options(options, architecture.classes[0].0, Kind::Decoder)?;
     if options.tokenizer.is_some() {
         return Err(Error::InvalidOption {
             option: "tokenizer".into(),
@@ -378,6 +450,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
             .into_iter()
             .collect(),
         bos_token_id: gguf.opt_u32("tokenizer.ggml.bos_token_id")?,
+        ..GenerationConfig::default()
     };
     let chat_template = ChatTemplate::from_gguf(&gguf, &tokens, format.default_chat_template)?;
     let tokenizer = TextTokenizer::from_tokenizer(tokens, path.to_path_buf())?;
@@ -436,30 +509,30 @@ fn kind_reason(is: Kind, wanted: Kind) -> String {
     )
 }
 
-/// A decoder load refuses the options that only encoders take.
-fn refuse_encoder_options(options: &LoadOptions, class_name: &str) -> Result<()> {
+/// A load of another kind (`is`) refuses the options that only encoders take.
+fn refuse_encoder_options(options: &LoadOptions, class_name: &str, is: Kind) -> Result<()> {
     let wanted = if options.head.is_some() {
         "a classification head"
     } else if options.training.is_some() {
         "training"
     } else {
-        return refuse_adapter(options, class_name);
+        return refuse_adapter(options, class_name, is);
     };
     Err(Error::TaskMismatch {
         model: class_name.to_string(),
         task: wanted.into(),
-        reason: kind_reason(Kind::Decoder, Kind::Encoder),
+        reason: kind_reason(is, Kind::Encoder),
     })
 }
 
-fn refuse_adapter(options: &LoadOptions, class_name: &str) -> Result<()> {
+fn refuse_adapter(options: &LoadOptions, class_name: &str, is: Kind) -> Result<()> {
     match &options.adapter {
         Some(path) => Err(Error::InvalidOption {
             option: "adapter".into(),
             reason: format!(
                 "{} is for encoders; {class_name} is {} (merge the adapter with PEFT first)",
                 path.display(),
-                Kind::Decoder.describe()
+                is.describe()
             ),
         }),
         None => Ok(()),
@@ -472,6 +545,7 @@ impl Loaded {
         match self {
             Loaded::Encoder(_) => Kind::Encoder,
             Loaded::Decoder(_) => Kind::Decoder,
+            Loaded::EncoderDecoder(_) => Kind::EncoderDecoder,
         }
     }
 
@@ -480,6 +554,7 @@ impl Loaded {
         match self {
             Loaded::Encoder(m) => m.encoder.architecture(),
             Loaded::Decoder(g) => g.model().architecture(),
+            Loaded::EncoderDecoder(g) => g.model().architecture(),
         }
     }
 
@@ -488,6 +563,7 @@ impl Loaded {
         match self {
             Loaded::Encoder(m) => m.encoder.class_name(),
             Loaded::Decoder(g) => g.model().class_name(),
+            Loaded::EncoderDecoder(g) => g.model().class_name(),
         }
     }
 
@@ -496,6 +572,7 @@ impl Loaded {
         match self {
             Loaded::Encoder(m) => m.encoder.head(),
             Loaded::Decoder(_) => Head::CausalLM,
+            Loaded::EncoderDecoder(g) => g.model().resolved().head,
         }
     }
 
@@ -504,6 +581,7 @@ impl Loaded {
         match self {
             Loaded::Encoder(m) => &m.tokenizer,
             Loaded::Decoder(g) => g.text_tokenizer(),
+            Loaded::EncoderDecoder(g) => g.text_tokenizer(),
         }
     }
 
@@ -512,6 +590,7 @@ impl Loaded {
         match self {
             Loaded::Encoder(m) => Some((&m.folder, &m.config)),
             Loaded::Decoder(g) => g.files(),
+            Loaded::EncoderDecoder(g) => Some(g.files()),
         }
     }
 
@@ -533,7 +612,7 @@ impl Loaded {
     pub fn encoder(&self) -> Result<&Model> {
         match self {
             Loaded::Encoder(m) => Ok(m),
-            Loaded::Decoder(_) => Err(self.wrong_kind(Kind::Encoder)),
+            _ => Err(self.wrong_kind(Kind::Encoder)),
         }
     }
 
@@ -541,7 +620,15 @@ impl Loaded {
     pub fn decoder(&self) -> Result<&TextGenerator> {
         match self {
             Loaded::Decoder(g) => Ok(g),
-            Loaded::Encoder(_) => Err(self.wrong_kind(Kind::Decoder)),
+            _ => Err(self.wrong_kind(Kind::Decoder)),
+        }
+    }
+
+    /// The encoder-decoder, or an error naming the kind this model is.
+    pub fn encoder_decoder(&self) -> Result<&Seq2SeqGenerator> {
+        match self {
+            Loaded::EncoderDecoder(g) => Ok(g),
+            _ => Err(self.wrong_kind(Kind::EncoderDecoder)),
         }
     }
 
@@ -558,6 +645,14 @@ impl Loaded {
         match self {
             Loaded::Decoder(g) => Ok(*g),
             other => Err(other.wrong_kind(Kind::Decoder)),
+        }
+    }
+
+    /// [`encoder_decoder`](Self::encoder_decoder), by value.
+    pub fn into_encoder_decoder(self) -> Result<Seq2SeqGenerator> {
+        match self {
+            Loaded::EncoderDecoder(g) => Ok(*g),
+            other => Err(other.wrong_kind(Kind::EncoderDecoder)),
         }
     }
 
@@ -600,5 +695,11 @@ impl From<Model> for Loaded {
 impl From<TextGenerator> for Loaded {
     fn from(generator: TextGenerator) -> Self {
         Loaded::Decoder(Box::new(generator))
+    }
+}
+
+impl From<Seq2SeqGenerator> for Loaded {
+    fn from(generator: Seq2SeqGenerator) -> Self {
+        Loaded::EncoderDecoder(Box::new(generator))
     }
 }

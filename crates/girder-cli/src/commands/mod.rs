@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod check;
+pub mod convert;
 pub mod generate;
 pub mod lock;
 pub mod run;

@@ -5,8 +5,10 @@
 //! [`WINDOW_TEXTS`]; for an encoder a worker thread reads and tokenizes the next window while
 //! the model computes the current one, and within a window the library sorts texts by length
 //! into batches under `--max-batch-tokens`; text generation continues a window's prompts in
-//! batches of `--batch-size`. Results are written in input order as each window completes,
-//! so memory stays constant whatever the input size.
+//! batches of `--batch-size`; an encoder-decoder's texts are generated from in batches the
+//! library forms, and speech recognition reads each audio file in 30 s windows. Results are
+//! written in input order as each window completes, so memory stays constant whatever the
+//! input size.
 
 use super::generate::GenerationArgs;
 use crate::input::TextSource;
@@ -14,10 +16,15 @@ use crate::output::JsonLines;
 use anyhow::{bail, Context, Result};
 use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
+use girder::generate::{EarlyStopping, Overrides};
 use girder::layers::pooling::Pooling;
+use girder::pipelines::automatic_speech_recognition::{self as asr, AudioInput};
 use girder::pipelines::text_classification::{self as tc, FunctionToApply, TopK};
 use girder::pipelines::token_classification::{self as tok, AggregationStrategy};
-use girder::pipelines::{embeddings, fill_mask, text_generation, Model, Task, TaskOptions, TASKS};
+use girder::pipelines::{
+    embeddings, fill_mask, text2text_generation, text_generation, translation_pair, Model, Task,
+    TaskOptions, TASKS,
+};
 use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
 use girder::tokenize::{Encoded, Truncation};
 use girder::{LoadOptions, Loaded};
@@ -134,6 +141,92 @@ pub struct RunArgs {
     batch_size: usize,
     #[command(flatten)]
     generation: GenerationArgs,
+    #[command(flatten)]
+    seq2seq: Seq2SeqArgs,
+}
+
+/// Options of the encoder-decoder tasks (translation, summarization, text2text-generation,
+/// automatic-speech-recognition), with transformers' names; unset ones keep the model's
+/// generation_config.json.
+#[derive(Args)]
+pub struct Seq2SeqArgs {
+    /// Beams of beam search (1: greedy).
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// A finished beam scores its log-probability over `length ** length_penalty`.
+    #[arg(long, allow_negative_numbers = true)]
+    length_penalty: Option<f32>,
+    /// When beam search stops: true (num_beams hypotheses finished), false (transformers'
+    /// heuristic) or never.
+    #[arg(long)]
+    early_stopping: Option<EarlyStopping>,
+    /// No n-gram of this size is generated twice.
+    #[arg(long)]
+    no_repeat_ngram_size: Option<usize>,
+    /// The output's minimum length in tokens (the decoder start token included).
+    #[arg(long)]
+    min_length: Option<usize>,
+    /// The output's maximum length in tokens (the decoder start token included).
+    #[arg(long)]
+    max_output_length: Option<usize>,
+    /// automatic-speech-recognition: segments with their start and end times.
+    #[arg(long)]
+    return_timestamps: bool,
+    /// automatic-speech-recognition: the spoken language of a multilingual model (default:
+    /// detected).
+    #[arg(long)]
+    language: Option<String>,
+    /// automatic-speech-recognition: transcribe or translate (to English), multilingual models.
+    #[arg(long = "task", id = "asr_task")]
+    asr_task: Option<String>,
+    /// automatic-speech-recognition: windows of this many seconds (default: 30 s windows for
+    /// audio longer than 30 s).
+    #[arg(long)]
+    chunk_length_s: Option<f32>,
+    /// automatic-speech-recognition: the overlap of windows in seconds, one value or
+    /// left,right (default: chunk_length_s / 6).
+    #[arg(long, value_delimiter = ',')]
+    stride_length_s: Option<Vec<f32>>,
+    /// text2text tasks: put this before each text instead of the task's prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// automatic-speech-recognition: text the transcript continues (names, spellings), given
+    /// to Whisper after <|startofprev|>.
+    #[arg(long)]
+    prompt: Option<String>,
+}
+
+impl Seq2SeqArgs {
+    /// The generation overrides of these options and the shared generation ones.
+    fn overrides(&self, generation: &GenerationArgs, top_k: Option<usize>) -> Result<Overrides> {
+        if !generation.stop.is_empty() {
+            bail!("--stop is for text-generation; encoder-decoder tasks end at eos or a length");
+        }
+        if generation.min_p.is_some() {
+            bail!("--min-p is for text-generation; encoder-decoder tasks sample with --temperature, --top-k and --top-p");
+        }
+        let samples = top_k.is_some() || generation.top_p.is_some() || generation.seed.is_some();
+        let temperature = generation
+            .temperature
+            .unwrap_or(if samples { 1.0 } else { 0.0 });
+        Ok(Overrides {
+            max_new_tokens: generation.max_new_tokens,
+            max_length: self.max_output_length,
+            min_length: self.min_length,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            early_stopping: self.early_stopping,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            repetition_penalty: generation.repetition_penalty,
+            eos_token_ids: generation.eos_token_id.clone(),
+            do_sample: (temperature > 0.0).then_some(true),
+            temperature: (temperature > 0.0).then_some(temperature),
+            top_k,
+            top_p: generation.top_p,
+            seed: generation.seed,
+            ..Overrides::default()
+        })
+    }
 }
 
 /// The task's options from the command line.
@@ -198,6 +291,35 @@ fn task_options(task: Task, args: &RunArgs) -> Result<TaskOptions> {
                 batch_size: args.batch_size,
             })
         }
+        Task::Text2TextGeneration | Task::Summarization | Task::Translation => {
+            let top_k = args.top_k.as_deref().map(parse_top_k).transpose()?;
+            TaskOptions::Text2Text(
+                task,
+                text2text_generation::Options {
+                    generation: args.seq2seq.overrides(&args.generation, top_k)?,
+                    task_name: translation_pair(&args.task).map(|_| args.task.clone()),
+                    prefix: args.seq2seq.prefix.clone(),
+                },
+            )
+        }
+        Task::AutomaticSpeechRecognition => {
+            let top_k = args.top_k.as_deref().map(parse_top_k).transpose()?;
+            let a = &args.seq2seq;
+            TaskOptions::AutomaticSpeechRecognition(asr::Options {
+                return_timestamps: a.return_timestamps,
+                language: a.language.clone(),
+                task: a.asr_task.clone(),
+                chunk_length_s: a.chunk_length_s,
+                stride_length_s: match a.stride_length_s.as_deref() {
+                    None => None,
+                    Some([both]) => Some((*both, *both)),
+                    Some([left, right]) => Some((*left, *right)),
+                    Some(_) => bail!("--stride-length-s takes one value or left,right"),
+                },
+                prompt: a.prompt.clone(),
+                generation: a.overrides(&args.generation, top_k)?,
+            })
+        }
     })
 }
 
@@ -236,6 +358,42 @@ pub fn run(args: RunArgs) -> Result<()> {
                     out.write(&result)?;
                 }
                 total += prompts.len();
+            }
+            if total == 0 {
+                bail!(NO_INPUT);
+            }
+            out.finish()
+        }
+        Loaded::EncoderDecoder(generator) => {
+            let mut source = source;
+            let mut out = out;
+            let mut total = 0;
+            loop {
+                // Audio files are transcribed one at a time (each in windows); texts in
+                // windows the library batches.
+                let window = if task == Task::AutomaticSpeechRecognition {
+                    1
+                } else {
+                    WINDOW_TEXTS
+                };
+                let texts = source.next_window(window)?;
+                if texts.is_empty() {
+                    break;
+                }
+                let results = match &task_options {
+                    TaskOptions::AutomaticSpeechRecognition(options) => {
+                        let inputs: Vec<AudioInput> = texts.iter().map(asr::file).collect();
+                        asr::run(generator, &inputs, options)?
+                            .into_iter()
+                            .map(girder::pipelines::TaskOutput::AutomaticSpeechRecognition)
+                            .collect()
+                    }
+                    other => other.run_seq2seq(generator, &texts, total)?,
+                };
+                for result in results {
+                    out.write(&result)?;
+                }
+                total += texts.len();
             }
             if total == 0 {
                 bail!(NO_INPUT);

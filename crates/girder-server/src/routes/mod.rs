@@ -14,12 +14,15 @@ pub mod metrics;
 pub mod ner;
 pub mod openai;
 pub mod predict;
+pub mod text2text;
 pub mod tokenize;
+pub mod transcriptions;
 
 use crate::batcher::Batcher;
 use crate::error::ApiError;
 use crate::generation::Generator;
-use axum::extract::{FromRequest, Request};
+use crate::seq2seq::Seq2SeqEngine;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::routing::{post, MethodRouter};
 use girder::pipelines::{Model, Task};
 use girder::tokenize::{Encoded, TextTokenizer};
@@ -28,6 +31,9 @@ use serde::Deserialize;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// The largest audio upload `/v1/audio/transcriptions` takes (OpenAI's limit, 25 MB).
+pub const MAX_AUDIO_BYTES: usize = 25 * 1024 * 1024;
 
 /// The endpoints of `task`. Every task's endpoints are mounted, whatever the server runs:
 /// one of another task answers 400 with the task it needs and the task served.
@@ -44,6 +50,13 @@ pub fn task_routes(task: Task) -> Vec<(&'static str, MethodRouter<Arc<AppState>>
             ("/v1/completions", post(completions::handler)),
             ("/v1/chat/completions", post(chat_completions::handler)),
         ],
+        Task::Text2TextGeneration => vec![("/text2text-generation", post(text2text::text2text))],
+        Task::Summarization => vec![("/summarization", post(text2text::summarization))],
+        Task::Translation => vec![("/translation", post(text2text::translation))],
+        Task::AutomaticSpeechRecognition => vec![(
+            "/v1/audio/transcriptions",
+            post(transcriptions::handler).layer(DefaultBodyLimit::max(MAX_AUDIO_BYTES)),
+        )],
     }
 }
 
@@ -56,6 +69,8 @@ pub struct AppState {
     pub encoder: Option<EncoderState>,
     /// The continuous-batching engine, when the model generates.
     pub generator: Option<Generator>,
+    /// The encoder-decoder engine, when the model is an encoder-decoder.
+    pub seq2seq: Option<Seq2SeqEngine>,
     /// What `/info` reports, fixed at start.
     pub info: info::Info,
     /// Set once shutdown starts: `/health` then answers 503.
@@ -86,6 +101,24 @@ impl AppState {
         self.generator
             .as_ref()
             .ok_or_else(|| self.mismatch(Task::TextGeneration, endpoint))
+    }
+
+    /// The encoder-decoder engine, or 400 unless its model serves `task` (a text
+    /// encoder-decoder serves text2text-generation, summarization and translation alike).
+    pub fn require_seq2seq(&self, task: Task, endpoint: &str) -> Result<&Seq2SeqEngine, ApiError> {
+        match &self.seq2seq {
+            Some(engine) => {
+                let resolved = engine.model().model().resolved();
+                task.check(
+                    girder::Kind::EncoderDecoder,
+                    resolved.head,
+                    resolved.class_name,
+                )
+                .map_err(|_| self.mismatch(task, endpoint))?;
+                Ok(engine)
+            }
+            None => Err(self.mismatch(task, endpoint)),
+        }
     }
 
     fn mismatch(&self, task: Task, endpoint: &str) -> ApiError {

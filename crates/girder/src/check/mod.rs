@@ -185,7 +185,7 @@ pub struct Subject<'a> {
     pub tokenizer: &'a TextTokenizer,
     /// transformers' class name, e.g. `BertModel`, `LlamaForCausalLM`.
     pub class_name: &'a str,
-    /// A causal language model (girder generates without padding).
+    /// A causal language model or an encoder-decoder (girder generates without padding).
     pub decoder: bool,
     /// Positions the model can index (RoBERTa's padding offset already removed).
     pub position_limit: usize,
@@ -238,6 +238,25 @@ impl<'a> Subject<'a> {
                     position_limit: context,
                     position_offset: 0,
                     max_length: context,
+                    embedding: Some((
+                        g.model().architecture().embedding_tensor,
+                        g.model().input_embeddings(),
+                    )),
+                    model: None,
+                })
+            }
+            Loaded::EncoderDecoder(g) => {
+                let (folder, config) = g.files();
+                let max_length = g.text_tokenizer().max_length();
+                Some(Subject {
+                    folder,
+                    config,
+                    tokenizer: g.text_tokenizer(),
+                    class_name: g.model().class_name(),
+                    decoder: true,
+                    position_limit: g.model().max_source_positions().unwrap_or(max_length),
+                    position_offset: 0,
+                    max_length,
                     embedding: Some((
                         g.model().architecture().embedding_tensor,
                         g.model().input_embeddings(),

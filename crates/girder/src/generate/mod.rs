@@ -12,15 +12,21 @@
 //! Or at a stop string ([`stream`]). The next token is chosen greedily or sampled
 //! ([`sampling`]). Follows transformers `generation/utils.py` (`GenerationMixin.generate`).
 
+pub mod beam_search;
 pub mod chat;
+pub mod config;
 pub mod continuous;
+pub mod logits_process;
 pub mod sampling;
+pub mod seq2seq;
 pub mod stream;
 
+pub use config::{EarlyStopping, GenerationConfig, Overrides};
 pub use sampling::Sampling;
+pub use seq2seq::Seq2SeqGenerator;
 
 use crate::batch::RaggedBatch;
-use crate::config::{read_json, CommonConfig};
+use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::ModelFolder;
 use crate::layers::KvCache;
@@ -28,64 +34,6 @@ use crate::models::{DecoderModel, Logits};
 use crate::tokenize::TextTokenizer;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
-
-/// One or several token ids, as `eos_token_id` is written in config files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<u32> {
-        match self {
-            OneOrMany::One(id) => vec![id],
-            OneOrMany::Many(ids) => ids,
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct IdFields {
-    #[serde(default)]
-    eos_token_id: Option<OneOrMany>,
-    #[serde(default)]
-    bos_token_id: Option<OneOrMany>,
-}
-
-/// What generation_config.json (else config.json) says about generation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GenerationConfig {
-    /// Ids that end a sequence.
-    pub eos_token_ids: Vec<u32>,
-    /// The id a tokenizer prepends, if any.
-    pub bos_token_id: Option<u32>,
-}
-
-impl GenerationConfig {
-    /// Reads `generation_config.json` when present; config.json fills what it lacks.
-    pub fn from_folder(folder: &ModelFolder, config: &CommonConfig) -> Result<Self> {
-        let from_config: IdFields = config.parse_as()?;
-        let from_generation: IdFields = match folder.file("generation_config.json") {
-            Some(path) => read_json(&path)?,
-            None => IdFields::default(),
-        };
-        let eos = from_generation
-            .eos_token_id
-            .or(from_config.eos_token_id)
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default();
-        let bos = from_generation
-            .bos_token_id
-            .or(from_config.bos_token_id)
-            .and_then(|b| b.into_vec().first().copied());
-        Ok(GenerationConfig {
-            eos_token_ids: eos,
-            bos_token_id: bos,
-        })
-    }
-}
 
 /// How to generate. `Default` is greedy decoding of up to 256 new tokens (the default of
 /// transformers' text-generation pipeline), stopping at the model's eos ids.
@@ -473,7 +421,10 @@ impl TextGenerator {
 /// `f` over the rows of `logits` `[n, vocab]` as f32, in place when they are a contiguous
 /// f32 CPU tensor (a 16-sequence step's are 3 MB: copying them out was 1% of a chat
 /// server's time, on the step's serial path), else copied.
-fn read_logits<R>(logits: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn read_logits<R>(
+    logits: &candle_core::Tensor,
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
     let logits = logits.to_dtype(DType::F32)?;
     {
         let (storage, layout) = logits.storage_and_layout();
@@ -482,19 +433,4 @@ fn read_logits<R>(logits: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result
         }
     }
     f(&logits.flatten_all()?.to_vec1::<f32>()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eos_may_be_one_id_or_a_list() {
-        let one: IdFields = serde_json::from_str(r#"{"eos_token_id": 2}"#).unwrap();
-        assert_eq!(one.eos_token_id.unwrap().into_vec(), [2]);
-        let many: IdFields = serde_json::from_str(r#"{"eos_token_id": [2, 7]}"#).unwrap();
-        assert_eq!(many.eos_token_id.unwrap().into_vec(), [2, 7]);
-        let none: IdFields = serde_json::from_str(r#"{"eos_token_id": null}"#).unwrap();
-        assert!(none.eos_token_id.is_none());
-    }
 }

@@ -105,19 +105,7 @@ impl Sampler {
     pub fn process(&self, logits: &mut [f32], seen: &[u32]) {
         let penalty = self.cfg.repetition_penalty;
         if penalty != 1.0 {
-            // Each distinct id once, as transformers' gather/scatter over input_ids.
-            let mut ids: Vec<u32> = seen.to_vec();
-            ids.sort_unstable();
-            ids.dedup();
-            for id in ids {
-                if let Some(score) = logits.get_mut(id as usize) {
-                    *score = if *score < 0.0 {
-                        *score * penalty
-                    } else {
-                        *score / penalty
-                    };
-                }
-            }
+            apply_repetition_penalty(logits, seen, penalty);
         }
         if self.cfg.is_greedy() {
             return;
@@ -195,6 +183,25 @@ impl Sampler {
             }
         }
         last as u32
+    }
+}
+
+/// CTRL's repetition penalty (Keskar et al. 2019) as transformers'
+/// `RepetitionPenaltyLogitsProcessor`: each distinct id of `seen` once, its logit divided by
+/// `penalty` when positive and multiplied when negative.
+pub(crate) fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    // Each distinct id once, as transformers' gather/scatter over input_ids.
+    let mut ids: Vec<u32> = seen.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        if let Some(score) = logits.get_mut(id as usize) {
+            *score = if *score < 0.0 {
+                *score * penalty
+            } else {
+                *score / penalty
+            };
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! `refs/{branch}` holding the commit a branch points to.
 
 pub mod adapter;
+pub mod ctranslate2;
 pub mod gguf;
 pub mod weights;
 

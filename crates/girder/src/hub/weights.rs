@@ -21,7 +21,7 @@ use candle_core::quantized::QTensor;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 struct Checkpoint {
@@ -647,4 +647,45 @@ fn release_mapped_pages(bytes: &[u8]) {
     }
     #[cfg(not(unix))]
     let _ = bytes;
+}
+
+/// Writes `tensors` as a safetensors file (f32, names sorted, the `format: pt` metadata
+/// transformers requires).
+pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let owned = tensors
+        .iter()
+        .map(|(name, t)| Ok((name.clone(), t.dims().to_vec(), f32_bytes(t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut views = Vec::with_capacity(owned.len());
+    for (name, shape, bytes) in &owned {
+        views.push((
+            name.clone(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map_err(bad)?,
+        ));
+    }
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(bad)?;
+    // The safetensors crate creates the file readable by its owner alone; a model folder's
+    // files are read by whoever serves it, as the JSON files beside it are.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect())
 }

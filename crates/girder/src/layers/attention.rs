@@ -1,7 +1,9 @@
-//! Attention, device-neutral: bidirectional attention of packed sequences (encoders) and
-//! causal attention over each sequence's key/value cache (decoders). On the CPU the causal
-//! rows go through girder's row kernel ([`super::cpu::attention`]); elsewhere, and when
-//! gradients are tracked, through candle's batched GEMMs.
+//! Attention, device-neutral: bidirectional attention of packed sequences (encoders), causal
+//! attention over each sequence's key/value cache (decoders), and cross-attention of a
+//! decoder's tokens over their input's encoder output (encoder-decoders). On the CPU the
+//! causal and cross-attention rows go through girder's row kernel
+//! ([`super::cpu::attention`]); elsewhere, and when gradients are tracked, through candle's
+//! batched GEMMs.
 
 use super::cpu::attention::{attend_rows, QueryRow};
 use super::cpu::team;
@@ -35,8 +37,9 @@ pub fn packed_self_attention(
         qkv.narrow(1, heads, heads)?,
         qkv.narrow(1, 2 * heads, heads)?,
     );
+    let scale = 1.0 / (head_dim as f64).sqrt();
     Ok(
-        varlen_attention(&q, &k, &v, cu_seqlens, bias, probs_dropout)?
+        varlen_attention(&q, &k, &v, cu_seqlens, scale, bias, probs_dropout)?
             .reshape((n, heads * head_dim))?,
     )
 }
@@ -45,8 +48,9 @@ pub fn packed_self_attention(
 /// packed input (encoders: no padding exists, so no mask is needed).
 ///
 /// `q`, `k`, `v`: `[total_tokens, heads, head_dim]` f32; sequence `i` owns rows
-/// `cu_seqlens[i]..cu_seqlens[i + 1]`. Returns `[total_tokens, heads, head_dim]`. `bias`, when
-/// given, is added to the scaled scores before the softmax (MPNet's and T5's relative
+/// `cu_seqlens[i]..cu_seqlens[i + 1]`. Returns `[total_tokens, heads, head_dim]`. Scores are
+/// `scale · q·k` (`1/√head_dim` in most models, 1 in T5). `bias`, when given, is added to the
+/// scaled scores before the softmax (MPNet's and T5's relative
 /// position bias): `[heads, m, m]` with `m` at least the longest sequence, a sequence of
 /// `len` tokens adding its top-left `[heads, len, len]` block (a bias that depends only on
 /// key minus query position is the same for every sequence). `probs_dropout` drops
@@ -61,11 +65,11 @@ pub fn varlen_attention(
     k: &Tensor,
     v: &Tensor,
     cu_seqlens: &[u32],
+    scale: f64,
     bias: Option<&Tensor>,
     probs_dropout: &Dropout,
 ) -> Result<Tensor> {
     let head_dim = q.dim(2)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
     let mut outs = Vec::with_capacity(cu_seqlens.len().saturating_sub(1));
     let longest = cu_seqlens
         .windows(2)
@@ -83,7 +87,11 @@ pub fn varlen_attention(
         }
         // [len, heads, head_dim] → [heads, len, head_dim]
         let heads_first = |t: &Tensor| t.narrow(0, start, len)?.transpose(0, 1)?.contiguous();
-        let q = (heads_first(q)? * scale)?;
+        let q = if scale == 1.0 {
+            heads_first(q)?
+        } else {
+            (heads_first(q)? * scale)?
+        };
         let (k, v) = (heads_first(k)?, heads_first(v)?);
         let scores = q.matmul(&k.t()?)?; // [heads, len, len]
         let scores = match bias {
@@ -100,6 +108,44 @@ pub fn varlen_attention(
     })
 }
 
+/// A bias added to a decoder's self-attention scores that depends only on how far a key
+/// lies behind its query (T5's relative position bias, Raffel et al. 2020, §2.1): head `h`
+/// adds `table[h][min(query − key, width − 1)]`, distances from `width − 1` on sharing the
+/// last column (T5's buckets stop growing at `relative_attention_max_distance`).
+#[derive(Debug, Clone)]
+pub struct DistanceBias {
+    /// `[heads, width]`, row-major.
+    table: Vec<f32>,
+    width: usize,
+}
+
+impl DistanceBias {
+    /// `table` `[heads · width]`: head `h`'s bias for distance `d` at `h · width + d`.
+    pub fn new(table: Vec<f32>, heads: usize, width: usize) -> Result<Self> {
+        if width == 0 || table.len() != heads * width {
+            return Err(candle_core::Error::Msg(format!(
+                "a distance bias of {heads} heads and width {width} needs {} values, not {}",
+                heads * width,
+                table.len()
+            ))
+            .into());
+        }
+        Ok(DistanceBias { table, width })
+    }
+
+    /// Head `h`'s bias of a key `distance` positions behind its query.
+    pub fn get(&self, h: usize, distance: usize) -> f32 {
+        self.table[h * self.width + distance.min(self.width - 1)]
+    }
+
+    fn kernel(&self) -> super::cpu::attention::DistanceBias<'_> {
+        super::cpu::attention::DistanceBias {
+            table: &self.table,
+            width: self.width,
+        }
+    }
+}
+
 /// Causal attention of a sequence's new tokens over its cached keys and values (decoders).
 ///
 /// `q`: `[t, heads, head_dim]`, the `t` newest tokens (rotary embedding applied); `k`, `v`:
@@ -109,13 +155,15 @@ pub fn varlen_attention(
 /// (Mistral's sliding window: key `j` is seen when `i - w < j <= i`, as transformers'
 /// `sliding_window_causal_mask_function`). `heads` must be a multiple of `kv_heads`
 /// (grouped-query attention: query head `h` reads kv head `h / (heads / kv_heads)`, as
-/// transformers' `repeat_kv`). Returns `[t, heads * head_dim]`.
+/// transformers' `repeat_kv`). `bias` adds a [`DistanceBias`] to the scores. Returns
+/// `[t, heads * head_dim]`.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     window: Option<usize>,
     scale: f64,
+    bias: Option<&DistanceBias>,
 ) -> Result<Tensor> {
     let (t, heads, head_dim) = q.dims3()?;
     let (kv_heads, kv_len, _) = k.dims3()?;
@@ -124,7 +172,14 @@ pub fn causal_attention(
     let rows: Vec<QueryRow> = (0..t)
         .map(|i| QueryRow::causal(0, first + i, window))
         .collect();
-    if let Some(out) = attend_rows(q, &rows, &[(k.clone(), v.clone())], scale as f32)? {
+    let kernel_bias = bias.map(DistanceBias::kernel);
+    if let Some(out) = attend_rows(
+        q,
+        &rows,
+        &[(k.clone(), v.clone())],
+        scale as f32,
+        kernel_bias.as_ref(),
+    )? {
         return Ok(out);
     }
     // Keys no query can see (before the first query's window) are skipped outright.
@@ -147,7 +202,26 @@ pub fn causal_attention(
         .reshape((kv_heads, groups * t, head_dim))?;
     let scores = (q.matmul(&k.t()?)? * scale)?; // [kv_heads, groups * t, keys]
     let needs_mask = t > 1 || window.is_some_and(|w| keys > w);
-    let scores = if needs_mask {
+    let scores = if let Some(bias) = bias {
+        // One additive term per head, query and key: the bias of visible keys, -inf elsewhere.
+        let mut added = vec![0f32; heads * t * keys];
+        for h in 0..heads {
+            for i in 0..t {
+                let pos = first + i;
+                for j in 0..keys {
+                    let key = start + j;
+                    let hidden = key > pos || window.is_some_and(|w| key + w <= pos);
+                    added[(h * t + i) * keys + j] = if hidden {
+                        f32::NEG_INFINITY
+                    } else {
+                        bias.get(h, pos - key)
+                    };
+                }
+            }
+        }
+        let added = Tensor::from_vec(added, (kv_heads, groups * t, keys), q.device())?;
+        (scores + added)?
+    } else if needs_mask {
         let mut mask = vec![0f32; t * keys];
         for i in 0..t {
             let pos = first + i;
@@ -179,7 +253,8 @@ pub fn causal_attention(
 ///
 /// `q`: `[total_tokens, heads, head_dim]`, `k`, `v`: `[total_tokens, kv_heads, head_dim]`;
 /// sequence `i` owns rows `cu_seqlens[i]..cu_seqlens[i + 1]` and `caches[i]`, into whose
-/// `layer` its keys and values are appended first. Returns `[total_tokens, heads * head_dim]`.
+/// `layer` its keys and values are appended first. `bias` adds a [`DistanceBias`] to the
+/// scores. Returns `[total_tokens, heads * head_dim]`.
 #[allow(clippy::too_many_arguments)] // the per-layer inputs, each needed
 pub fn ragged_causal_attention(
     q: &Tensor,
@@ -190,6 +265,7 @@ pub fn ragged_causal_attention(
     layer: usize,
     window: Option<usize>,
     scale: f64,
+    bias: Option<&DistanceBias>,
 ) -> Result<Tensor> {
     let spans: Vec<(usize, usize)> = cu_seqlens
         .windows(2)
@@ -210,7 +286,8 @@ pub fn ragged_causal_attention(
         buffers.push(cache.buffers(layer));
     }
     // Every row of every sequence in one parallel region.
-    if let Some(out) = attend_rows(q, &rows, &buffers, scale as f32)? {
+    let kernel_bias = bias.map(DistanceBias::kernel);
+    if let Some(out) = attend_rows(q, &rows, &buffers, scale as f32, kernel_bias.as_ref())? {
         return Ok(out);
     }
     let kv = caches
@@ -221,7 +298,7 @@ pub fn ragged_causal_attention(
         .iter()
         .zip(&kv)
         .map(|(&(start, len), (keys, values))| {
-            causal_attention(&q.narrow(0, start, len)?, keys, values, window, scale)
+            causal_attention(&q.narrow(0, start, len)?, keys, values, window, scale, bias)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(if outs.len() == 1 {
@@ -229,4 +306,46 @@ pub fn ragged_causal_attention(
     } else {
         Tensor::cat(&outs, 0)?
     })
+}
+
+/// Cross-attention of each sequence's new decoder tokens over its input's encoder output:
+/// every source position is visible, so there is no mask.
+///
+/// `q`: `[total_tokens, heads, head_dim]`, sequence `i` owning rows `cu_seqlens[i]..cu_seqlens[i
+/// + 1]`; `kv[i]`: sequence `i`'s keys and values `[heads, source_len, head_dim]` (a
+/// [`CrossKv`](super::CrossKv) layer). Returns `[total_tokens, heads * head_dim]`.
+pub fn cross_attention(
+    q: &Tensor,
+    cu_seqlens: &[u32],
+    kv: &[(Tensor, Tensor)],
+    scale: f64,
+) -> Result<Tensor> {
+    let (n, heads, head_dim) = q.dims3()?;
+    let mut rows = Vec::with_capacity(n);
+    for (seq, bounds) in cu_seqlens.windows(2).enumerate() {
+        let source_len = kv.get(seq).map_or(0, |(k, _)| k.dims()[1]);
+        rows.extend((bounds[0]..bounds[1]).map(|_| QueryRow {
+            seq,
+            keys: 0..source_len,
+        }));
+    }
+    if let Some(out) = attend_rows(q, &rows, kv, scale as f32, None)? {
+        return Ok(out);
+    }
+    let mut outs = Vec::with_capacity(kv.len());
+    for (bounds, (k, v)) in cu_seqlens.windows(2).zip(kv) {
+        let (start, len) = (bounds[0] as usize, (bounds[1] - bounds[0]) as usize);
+        if len == 0 {
+            continue;
+        }
+        let q = (q.narrow(0, start, len)?.transpose(0, 1)?.contiguous()? * scale)?; // [heads, len, d]
+        let scores = q.matmul(&k.t()?)?; // [heads, len, source_len]
+        let probs = super::cpu::kernels::softmax_last_dim(scores)?;
+        outs.push(probs.matmul(&v.contiguous()?)?.transpose(0, 1)?); // [len, heads, d]
+    }
+    let out = match outs.len() {
+        1 => outs.remove(0).contiguous()?,
+        _ => Tensor::cat(&outs, 0)?,
+    };
+    Ok(out.reshape((n, heads * head_dim))?)
 }

@@ -9,9 +9,15 @@
 //! prompt and `max_new_tokens` size it once and it never grows.
 //!
 //! The cache belongs to the caller (one per sequence); models receive it as `&mut`.
+//!
+//! An encoder-decoder's sequence also reads its input's encoder output in every decoder
+//! layer's cross-attention: [`CrossKv`] holds those keys and values, computed once per input
+//! (the encoder output does not change while decoding) and shared by the input's beams; a
+//! [`Seq2SeqCache`] pairs it with the sequence's own self-attention cache.
 
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 struct LayerKv {
@@ -171,6 +177,28 @@ impl KvCache {
         Ok(())
     }
 
+    /// A copy of this cache with buffers of its own, for a beam that continues another:
+    /// both then append their own tokens in place.
+    pub fn fork(&self) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|entry| {
+                Ok(LayerKv {
+                    k: entry.k.copy()?,
+                    v: entry.v.copy()?,
+                    len: entry.len,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
+        })
+    }
+
     /// Reallocates every layer with `capacity` positions, keeping what is cached.
     fn grow(&mut self, capacity: usize) -> Result<()> {
         for entry in &mut self.layers {
@@ -187,6 +215,69 @@ impl KvCache {
         }
         self.capacity = capacity;
         Ok(())
+    }
+}
+
+/// The keys and values of one input's encoder output for every decoder layer's
+/// cross-attention, each `[heads, source_len, head_dim]` (contiguous): computed once when
+/// the input is encoded, read by every decoding step of every beam of that input.
+#[derive(Debug, Clone)]
+pub struct CrossKv {
+    layers: Vec<(Tensor, Tensor)>,
+    source_len: usize,
+}
+
+impl CrossKv {
+    /// The keys and values of each decoder layer, `[heads, source_len, head_dim]` each.
+    pub fn new(layers: Vec<(Tensor, Tensor)>) -> Result<Self> {
+        let source_len = match layers.first() {
+            Some((k, _)) => k.dim(1)?,
+            None => 0,
+        };
+        let layers = layers
+            .into_iter()
+            .map(|(k, v)| Ok((k.contiguous()?, v.contiguous()?)))
+            .collect::<Result<_>>()?;
+        Ok(CrossKv { layers, source_len })
+    }
+
+    /// Layer `layer`'s keys and values.
+    pub fn layer(&self, layer: usize) -> &(Tensor, Tensor) {
+        &self.layers[layer]
+    }
+
+    /// Positions of the encoder output (source tokens, or audio frames after the
+    /// convolutions).
+    pub fn source_len(&self) -> usize {
+        self.source_len
+    }
+}
+
+/// What an encoder-decoder's decoder keeps for one sequence (one beam): its own
+/// self-attention cache and the cross-attention keys and values of its input.
+#[derive(Debug, Clone)]
+pub struct Seq2SeqCache {
+    pub self_attn: KvCache,
+    pub cross: Arc<CrossKv>,
+}
+
+impl Seq2SeqCache {
+    /// Decoder positions cached.
+    pub fn len(&self) -> usize {
+        self.self_attn.len()
+    }
+
+    /// True before the decoder prompt is processed.
+    pub fn is_empty(&self) -> bool {
+        self.self_attn.is_empty()
+    }
+
+    /// A copy with a self-attention cache of its own (the cross-attention is shared).
+    pub fn fork(&self) -> Result<Seq2SeqCache> {
+        Ok(Seq2SeqCache {
+            self_attn: self.self_attn.fork()?,
+            cross: Arc::clone(&self.cross),
+        })
     }
 }
 
@@ -218,5 +309,27 @@ mod tests {
         let per_pos: Vec<f32> = (0..6).map(|i| i as f32).collect();
         assert_eq!(k, per_pos);
         assert_eq!(v.dims(), [2, 6, 3]);
+    }
+
+    #[test]
+    fn a_fork_appends_apart() {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::new(1, 1, 2, 4, DType::F32, &dev).unwrap();
+        let step = |i: f32| Tensor::full(i, (1, 1, 2), &dev).unwrap();
+        cache.write(0, &step(1.0), &step(1.0)).unwrap();
+        let mut fork = cache.fork().unwrap();
+        cache.write(0, &step(2.0), &step(2.0)).unwrap();
+        fork.write(0, &step(3.0), &step(3.0)).unwrap();
+        let keys = |c: &KvCache| -> Vec<f32> {
+            c.view(0)
+                .unwrap()
+                .0
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(keys(&cache), [1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(keys(&fork), [1.0, 1.0, 3.0, 3.0]);
     }
 }

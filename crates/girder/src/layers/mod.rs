@@ -18,10 +18,11 @@ pub mod training;
 
 pub use activation::Activation;
 pub use attention::{
-    causal_attention, packed_self_attention, ragged_causal_attention, varlen_attention,
+    causal_attention, cross_attention, packed_self_attention, ragged_causal_attention,
+    varlen_attention, DistanceBias,
 };
 pub use cpu::kernels::{add_in_place, gelu_erf, gelu_tanh_mul, silu_mul, softmax_last_dim};
-pub use kv_cache::KvCache;
+pub use kv_cache::{CrossKv, KvCache, Seq2SeqCache};
 pub use linear::Linear;
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
 pub use training::Dropout;
@@ -61,6 +62,11 @@ impl Embedding {
         Ok(Embedding {
             table: w.get([rows, dim], "weight")?,
         })
+    }
+
+    /// A table computed rather than loaded (fixed sinusoidal positions).
+    pub fn from_table(table: Tensor) -> Self {
+        Embedding { table }
     }
 
     /// `ids`: `[n]` u32 → `[n, dim]`. In a training pass a trainable table's rows are a leaf

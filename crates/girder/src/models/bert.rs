@@ -422,7 +422,9 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
                 )?,
             }
         }
-        Head::CausalLM => return Err(Error::unsupported_head("BERT", head.name())),
+        Head::CausalLM | Head::Seq2SeqLM | Head::SpeechSeq2Seq => {
+            return Err(Error::unsupported_head("BERT", head.name()))
+        }
     };
     Ok(Box::new(WithHead { base: bert, head }))
 }

@@ -289,7 +289,9 @@ pub fn load(w: &Weights, common: &CommonConfig, head: Head) -> Result<Box<dyn En
                 distilbert.word_embeddings(),
             )?,
         },
-        Head::CausalLM => return Err(Error::unsupported_head("DistilBERT", head.name())),
+        Head::CausalLM | Head::Seq2SeqLM | Head::SpeechSeq2Seq => {
+            return Err(Error::unsupported_head("DistilBERT", head.name()))
+        }
     };
     Ok(Box::new(WithHead {
         base: distilbert,

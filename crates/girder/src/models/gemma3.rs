@@ -457,6 +457,7 @@ impl Attention {
             layer,
             self.window,
             self.scale,
+            None,
         )?;
         self.o_proj.forward(&out)
     }

@@ -174,6 +174,7 @@ impl Attention {
             layer,
             None,
             self.scale,
+            None,
         )?;
         self.c_proj.forward(&out)
     }

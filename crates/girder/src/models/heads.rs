@@ -32,6 +32,13 @@ pub(crate) enum EncoderHead {
         dropout: Dropout,
         out_proj: Linear,
     },
+    /// `dense → activation → out_proj` on the base model's pooler output (BART's
+    /// `classification_head`, on the decoder state of the last `</s>`).
+    PooledDense {
+        dense: Linear,
+        activation: Activation,
+        out_proj: Linear,
+    },
     /// Dropout, then a linear classifier on every token.
     PerToken {
         dropout: Dropout,
@@ -79,6 +86,20 @@ impl EncoderHead {
                 let first = input_dropout.forward(first_tokens(&out.last_hidden_state, batch)?)?;
                 let h = dropout.forward(activation.forward(&dense.forward(&first)?)?)?;
                 out_proj.forward(&h)
+            }
+            EncoderHead::PooledDense {
+                dense,
+                activation,
+                out_proj,
+            } => {
+                let pooled = out
+                    .pooler_output
+                    .as_ref()
+                    .ok_or_else(|| Error::Unsupported {
+                        what: "a pooled classification head on a model without a pooled output"
+                            .into(),
+                    })?;
+                out_proj.forward(&activation.forward(&dense.forward(pooled)?)?)
             }
             EncoderHead::PerToken {
                 dropout,
@@ -144,7 +165,9 @@ pub(crate) fn first_token_heads(
                 )?,
             }
         }
-        Head::CausalLM => return Err(Error::unsupported_head("an encoder", head.name())),
+        Head::CausalLM | Head::Seq2SeqLM | Head::SpeechSeq2Seq => {
+            return Err(Error::unsupported_head("an encoder", head.name()))
+        }
     }))
 }
 

@@ -382,6 +382,7 @@ impl Attention {
             layer,
             self.window,
             scale,
+            None,
         )?;
         self.o_proj.forward(&out)
     }

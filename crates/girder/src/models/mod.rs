@@ -4,19 +4,25 @@
 //!
 //! The registry is the only table that lists architectures. Models never see text, files or
 //! threads: they get [`Weights`], a config and a [`RaggedBatch`] (decoders also each
-//! sequence's [`KvCache`]). [`EncoderModel`] and [`DecoderModel`] are a loaded class of
-//! either kind, behind the traits every model file implements.
+//! sequence's [`KvCache`]). [`EncoderModel`], [`DecoderModel`] and [`Seq2SeqModel`] are a
+//! loaded class of each kind, behind the traits every model file implements.
 
+pub mod bart;
 pub mod bert;
 pub mod distilbert;
+pub mod encoder_decoder;
 pub mod gemma3;
 pub mod gpt2;
 mod heads;
 pub mod llama;
+pub mod marian;
 pub mod mpnet;
 pub mod registry;
 pub mod roberta;
+pub mod t5;
+pub mod whisper;
 
+pub use encoder_decoder::{EncoderInput, EncoderStates, Seq2SeqForward, Seq2SeqModel};
 pub use registry::{Architecture, Resolved};
 
 use crate::batch::RaggedBatch;
@@ -33,14 +39,18 @@ pub enum Kind {
     Encoder,
     /// Causal language models (GPT-2, LLaMA and its family): text generation.
     Decoder,
+    /// Encoder-decoders (T5, BART, Marian, Whisper): translation, summarization,
+    /// text-to-text generation, speech recognition.
+    EncoderDecoder,
 }
 
 impl Kind {
-    /// `encoder`, `decoder`.
+    /// `encoder`, `decoder`, `encoder-decoder`.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Encoder => "encoder",
             Kind::Decoder => "decoder",
+            Kind::EncoderDecoder => "encoder-decoder",
         }
     }
 
@@ -49,6 +59,16 @@ impl Kind {
         match self {
             Kind::Encoder => "an encoder",
             Kind::Decoder => "a decoder (causal language model)",
+            Kind::EncoderDecoder => "an encoder-decoder (sequence-to-sequence model)",
+        }
+    }
+
+    /// The kind in a plural noun phrase: `encoders`, `decoders (causal language models)`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Encoder => "encoders",
+            Kind::Decoder => "decoders (causal language models)",
+            Kind::EncoderDecoder => "encoder-decoders (sequence-to-sequence models)",
         }
     }
 }
@@ -66,13 +86,21 @@ pub enum Head {
     MaskedLM,
     /// `…ForCausalLM`, `GPT2LMHeadModel`: next-token logits.
     CausalLM,
+    /// `…ForConditionalGeneration`, `MarianMTModel`: text in, text out (transformers'
+    /// `AutoModelForSeq2SeqLM`).
+    Seq2SeqLM,
+    /// `WhisperForConditionalGeneration`: audio in, text out (`AutoModelForSpeechSeq2Seq`).
+    SpeechSeq2Seq,
 }
 
 impl Head {
-    /// The kind of model that carries this head: decoders carry the causal-LM head.
+    /// The kind of model that carries this head: decoders carry the causal-LM head,
+    /// encoder-decoders the sequence-to-sequence heads, encoders the others (an
+    /// encoder-decoder's sequence classifier included: it is run as an encoder is).
     pub fn kind(self) -> Kind {
         match self {
             Head::CausalLM => Kind::Decoder,
+            Head::Seq2SeqLM | Head::SpeechSeq2Seq => Kind::EncoderDecoder,
             _ => Kind::Encoder,
         }
     }
@@ -85,6 +113,8 @@ impl Head {
             Head::TokenClassification => "a token-classification head",
             Head::MaskedLM => "a masked-LM head",
             Head::CausalLM => "a causal-LM head",
+            Head::Seq2SeqLM => "a sequence-to-sequence LM head",
+            Head::SpeechSeq2Seq => "a speech-to-text head",
         }
     }
 }
@@ -175,7 +205,7 @@ impl std::fmt::Debug for EncoderModel {
 impl EncoderModel {
     /// Builds the class `resolved` names (an encoder row of the registry) from the checkpoint.
     pub fn load(resolved: Resolved, config: &CommonConfig, weights: &Weights) -> Result<Self> {
-        let registry::Constructor::Encoder(build) = resolved.architecture.constructor else {
+        let Some(build) = resolved.architecture.constructor.encoder(resolved.head) else {
             return Err(Error::TaskMismatch {
                 model: resolved.class_name.into(),
                 task: "the encoder pipelines".into(),

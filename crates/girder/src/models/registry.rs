@@ -8,8 +8,8 @@
 //! fixtures. llama.cpp keeps its architectures the same way (`llm_arch` and
 //! `LLM_TENSOR_NAMES`).
 
-use super::{bert, distilbert, gemma3, gpt2, llama, mpnet, roberta};
-use super::{DecoderForward, EncoderForward, Head, Kind};
+use super::{bart, bert, distilbert, gemma3, gpt2, llama, marian, mpnet, roberta, t5, whisper};
+use super::{DecoderForward, EncoderForward, Head, Kind, Seq2SeqForward};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::gguf::{GgufFile, TensorNames};
@@ -21,12 +21,34 @@ pub type EncoderConstructor = fn(&Weights, &CommonConfig, Head) -> Result<Box<dy
 pub type DecoderConstructor = fn(&Weights, &CommonConfig) -> Result<Box<dyn DecoderForward>>;
 /// Builds a causal language model from a GGUF file's metadata and tensors.
 pub type GgufConstructor = fn(&GgufFile, &Weights) -> Result<Box<dyn DecoderForward>>;
+/// Builds an encoder-decoder with its generation head from a checkpoint and its config.json.
+pub type Seq2SeqConstructor = fn(&Weights, &CommonConfig) -> Result<Box<dyn Seq2SeqForward>>;
 
 /// How an architecture is built: by kind, each with its constructor.
 #[derive(Clone, Copy)]
 pub enum Constructor {
     Encoder(EncoderConstructor),
     Decoder(DecoderConstructor),
+    /// An encoder-decoder; `classifier` builds its sequence classifier (BART's, whose
+    /// encoder and decoder both read the text), run as an encoder is.
+    EncoderDecoder {
+        generation: Seq2SeqConstructor,
+        classifier: Option<EncoderConstructor>,
+    },
+}
+
+impl Constructor {
+    /// The constructor of a class with `head` run as an encoder: an encoder's, or an
+    /// encoder-decoder's sequence classifier.
+    pub fn encoder(self, head: Head) -> Option<EncoderConstructor> {
+        match self {
+            Constructor::Encoder(build) => Some(build),
+            Constructor::EncoderDecoder { classifier, .. } if head.kind() == Kind::Encoder => {
+                classifier
+            }
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Constructor {
@@ -34,6 +56,7 @@ impl std::fmt::Debug for Constructor {
         f.write_str(match self {
             Constructor::Encoder(_) => "Constructor::Encoder",
             Constructor::Decoder(_) => "Constructor::Decoder",
+            Constructor::EncoderDecoder { .. } => "Constructor::EncoderDecoder",
         })
     }
 }
@@ -288,6 +311,83 @@ pub const ARCHITECTURES: &[Architecture] = &[
         }),
         constructor: Constructor::Decoder(gemma3::load),
     },
+    Architecture {
+        name: "T5 (and FLAN-T5, T5 v1.1)",
+        model_types: &["t5"],
+        kind: Kind::EncoderDecoder,
+        classes: &[
+            ("T5ForConditionalGeneration", Head::Seq2SeqLM),
+            // Old configs name the same model so.
+            ("T5WithLMHeadModel", Head::Seq2SeqLM),
+        ],
+        position_offset: PositionOffset::Zero,
+        embedding_tensor: "shared.weight",
+        base_model_prefix: "transformer",
+        head_modules: &["lm_head"],
+        lora_target_modules: &["q", "v"],
+        gguf: None,
+        constructor: Constructor::EncoderDecoder {
+            generation: t5::load,
+            classifier: None,
+        },
+    },
+    Architecture {
+        name: "BART",
+        model_types: &["bart"],
+        kind: Kind::EncoderDecoder,
+        classes: &[
+            ("BartForConditionalGeneration", Head::Seq2SeqLM),
+            // bart-large and bart-base name the base class; its LM head is tied to the
+            // shared embeddings, as AutoModelForSeq2SeqLM loads it.
+            ("BartModel", Head::Seq2SeqLM),
+            (
+                "BartForSequenceClassification",
+                Head::SequenceClassification,
+            ),
+        ],
+        position_offset: PositionOffset::Zero,
+        embedding_tensor: "shared.weight",
+        base_model_prefix: bart::BASE_MODEL_PREFIX,
+        head_modules: &["classification_head", "lm_head"],
+        lora_target_modules: &["q_proj", "v_proj"],
+        gguf: None,
+        constructor: Constructor::EncoderDecoder {
+            generation: bart::load,
+            classifier: Some(bart::load_classifier),
+        },
+    },
+    Architecture {
+        name: "Marian (OPUS-MT)",
+        model_types: &["marian"],
+        kind: Kind::EncoderDecoder,
+        classes: &[("MarianMTModel", Head::Seq2SeqLM)],
+        position_offset: PositionOffset::Zero,
+        embedding_tensor: "shared.weight",
+        base_model_prefix: bart::BASE_MODEL_PREFIX,
+        head_modules: &["lm_head"],
+        lora_target_modules: &["q_proj", "v_proj"],
+        gguf: None,
+        constructor: Constructor::EncoderDecoder {
+            generation: marian::load,
+            classifier: None,
+        },
+    },
+    Architecture {
+        name: "Whisper",
+        model_types: &["whisper"],
+        kind: Kind::EncoderDecoder,
+        classes: &[("WhisperForConditionalGeneration", Head::SpeechSeq2Seq)],
+        position_offset: PositionOffset::Zero,
+        embedding_tensor: "decoder.embed_tokens.weight",
+        base_model_prefix: "model",
+        head_modules: &["proj_out"],
+        lora_target_modules: &["q_proj", "v_proj"],
+        gguf: None,
+        constructor: Constructor::EncoderDecoder {
+            generation: whisper::load,
+            classifier: None,
+        },
+    },
 ];
 
 /// What config.json resolves to: the row, the class and its head.
@@ -456,14 +556,30 @@ mod tests {
         types.dedup();
         assert_eq!(types.len(), n, "a model_type appears in two rows");
         for a in ARCHITECTURES {
-            let encoder_heads = a.classes.iter().all(|(_, h)| *h != Head::CausalLM);
-            assert_eq!(encoder_heads, a.kind == Kind::Encoder, "{}", a.name);
-            assert_eq!(
-                matches!(a.constructor, Constructor::Encoder(_)),
-                a.kind == Kind::Encoder,
-                "{}",
-                a.name
-            );
+            let kinds_of_heads =
+                |kind: Kind| a.classes.iter().filter(move |(_, h)| h.kind() == kind);
+            match a.constructor {
+                Constructor::Encoder(_) => {
+                    assert_eq!(a.kind, Kind::Encoder, "{}", a.name);
+                    assert_eq!(kinds_of_heads(Kind::Encoder).count(), a.classes.len());
+                }
+                Constructor::Decoder(_) => {
+                    assert_eq!(a.kind, Kind::Decoder, "{}", a.name);
+                    assert_eq!(kinds_of_heads(Kind::Decoder).count(), a.classes.len());
+                }
+                Constructor::EncoderDecoder { classifier, .. } => {
+                    assert_eq!(a.kind, Kind::EncoderDecoder, "{}", a.name);
+                    // The first class generates; a class run as an encoder needs the classifier.
+                    assert_eq!(a.classes[0].1.kind(), Kind::EncoderDecoder, "{}", a.name);
+                    assert_eq!(
+                        kinds_of_heads(Kind::Encoder).count() > 0,
+                        classifier.is_some(),
+                        "{}",
+                        a.name
+                    );
+                    assert_eq!(kinds_of_heads(Kind::Decoder).count(), 0, "{}", a.name);
+                }
+            }
         }
     }
 }

@@ -9,9 +9,11 @@
 //! [`TaskOptions`] and [`TaskOutput`] are any task's options and outputs, for callers that
 //! run whichever task they were asked for.
 
+pub mod automatic_speech_recognition;
 pub mod embeddings;
 pub mod fill_mask;
 mod postprocess;
+pub mod text2text_generation;
 pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;
@@ -21,7 +23,7 @@ pub use postprocess::PostprocessError;
 use crate::batch::{plan_batches, RaggedBatch};
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
-use crate::generate::TextGenerator;
+use crate::generate::{Seq2SeqGenerator, TextGenerator};
 use crate::hub::ModelFolder;
 use crate::models::{EncoderModel, EncoderOutput, Head, Kind};
 use crate::tokenize::{Encoded, TextTokenizer};
@@ -36,6 +38,11 @@ pub enum Task {
     /// One pooled vector per text.
     Embeddings,
     TextGeneration,
+    Text2TextGeneration,
+    Summarization,
+    /// `translation`, and `translation_xx_to_yy` for models that translate several ways.
+    Translation,
+    AutomaticSpeechRecognition,
 }
 
 /// One row of the task table.
@@ -97,6 +104,38 @@ pub const TASKS: &[TaskInfo] = &[
         heads: &[Head::CausalLM],
         summary: "a continuation of each prompt",
     },
+    TaskInfo {
+        task: Task::Text2TextGeneration,
+        name: "text2text-generation",
+        aliases: &[],
+        kind: Kind::EncoderDecoder,
+        heads: &[Head::Seq2SeqLM],
+        summary: "a text generated from each text (T5's `question: ... context: ...`)",
+    },
+    TaskInfo {
+        task: Task::Summarization,
+        name: "summarization",
+        aliases: &[],
+        kind: Kind::EncoderDecoder,
+        heads: &[Head::Seq2SeqLM],
+        summary: "a summary of each text",
+    },
+    TaskInfo {
+        task: Task::Translation,
+        name: "translation",
+        aliases: &[],
+        kind: Kind::EncoderDecoder,
+        heads: &[Head::Seq2SeqLM],
+        summary: "a translation of each text (translation_xx_to_yy picks T5's pair)",
+    },
+    TaskInfo {
+        task: Task::AutomaticSpeechRecognition,
+        name: "automatic-speech-recognition",
+        aliases: &["asr"],
+        kind: Kind::EncoderDecoder,
+        heads: &[Head::SpeechSeq2Seq],
+        summary: "a transcript of each audio file (WAV, FLAC, MP3, OGG)",
+    },
 ];
 
 impl Task {
@@ -131,6 +170,9 @@ impl Task {
     /// assert!(Task::parse("translation").unwrap_err().to_string().contains("text-generation"));
     /// ```
     pub fn parse(name: &str) -> Result<Task> {
+        if translation_pair(name).is_some() {
+            return Ok(Task::Translation);
+        }
         TASKS
             .iter()
             .find(|t| t.name == name || t.aliases.contains(&name))
@@ -185,7 +227,7 @@ impl Task {
             format!(
                 "{} is served by {}{heads} ({})",
                 info.name,
-                plural(info.kind),
+                info.kind.plural(),
                 names.join(", ")
             )
         };
@@ -208,11 +250,18 @@ impl Task {
     }
 }
 
-fn plural(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Encoder => "encoders",
-        Kind::Decoder => "decoders (causal language models)",
-    }
+/// The languages of a `translation_xx_to_yy` task name.
+///
+/// ```
+/// use girder::pipelines::translation_pair;
+/// assert_eq!(translation_pair("translation_en_to_de"), Some(("en", "de")));
+/// assert_eq!(translation_pair("translation"), None);
+/// ```
+pub fn translation_pair(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("translation_")?;
+    let (source, target) = rest.split_once("_to_")?;
+    let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    (valid(source) && valid(target)).then_some((source, target))
 }
 
 /// Any task's options: what `girder run` and the server's batcher execute.
@@ -223,6 +272,9 @@ pub enum TaskOptions {
     FillMask(fill_mask::Options),
     Embeddings(embeddings::Options),
     TextGeneration(text_generation::Options),
+    /// text2text-generation, summarization or translation.
+    Text2Text(Task, text2text_generation::Options),
+    AutomaticSpeechRecognition(automatic_speech_recognition::Options),
 }
 
 impl TaskOptions {
@@ -234,6 +286,8 @@ impl TaskOptions {
             TaskOptions::FillMask(_) => Task::FillMask,
             TaskOptions::Embeddings(_) => Task::Embeddings,
             TaskOptions::TextGeneration(_) => Task::TextGeneration,
+            TaskOptions::Text2Text(task, _) => *task,
+            TaskOptions::AutomaticSpeechRecognition(_) => Task::AutomaticSpeechRecognition,
         }
     }
 
@@ -268,8 +322,9 @@ impl TaskOptions {
                 .into_iter()
                 .map(TaskOutput::Embeddings)
                 .collect(),
-            TaskOptions::TextGeneration(_) => {
-                return Task::TextGeneration
+            other => {
+                return other
+                    .task()
                     .check(
                         Kind::Encoder,
                         model.encoder.head(),
@@ -278,6 +333,40 @@ impl TaskOptions {
                     .map(|()| Vec::new())
             }
         })
+    }
+
+    /// Runs a text-to-text task on texts, the first of index `first_index` in the whole input
+    /// (for errors); other tasks are refused with the kind that serves them.
+    pub fn run_seq2seq(
+        &self,
+        generator: &Seq2SeqGenerator,
+        texts: &[String],
+        first_index: usize,
+    ) -> Result<Vec<TaskOutput>> {
+        match self {
+            TaskOptions::Text2Text(task, o) => Ok(text2text_generation::run_window(
+                generator,
+                *task,
+                texts,
+                first_index,
+                o,
+            )?
+            .into_iter()
+            .map(TaskOutput::Text2Text)
+            .collect()),
+            TaskOptions::AutomaticSpeechRecognition(_) => Err(Error::InvalidOption {
+                option: "inputs".into(),
+                reason: "automatic-speech-recognition reads audio, not texts (pipelines::automatic_speech_recognition::run)".into(),
+            }),
+            other => other
+                .task()
+                .check(
+                    Kind::EncoderDecoder,
+                    generator.model().resolved().head,
+                    generator.model().class_name(),
+                )
+                .map(|()| Vec::new()),
+        }
     }
 
     /// Runs text generation on prompts, the first of index `first_index` in the whole input
@@ -318,6 +407,8 @@ pub enum TaskOutput {
     FillMask(fill_mask::TextResult),
     Embeddings(embeddings::Output),
     TextGeneration(text_generation::Output),
+    Text2Text(text2text_generation::Output),
+    AutomaticSpeechRecognition(automatic_speech_recognition::Output),
 }
 
 /// An encoder loaded for the pipelines: config, tokenizer and weights, built by

@@ -10,6 +10,7 @@
 //! - Offsets are in characters (as Python's `str` indexes), and word ids are kept: the NER
 //!   pipeline needs both.
 
+pub mod sentencepiece;
 mod wordpiece;
 
 use crate::error::{Error, Result};
@@ -169,6 +170,9 @@ pub struct TextTokenizer {
     mask_token: Option<String>,
     tokenizer_max_length: Option<usize>,
     declared: std::sync::Arc<Declared>,
+    /// Decoded text loses its surrounding whitespace (`MarianTokenizer.convert_tokens_to_string`
+    /// strips it).
+    strip_decoded: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -189,8 +193,15 @@ impl TextTokenizer {
     pub fn from_folder(folder: &ModelFolder) -> Result<Self> {
         let (config_doc, config_path) = read_document(folder, "tokenizer_config.json")?;
         let config = TokenizerConfig::from_document(&config_doc, &config_path)?;
+        let mut strip_decoded = false;
         let (inner, source) = if let Some(path) = folder.file("tokenizer.json") {
             (load_tokenizer_json(&path)?, path)
+        } else if let (Some(spm), Some(vocab)) =
+            (folder.file("source.spm"), folder.file("vocab.json"))
+        {
+            // Marian: no tokenizer.json exists for it.
+            strip_decoded = true;
+            (sentencepiece::marian_tokenizer(&spm, &vocab)?, spm)
         } else if let Some(vocab) = folder.file("vocab.txt") {
             (wordpiece::from_vocab(&vocab, &config)?, vocab)
         } else {
@@ -198,7 +209,7 @@ impl TextTokenizer {
                 folder: folder.root().to_path_buf(),
                 file: "tokenizer.json".into(),
                 needs:
-                    "a model folder needs tokenizer.json (or vocab.txt for a WordPiece tokenizer)"
+                    "a model folder needs tokenizer.json (or vocab.txt for a WordPiece tokenizer, source.spm and vocab.json for Marian)"
                         .into(),
             });
         };
@@ -231,6 +242,7 @@ impl TextTokenizer {
             mask_token,
             tokenizer_max_length,
             declared: std::sync::Arc::new(declared),
+            strip_decoded,
         };
         tokenizer.apply_policy()?;
         Ok(tokenizer)
@@ -247,6 +259,7 @@ impl TextTokenizer {
             mask_token: None,
             tokenizer_max_length: None,
             declared: Default::default(),
+            strip_decoded: false,
         };
         tokenizer.apply_policy()?;
         Ok(tokenizer)
@@ -325,6 +338,23 @@ impl TextTokenizer {
         self.mask_token
             .as_deref()
             .and_then(|t| self.inner.token_to_id(t))
+    }
+
+    /// Decodes ids to text as the model's transformers tokenizer does (`index` names the
+    /// sequence in errors).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool, index: usize) -> Result<String> {
+        let text = self
+            .inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenize {
+                index,
+                reason: format!("cannot decode the ids: {e}"),
+            })?;
+        Ok(if self.strip_decoded {
+            text.trim().to_string()
+        } else {
+            text
+        })
     }
 
     /// Tokenizes one text; `index` is its position in the caller's input (for errors).

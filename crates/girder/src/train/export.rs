@@ -9,12 +9,11 @@ use super::seqeval::NerMetrics;
 use super::TrainingArguments;
 use crate::check::model_card;
 use crate::error::{Error, Result};
+use crate::hub::weights::write_safetensors;
 use crate::hub::Lora;
 use crate::models::Head;
 use crate::pipelines::{Model, Task};
 use candle_core::Tensor;
-use safetensors::tensor::TensorView;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// The tokenizer files copied from the base folder when present (WordPiece, BPE and
@@ -73,7 +72,7 @@ pub fn write_classifier(classifier: &Classifier, out: &Path) -> Result<()> {
             reason: e.to_string(),
         })?,
     )?;
-    write_tensors(&classifier.tensors, &out.join("model.safetensors"))?;
+    write_safetensors(&classifier.tensors, &out.join("model.safetensors"))?;
     for name in TOKENIZER_FILES {
         if let Some(source) = model.folder.file(name) {
             let target = out.join(name);
@@ -85,37 +84,6 @@ pub fn write_classifier(classifier: &Classifier, out: &Path) -> Result<()> {
 
 fn write_file(path: &Path, contents: String) -> Result<()> {
     std::fs::write(path, contents).map_err(|e| Error::io(path, e))
-}
-
-/// `tensors` as a safetensors file (f32, names sorted, the `format: pt` metadata
-/// transformers requires).
-fn write_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let owned = tensors
-        .iter()
-        .map(|(name, t)| Ok((name.clone(), t.dims().to_vec(), f32_bytes(t)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
-        file: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut views = Vec::with_capacity(owned.len());
-    for (name, shape, bytes) in &owned {
-        views.push((
-            name.clone(),
-            TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map_err(bad)?,
-        ));
-    }
-    views.sort_by(|a, b| a.0.cmp(&b.0));
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(bad)
-}
-
-fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    Ok(t.flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect())
 }
 
 /// A YAML string: JSON's double-quoted form is valid YAML.
@@ -323,7 +291,7 @@ pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
         .iter()
         .map(|(name, t)| (format!("base_model.model.{name}"), t.clone()))
         .collect();
-    write_tensors(&named, &out.join("adapter_model.safetensors"))?;
+    write_safetensors(&named, &out.join("adapter_model.safetensors"))?;
     let mut card = vec![
         "---".to_string(),
         format!("base_model: {}", yaml(adapter.base_reference)),

@@ -23,12 +23,32 @@ impl QueryRow {
     }
 }
 
+/// A score bias that depends on how far a key lies behind its query (T5's relative position
+/// bias in a decoder): head `h` adds `table[h · width + min(query − key, width − 1)]`.
+pub(crate) struct DistanceBias<'a> {
+    pub(crate) table: &'a [f32],
+    pub(crate) width: usize,
+}
+
+impl DistanceBias<'_> {
+    /// The bias of head `h` for a query at `query` over keys `keys`, into `out`.
+    fn gather(&self, h: usize, query: usize, keys: &std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let row = &self.table[h * self.width..(h + 1) * self.width];
+        out.clear();
+        out.extend(
+            keys.clone()
+                .map(|key| row[query.saturating_sub(key).min(self.width - 1)]),
+        );
+    }
+}
+
 /// Attention row by row, reading each sequence's cache where it lies: for every query row
 /// and head a dot product with each visible key, a softmax, a weighted sum of the values
 /// (`attend_one_head`), every (row, kv head) pair one task on the [`team`]'s threads. `q`
 /// `[rows, heads, head_dim]`; `kv[s]` sequence `s`'s keys and values `[kv_heads, len,
-/// head_dim]` in the cache's layout. `None` when the tensors are not f32 CPU tensors in that
-/// layout (or track gradients): the caller takes the GEMM path.
+/// head_dim]` in the cache's layout. With `bias`, a causal row (its last key is its own
+/// position) adds the bias of each key's distance to its score. `None` when the tensors are
+/// not f32 CPU tensors in that layout (or track gradients): the caller takes the GEMM path.
 ///
 /// Why rows: a row's result is then computed the same way whatever else is in the batch: a
 /// prompt's rows equal the decode steps that would compute them one at a time, and a
@@ -42,6 +62,7 @@ pub(crate) fn attend_rows(
     rows: &[QueryRow],
     kv: &[(Tensor, Tensor)],
     scale: f32,
+    bias: Option<&DistanceBias>,
 ) -> Result<Option<Tensor>> {
     let (n, heads, head_dim) = q.dims3()?;
     let usable =
@@ -99,7 +120,7 @@ pub(crate) fn attend_rows(
         return Ok(None);
     }
     let groups = heads / kv_heads;
-    let attend = |task: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+    let attend = |task: usize, out: &mut [f32], scratch: &mut Scratch| {
         let (r, kv_head) = (task / kv_heads, task % kv_heads);
         let row = &rows[r];
         let (kd, vd, offset, head_stride, _) = cached[row.seq];
@@ -108,13 +129,22 @@ pub(crate) fn attend_rows(
         for (g, out) in out.chunks_mut(head_dim).enumerate() {
             let h = kv_head * groups + g;
             let q_row = &qd[(r * heads + h) * head_dim..][..head_dim];
+            let row_bias = match bias {
+                Some(bias) => {
+                    let query = row.keys.end.saturating_sub(1);
+                    bias.gather(h, query, &row.keys, &mut scratch.bias);
+                    Some(scratch.bias.as_slice())
+                }
+                None => None,
+            };
             attend_one_head(
                 q_row,
                 &kd[span.clone()],
                 &vd[span.clone()],
                 scale,
+                row_bias,
                 out,
-                scores,
+                &mut scratch.scores,
             );
         }
     };
@@ -123,15 +153,15 @@ pub(crate) fn attend_rows(
     // Below a few thousand multiply-adds per head a parallel region costs more than it saves.
     if work >= 4096 {
         thread_local! {
-            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+            static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new(Scratch::new()) };
         }
         team::for_each_chunk(&mut out, groups * head_dim, |task, o| {
-            SCORES.with(|scores| attend(task, o, &mut scores.borrow_mut()))
+            SCRATCH.with(|scratch| attend(task, o, &mut scratch.borrow_mut()))
         });
     } else {
-        let mut scores = Vec::new();
+        let mut scratch = Scratch::new();
         for (task, o) in out.chunks_mut(groups * head_dim).enumerate() {
-            attend(task, o, &mut scores);
+            attend(task, o, &mut scratch);
         }
     }
     drop(guards);
@@ -143,13 +173,30 @@ pub(crate) fn attend_rows(
     )?))
 }
 
-/// `out = softmax(scale · keys q) values` for one head, `keys` and `values` `[n, d]` row-major;
-/// `scores` is scratch space (reused between calls).
+/// A thread's scratch space for one head's row: its scores and their bias.
+struct Scratch {
+    scores: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Scratch {
+    const fn new() -> Self {
+        Scratch {
+            scores: Vec::new(),
+            bias: Vec::new(),
+        }
+    }
+}
+
+/// `out = softmax(scale · keys q + bias) values` for one head, `keys` and `values` `[n, d]`
+/// row-major, `bias` (when given) one value per key; `scores` is scratch space (reused
+/// between calls).
 fn attend_one_head(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
     scale: f32,
+    bias: Option<&[f32]>,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
@@ -176,6 +223,7 @@ fn attend_one_head(
         keys: &[f32],
         values: &[f32],
         scale: f32,
+        bias: Option<&[f32]>,
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) {
@@ -183,7 +231,16 @@ fn attend_one_head(
         scores.clear();
         scores.resize(keys.len() / d, 0.0);
         dot_products(q, keys, scale, scores);
+        add_bias(scores, bias);
         softmax_and_values(scores, values, d, out);
+    }
+    #[inline(always)]
+    fn add_bias(scores: &mut [f32], bias: Option<&[f32]>) {
+        if let Some(bias) = bias {
+            for (s, b) in scores.iter_mut().zip(bias) {
+                *s += b;
+            }
+        }
     }
     /// `scores[k] = scale · q · keys[k]`.
     #[inline(always)]
@@ -280,10 +337,19 @@ fn attend_one_head(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        type Scratch<'a> = &'a mut Vec<f32>;
+        type Scores<'a> = &'a mut Vec<f32>;
         /// As `generic`, the dot products 16 keys at a time (`dot_products_avx512`).
+        type Bias<'a> = Option<&'a [f32]>;
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32], w: Scratch) {
+        unsafe fn avx512(
+            q: &[f32],
+            k: &[f32],
+            v: &[f32],
+            s: f32,
+            b: Bias,
+            o: &mut [f32],
+            w: Scores,
+        ) {
             let d = q.len();
             w.clear();
             w.resize(k.len() / d, 0.0);
@@ -293,23 +359,24 @@ fn attend_one_head(
                 256 => dot_products_avx512::<16>(q, k, s, w),
                 _ => dot_products(q, k, s, w),
             }
+            add_bias(w, b);
             softmax_and_values(w, v, d, o)
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], s: f32, o: &mut [f32], w: Scratch) {
-            generic(q, k, v, s, o, w)
+        unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], s: f32, b: Bias, o: &mut [f32], w: Scores) {
+            generic(q, k, v, s, b, o, w)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { avx512(q, keys, values, scale, out, scores) };
+            return unsafe { avx512(q, keys, values, scale, bias, out, scores) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: as above.
-            return unsafe { avx2(q, keys, values, scale, out, scores) };
+            return unsafe { avx2(q, keys, values, scale, bias, out, scores) };
         }
     }
-    generic(q, keys, values, scale, out, scores)
+    generic(q, keys, values, scale, bias, out, scores)
 }
 
 /// `scores[k] = scale · q · keys[k]` for `C · 16`-wide rows: 16 keys' products in 16
@@ -375,7 +442,7 @@ mod tests {
                 let (q, keys, vals) = (values(d), values(n * d), values(n * d));
                 let scale = (d as f32).powf(-0.5);
                 let mut out = vec![0f32; d];
-                attend_one_head(&q, &keys, &vals, scale, &mut out, &mut Vec::new());
+                attend_one_head(&q, &keys, &vals, scale, None, &mut out, &mut Vec::new());
                 let scores: Vec<f64> = keys
                     .chunks(d)
                     .map(|k| {
