@@ -5,8 +5,8 @@
 //!
 //! Each text gets the task's prefix (config.json's `task_specific_params`: T5's `summarize: `,
 //! `translate English to German: `), is tokenized under girder's policy, and generated from
-//! with the model's generation settings (256 new tokens at most when the model sets no
-//! length, the pipelines' default), the task's `task_specific_params` on top, and the
+//! with the model's generation settings (where the model sets none, the pipelines' defaults:
+//! 4 beams, 256 new tokens at most), the task's `task_specific_params` on top, and the
 //! caller's options on top of those. The output is the generated text, special tokens
 //! skipped, under transformers' key for the task (`generated_text`, `summary_text`,
 //! `translation_text`).
@@ -28,6 +28,9 @@ const MAX_BATCH_INPUTS: usize = 32;
 /// pipelines' default; `max_new_tokens` then takes precedence over a `max_length` given
 /// elsewhere, as in transformers).
 const PIPELINE_MAX_NEW_TOKENS: usize = 256;
+
+/// Beams when the model's generation settings name none (the pipelines' default).
+const PIPELINE_NUM_BEAMS: usize = 4;
 
 /// Options of the three tasks; `Default` is the model's own generation settings.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -234,10 +237,13 @@ pub fn prepare<S: AsRef<str>>(
     let params = task_params(generator, task, options.task_name.as_deref())?;
     let prefix = options.prefix.as_deref().unwrap_or(&params.prefix);
     let mut model_config = generator.generation_config().clone();
-    // The pipeline's default when the model sets no length of its own (20 is transformers'
-    // global default, not the model's), as transformers 4.57's pipelines add it.
+    // The pipelines' defaults where the model sets nothing of its own (20 tokens and 1 beam
+    // are transformers' global defaults, not the model's), as transformers 4.57 adds them.
     if model_config.max_new_tokens.is_none() && model_config.max_length.is_none_or(|m| m == 20) {
         model_config.max_new_tokens = Some(PIPELINE_MAX_NEW_TOKENS);
+    }
+    if model_config.num_beams == 1 {
+        model_config.num_beams = PIPELINE_NUM_BEAMS;
     }
     let config = model_config
         .with(&params.generation)?
