@@ -151,36 +151,51 @@ pub async fn handler(
     let (mut reader, config, seed) = opened;
     let mut decoded: Vec<WindowTokens> = Vec::new();
     loop {
+        // The next group of windows, and their first generation.
         let (shared_model, shared_options) = (model.clone(), options.clone());
         let step = tokio::task::spawn_blocking(move || {
             let transcriber = Transcriber::new(&shared_model, &shared_options)?;
             let windows = reader.next_windows(WINDOWS_PER_JOB)?;
             if windows.is_empty() {
-                return Ok((reader, windows, None));
+                return Ok((reader, None));
             }
-            let features = transcriber.features(&windows)?;
-            let prompts = transcriber.prompts(&features)?;
-            Ok((reader, windows, Some((features, prompts))))
+            let decoding = transcriber.start(&windows)?;
+            let job = transcriber.next_job(&decoding)?;
+            Ok((reader, Some((decoding, job))))
         })
         .await
         .map_err(|e| ApiError::Internal(format!("audio decoding failed: {e}")))?
         .map_err(|e: girder::Error| ApiError::from_library(e, "file"))?;
-        let (back, windows, work) = step;
+        let (back, work) = step;
         reader = back;
-        let Some((features, prompts)) = work else {
+        let Some((mut decoding, mut job)) = work else {
             break;
         };
-        let outs = engine
-            .run(JobInput::Features(features), prompts, config.clone(), seed)
-            .await?;
-        let transcriber =
-            Transcriber::new(&model, &options).map_err(|e| ApiError::from_library(e, "file"))?;
-        decoded.extend(
-            windows
-                .iter()
-                .zip(outs)
-                .map(|(w, out)| transcriber.window_tokens(w, out.token_ids)),
-        );
+        // Generations until every window is done (more than one when a window's segments
+        // close before its end, with timestamps).
+        while let Some(current) = job {
+            let outs = engine
+                .run(
+                    JobInput::Features(current.features.clone()),
+                    current.prompts.clone(),
+                    config.clone(),
+                    seed,
+                )
+                .await?;
+            decoding.absorb(&current, outs.into_iter().map(|o| o.token_ids).collect());
+            let (shared_model, shared_options) = (model.clone(), options.clone());
+            let (back, next) = tokio::task::spawn_blocking(move || {
+                let transcriber = Transcriber::new(&shared_model, &shared_options)?;
+                let next = transcriber.next_job(&decoding)?;
+                Ok((decoding, next))
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("audio decoding failed: {e}")))?
+            .map_err(|e: girder::Error| ApiError::from_library(e, "file"))?;
+            decoding = back;
+            job = next;
+        }
+        decoded.extend(decoding.finish());
     }
     let transcriber =
         Transcriber::new(&model, &options).map_err(|e| ApiError::from_library(e, "file"))?;

@@ -16,6 +16,10 @@ use candle_core::Tensor;
 /// and the team may keep polling.
 const GEMM_THREADING_THRESHOLD: usize = 48 * 48 * 256;
 
+/// The score matrix of one block of queries of a sequence at most, in bytes (f32); longer
+/// sequences are attended in blocks of query rows.
+const SCORES_BYTES: usize = 4 << 20;
+
 /// Bidirectional self-attention of a packed batch from its fused projection: `qkv` is
 /// `[total_tokens, 3 · heads · head_dim]` (queries, keys, values side by side, as
 /// [`super::Linear::concat`] of the three projections gives it). Returns the context
@@ -93,14 +97,34 @@ pub fn varlen_attention(
             (heads_first(q)? * scale)?
         };
         let (k, v) = (heads_first(k)?, heads_first(v)?);
-        let scores = q.matmul(&k.t()?)?; // [heads, len, len]
-        let scores = match bias {
-            Some(bias) => (scores + bias.narrow(1, 0, len)?.narrow(2, 0, len)?)?,
-            None => scores,
+        let k_t = k.t()?;
+        // Queries in blocks whose scores stay within SCORES_BYTES: a 1,500-position sequence
+        // (Whisper's encoder) would otherwise write and read a 54 MB score matrix per layer,
+        // freshly allocated (and page-faulted in) each time.
+        let heads = q.dim(0)?;
+        let rows = (SCORES_BYTES / (heads * len * 4).max(1)).clamp(1, len);
+        let mut blocks = Vec::with_capacity(len.div_ceil(rows));
+        for first in (0..len).step_by(rows) {
+            let n = rows.min(len - first);
+            let q = if n == len {
+                q.clone()
+            } else {
+                q.narrow(1, first, n)?
+            };
+            let scores = q.matmul(&k_t)?; // [heads, n, len]
+            let scores = match bias {
+                Some(bias) => (scores + bias.narrow(1, first, n)?.narrow(2, 0, len)?)?,
+                None => scores,
+            };
+            let probs = super::cpu::kernels::softmax_last_dim(scores)?;
+            let probs = probs_dropout.forward(probs)?;
+            blocks.push(probs.matmul(&v)?); // [heads, n, head_dim]
+        }
+        let out = match blocks.len() {
+            1 => blocks.remove(0),
+            _ => Tensor::cat(&blocks, 1)?,
         };
-        let probs = super::cpu::kernels::softmax_last_dim(scores)?;
-        let probs = probs_dropout.forward(probs)?;
-        outs.push(probs.matmul(&v)?.transpose(0, 1)?); // [len, heads, head_dim]
+        outs.push(out.transpose(0, 1)?); // [len, heads, head_dim]
     }
     Ok(match outs.len() {
         1 => outs.remove(0).contiguous()?,

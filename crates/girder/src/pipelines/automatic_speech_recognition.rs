@@ -116,24 +116,116 @@ pub fn run(
                 if windows.is_empty() {
                     break;
                 }
-                let features = transcriber.features(&windows)?;
-                let prompts = transcriber.prompts(&features)?;
-                let outs = generator.generate_from(
-                    EncoderInput::Features(&features),
-                    &prompts,
-                    transcriber.config(),
-                    transcriber.seed(),
-                )?;
-                decoded.extend(
-                    windows
-                        .iter()
-                        .zip(outs)
-                        .map(|(w, out)| transcriber.window_tokens(w, out.token_ids)),
-                );
+                let mut decoding = transcriber.start(&windows)?;
+                while let Some(job) = transcriber.next_job(&decoding)? {
+                    let outs = generator.generate_from(
+                        EncoderInput::Features(&job.features),
+                        &job.prompts,
+                        transcriber.config(),
+                        transcriber.seed(),
+                    )?;
+                    decoding.absorb(&job, outs.into_iter().map(|o| o.token_ids).collect());
+                }
+                decoded.extend(decoding.finish());
             }
             transcriber.output(&decoded, reader.seconds())
         })
         .collect()
+}
+
+/// A batch of windows being decoded. Each window is generated from once; with timestamps,
+/// when its output closes its last segment (two timestamps) before the window's end, it is
+/// generated from again on its features from that timestamp on (the rest padded with
+/// zeros), the outputs following one another, as Whisper's `generate` seeks
+/// (`_retrieve_segment`) even within 30 s.
+pub struct WindowDecoding {
+    windows: Vec<WindowState>,
+    /// `[mel_bins, frames]` of one window.
+    bins: usize,
+    frames: usize,
+    /// `<|notimestamps|> + 1`, when timestamps are on.
+    timestamp_begin: Option<u32>,
+    eos_token_ids: Vec<u32>,
+}
+
+struct WindowState {
+    /// The window's log-mel features, `[mel_bins, frames]` row-major.
+    features: Vec<f32>,
+    prompt: Option<DecoderPrompt>,
+    /// The frame the next generation starts from.
+    seek: usize,
+    tokens: Vec<u32>,
+    done: bool,
+    seconds: f64,
+    stride_left: f64,
+    stride_right: f64,
+}
+
+/// One generation over the windows of a [`WindowDecoding`] that go on.
+pub struct WindowJob {
+    /// `[windows, mel_bins, frames]`
+    pub features: Tensor,
+    pub prompts: Vec<DecoderPrompt>,
+    /// Which windows of the decoding, in order.
+    windows: Vec<usize>,
+}
+
+impl WindowDecoding {
+    /// Takes a job's outputs (in its order): each window's tokens, its final eos removed,
+    /// follow what it had, and the window goes on when its last segment closed early.
+    pub fn absorb(&mut self, job: &WindowJob, outputs: Vec<Vec<u32>>) {
+        const INPUT_STRIDE: usize = 2; // feature frames per encoder position
+        for ((&w, mut tokens), prompt) in job.windows.iter().zip(outputs).zip(&job.prompts) {
+            if tokens
+                .last()
+                .is_some_and(|id| self.eos_token_ids.contains(id))
+            {
+                tokens.pop();
+            }
+            let state = &mut self.windows[w];
+            state.prompt.get_or_insert_with(|| prompt.clone());
+            let seek_frames = (self.frames - state.seek).min(self.frames);
+            let offset = match self.timestamp_begin {
+                Some(begin) => segment_offset(&tokens, begin, seek_frames, INPUT_STRIDE),
+                None => seek_frames,
+            };
+            state.tokens.extend_from_slice(&tokens);
+            state.seek += offset;
+            state.done = offset == 0 || state.seek >= self.frames;
+        }
+    }
+
+    /// Every window's tokens with its place in seconds, in order.
+    pub fn finish(self) -> Vec<WindowTokens> {
+        self.windows
+            .into_iter()
+            .map(|w| WindowTokens {
+                tokens: w.tokens,
+                seconds: w.seconds,
+                stride_left: w.stride_left,
+                stride_right: w.stride_right,
+            })
+            .collect()
+    }
+}
+
+/// How many frames a generation's output covers (`_retrieve_segment`): all of them unless
+/// its last segment ends with two timestamps, then up to the last one (2 frames per
+/// timestamp step).
+fn segment_offset(tokens: &[u32], begin: u32, seek_frames: usize, input_stride: usize) -> usize {
+    let is_timestamp: Vec<bool> = tokens.iter().map(|&t| t >= begin).collect();
+    let single_ending = is_timestamp.len() >= 2
+        && !is_timestamp[is_timestamp.len() - 2]
+        && is_timestamp[is_timestamp.len() - 1];
+    let last_pair = is_timestamp.windows(2).rposition(|w| w[0] && w[1]);
+    match last_pair {
+        Some(i) if !single_ending => {
+            // The slice ends after the pair's second timestamp; its first gives the seek.
+            let position = (tokens[i] - begin) as usize;
+            position * input_stride
+        }
+        _ => seek_frames,
+    }
 }
 
 /// A call's settings, resolved once: the model, its feature extractor, the generation
@@ -384,19 +476,70 @@ impl<'a> Transcriber<'a> {
         Ok(reader)
     }
 
-    /// Whisper's log-mel features of `windows`, `[windows, mel_bins, frames]`.
-    pub fn features(&self, windows: &[Window]) -> Result<Tensor> {
-        let (bins, frames) = (self.extractor.feature_size, self.extractor.nb_max_frames());
-        let mut features = Vec::with_capacity(windows.len() * bins * frames);
-        for window in windows {
-            features.extend(self.extractor.extract(&window.samples));
+    /// Starts decoding `windows`: their features.
+    pub fn start(&self, windows: &[Window]) -> Result<WindowDecoding> {
+        let rate = self.extractor.sampling_rate as f64;
+        Ok(WindowDecoding {
+            windows: windows
+                .iter()
+                .map(|w| WindowState {
+                    features: self.extractor.extract(&w.samples),
+                    prompt: None,
+                    seek: 0,
+                    tokens: Vec::new(),
+                    done: false,
+                    seconds: w.samples.len() as f64 / rate,
+                    stride_left: w.stride_left as f64 / rate,
+                    stride_right: w.stride_right as f64 / rate,
+                })
+                .collect(),
+            bins: self.extractor.feature_size,
+            frames: self.extractor.nb_max_frames(),
+            timestamp_begin: self
+                .options
+                .return_timestamps
+                .then_some(self.timestamp_begin)
+                .flatten(),
+            eos_token_ids: self.config.eos_token_ids.clone(),
+        })
+    }
+
+    /// The next generation of `decoding`'s windows that go on (`None` when every window is
+    /// done): their features from where each continues, and their prompts (chosen at the
+    /// first generation: the language detected then stays).
+    pub fn next_job(&self, decoding: &WindowDecoding) -> Result<Option<WindowJob>> {
+        let going: Vec<usize> = (0..decoding.windows.len())
+            .filter(|&w| !decoding.windows[w].done)
+            .collect();
+        if going.is_empty() {
+            return Ok(None);
+        }
+        let (bins, frames) = (decoding.bins, decoding.frames);
+        let mut features = vec![0f32; going.len() * bins * frames];
+        for (slot, &w) in going.iter().enumerate() {
+            let state = &decoding.windows[w];
+            let out = &mut features[slot * bins * frames..(slot + 1) * bins * frames];
+            let n = frames - state.seek.min(frames);
+            for b in 0..bins {
+                out[b * frames..b * frames + n]
+                    .copy_from_slice(&state.features[b * frames + state.seek..(b + 1) * frames]);
+            }
         }
         let device = self.generator.model().input_embeddings().device().clone();
-        Ok(Tensor::from_vec(
+        let features = Tensor::from_vec(features, (going.len(), bins, frames), &device)?;
+        let prompts = going
+            .iter()
+            .enumerate()
+            .map(|(slot, &w)| match &decoding.windows[w].prompt {
+                Some(prompt) => Ok(prompt.clone()),
+                None => Ok(self.prompts(&features.narrow(0, slot, 1)?)?.remove(0)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(WindowJob {
             features,
-            (windows.len(), bins, frames),
-            &device,
-        )?)
+            prompts,
+            windows: going,
+        }))
     }
 
     /// Each window's decoder prompt (its language detected when the model is multilingual
@@ -460,24 +603,6 @@ impl<'a> Transcriber<'a> {
         let mut tokens = vec![start];
         tokens.extend_from_slice(&ids[ids.len().saturating_sub(keep)..]);
         Ok(tokens)
-    }
-
-    /// A window's generated tokens, its final eos removed (as `generate_with_fallback`
-    /// returns them), with its place in seconds.
-    pub fn window_tokens(&self, window: &Window, mut tokens: Vec<u32>) -> WindowTokens {
-        if tokens
-            .last()
-            .is_some_and(|id| self.config.eos_token_ids.contains(id))
-        {
-            tokens.pop();
-        }
-        let rate = self.extractor.sampling_rate as f64;
-        WindowTokens {
-            tokens,
-            seconds: window.samples.len() as f64 / rate,
-            stride_left: window.stride_left as f64 / rate,
-            stride_right: window.stride_right as f64 / rate,
-        }
     }
 
     /// The transcript of a file's windows, in order.
@@ -719,10 +844,13 @@ impl<'a> Transcriber<'a> {
 
 /// One window's generated tokens (prompt and final eos removed) and its place in seconds.
 pub struct WindowTokens {
-    tokens: Vec<u32>,
-    seconds: f64,
-    stride_left: f64,
-    stride_right: f64,
+    pub tokens: Vec<u32>,
+    /// The window's length.
+    pub seconds: f64,
+    /// The overlap with the previous window.
+    pub stride_left: f64,
+    /// The overlap with the next window.
+    pub stride_right: f64,
 }
 
 /// Python's `round(x, 2)` for the times transformers reports.
