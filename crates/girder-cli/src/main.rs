@@ -78,7 +78,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GIRDER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // symphonia logs its probe's failures as errors; girder reports the file's
+                // error itself, once, naming the file.
+                .unwrap_or_else(|_| "warn,symphonia_core=off,symphonia=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

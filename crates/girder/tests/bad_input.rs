@@ -106,7 +106,7 @@ fn malformed_config_names_the_field() {
 fn unsupported_architecture_lists_supported_ones() {
     let m = ScratchModel::copy_of("bert-seqcls", "arch");
     edit_json(&m.path("config.json"), |v| {
-        v["architectures"] = serde_json::json!(["T5ForConditionalGeneration"])
+        v["architectures"] = serde_json::json!(["MambaForCausalLM"])
     });
     let err = load(m.as_str()).unwrap_err();
     let msg = err.to_string();
@@ -115,8 +115,9 @@ fn unsupported_architecture_lists_supported_ones() {
         "{msg}"
     );
     assert!(
-        msg.contains("T5ForConditionalGeneration")
-            && msg.contains("XLMRobertaForTokenClassification"),
+        msg.contains("MambaForCausalLM")
+            && msg.contains("XLMRobertaForTokenClassification")
+            && msg.contains("T5ForConditionalGeneration"),
         "{msg}"
     );
 }

@@ -37,15 +37,36 @@ use std::sync::mpsc;
 /// a window's texts and results are a few megabytes.
 const WINDOW_TEXTS: usize = 2048;
 
-/// Every task name and alias of the library's task table.
-fn task_names() -> PossibleValuesParser {
-    PossibleValuesParser::new(TASKS.iter().flat_map(|t| {
-        std::iter::once(clap::builder::PossibleValue::new(t.name).help(t.summary)).chain(
-            t.aliases
-                .iter()
-                .map(|a| clap::builder::PossibleValue::new(*a).hide(true)),
-        )
-    }))
+/// A task name of the library's task table (an alias, or `translation_xx_to_yy`, is taken
+/// too); `--help` lists the names.
+#[derive(Clone)]
+struct TaskName;
+
+impl clap::builder::TypedValueParser for TaskName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let name = value.to_string_lossy().to_string();
+        if Task::parse(&name).is_ok() {
+            return Ok(name);
+        }
+        // Not a task: clap's own error, listing the names.
+        let names = PossibleValuesParser::new(TASKS.iter().map(|t| t.name));
+        names.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(TASKS.iter().map(|t| {
+            clap::builder::PossibleValue::new(t.name).help(t.summary)
+        })))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,8 +96,9 @@ pub enum AggregationArg {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The task (transformers' name or an alias).
-    #[arg(value_parser = task_names())]
+    /// The task (transformers' name or an alias; translation_xx_to_yy picks a T5 language
+    /// pair).
+    #[arg(value_parser = TaskName)]
     task: String,
     /// A model folder, a hub id (`org/name[@revision]`) in the Hugging Face cache, or (for
     /// text-generation) a `.gguf` file.

@@ -208,8 +208,19 @@ fn special_tokens(model: &Subject, files: &TokenizerFiles<'_>) -> Vec<Finding> {
                 "eos" => named.get("sep"),
                 _ => None,
             });
+            // An encoder-decoder's config may give bos_token_id the decoder start token
+            // (Whisper's `<|startoftranscript|>`): generation starts from it, and the
+            // tokenizer's bos_token is then never used.
+            let decoder_start = model
+                .config
+                .raw
+                .get("decoder_start_token_id")
+                .and_then(Value::as_u64);
             for id in ids {
                 let token = u32::try_from(id).ok().and_then(|id| inner.id_to_token(id));
+                if *role == "bos" && decoder_start == Some(id) && token.is_some() {
+                    continue;
+                }
                 match (token, expected) {
                     (None, _) => findings.push(Finding::new(
                         Severity::Error,
