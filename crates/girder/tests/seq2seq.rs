@@ -106,6 +106,7 @@ fn tokens_encoder_states_and_logits_match_transformers() {
         let model = f.generator.model();
         // All inputs in one packed pass: each equals transformers' run of it alone.
         let (states, cross) = model.encode(EncoderInput::Tokens(&batch)).unwrap();
+        let (mut encoder_max, mut logits_max) = (0f32, 0f32);
         for i in 0..f.expected.inputs.len() {
             let expected = &f.tensors[&format!("input{i}.encoder_hidden")];
             let diff = max_abs_diff(&states.rows(i).unwrap(), expected, name);
@@ -113,6 +114,7 @@ fn tokens_encoder_states_and_logits_match_transformers() {
                 diff < TOLERANCE,
                 "{name}: input {i} encoder state off by {diff}"
             );
+            encoder_max = encoder_max.max(diff);
         }
         // Teacher-forced decoder logits, every input's decoder tokens in one pass.
         let mut decoder = RaggedBatch::from_encodings([]);
@@ -130,7 +132,15 @@ fn tokens_encoder_states_and_logits_match_transformers() {
             let ours = ours.narrow(1, 0, expected.dims()[1]).unwrap();
             let diff = max_abs_diff(&ours, expected, name);
             assert!(diff < TOLERANCE, "{name}: input {i} logits off by {diff}");
+            logits_max = logits_max.max(diff);
         }
+        // The parity table's row (`cargo test --test seq2seq -- --nocapture`).
+        eprintln!(
+            "{name}: {} inputs, token ids identical; encoder states max |diff| {encoder_max:.1e}, \
+             decoder logits max |diff| {logits_max:.1e} ({} positions)",
+            f.expected.inputs.len(),
+            decoder.total_tokens()
+        );
     }
 }
 
@@ -196,6 +206,10 @@ fn greedy_and_beam_search_match_generate() {
             }
         }
         assert!(checked >= 20, "{name}: only {checked} generations checked");
+        eprintln!(
+            "{name}: {checked} generations ({} settings) identical to generate",
+            f.expected.generate.len()
+        );
     }
 }
 
@@ -203,6 +217,7 @@ fn greedy_and_beam_search_match_generate() {
 fn text2text_pipelines_match_transformers_4() {
     for name in TEXT_MODELS {
         let f = fixture(name);
+        let mut checked = 0;
         for case in &f.expected.pipeline {
             let task = Task::parse(&case.task).unwrap();
             // The pipeline's kwargs are generation options.
@@ -223,8 +238,10 @@ fn text2text_pipelines_match_transformers_4() {
                     "{name}: {} of {:?}",
                     case.task, out
                 );
+                checked += 1;
             }
         }
+        eprintln!("{name}: {checked} pipeline outputs identical to transformers 4.57's");
     }
 }
 
@@ -247,11 +264,17 @@ fn bart_sequence_classifier_matches_transformers() {
     let batch = RaggedBatch::from_encodings(encodings.iter());
     let out = model.encoder.encode(&batch).unwrap();
     let logits = model.encoder.head_logits(&out, &batch, None).unwrap();
+    let mut logits_max = 0f32;
     for i in 0..expected.inputs.len() {
         let want = tensors[&format!("input{i}.logits")].unsqueeze(0).unwrap();
         let diff = max_abs_diff(&logits.narrow(0, i, 1).unwrap(), &want, "bart-seqcls");
         assert!(diff < TOLERANCE, "input {i} logits off by {diff}");
+        logits_max = logits_max.max(diff);
     }
+    eprintln!(
+        "bart-seqcls: {} inputs, token ids identical; NLI logits max |diff| {logits_max:.1e}",
+        expected.inputs.len()
+    );
 }
 
 #[test]
