@@ -167,7 +167,8 @@ impl Task {
     /// ```
     /// use girder::pipelines::Task;
     /// assert_eq!(Task::parse("ner").unwrap(), Task::TokenClassification);
-    /// assert!(Task::parse("translation").unwrap_err().to_string().contains("text-generation"));
+    /// assert_eq!(Task::parse("translation_en_to_de").unwrap(), Task::Translation);
+    /// assert!(Task::parse("zero-shot-classification").unwrap_err().to_string().contains("text-generation"));
     /// ```
     pub fn parse(name: &str) -> Result<Task> {
         if translation_pair(name).is_some() {
