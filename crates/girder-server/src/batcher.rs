@@ -99,18 +99,7 @@ impl Batcher {
             reply,
             enqueued: Instant::now(),
         };
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(ApiError::Overloaded {
-                    max_queue: self.max_queue,
-                })
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(ApiError::Unavailable("the model thread has stopped".into()))
-            }
-        }
-        metrics::gauge!(m::QUEUE_DEPTH).set((self.tx.max_capacity() - self.tx.capacity()) as f64);
+        crate::error::enqueue(&self.tx, job, self.max_queue, "model thread")?;
         rx.await.unwrap_or_else(|_| {
             Err(ApiError::Internal(
                 "the model thread stopped before answering".into(),

@@ -108,20 +108,7 @@ impl Generator {
             updates,
             enqueued: Instant::now(),
         };
-        match self.tx.try_send(request) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(ApiError::Overloaded {
-                    max_queue: self.max_queue,
-                })
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(ApiError::Unavailable(
-                    "the generation thread has stopped".into(),
-                ))
-            }
-        }
-        metrics::gauge!(m::QUEUE_DEPTH).set((self.tx.max_capacity() - self.tx.capacity()) as f64);
+        crate::error::enqueue(&self.tx, request, self.max_queue, "generation thread")?;
         Ok(rx)
     }
 }

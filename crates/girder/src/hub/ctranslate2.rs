@@ -352,6 +352,35 @@ pub fn convert_whisper(source: &Path, out: &Path) -> Result<Converted> {
 
     let embed = model.dims("decoder/embeddings/weight")?.to_vec();
     let (vocab_size, d_model) = (embed[0], embed[1]);
+    // The blocks every layer has, encoder and decoder alike.
+    let self_attention = |ct: &str, hf: &str, put: &mut dyn FnMut(String, Tensor)| -> Result<()> {
+        norm(
+            &format!("{ct}/self_attention/layer_norm"),
+            &format!("{hf}.self_attn_layer_norm"),
+            put,
+        )?;
+        split(
+            &format!("{ct}/self_attention/linear_0"),
+            &format!("{hf}.self_attn"),
+            &["q_proj", "k_proj", "v_proj"],
+            d_model,
+            put,
+        )?;
+        linear(
+            &format!("{ct}/self_attention/linear_1"),
+            &format!("{hf}.self_attn.out_proj"),
+            put,
+        )
+    };
+    let feed_forward = |ct: &str, hf: &str, put: &mut dyn FnMut(String, Tensor)| -> Result<()> {
+        norm(
+            &format!("{ct}/ffn/layer_norm"),
+            &format!("{hf}.final_layer_norm"),
+            put,
+        )?;
+        linear(&format!("{ct}/ffn/linear_0"), &format!("{hf}.fc1"), put)?;
+        linear(&format!("{ct}/ffn/linear_1"), &format!("{hf}.fc2"), put)
+    };
     let conv1 = model.dims("encoder/conv1/weight")?.to_vec();
     let num_mel_bins = conv1[1];
     let source_positions = model.dims("encoder/position_encodings/encodings")?[0];
@@ -377,38 +406,8 @@ pub fn convert_whisper(source: &Path, out: &Path) -> Result<Converted> {
             format!("encoder/layer_{i}"),
             format!("model.encoder.layers.{i}"),
         );
-        norm(
-            &format!("{ct}/self_attention/layer_norm"),
-            &format!("{hf}.self_attn_layer_norm"),
-            &mut put,
-        )?;
-        split(
-            &format!("{ct}/self_attention/linear_0"),
-            &format!("{hf}.self_attn"),
-            &["q_proj", "k_proj", "v_proj"],
-            d_model,
-            &mut put,
-        )?;
-        linear(
-            &format!("{ct}/self_attention/linear_1"),
-            &format!("{hf}.self_attn.out_proj"),
-            &mut put,
-        )?;
-        norm(
-            &format!("{ct}/ffn/layer_norm"),
-            &format!("{hf}.final_layer_norm"),
-            &mut put,
-        )?;
-        linear(
-            &format!("{ct}/ffn/linear_0"),
-            &format!("{hf}.fc1"),
-            &mut put,
-        )?;
-        linear(
-            &format!("{ct}/ffn/linear_1"),
-            &format!("{hf}.fc2"),
-            &mut put,
-        )?;
+        self_attention(&ct, &hf, &mut put)?;
+        feed_forward(&ct, &hf, &mut put)?;
     }
     norm("encoder/layer_norm", "model.encoder.layer_norm", &mut put)?;
     put(
@@ -424,23 +423,7 @@ pub fn convert_whisper(source: &Path, out: &Path) -> Result<Converted> {
             format!("decoder/layer_{i}"),
             format!("model.decoder.layers.{i}"),
         );
-        norm(
-            &format!("{ct}/self_attention/layer_norm"),
-            &format!("{hf}.self_attn_layer_norm"),
-            &mut put,
-        )?;
-        split(
-            &format!("{ct}/self_attention/linear_0"),
-            &format!("{hf}.self_attn"),
-            &["q_proj", "k_proj", "v_proj"],
-            d_model,
-            &mut put,
-        )?;
-        linear(
-            &format!("{ct}/self_attention/linear_1"),
-            &format!("{hf}.self_attn.out_proj"),
-            &mut put,
-        )?;
+        self_attention(&ct, &hf, &mut put)?;
         norm(
             &format!("{ct}/attention/layer_norm"),
             &format!("{hf}.encoder_attn_layer_norm"),
@@ -463,21 +446,7 @@ pub fn convert_whisper(source: &Path, out: &Path) -> Result<Converted> {
             &format!("{hf}.encoder_attn.out_proj"),
             &mut put,
         )?;
-        norm(
-            &format!("{ct}/ffn/layer_norm"),
-            &format!("{hf}.final_layer_norm"),
-            &mut put,
-        )?;
-        linear(
-            &format!("{ct}/ffn/linear_0"),
-            &format!("{hf}.fc1"),
-            &mut put,
-        )?;
-        linear(
-            &format!("{ct}/ffn/linear_1"),
-            &format!("{hf}.fc2"),
-            &mut put,
-        )?;
+        feed_forward(&ct, &hf, &mut put)?;
     }
     norm("decoder/layer_norm", "model.decoder.layer_norm", &mut put)?;
     // The output projection is an alias of the embeddings: tied, as transformers ties it.

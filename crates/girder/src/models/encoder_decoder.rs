@@ -107,46 +107,8 @@ pub(crate) fn check_decoder_batch(
     caches: &[&mut Seq2SeqCache],
     max_target_positions: Option<usize>,
 ) -> Result<()> {
-    if caches.len() != batch.num_seqs() {
-        return Err(Error::InvalidOption {
-            option: "caches".into(),
-            reason: format!(
-                "{} caches for {} sequences: each sequence needs its own",
-                caches.len(),
-                batch.num_seqs()
-            ),
-        });
-    }
-    for (i, cache) in caches.iter().enumerate() {
-        let range = batch.seq_range(i);
-        if range.is_empty() {
-            return Err(Error::BadInput {
-                index: i,
-                reason: "the sequence has no tokens".into(),
-            });
-        }
-        let first = batch.positions[range.start] as usize;
-        if first != cache.len() {
-            return Err(Error::InvalidOption {
-                option: "positions".into(),
-                reason: format!(
-                    "sequence {i} starts at position {first} but its cache holds {} positions",
-                    cache.len()
-                ),
-            });
-        }
-        if let Some(max) = max_target_positions {
-            let end = cache.len() + range.len();
-            if end > max {
-                return Err(Error::ContextLength {
-                    index: i,
-                    tokens: end,
-                    max,
-                });
-            }
-        }
-    }
-    Ok(())
+    let cached: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+    super::check_cached_positions(batch, &cached, max_target_positions)
 }
 
 /// Each sequence's cross-attention keys and values of one decoder layer, in batch order.

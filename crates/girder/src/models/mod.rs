@@ -337,17 +337,29 @@ pub(crate) fn check_decoder_batch(
     caches: &[&mut KvCache],
     context_length: usize,
 ) -> Result<()> {
-    if caches.len() != batch.num_seqs() {
+    let cached: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+    check_cached_positions(batch, &cached, Some(context_length))
+}
+
+/// What every decoder (a causal LM's, an encoder-decoder's) needs of its batch, given the
+/// positions each sequence's cache holds: one cache per sequence, positions continuing from
+/// it, and none past `max_positions`.
+pub(crate) fn check_cached_positions(
+    batch: &RaggedBatch,
+    cached: &[usize],
+    max_positions: Option<usize>,
+) -> Result<()> {
+    if cached.len() != batch.num_seqs() {
         return Err(Error::InvalidOption {
             option: "caches".into(),
             reason: format!(
                 "{} caches for {} sequences: each sequence needs its own",
-                caches.len(),
+                cached.len(),
                 batch.num_seqs()
             ),
         });
     }
-    for (i, cache) in caches.iter().enumerate() {
+    for (i, &held) in cached.iter().enumerate() {
         let range = batch.seq_range(i);
         if range.is_empty() {
             return Err(Error::BadInput {
@@ -356,21 +368,20 @@ pub(crate) fn check_decoder_batch(
             });
         }
         let first = batch.positions[range.start] as usize;
-        if first != cache.len() {
+        if first != held {
             return Err(Error::InvalidOption {
                 option: "positions".into(),
                 reason: format!(
-                    "sequence {i} starts at position {first} but its cache holds {} positions",
-                    cache.len()
+                    "sequence {i} starts at position {first} but its cache holds {held} positions"
                 ),
             });
         }
-        let end = cache.len() + range.len();
-        if end > context_length {
+        let end = held + range.len();
+        if let Some(max) = max_positions.filter(|&max| end > max) {
             return Err(Error::ContextLength {
                 index: i,
                 tokens: end,
-                max: context_length,
+                max,
             });
         }
     }
