@@ -88,6 +88,15 @@ async fn text_tasks_answer_as_the_pipelines() {
     .await;
     assert_eq!(status, 422, "{body}");
     assert!(body.to_string().contains("num_beams"), "{body}");
+    // A beam count that would hold the engine for minutes is refused at once.
+    let (status, body) = post(
+        &server,
+        "/translation",
+        json!({"inputs": "x", "parameters": {"num_beams": 100000}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_message(&body).contains("at most 64"), "{body}");
     // A text model has no audio endpoint.
     let form = reqwest::multipart::Form::new().part(
         "file",
@@ -124,6 +133,20 @@ async fn transcribe(server: &Running, fields: &[(&str, &str)], file: &str) -> (u
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transcriptions_in_openai_shape() {
     let server = serve_seq2seq("whisper-asr").await;
+    let health = reqwest::get(url(&server, "/health")).await.unwrap();
+    assert_eq!(health.status(), 200, "{}", health.text().await.unwrap());
+    // A JSON body where a multipart form belongs: a 400 in the API's error shape.
+    let (status, body) = post(
+        &server,
+        "/v1/audio/transcriptions",
+        json!({"file": "speech.wav"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_message(&body).contains("multipart/form-data"),
+        "{body}"
+    );
     let library = generator("whisper-asr");
     let file = "espeak-hello-cat.wav";
     let expected = asr::run(

@@ -12,10 +12,11 @@ pub async fn handler(State(state): State<Arc<AppState>>) -> Result<Json<Value>, 
     if state.is_shutting_down() {
         return Err(ApiError::Unavailable("the server is shutting down".into()));
     }
-    let alive = match (&state.encoder, &state.generator) {
-        (Some(encoder), _) => encoder.batcher.is_alive(),
-        (None, Some(generator)) => generator.is_alive(),
-        (None, None) => false,
+    let alive = match (&state.encoder, &state.generator, &state.seq2seq) {
+        (Some(encoder), _, _) => encoder.batcher.is_alive(),
+        (None, Some(generator), _) => generator.is_alive(),
+        (None, None, Some(engine)) => engine.is_alive(),
+        (None, None, None) => false,
     };
     if !alive {
         return Err(ApiError::Unavailable("the model thread has stopped".into()));

@@ -60,7 +60,7 @@ pub fn task_routes(task: Task) -> Vec<(&'static str, MethodRouter<Arc<AppState>>
     }
 }
 
-/// What every handler sees. Exactly one of `encoder` and `generator` is set.
+/// What every handler sees. Exactly one of `encoder`, `generator` and `seq2seq` is set.
 pub struct AppState {
     /// The model reference the server was started with (`--model`).
     pub model_ref: String,

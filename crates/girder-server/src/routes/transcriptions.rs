@@ -13,6 +13,7 @@
 use super::AppState;
 use crate::error::ApiError;
 use crate::seq2seq::JobInput;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -46,10 +47,17 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 
 pub async fn handler(
     State(state): State<Arc<AppState>>,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let engine =
         state.require_seq2seq(Task::AutomaticSpeechRecognition, "/v1/audio/transcriptions")?;
+    let mut multipart = multipart.map_err(|e| ApiError::Body {
+        status: e.status(),
+        message: format!(
+            "{}: the body must be multipart/form-data with a `file` field",
+            e.body_text()
+        ),
+    })?;
     let mut file: Option<(String, Vec<u8>)> = None;
     let mut options = Options::default();
     let mut format = Format::Json;

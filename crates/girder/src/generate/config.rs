@@ -11,6 +11,10 @@ use crate::hub::ModelFolder;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The most beams one input may ask for: every beam is decoded at every step, with its own
+/// cache, so the bound keeps one request's memory and time in proportion (transformers sets
+/// none; beam searches of translation and speech models use 4-5).
+pub const MAX_NUM_BEAMS: usize = 64;
 /// New tokens generated when neither `max_new_tokens` nor `max_length` is set.
 const DEFAULT_NEW_TOKENS: usize = 20;
 
@@ -321,6 +325,15 @@ impl GenerationConfig {
         };
         if self.num_beams == 0 {
             return bad("num_beams", "must be at least 1".into());
+        }
+        if self.num_beams > MAX_NUM_BEAMS {
+            return bad(
+                "num_beams",
+                format!(
+                    "{} beams: at most {MAX_NUM_BEAMS} (each beam is a sequence decoded at every step)",
+                    self.num_beams
+                ),
+            );
         }
         if self.max_new_tokens == Some(0) {
             return bad("max_new_tokens", "must be at least 1".into());
