@@ -55,6 +55,10 @@ pub enum Error {
     #[error("{file}: not a valid safetensors file: {reason}")]
     BadWeights { file: PathBuf, reason: String },
 
+    /// A CTranslate2 `model.bin` that cannot be parsed or converted.
+    #[error("{file}: not a valid CTranslate2 model: {reason}")]
+    BadCTranslate2 { file: PathBuf, reason: String },
+
     /// A GGUF file that cannot be parsed, or whose metadata is wrong.
     #[error("{file}: not a valid GGUF file: {reason}")]
     BadGguf { file: PathBuf, reason: String },

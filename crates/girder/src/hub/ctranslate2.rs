@@ -86,9 +86,9 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn bad(&self, reason: impl Into<String>) -> Error {
-        Error::BadWeights {
+        Error::BadCTranslate2 {
             file: self.path.to_path_buf(),
-            reason: format!("CTranslate2 model at byte {}: {}", self.at, reason.into()),
+            reason: format!("at byte {}: {}", self.at, reason.into()),
         }
     }
 
@@ -133,7 +133,7 @@ impl CtModel {
             .map_err(|e| Error::io(path, e))?
             .len();
         if len > MAX_FILE_BYTES {
-            return Err(Error::BadWeights {
+            return Err(Error::BadCTranslate2 {
                 file: path.to_path_buf(),
                 reason: format!("{len} bytes is more than a CTranslate2 model girder reads"),
             });
@@ -252,7 +252,7 @@ impl CtModel {
             (CtDType::I16, 2) => i16::from_le_bytes([b[0], b[1]]) as i64,
             (CtDType::I32, 4) => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
             _ => {
-                return Err(Error::BadWeights {
+                return Err(Error::BadCTranslate2 {
                     file: self.path.clone(),
                     reason: format!("`{name}` is not an integer scalar"),
                 })
@@ -576,7 +576,7 @@ pub fn convert_whisper(source: &Path, out: &Path) -> Result<Converted> {
     let mut seen = HashMap::new();
     for (name, _) in &tensors {
         if seen.insert(name.clone(), ()).is_some() {
-            return Err(Error::BadWeights {
+            return Err(Error::BadCTranslate2 {
                 file: model.path.clone(),
                 reason: format!("two variables map to `{name}`"),
             });
