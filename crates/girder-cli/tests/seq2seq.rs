@@ -225,4 +225,28 @@ fn bad_audio_and_bad_checkpoints_name_the_file() {
     ));
     assert!(err.contains("model.bin"), "{err}");
     assert!(!dir.join("out").join("model.safetensors").exists());
+    // convert: a folder with files in it is not written into without --force.
+    let occupied = dir.join("occupied");
+    std::fs::create_dir_all(&occupied).unwrap();
+    std::fs::write(occupied.join("config.json"), "{}").unwrap();
+    let err = one_line_error(&girder_with(
+        &[
+            "convert",
+            "--from",
+            "ctranslate2",
+            source.to_str().unwrap(),
+            "--out",
+            occupied.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    ));
+    assert!(
+        err.contains("is not empty") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(occupied.join("config.json")).unwrap(),
+        "{}"
+    );
 }

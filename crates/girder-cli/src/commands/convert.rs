@@ -1,8 +1,8 @@
 //! `girder convert`: turn a model in another engine's format into a Hugging Face folder that
-//! transformers and girder load. Today: a CTranslate2 Whisper model (faster-whisper's
-//! `model.bin` with its config.json and tokenizer.json).
+//! transformers and girder load. The source format: a CTranslate2 Whisper model
+//! (faster-whisper's `model.bin` with its config.json and tokenizer.json).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
@@ -19,12 +19,26 @@ pub struct ConvertArgs {
     from: Format,
     /// The source model folder.
     source: PathBuf,
-    /// The Hugging Face folder to write (created; files in it are replaced).
+    /// The Hugging Face folder to write (created; it must be empty unless `--force`).
     #[arg(long)]
     out: PathBuf,
+    /// Write into `--out` even when it holds files (those of the same names are replaced).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: ConvertArgs) -> Result<()> {
+    // A folder with files in it may be another model: it is not overwritten by mistake.
+    if !args.force {
+        if let Ok(mut entries) = std::fs::read_dir(&args.out) {
+            if entries.next().is_some() {
+                bail!(
+                    "{} is not empty: pass --force to write the converted model into it (files of the same names are replaced)",
+                    args.out.display()
+                );
+            }
+        }
+    }
     match args.from {
         Format::Ctranslate2 => {
             let converted = girder::hub::ctranslate2::convert_whisper(&args.source, &args.out)
