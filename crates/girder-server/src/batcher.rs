@@ -15,10 +15,10 @@
 use crate::engine::Runner;
 use crate::error::ApiError;
 use crate::metrics as m;
+use crate::queue::WorkQueue;
 use girder::pipelines::{TaskOptions, TaskOutput};
 use girder::tokenize::Encoded;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -43,9 +43,7 @@ impl Job {
 
 /// The handle handlers use to enqueue work; cheap to share behind an `Arc`.
 pub struct Batcher {
-    tx: mpsc::Sender<Job>,
-    max_queue: usize,
-    alive: Arc<AtomicBool>,
+    queue: WorkQueue<Job>,
 }
 
 impl Batcher {
@@ -56,31 +54,19 @@ impl Batcher {
         max_batch_tokens: usize,
         max_queue: usize,
     ) -> std::io::Result<Batcher> {
-        let max_queue = max_queue.max(1);
-        let (tx, rx) = mpsc::channel::<Job>(max_queue);
+        let (queue, rx) = WorkQueue::new(max_queue, "model thread");
         let next = Arc::new(NextBatch::default());
-        let alive = Arc::new(AtomicBool::new(true));
         let forming = next.clone();
         std::thread::Builder::new()
             .name("girder-batcher".into())
             .spawn(move || form_batches(rx, &forming, max_batch_tokens.max(1)))?;
-        let model_alive = alive.clone();
-        std::thread::Builder::new()
-            .name("girder-model".into())
-            .spawn(move || {
-                run_batches(&*runner, &next);
-                model_alive.store(false, Ordering::SeqCst);
-            })?;
-        Ok(Batcher {
-            tx,
-            max_queue,
-            alive,
-        })
+        queue.spawn_model_thread("girder-model", move || run_batches(&*runner, &next))?;
+        Ok(Batcher { queue })
     }
 
     /// Whether the model thread still runs.
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
+        self.queue.is_alive()
     }
 
     /// Enqueues `texts` (tokenized as `encodings`) and waits for their results.
@@ -99,7 +85,7 @@ impl Batcher {
             reply,
             enqueued: Instant::now(),
         };
-        crate::error::enqueue(&self.tx, job, self.max_queue, "model thread")?;
+        self.queue.push(job)?;
         rx.await.unwrap_or_else(|_| {
             Err(ApiError::Internal(
                 "the model thread stopped before answering".into(),

@@ -185,27 +185,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Puts `item` on a model thread's bounded queue without waiting: a full queue answers
-/// [`ApiError::Overloaded`] at once (429 with `Retry-After`), a stopped `thread` (named in the
-/// error) [`ApiError::Unavailable`]. The queue-depth gauge follows.
-pub(crate) fn enqueue<T>(
-    tx: &tokio::sync::mpsc::Sender<T>,
-    item: T,
-    max_queue: usize,
-    thread: &str,
-) -> Result<(), ApiError> {
-    use tokio::sync::mpsc::error::TrySendError;
-    match tx.try_send(item) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => return Err(ApiError::Overloaded { max_queue }),
-        Err(TrySendError::Closed(_)) => {
-            return Err(ApiError::Unavailable(format!("the {thread} has stopped")))
-        }
-    }
-    metrics::gauge!(crate::metrics::QUEUE_DEPTH).set((tx.max_capacity() - tx.capacity()) as f64);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

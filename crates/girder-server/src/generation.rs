@@ -14,11 +14,11 @@
 
 use crate::error::ApiError;
 use crate::metrics as m;
+use crate::queue::WorkQueue;
 use girder::generate::continuous::{ContinuousBatch, Event, SequenceId};
 use girder::generate::{Generation, Options, TextGenerator};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -47,9 +47,7 @@ struct Request {
 /// The handle handlers use; the engine thread stops when it is dropped.
 pub struct Generator {
     model: Arc<TextGenerator>,
-    tx: mpsc::Sender<Request>,
-    max_queue: usize,
-    alive: Arc<AtomicBool>,
+    queue: WorkQueue<Request>,
 }
 
 impl Generator {
@@ -60,28 +58,17 @@ impl Generator {
         max_sequences: usize,
         max_batch_tokens: usize,
     ) -> std::io::Result<Generator> {
-        let max_queue = max_queue.max(1);
-        let (tx, rx) = mpsc::channel::<Request>(max_queue);
-        let alive = Arc::new(AtomicBool::new(true));
-        let engine_alive = alive.clone();
+        let (queue, rx) = WorkQueue::new(max_queue, "generation thread");
         let engine_model = model.clone();
-        std::thread::Builder::new()
-            .name("girder-generate".into())
-            .spawn(move || {
-                run_engine(
-                    &engine_model,
-                    rx,
-                    max_sequences.max(1),
-                    max_batch_tokens.max(1),
-                );
-                engine_alive.store(false, Ordering::SeqCst);
-            })?;
-        Ok(Generator {
-            model,
-            tx,
-            max_queue,
-            alive,
-        })
+        queue.spawn_model_thread("girder-generate", move || {
+            run_engine(
+                &engine_model,
+                rx,
+                max_sequences.max(1),
+                max_batch_tokens.max(1),
+            )
+        })?;
+        Ok(Generator { model, queue })
     }
 
     /// The model.
@@ -91,7 +78,7 @@ impl Generator {
 
     /// Whether the engine thread still runs.
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
+        self.queue.is_alive()
     }
 
     /// Queues a prompt (token ids, already checked against the context) with its options.
@@ -108,7 +95,7 @@ impl Generator {
             updates,
             enqueued: Instant::now(),
         };
-        crate::error::enqueue(&self.tx, request, self.max_queue, "generation thread")?;
+        self.queue.push(request)?;
         Ok(rx)
     }
 }

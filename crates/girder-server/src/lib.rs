@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod metrics;
+pub mod queue;
 pub mod routes;
 pub mod seq2seq;
 

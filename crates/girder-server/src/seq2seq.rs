@@ -13,12 +13,12 @@
 
 use crate::error::ApiError;
 use crate::metrics as m;
+use crate::queue::WorkQueue;
 use candle_core::Tensor;
 use girder::batch::RaggedBatch;
 use girder::generate::seq2seq::{DecoderPrompt, EncoderInput, Seq2SeqBatch, SequenceId};
 use girder::generate::{GeneratedIds, GenerationConfig, Seq2SeqGenerator};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -52,9 +52,7 @@ struct Job {
 /// The handle handlers use; the engine thread stops when it is dropped.
 pub struct Seq2SeqEngine {
     model: Arc<Seq2SeqGenerator>,
-    tx: mpsc::Sender<Job>,
-    max_queue: usize,
-    alive: Arc<AtomicBool>,
+    queue: WorkQueue<Job>,
 }
 
 impl Seq2SeqEngine {
@@ -64,23 +62,12 @@ impl Seq2SeqEngine {
         max_queue: usize,
         max_sequences: usize,
     ) -> std::io::Result<Seq2SeqEngine> {
-        let max_queue = max_queue.max(1);
-        let (tx, rx) = mpsc::channel::<Job>(max_queue);
-        let alive = Arc::new(AtomicBool::new(true));
-        let engine_alive = alive.clone();
+        let (queue, rx) = WorkQueue::new(max_queue, "generation thread");
         let engine_model = model.clone();
-        std::thread::Builder::new()
-            .name("girder-seq2seq".into())
-            .spawn(move || {
-                run_engine(&engine_model, rx, max_sequences.max(1));
-                engine_alive.store(false, Ordering::SeqCst);
-            })?;
-        Ok(Seq2SeqEngine {
-            model,
-            tx,
-            max_queue,
-            alive,
-        })
+        queue.spawn_model_thread("girder-seq2seq", move || {
+            run_engine(&engine_model, rx, max_sequences.max(1))
+        })?;
+        Ok(Seq2SeqEngine { model, queue })
     }
 
     /// The model.
@@ -90,7 +77,7 @@ impl Seq2SeqEngine {
 
     /// Whether the engine thread still runs.
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
+        self.queue.is_alive()
     }
 
     /// Generates for every input of `input` from its prompt; resolves when the last finishes.
@@ -118,7 +105,7 @@ impl Seq2SeqEngine {
             reply,
             enqueued: Instant::now(),
         };
-        crate::error::enqueue(&self.tx, job, self.max_queue, "generation thread")?;
+        self.queue.push(job)?;
         answer
             .await
             .map_err(|_| ApiError::Unavailable("the generation thread has stopped".into()))?
