@@ -23,6 +23,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     about = "Hugging Face transformers pipelines in Rust, with guard rails"
 )]
 struct Cli {
+    /// Use only the Hugging Face cache: download nothing (as HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +55,10 @@ enum Command {
     /// Convert a model from another engine's format (CTranslate2 Whisper) into a Hugging
     /// Face folder.
     Convert(commands::convert::ConvertArgs),
+    /// Download a model from the Hugging Face Hub into the cache and print its folder.
+    Download(commands::download::DownloadArgs),
+    /// List or delete models in the Hugging Face cache.
+    Cache(commands::cache::CacheArgs),
 }
 
 impl Command {
@@ -85,6 +92,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if cli.offline {
+        // The library reads the switch huggingface_hub reads.
+        // SAFETY: set before any thread is started.
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
     if !cli.command.is_server() {
         // A command whose output is piped into `head` should end quietly when the pipe
         // closes, as Unix tools do; Rust ignores SIGPIPE and would panic in println! instead.
@@ -106,6 +118,8 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::train::eval(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Download(args) => commands::download::run(args),
+        Command::Cache(args) => commands::cache::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

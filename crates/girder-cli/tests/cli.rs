@@ -77,56 +77,6 @@ fn every_task_runs_and_matches_the_library() {
 }
 
 #[test]
-fn hub_id_resolves_in_the_huggingface_cache() {
-    let cache = std::env::temp_dir().join(format!("girder-hf-cache-{}", std::process::id()));
-    let repo = cache.join("models--acme--tiny-st");
-    let snapshot = repo.join("snapshots/0123456789abcdef");
-    copy_dir(&fixture("bert-st-mean"), &snapshot);
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
-    let by_id = json_lines(&girder_with(
-        &["run", "embeddings", "-m", "acme/tiny-st", "hello"],
-        None,
-        &[("HF_HUB_CACHE", &cache)],
-    ));
-    let by_rev = json_lines(&girder_with(
-        &[
-            "run",
-            "embeddings",
-            "-m",
-            "acme/tiny-st@0123456789abcdef",
-            "hello",
-        ],
-        None,
-        &[("HF_HUB_CACHE", &cache)],
-    ));
-    let by_path = json_lines(&girder_with(
-        &[
-            "run",
-            "embeddings",
-            "-m",
-            fixture("bert-st-mean").to_str().unwrap(),
-            "hello",
-        ],
-        None,
-        &[],
-    ));
-    assert_eq!(by_id, by_path);
-    assert_eq!(by_rev, by_path);
-    let missing = girder_with(
-        &["run", "embeddings", "-m", "acme/absent", "hello"],
-        None,
-        &[("HF_HUB_CACHE", &cache)],
-    );
-    let err = one_line_error(&missing);
-    assert!(
-        err.contains("acme/absent") && err.contains("Hugging Face cache"),
-        "{err}"
-    );
-    std::fs::remove_dir_all(cache).unwrap();
-}
-
-#[test]
 fn bad_inputs_exit_1_with_one_line() {
     let m = fixture("bert-st-mean");
     let m = m.to_str().unwrap();

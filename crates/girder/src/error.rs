@@ -15,12 +15,80 @@ pub enum Error {
     #[error("model folder {folder} does not exist")]
     FolderNotFound { folder: PathBuf },
 
-    /// A hub id that is not in the local Hugging Face cache.
-    #[error("model `{repo_id}` (revision {revision}) is not in the Hugging Face cache at {cache}: download it there first (e.g. `huggingface-cli download {repo_id}`) or pass a local folder")]
+    /// A hub id that is not in the local Hugging Face cache, and cannot be downloaded now.
+    #[error("model `{repo_id}` (revision {revision}) is not in the Hugging Face cache at {cache}: {reason}")]
     NotInCache {
         repo_id: String,
         revision: String,
         cache: PathBuf,
+        reason: String,
+    },
+
+    /// A repository id, revision, file name or ETag that cannot name a place in the cache.
+    #[error("{what} `{name}` is not valid: {rule}")]
+    BadHubName {
+        what: &'static str,
+        name: String,
+        rule: &'static str,
+    },
+
+    /// The Hub has no such repository, or hides it from this token.
+    #[error("repository `{repo_id}` was not found on {endpoint}{hint}")]
+    RepoNotFound {
+        repo_id: String,
+        endpoint: String,
+        hint: String,
+    },
+
+    /// A gated or private repository that the token (or its absence) does not open.
+    #[error("repository `{repo_id}` on {endpoint} needs access: {reason}")]
+    GatedRepo {
+        repo_id: String,
+        endpoint: String,
+        reason: String,
+    },
+
+    /// The repository exists but has no such branch, tag or commit.
+    #[error("repository `{repo_id}` has no revision `{revision}`")]
+    RevisionNotFound { repo_id: String, revision: String },
+
+    /// The revision exists but has no such file.
+    #[error("repository `{repo_id}` (revision {revision}) has no file `{file}`")]
+    EntryNotFound {
+        repo_id: String,
+        revision: String,
+        file: String,
+    },
+
+    /// The revision holds no files of what was asked for (no weights girder loads, nothing
+    /// matching the patterns).
+    #[error("repository `{repo_id}` (revision {revision}): {reason}")]
+    NothingToDownload {
+        repo_id: String,
+        revision: String,
+        reason: String,
+    },
+
+    /// The Hub (or the host it redirected to) could not be reached or answered an error.
+    #[error("{url}: {reason}")]
+    HubRequest { url: String, reason: String },
+
+    /// A downloaded file whose content is not the one the Hub announced; it is deleted.
+    #[error("{file}: downloaded content has {algorithm} {actual}, the Hub announced {expected}; the partial file was deleted")]
+    DownloadCorrupt {
+        file: String,
+        algorithm: &'static str,
+        expected: String,
+        actual: String,
+    },
+
+    /// A download that ended early; what arrived is kept and the next attempt resumes it.
+    #[error("{file}: the download stopped at {received} of {expected} bytes ({reason}); run the command again to resume it")]
+    DownloadIncomplete {
+        file: String,
+        received: u64,
+        expected: u64,
+        reason: String,
     },
 
     /// A file a model folder needs is absent.

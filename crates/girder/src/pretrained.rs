@@ -29,7 +29,9 @@ use crate::audio::WhisperFeatureExtractor;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::generate::{chat::ChatTemplate, GenerationConfig, Seq2SeqGenerator, TextGenerator};
-use crate::hub::{GgufFile, Lora, LoraAdapter, ModelFolder, ModelRef, Trained, Training, Weights};
+use crate::hub::{
+    FileSelection, GgufFile, Lora, LoraAdapter, ModelFolder, ModelRef, Trained, Training, Weights,
+};
 use crate::models::{registry, Architecture, DecoderModel, EncoderModel, Head, Kind, Seq2SeqModel};
 use crate::pipelines::{embeddings::SentenceConfig, Model, Task};
 use crate::tokenize::{max_input_length, InputLimits, TextTokenizer, Truncation};
@@ -136,7 +138,9 @@ pub enum Loaded {
     EncoderDecoder(Box<Seq2SeqGenerator>),
 }
 
-/// Loads `reference` (a folder, a hub id in the Hugging Face cache, or a `.gguf` file).
+/// Loads `reference`: a folder, a `.gguf` file, a hub id (`org/name[@revision]`, downloaded
+/// into the Hugging Face cache on first use) or a hub repository's GGUF file
+/// (`org/name[@revision]/file.gguf`).
 pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
     if options.dtype != DType::F32 {
         return Err(Error::Unsupported {
@@ -146,14 +150,18 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
             ),
         });
     }
+    let model_ref = ModelRef::parse(reference);
     let path = Path::new(reference);
+    if let ModelRef::HubFile { .. } = model_ref {
+        return load_gguf(&model_ref.locate(&FileSelection::Model)?, options);
+    }
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
         return load_gguf(path, options);
     }
-    let folder = ModelRef::parse(reference).resolve()?;
+    let folder = model_ref.resolve()?;
     let mut config = CommonConfig::from_file(
         &folder.require("config.json", "a model folder needs config.json")?,
     )?;

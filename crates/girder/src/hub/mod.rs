@@ -1,22 +1,27 @@
-//! Finding a model on disk: a local folder, or a hub id in the Hugging Face cache layout.
+//! Finding a model: a local folder, or a hub id fetched into the Hugging Face cache.
 //!
-//! girder never downloads at run time; it reuses what `huggingface_hub` (Python) already
-//! fetched. The cache layout is `models--{org}--{name}/snapshots/{commit}/`, with
-//! `refs/{branch}` holding the commit a branch points to.
+//! A hub id (`org/name[@revision]`) is downloaded on first use into the cache Python's
+//! `huggingface_hub` uses ([`cache`], [`download`]), so either finds what the other fetched;
+//! offline (`HF_HUB_OFFLINE=1`), only the cache is read.
 
 pub mod adapter;
+pub mod cache;
 pub mod ctranslate2;
+pub mod download;
 pub mod gguf;
 pub mod weights;
 
 pub use adapter::LoraAdapter;
+pub use cache::{CachedRepo, CachedRevision, HubCache, Removal};
+pub use download::{FileSelection, HubClient};
 pub use gguf::GgufFile;
 pub use weights::{Lora, LoraPair, Parameters, Trained, Training, Weights};
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// What the user named: a folder on disk or a hub id with an optional revision.
+/// What the user named: a folder or file on disk, a hub repository, or one file of a hub
+/// repository (a GGUF), each with an optional revision.
 ///
 /// ```
 /// use girder::hub::ModelRef;
@@ -24,6 +29,14 @@ use std::path::{Path, PathBuf};
 /// assert_eq!(
 ///     r,
 ///     ModelRef::Hub { repo_id: "sentence-transformers/all-MiniLM-L6-v2".into(), revision: Some("main".into()) }
+/// );
+/// assert_eq!(
+///     ModelRef::parse("Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"),
+///     ModelRef::HubFile {
+///         repo_id: "Qwen/Qwen2.5-0.5B-Instruct-GGUF".into(),
+///         revision: None,
+///         file: "qwen2.5-0.5b-instruct-q4_k_m.gguf".into(),
+///     }
 /// );
 /// assert!(matches!(ModelRef::parse("./models/minilm"), ModelRef::Path(_)));
 /// ```
@@ -34,60 +47,79 @@ pub enum ModelRef {
         repo_id: String,
         revision: Option<String>,
     },
+    HubFile {
+        repo_id: String,
+        revision: Option<String>,
+        file: String,
+    },
 }
 
 impl ModelRef {
-    /// Existing paths win; `org/name[@rev]` with exactly one slash is a hub id;
-    /// anything else is taken as a path (and reported missing if it is not there).
+    /// Existing paths win; `org/name[@rev]` is a hub repository and `org/name[@rev]/file.gguf`
+    /// one file of it; anything else is taken as a path (and reported missing if it is not
+    /// there).
     pub fn parse(reference: &str) -> ModelRef {
         let path = Path::new(reference);
         if path.exists() || reference.starts_with(['.', '/', '~']) {
             return ModelRef::Path(path.to_path_buf());
         }
-        let (repo_id, revision) = match reference.split_once('@') {
-            Some((id, rev)) if !rev.is_empty() => (id, Some(rev.to_string())),
-            _ => (reference, None),
+        let mut parts = reference.splitn(3, '/');
+        let (Some(org), Some(name_rev)) = (parts.next(), parts.next()) else {
+            return ModelRef::Path(path.to_path_buf());
         };
-        let parts: Vec<&str> = repo_id.split('/').collect();
-        let looks_like_hub_id = parts.len() == 2
-            && parts.iter().all(|p| {
-                !p.is_empty()
-                    && p.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            });
-        if looks_like_hub_id {
-            ModelRef::Hub {
-                repo_id: repo_id.to_string(),
-                revision,
+        let file = parts.next();
+        let (name, revision) = match name_rev.split_once('@') {
+            Some((name, rev)) if !rev.is_empty() => (name, Some(rev.to_string())),
+            _ => (name_rev, None),
+        };
+        let repo_id = format!("{org}/{name}");
+        let valid = cache::check_repo_id(&repo_id).is_ok()
+            && revision
+                .as_deref()
+                .is_none_or(|r| cache::check_revision(r).is_ok());
+        match file {
+            _ if !valid => ModelRef::Path(path.to_path_buf()),
+            None => ModelRef::Hub { repo_id, revision },
+            Some(file)
+                if file.to_ascii_lowercase().ends_with(".gguf")
+                    && cache::check_file(file).is_ok() =>
+            {
+                ModelRef::HubFile {
+                    repo_id,
+                    revision,
+                    file: file.to_string(),
+                }
             }
-        } else {
-            ModelRef::Path(path.to_path_buf())
+            Some(_) => ModelRef::Path(path.to_path_buf()),
         }
     }
 
-    /// The folder holding the model's files.
+    /// The folder holding the model's files, downloaded first if it is a hub id.
     pub fn resolve(&self) -> Result<ModelFolder> {
-        ModelFolder::open(self.locate()?)
+        ModelFolder::open(self.locate(&FileSelection::Model)?)
     }
 
     /// The folder holding a tokenizer, which may lack config.json (a tokenizer-only repo,
     /// or a folder of tokenizer files to check against another model).
     pub fn resolve_tokenizer(&self) -> Result<ModelFolder> {
-        ModelFolder::open_tokenizer(self.locate()?)
+        ModelFolder::open_tokenizer(self.locate(&FileSelection::Tokenizer)?)
     }
 
-    fn locate(&self) -> Result<PathBuf> {
+    /// The path on disk: the folder or file named, or the hub snapshot (folder or file),
+    /// downloaded with `selection` unless cached or offline.
+    pub fn locate(&self, selection: &FileSelection) -> Result<PathBuf> {
         match self {
             ModelRef::Path(path) => Ok(path.clone()),
-            ModelRef::Hub { repo_id, revision } => {
-                let cache = hf_cache_dir();
-                let revision = revision.clone().unwrap_or_else(|| "main".to_string());
-                snapshot_dir(&cache, repo_id, &revision).ok_or_else(|| Error::NotInCache {
-                    repo_id: repo_id.clone(),
-                    revision: revision.clone(),
-                    cache: cache.clone(),
-                })
-            }
+            ModelRef::Hub { repo_id, revision } => HubClient::from_env().snapshot(
+                repo_id,
+                revision.as_deref().unwrap_or("main"),
+                selection,
+            ),
+            ModelRef::HubFile {
+                repo_id,
+                revision,
+                file,
+            } => HubClient::from_env().file(repo_id, revision.as_deref().unwrap_or("main"), file),
         }
     }
 }
@@ -107,16 +139,6 @@ fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     }
     let home = var("HOME").map(PathBuf::from).unwrap_or_default();
     home.join(".cache").join("huggingface").join("hub")
-}
-
-/// `models--org--name/snapshots/<commit>` for a branch, tag or commit hash.
-fn snapshot_dir(cache: &Path, repo_id: &str, revision: &str) -> Option<PathBuf> {
-    let repo_dir = cache.join(format!("models--{}", repo_id.replace('/', "--")));
-    let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| revision.to_string());
-    let snapshot = repo_dir.join("snapshots").join(commit);
-    snapshot.is_dir().then_some(snapshot)
 }
 
 /// A Hugging Face model folder: config.json, tokenizer files and weights.
@@ -246,26 +268,13 @@ mod tests {
             }
         );
         assert!(matches!(ModelRef::parse("a/b/c"), ModelRef::Path(_)));
+        assert!(matches!(ModelRef::parse("../x/y"), ModelRef::Path(_)));
+        assert!(matches!(ModelRef::parse("x/..@main"), ModelRef::Path(_)));
+        assert!(matches!(
+            ModelRef::parse("org/name@v1/sub/m.gguf"),
+            ModelRef::HubFile { .. }
+        ));
         assert!(matches!(ModelRef::parse("/abs/path"), ModelRef::Path(_)));
         assert!(matches!(ModelRef::parse("plainname"), ModelRef::Path(_)));
-    }
-
-    #[test]
-    fn snapshot_follows_refs() {
-        let dir = std::env::temp_dir().join(format!("girder-hub-test-{}", std::process::id()));
-        let repo = dir.join("models--org--name");
-        std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
-        std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
-        assert_eq!(
-            snapshot_dir(&dir, "org/name", "main"),
-            Some(repo.join("snapshots/abc123"))
-        );
-        assert_eq!(
-            snapshot_dir(&dir, "org/name", "abc123"),
-            Some(repo.join("snapshots/abc123"))
-        );
-        assert_eq!(snapshot_dir(&dir, "org/name", "v2"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
