@@ -702,7 +702,9 @@ fn run_downloads_on_first_use_and_then_works_offline() {
         &unreachable,
     ));
     assert!(
-        err.contains("girder-test/absent") && err.contains("could not be reached"),
+        err.contains("girder-test/absent")
+            && err.contains("could not be reached")
+            && err.contains("no folder `girder-test/absent` here"),
         "{err}"
     );
 }

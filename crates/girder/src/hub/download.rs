@@ -548,6 +548,8 @@ impl HubClient {
         }
         let bar = self.progress_bar(file, meta.size, have);
         let mut last_reason = String::new();
+        // Without an announced size, only a body that ended cleanly is the whole file.
+        let mut ended_cleanly = false;
         for _ in 0..ATTEMPTS {
             if meta.size == Some(have) {
                 break;
@@ -608,21 +610,29 @@ impl HubClient {
                 }
             }
             if meta.size.is_none() && last_reason == "the connection closed early" {
-                break; // no size announced: the end of the body is the end of the file
+                ended_cleanly = true;
+                break;
             }
         }
         out.flush().map_err(io)?;
         drop(out);
         bar.finish_and_clear();
-        if let Some(size) = meta.size {
-            if have < size {
+        match meta.size {
+            Some(size) if have < size => {
                 return Err(Error::DownloadIncomplete {
                     file: file.to_string(),
                     received: have,
                     expected: size,
                     reason: last_reason,
-                });
+                })
             }
+            None if !ended_cleanly => {
+                return Err(Error::HubRequest {
+                    url: meta.location.clone(),
+                    reason: format!("{file}: the download stopped after {have} bytes ({last_reason}); run the command again to resume it"),
+                })
+            }
+            _ => {}
         }
         if let Err((algorithm, actual)) = hasher.verify(&meta.etag) {
             let _ = std::fs::remove_file(&partial);

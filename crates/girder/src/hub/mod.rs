@@ -110,17 +110,43 @@ impl ModelRef {
     pub fn locate(&self, selection: &FileSelection) -> Result<PathBuf> {
         match self {
             ModelRef::Path(path) => Ok(path.clone()),
-            ModelRef::Hub { repo_id, revision } => HubClient::from_env().snapshot(
-                repo_id,
-                revision.as_deref().unwrap_or("main"),
-                selection,
-            ),
+            ModelRef::Hub { repo_id, revision } => HubClient::from_env()
+                .snapshot(repo_id, revision.as_deref().unwrap_or("main"), selection)
+                .map_err(|e| not_a_folder_either(e, repo_id)),
             ModelRef::HubFile {
                 repo_id,
                 revision,
                 file,
             } => HubClient::from_env().file(repo_id, revision.as_deref().unwrap_or("main"), file),
         }
+    }
+}
+
+/// `org/name` may also have been meant as a folder: a hub error says there is none.
+fn not_a_folder_either(error: Error, reference: &str) -> Error {
+    let note = format!(" (and there is no folder `{reference}` here)");
+    match error {
+        Error::RepoNotFound {
+            repo_id,
+            endpoint,
+            hint,
+        } => Error::RepoNotFound {
+            repo_id,
+            endpoint,
+            hint: format!("{hint}{note}"),
+        },
+        Error::NotInCache {
+            repo_id,
+            revision,
+            cache,
+            reason,
+        } => Error::NotInCache {
+            repo_id,
+            revision,
+            cache,
+            reason: format!("{reason}{note}"),
+        },
+        other => other,
     }
 }
 
