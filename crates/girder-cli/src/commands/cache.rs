@@ -107,7 +107,7 @@ fn list(cache: &HubCache, revisions: bool) -> Result<()> {
     Ok(())
 }
 
-/// 1.2K, 3.4M, 5.6G: decimal units, as `hf cache ls` prints them.
+/// 827B, 1.2K, 3.4M, 5.6G: decimal units, as `hf cache ls` prints them.
 fn human_size(bytes: u64) -> String {
     let units = ["", "K", "M", "G", "T"];
     let mut value = bytes as f64;
@@ -117,7 +117,7 @@ fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     if unit == 0 {
-        format!("{bytes}")
+        format!("{bytes}B")
     } else {
         format!("{value:.1}{}", units[unit])
     }
@@ -128,10 +128,12 @@ fn ago(time: SystemTime) -> String {
         .duration_since(time)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    match seconds {
-        0..60 => "just now".into(),
-        60..3600 => format!("{} minutes ago", seconds / 60),
-        3600..86400 => format!("{} hours ago", seconds / 3600),
-        _ => format!("{} days ago", seconds / 86400),
-    }
+    let (count, unit) = match seconds {
+        0..60 => return "just now".into(),
+        60..3600 => (seconds / 60, "minute"),
+        3600..86400 => (seconds / 3600, "hour"),
+        _ => (seconds / 86400, "day"),
+    };
+    let plural = if count == 1 { "" } else { "s" };
+    format!("{count} {unit}{plural} ago")
 }
