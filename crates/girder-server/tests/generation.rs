@@ -339,6 +339,38 @@ async fn bad_generation_requests_get_the_right_status_and_name_the_field() {
             json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
             "messages[0].content[0]",
         ),
+        // Fields an answer would silently ignore are refused by name.
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "logit_bias": {"5": 100}}),
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "presence_penalty": 0.5}),
+            "presence_penalty",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "frequency_penalty": 1}),
+            "frequency_penalty",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "temprature": 0.5}),
+            "temprature",
+        ),
     ] {
         let (status, answer) = post(&server, path, body.clone()).await;
         assert_eq!(status, 422, "{body} → {answer}");
@@ -348,6 +380,35 @@ async fn bad_generation_requests_get_the_right_status_and_name_the_field() {
             "{body}: `{message}` does not name {field}"
         );
     }
+    // Values that ask for nothing are accepted; a temperature too small to divide by is
+    // greedy, as vLLM takes it (dividing logits by 1e-45 overflows and sampled token 0).
+    let greedy_answer = |body: Value| {
+        let server = &server;
+        async move {
+            let (status, answer) = post(server, "/v1/completions", body.clone()).await;
+            assert_eq!(status, 200, "{body} → {answer}");
+            answer["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    };
+    let base = json!({"prompt": "Hello", "max_tokens": 6, "ignore_eos": true, "temperature": 0});
+    let reference = greedy_answer(base.clone()).await;
+    let mut inert = base.clone();
+    for (k, v) in [
+        ("presence_penalty", json!(0)),
+        ("frequency_penalty", json!(0.0)),
+        ("response_format", json!({"type": "text"})),
+        ("user", json!("someone")),
+        ("tools", json!([])),
+        ("logit_bias", json!({})),
+    ] {
+        inert[k] = v;
+    }
+    assert_eq!(greedy_answer(inert).await, reference);
+    let mut tiny = base.clone();
+    tiny["temperature"] = json!(1e-45);
+    tiny["seed"] = json!(7);
+    assert_eq!(greedy_answer(tiny).await, reference);
+
     // The llama fixture has no chat template: named, 422.
     let (status, answer) = post(
         &server,
@@ -632,6 +693,31 @@ async fn health_info_tokenize_and_metrics_of_a_generating_server() {
         .map(u64::from)
         .collect();
     assert_eq!(ids, expected);
+    // A special token written in the prompt is marked special, as the post-processor's are.
+    let (status, tokens) = post(&server, "/tokenize", json!({"inputs": "Hi<|im_end|>"})).await;
+    assert_eq!(status, 200, "{tokens}");
+    let marks: Vec<(String, bool)> = tokens[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["text"].as_str().unwrap().to_string(),
+                t["special"] == true,
+            )
+        })
+        .collect();
+    assert!(
+        marks.contains(&("<|im_end|>".to_string(), true)),
+        "{marks:?}"
+    );
+    assert!(
+        marks
+            .iter()
+            .filter(|(t, _)| t != "<|im_end|>")
+            .all(|(_, s)| !s),
+        "{marks:?}"
+    );
 
     let (status, _) = post(
         &server,

@@ -15,6 +15,10 @@ pub enum Error {
     #[error("model folder {folder} does not exist")]
     FolderNotFound { folder: PathBuf },
 
+    /// A file named where a model folder is expected.
+    #[error("{path} is a file, not a model folder: give the folder holding config.json (or, for text generation, a .gguf file)")]
+    NotAFolder { path: PathBuf },
+
     /// A hub id that is not in the local Hugging Face cache, and cannot be downloaded now.
     #[error("model `{repo_id}` (revision {revision}) is not in the Hugging Face cache at {cache}: {reason}")]
     NotInCache {
@@ -231,7 +235,20 @@ pub enum Error {
 
     /// A tensor operation failed inside the model.
     #[error("tensor computation failed: {0}")]
-    Compute(#[from] candle_core::Error),
+    Compute(candle_core::Error),
+}
+
+/// candle attaches a backtrace to its errors when `RUST_BACKTRACE` is set and prints it
+/// inside the message; the message stays one line and the backtrace goes to the debug log.
+impl From<candle_core::Error> for Error {
+    fn from(error: candle_core::Error) -> Self {
+        let mut error = error;
+        while let candle_core::Error::WithBacktrace { inner, backtrace } = error {
+            tracing::debug!("backtrace of a tensor error: {backtrace}");
+            error = *inner;
+        }
+        Error::Compute(error)
+    }
 }
 
 impl Error {
@@ -274,5 +291,23 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tensor_error_stays_one_line_with_a_backtrace_attached() {
+        let candle = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch in matmul".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let message = Error::from(candle).to_string();
+        assert_eq!(
+            message,
+            "tensor computation failed: shape mismatch in matmul"
+        );
     }
 }

@@ -235,3 +235,66 @@ fn task_needs_the_right_head() {
     let err = fill_mask::run(&model, &["no mask here"], &Default::default()).unwrap_err();
     assert!(matches!(err, Error::BadInput { index: 0, .. }), "{err}");
 }
+
+#[test]
+fn shard_paths_stay_inside_the_model_folder() {
+    let m = ScratchModel::copy_of("bert-seqcls", "shard-escape");
+    std::fs::rename(m.path("model.safetensors"), m.path("shard.safetensors")).unwrap();
+    let outside = m.path("../outside.safetensors");
+    std::fs::copy(m.path("shard.safetensors"), &outside).unwrap();
+    // An existing file outside and an absent one get the same answer: nothing is opened and
+    // nothing tells whether it exists.
+    for shard in [
+        outside.to_str().unwrap().to_string(),
+        "../outside.safetensors".to_string(),
+        "/no/such/shard.safetensors".to_string(),
+        "sub/../../outside.safetensors".to_string(),
+    ] {
+        let index =
+            serde_json::json!({"weight_map": {"bert.embeddings.word_embeddings.weight": shard}});
+        std::fs::write(m.path("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = load(m.as_str()).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadConfig { field, .. } if field == "weight_map"),
+            "{shard}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("not a file name inside the model folder"),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(outside).unwrap();
+}
+
+#[test]
+fn a_file_link_loop_or_fifo_is_named_for_what_it_is() {
+    // A file given as the model folder.
+    let m = ScratchModel::copy_of("bert-seqcls", "file-as-folder");
+    let err = load(m.path("model.safetensors").to_str().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::NotAFolder { .. }), "{err}");
+    assert!(
+        err.to_string().contains("is a file, not a model folder"),
+        "{err}"
+    );
+
+    // A link loop where the folder should be.
+    let looped = m.path("../loop-model");
+    let _ = std::fs::remove_file(&looped);
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let err = load(looped.to_str().unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(!err.to_string().contains("config.json"), "{err}");
+    std::fs::remove_file(&looped).unwrap();
+
+    // A FIFO where config.json should be: named, not read (reading would block).
+    std::fs::remove_file(m.path("config.json")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(m.path("config.json"))
+        .status();
+    if status.is_ok_and(|s| s.success()) {
+        let err = load(m.as_str()).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+}

@@ -16,6 +16,8 @@ pub async fn handler(
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Response, ApiError> {
     let generator = state.require_generator("/v1/chat/completions")?;
+    // Before the template runs: a request asking for tools is refused for the tools.
+    request.refuse_unsupported_fields()?;
     let Some(messages) = &request.messages else {
         return Err(ApiError::Validation {
             field: "messages".into(),

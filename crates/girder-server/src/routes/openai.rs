@@ -62,7 +62,13 @@ pub struct Request {
     pub ignore_eos: bool,
     #[serde(default)]
     pub truncate: bool,
+    /// Every other field: refused by [`Request::options`] unless it changes nothing.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, Value>,
 }
+
+/// Fields OpenAI's clients send that do not change an answer: accepted and not used.
+const INERT_FIELDS: &[&str] = &["user", "metadata", "store", "service_tier"];
 
 /// One message: `content` is a string, or an array of `{"type": "text", "text"}` parts.
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +137,7 @@ impl Request {
     /// The generation options the request asks for; `default_max_tokens` applies when it
     /// names none.
     pub fn options(&self, default_max_tokens: usize) -> Result<Options, ApiError> {
+        self.refuse_unsupported_fields()?;
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("n", "only 1 choice per request is supported"));
         }
@@ -170,6 +177,66 @@ impl Request {
             other => ApiError::from_library(other, "stop"),
         })?;
         Ok(options)
+    }
+}
+
+impl Request {
+    /// A field girder does not implement would be ignored silently (a JSON schema, tools,
+    /// penalties): it is refused by name, unless its value asks for nothing (a penalty of 0,
+    /// `response_format` text, `tool_choice` none, an empty list or null).
+    pub fn refuse_unsupported_fields(&self) -> Result<(), ApiError> {
+        for (field, value) in &self.other {
+            let asks_nothing = match (field.as_str(), value) {
+                (_, Value::Null) => true,
+                (name, _) if INERT_FIELDS.contains(&name) => true,
+                ("presence_penalty" | "frequency_penalty", v) => v.as_f64() == Some(0.0),
+                ("response_format", v) => v.get("type") == Some(&json!("text")),
+                ("tool_choice", v) => v == &json!("none"),
+                ("tools" | "functions" | "logit_bias", v) => {
+                    v.as_array().is_some_and(Vec::is_empty)
+                        || v.as_object().is_some_and(|o| o.is_empty())
+                }
+                ("parallel_tool_calls", _) => self
+                    .other
+                    .get("tools")
+                    .is_none_or(|t| t.is_null() || t.as_array().is_some_and(Vec::is_empty)),
+                _ => false,
+            };
+            if !asks_nothing {
+                let known = matches!(
+                    field.as_str(),
+                    "presence_penalty"
+                        | "frequency_penalty"
+                        | "response_format"
+                        | "tools"
+                        | "tool_choice"
+                        | "functions"
+                        | "function_call"
+                        | "parallel_tool_calls"
+                        | "logit_bias"
+                        | "top_logprobs"
+                        | "best_of"
+                        | "echo"
+                        | "suffix"
+                        | "modalities"
+                        | "audio"
+                        | "prediction"
+                        | "reasoning_effort"
+                        | "web_search_options"
+                );
+                let message = if known {
+                    "is not supported by girder: the answer would ignore it".to_string()
+                } else {
+                    "is not a field of the completions or chat completions API girder serves"
+                        .to_string()
+                };
+                return Err(ApiError::Validation {
+                    field: field.clone(),
+                    message,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -39,17 +39,20 @@ pub async fn handler(
         .as_ref()
         .ok_or_else(|| ApiError::Internal("the server runs no model".into()))?;
     let (_, encodings) = encode(encoder, request.inputs, request.truncate, "inputs").await?;
+    let added = encoder.refusing.inner().get_added_vocabulary();
     Ok(Json(
         encodings
             .into_iter()
             .map(|enc| {
                 (0..enc.ids.len())
                     .map(|i| {
-                        let special = enc.special_tokens_mask.get(i).is_some_and(|&s| s == 1);
+                        let text = enc.tokens.get(i).cloned().unwrap_or_default();
+                        let special = enc.special_tokens_mask.get(i).is_some_and(|&s| s == 1)
+                            || added.is_special_token(&text);
                         let span = (!special).then(|| enc.offsets.get(i).copied()).flatten();
                         Token {
                             id: enc.ids[i],
-                            text: enc.tokens.get(i).cloned().unwrap_or_default(),
+                            text,
                             special,
                             start: span.map(|s| s.0),
                             stop: span.map(|s| s.1),
@@ -92,9 +95,13 @@ async fn tokenize_prompts(
                             },
                             message: format!("tokenization failed: {e}"),
                         })?;
+                let added = tokenizer.get_added_vocabulary();
                 Ok((0..encoding.len())
                     .map(|t| {
-                        let special = encoding.get_special_tokens_mask()[t] == 1;
+                        // The mask marks what the post-processor added; a special token
+                        // written in the text (`<|im_end|>`) is special too.
+                        let special = encoding.get_special_tokens_mask()[t] == 1
+                            || added.is_special_token(&encoding.get_tokens()[t]);
                         let span = (!special).then(|| encoding.get_offsets()[t]);
                         Token {
                             id: encoding.get_ids()[t],

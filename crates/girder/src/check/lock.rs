@@ -254,7 +254,7 @@ pub fn compare(lock: &Lock, model: &Subject) -> Result<Vec<Finding>> {
                 "{} of the {} locked probe texts tokenize differently; first: {:?}: locked {} now {}",
                 changed.len(),
                 lock.probe.len(),
-                first.text,
+                excerpt(&first.text, 120),
                 show_ids(&first.ids, ids),
                 show_ids(ids, &first.ids),
             ),
@@ -397,6 +397,17 @@ fn short(digest: &str) -> &str {
 }
 
 /// Up to 16 ids around the first position where `a` differs from `b`.
+/// At most `max` characters of `text` (a probe text may be a whole document), with its
+/// length when cut.
+fn excerpt(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(max).collect();
+    format!("{head}… ({count} characters)")
+}
+
 fn show_ids(a: &[u32], b: &[u32]) -> String {
     let first = a
         .iter()
@@ -420,6 +431,16 @@ fn show_ids(a: &[u32], b: &[u32]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_long_probe_text_is_shown_as_an_excerpt() {
+        let long = "word ".repeat(40_000);
+        let shown = excerpt(&long, 120);
+        assert!(shown.chars().count() < 160, "{shown}");
+        assert!(shown.ends_with("(200000 characters)"), "{shown}");
+        assert_eq!(excerpt("short", 120), "short");
+    }
+
     use super::*;
 
     #[test]

@@ -43,10 +43,14 @@ impl Default for Sampling {
     }
 }
 
+/// Temperatures below this are greedy, as vLLM treats them (its `_SAMPLING_EPS`).
+pub const MIN_SAMPLING_TEMPERATURE: f32 = 1e-5;
+
 impl Sampling {
-    /// Greedy unless a temperature is set.
+    /// Greedy unless a temperature of at least [`MIN_SAMPLING_TEMPERATURE`] is set: logits
+    /// divided by a smaller one overflow f32 and the distribution is NaN.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < MIN_SAMPLING_TEMPERATURE
     }
 
     /// Rejects values transformers rejects (negative temperature, top_p outside (0, 1], ...).

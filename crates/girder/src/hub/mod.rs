@@ -167,6 +167,37 @@ fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     home.join(".cache").join("huggingface").join("hub")
 }
 
+/// A model folder that cannot be opened is named with the reason: absent, a file where a
+/// folder is expected (a `.safetensors` or another file given as the model), a link loop,
+/// or no permission to list it.
+fn check_folder(root: &Path) -> Result<()> {
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => {
+            std::fs::read_dir(root)
+                .map(|_| ())
+                .map_err(|source| Error::Io {
+                    path: root.to_path_buf(),
+                    source,
+                })
+        }
+        Ok(_) => Err(Error::NotAFolder {
+            path: root.to_path_buf(),
+        }),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && std::fs::symlink_metadata(root).is_err() =>
+        {
+            Err(Error::FolderNotFound {
+                folder: root.to_path_buf(),
+            })
+        }
+        Err(source) => Err(Error::Io {
+            path: root.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// A Hugging Face model folder: config.json, tokenizer files and weights.
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
@@ -174,12 +205,10 @@ pub struct ModelFolder {
 }
 
 impl ModelFolder {
-    /// Opens a folder; fails when it does not exist or lacks config.json.
+    /// Opens a folder; fails when it does not exist, cannot be read, or lacks config.json.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        if !root.is_dir() {
-            return Err(Error::FolderNotFound { folder: root });
-        }
+        check_folder(&root)?;
         let folder = ModelFolder { root };
         folder.require(
             "config.json",
@@ -191,9 +220,7 @@ impl ModelFolder {
     /// Opens a folder of tokenizer files; unlike [`open`](Self::open) it needs no config.json.
     pub fn open_tokenizer(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        if !root.is_dir() {
-            return Err(Error::FolderNotFound { folder: root });
-        }
+        check_folder(&root)?;
         Ok(ModelFolder { root })
     }
 
@@ -208,13 +235,38 @@ impl ModelFolder {
         path.is_file().then_some(path)
     }
 
-    /// `root/name`, or a [`Error::MissingFile`] that says why it is needed.
+    /// `root/name`, or why it cannot be used: absent (a [`Error::MissingFile`] that says why
+    /// it is needed), or there but not a readable regular file (a link loop, a FIFO, a folder,
+    /// no permission: an [`Error::Io`] naming it).
+    fn existing(&self, name: &str, needs: &str) -> Result<PathBuf> {
+        let path = self.root.join(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => match std::fs::File::open(&path) {
+                Ok(_) => Ok(path),
+                Err(source) => Err(Error::Io { path, source }),
+            },
+            Ok(_) => Err(Error::Io {
+                path,
+                source: std::io::Error::other("not a regular file"),
+            }),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&path).is_err() =>
+            {
+                Err(Error::MissingFile {
+                    folder: self.root.clone(),
+                    file: name.to_string(),
+                    needs: needs.to_string(),
+                })
+            }
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    /// `root/name`, or why not: a [`Error::MissingFile`] that says why it is needed, or an
+    /// [`Error::Io`] when it is there but cannot be read.
     pub fn require(&self, name: &str, needs: &str) -> Result<PathBuf> {
-        self.file(name).ok_or_else(|| Error::MissingFile {
-            folder: self.root.clone(),
-            file: name.to_string(),
-            needs: needs.to_string(),
-        })
+        self.existing(name, needs)
     }
 
     /// The safetensors files: `model.safetensors`, or the shards named by
@@ -239,13 +291,23 @@ impl ModelFolder {
         struct Index {
             weight_map: std::collections::BTreeMap<String, String>,
         }
-        let index: Index = crate::config::read_json(&index)?;
+        let index_path = index;
+        let index: Index = crate::config::read_json(&index_path)?;
         let mut files: Vec<String> = index.weight_map.into_values().collect();
         files.sort();
         files.dedup();
         files
             .iter()
             .map(|f| {
+                // A shard is a file of this folder: an absolute path or `..` would open
+                // files elsewhere (and an error would tell whether they exist).
+                if cache::check_file(f).is_err() {
+                    return Err(Error::BadConfig {
+                        file: index_path.clone(),
+                        field: "weight_map".into(),
+                        reason: format!("shard `{f}` is not a file name inside the model folder"),
+                    });
+                }
                 self.require(
                     f,
                     "model.safetensors.index.json names this shard in its weight_map",

@@ -339,6 +339,29 @@ impl Weights {
         let mut mapped = Vec::with_capacity(files.len());
         let mut routing = HashMap::new();
         for (index, path) in files.iter().enumerate() {
+            // A file that cannot be opened (permissions, a FIFO) is an I/O error, not a
+            // malformed checkpoint.
+            match std::fs::metadata(path) {
+                Ok(meta) if !meta.is_file() => {
+                    return Err(Error::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other("not a regular file"),
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+                Ok(_) => {}
+            }
+            if let Err(source) = std::fs::File::open(path) {
+                return Err(Error::Io {
+                    path: path.clone(),
+                    source,
+                });
+            }
             // SAFETY: the file is mapped read-only; like every mmap-based loader (candle,
             // safetensors, transformers) we rely on nobody truncating a checkpoint in use.
             let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::BadWeights {
