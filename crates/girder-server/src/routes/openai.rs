@@ -7,7 +7,9 @@
 //! `temperature` (default 1.0, as OpenAI; 0 is greedy), `top_p`, `stop` (a string or an
 //! array), `seed` (default: random), `stream`, `stream_options.include_usage`, `n` (1 only).
 //! girder's extensions: `top_k`, `ignore_eos` (generate exactly `max_tokens`) and `truncate`
-//! (keep the end of a prompt that does not fit instead of answering 413).
+//! (keep the end of a prompt that does not fit instead of answering 413). Any other field is
+//! refused with 422 naming it, unless it asks for nothing (`user`, a penalty of 0, a text
+//! `response_format`): an answer never silently ignores what a request asked for.
 
 use super::{AppState, Texts};
 use crate::error::ApiError;
