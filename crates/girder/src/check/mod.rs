@@ -14,6 +14,7 @@
 //! | [`canary`] | the model's own embedding rows tell a wrong tokenizer of plausible size | `tokenizer-mismatch`, `canary-passed`, `canary-untrained`, `canary-inconclusive` |
 //! | [`lock`] | drift against a pinned `girder.lock` | `lock-ids-changed`, `lock-fingerprint-changed`, `lock-label-drift`, `lock-label-takeover`, `lock-scores-drift`, `lock-ok` |
 //! | [`generator`] | a loaded causal LM without a model folder (a GGUF file): ids against output rows, special tokens, probe round trip, chat template | `vocab-overflow`, `vocab-smaller`, `special-token-unknown`, `eos-missing`, `round-trip`, `chat-template`, `chat-template-missing` |
+//! | [`numerics`] | NaN or infinity in the embedding matrix, the hidden states or the classifier's scores on the probe texts | `non-finite-weights`, `non-finite-outputs` |
 //! | [`model_card`] | README.md's YAML front matter, license and language policy | `card`, `card-missing`, `card-invalid`, `license-denied`, `language-missing` |
 //!
 //! Severity: an error means the model must not be trusted as loaded; a warning means the
@@ -24,6 +25,7 @@ pub mod fit;
 pub mod generator;
 pub mod lock;
 pub mod model_card;
+pub mod numerics;
 
 use crate::config::CommonConfig;
 use crate::error::Result;
@@ -295,9 +297,17 @@ pub fn preflight(model: &Loaded) -> Result<Report> {
 /// [`preflight`] on any subject, with these probe texts.
 pub fn preflight_subject(subject: &Subject, probe: &[String]) -> Result<Report> {
     let embedding = canary::EmbeddingMatrix::load(subject)?;
-    let mut findings = fit::check(subject, embedding.as_ref().map(|e| e.rows()), probe)?;
-    findings.extend(canary::check(subject, embedding.as_ref(), probe)?);
-    Ok(Report::new(findings))
+    preflight_with(subject, embedding.as_ref(), probe).map(Report::new)
+}
+
+fn preflight_with(
+    subject: &Subject,
+    embedding: Option<&canary::EmbeddingMatrix>,
+    probe: &[String],
+) -> Result<Vec<Finding>> {
+    let mut findings = fit::check(subject, embedding.map(|e| e.rows()), probe)?;
+    findings.extend(canary::check(subject, embedding, probe)?);
+    Ok(findings)
 }
 
 /// Every check except the lock: [`preflight`] plus the model card.
@@ -334,7 +344,10 @@ pub fn check(model: &Loaded, options: &CheckOptions) -> Result<Report> {
 /// [`check`] on any subject.
 pub fn check_subject(subject: &Subject, options: &CheckOptions) -> Result<Report> {
     let probe = probe_texts(options);
-    let mut report = preflight_subject(subject, &probe)?;
+    let embedding = canary::EmbeddingMatrix::load(subject)?;
+    let mut findings = preflight_with(subject, embedding.as_ref(), &probe)?;
+    findings.extend(numerics::check(subject, embedding.as_ref(), &probe)?);
+    let mut report = Report::new(findings);
     report.extend(model_card::check(
         subject.folder.root(),
         &options.deny_licenses,
