@@ -346,7 +346,10 @@ pub fn check_subject(subject: &Subject, options: &CheckOptions) -> Result<Report
     let probe = probe_texts(options);
     let embedding = canary::EmbeddingMatrix::load(subject)?;
     let mut findings = preflight_with(subject, embedding.as_ref(), &probe)?;
-    findings.extend(numerics::check(subject, embedding.as_ref(), &probe)?);
+    // A tokenizer already found wrong may emit ids the network cannot index: the probe
+    // forward pass runs only on a tokenizer that fits.
+    let fits = !findings.iter().any(|f| f.severity == Severity::Error);
+    findings.extend(numerics::check(subject, embedding.as_ref(), &probe, fits)?);
     let mut report = Report::new(findings);
     report.extend(model_card::check(
         subject.folder.root(),

@@ -16,11 +16,13 @@ const PROBE_TEXTS: usize = 16;
 
 const FIX: &str = "the weights or config.json produce NaN or infinity (a corrupted or badly converted checkpoint, an overflowing half-precision export, a zero or negative layer_norm_eps): re-export the model and check it again";
 
-/// `non-finite-weights` and `non-finite-outputs` errors, or nothing.
+/// `non-finite-weights` and `non-finite-outputs` errors, or nothing; the probe texts run
+/// through the network only when `run_probe` (the tokenizer fits the model).
 pub fn check(
     subject: &Subject,
     embedding: Option<&EmbeddingMatrix>,
     probe: &[String],
+    run_probe: bool,
 ) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     if let Some(matrix) = embedding {
@@ -33,7 +35,7 @@ pub fn check(
             ));
         }
     }
-    let Some(model) = subject.model else {
+    let Some(model) = subject.model.filter(|_| run_probe) else {
         return Ok(findings);
     };
     let texts: Vec<&String> = probe.iter().take(PROBE_TEXTS).collect();
