@@ -318,13 +318,7 @@ impl HubClient {
         for _ in 0..5 {
             let response = self.send(self.agent.head(&url), &url, true)?;
             let status = response.status().as_u16();
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
+            let header = |name: &str| header(&response, name);
             let location = header("location");
             if (300..400).contains(&status) {
                 let Some(location) = location.clone() else {
@@ -457,14 +451,8 @@ impl HubClient {
         const INDEX: &str = "model.safetensors.index.json";
         if has(INDEX) {
             let index = self.fetch_into_snapshot(repo_id, &info.sha, INDEX)?;
-            #[derive(serde::Deserialize)]
-            struct Index {
-                weight_map: std::collections::BTreeMap<String, String>,
-            }
-            let index: Index = crate::config::read_json(&index)?;
             let mut files = vec![INDEX.to_string()];
-            for shard in index.weight_map.into_values() {
-                check_file(&shard)?;
+            for shard in super::shard_names(&index)? {
                 if !has(&shard) {
                     return Err(Error::NothingToDownload {
                         repo_id: repo_id.to_string(),
@@ -699,13 +687,7 @@ impl HubClient {
         file: Option<&str>,
     ) -> Error {
         let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name: &str| header(response, name);
         let code = header("x-error-code").unwrap_or_default();
         let message = header("x-error-message").unwrap_or_default();
         let endpoint = self.endpoint.clone();
@@ -759,6 +741,15 @@ impl HubClient {
             },
         }
     }
+}
+
+/// A response header as text, when present and readable.
+fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// `HF_HUB_OFFLINE` as `huggingface_hub` reads it: 1, ON, YES or TRUE.

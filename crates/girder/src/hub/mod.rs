@@ -167,6 +167,28 @@ fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     home.join(".cache").join("huggingface").join("hub")
 }
 
+/// The shard files a `model.safetensors.index.json` names, sorted, each once. A shard is a
+/// file of the index's folder: an absolute path or `..` (which would open files elsewhere,
+/// and whose error would tell whether they exist) is refused naming the field.
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: std::collections::BTreeMap<String, String>,
+    }
+    let parsed: Index = crate::config::read_json(index)?;
+    let mut files: Vec<String> = parsed.weight_map.into_values().collect();
+    files.sort();
+    files.dedup();
+    if let Some(bad) = files.iter().find(|f| cache::check_file(f).is_err()) {
+        return Err(Error::BadConfig {
+            file: index.to_path_buf(),
+            field: "weight_map".into(),
+            reason: format!("shard `{bad}` is not a file name inside the model folder"),
+        });
+    }
+    Ok(files)
+}
+
 /// A model folder that cannot be opened is named with the reason: absent, a file where a
 /// folder is expected (a `.safetensors` or another file given as the model), a link loop,
 /// or no permission to list it.
@@ -287,27 +309,9 @@ impl ModelFolder {
                 needs: needs.into(),
             });
         };
-        #[derive(serde::Deserialize)]
-        struct Index {
-            weight_map: std::collections::BTreeMap<String, String>,
-        }
-        let index_path = index;
-        let index: Index = crate::config::read_json(&index_path)?;
-        let mut files: Vec<String> = index.weight_map.into_values().collect();
-        files.sort();
-        files.dedup();
-        files
+        shard_names(&index)?
             .iter()
             .map(|f| {
-                // A shard is a file of this folder: an absolute path or `..` would open
-                // files elsewhere (and an error would tell whether they exist).
-                if cache::check_file(f).is_err() {
-                    return Err(Error::BadConfig {
-                        file: index_path.clone(),
-                        field: "weight_map".into(),
-                        reason: format!("shard `{f}` is not a file name inside the model folder"),
-                    });
-                }
                 self.require(
                     f,
                     "model.safetensors.index.json names this shard in its weight_map",
