@@ -19,6 +19,9 @@ use std::time::Duration;
 /// The Hub's address when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
+/// Why a file is not fetched when offline.
+const OFFLINE: &str = "offline mode (HF_HUB_OFFLINE or --offline) downloads nothing";
+
 /// Attempts per file: a connection that drops mid-file is resumed where it stopped.
 const ATTEMPTS: usize = 4;
 
@@ -196,11 +199,7 @@ impl HubClient {
         check_repo_id(repo_id)?;
         check_revision(revision)?;
         if self.offline {
-            return self.cached_snapshot(
-                repo_id,
-                revision,
-                "offline mode (HF_HUB_OFFLINE or --offline) downloads nothing".into(),
-            );
+            return self.cached_snapshot(repo_id, revision, OFFLINE.into());
         }
         let info = match self.repo_info(repo_id, revision) {
             Ok(info) => info,
@@ -238,11 +237,7 @@ impl HubClient {
             }
         }
         if self.offline {
-            return Err(self.not_in_cache(
-                repo_id,
-                revision,
-                "offline mode (HF_HUB_OFFLINE or --offline) downloads nothing".into(),
-            ));
+            return Err(self.not_in_cache(repo_id, revision, OFFLINE.into()));
         }
         let meta = match self.file_metadata(repo_id, revision, file) {
             Ok(meta) => meta,
