@@ -1,6 +1,6 @@
 //! `girder serve` end to end: it runs the pre-flight check before the port opens, prints its
 //! address, answers over loopback (greedy completions equal `girder generate`'s), and on
-//! SIGTERM finishes and exits 0.
+//! SIGTERM finishes and exits 0 (1 when the grace period cuts requests).
 
 mod common;
 
@@ -205,4 +205,37 @@ fn greedy_completions_equal_girder_generate() {
         expected["completion_tokens"]
     );
     sigterm_and_wait(child);
+}
+
+/// A request still running at the end of the grace period is answered with a 500 and the
+/// exit code says so.
+#[cfg(unix)]
+#[test]
+fn serve_exits_1_when_the_grace_period_cuts_requests() {
+    let model = fixture("bert-st-mean");
+    let (mut child, mut stderr, addr, _) = start_serve(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--shutdown-grace-s",
+        "1",
+    ]);
+    // A body that never finishes arriving keeps its request in flight.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stalled
+        .write_all(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"inputs\": ")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signals our own child process by its id.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "exit status {status:?}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("1 requests were still running"), "{rest}");
 }

@@ -184,7 +184,9 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch) {
         let outcome = run_guarded(runner, &batch);
         metrics::histogram!(m::BATCH_DURATION).record(start.elapsed().as_secs_f64());
         match outcome {
-            Ok(items) => answer(batch, items),
+            Ok(Some(items)) => answer(batch, items),
+            // Every client left during the batch: nobody to answer.
+            Ok(None) => metrics::counter!(m::BATCHES_CANCELLED).increment(1),
             Err(err) if batch.len() == 1 => {
                 for job in batch {
                     let _ = job.reply.send(Err(err.clone()));
@@ -194,16 +196,20 @@ fn run_batches(runner: &dyn Runner, next: &NextBatch) {
             // error reaches only the request that caused it, with its own indices.
             Err(_) => {
                 for job in batch {
-                    let outcome = run_guarded(runner, std::slice::from_ref(&job));
-                    let _ = job.reply.send(outcome);
+                    match run_guarded(runner, std::slice::from_ref(&job)) {
+                        Ok(Some(items)) => drop(job.reply.send(Ok(items))),
+                        Ok(None) => metrics::counter!(m::BATCHES_CANCELLED).increment(1),
+                        Err(err) => drop(job.reply.send(Err(err))),
+                    }
                 }
             }
         }
     }
 }
 
-/// Runs `jobs` as one batch, turning a library error or a panic into an [`ApiError`].
-fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Reply {
+/// Runs `jobs` as one batch, turning a library error or a panic into an [`ApiError`];
+/// `Ok(None)` when every client left before the batch ended.
+fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Result<Option<Vec<TaskOutput>>, ApiError> {
     let work = &jobs[0].work;
     let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
     let encodings: Vec<Encoded> = jobs
@@ -212,9 +218,13 @@ fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Reply {
         .collect();
     // The runner only reads the model (`forward` takes `&self`), so state seen after a panic
     // is the state before it.
-    match catch_unwind(AssertUnwindSafe(|| runner.run(work, &texts, &encodings))) {
-        Ok(Ok(items)) if items.len() == texts.len() => Ok(items),
-        Ok(Ok(items)) => Err(ApiError::Internal(format!(
+    let abandoned = || jobs.iter().all(|job| job.reply.is_closed());
+    match catch_unwind(AssertUnwindSafe(|| {
+        runner.run(work, &texts, &encodings, &abandoned)
+    })) {
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(items))) if items.len() == texts.len() => Ok(Some(items)),
+        Ok(Ok(Some(items))) => Err(ApiError::Internal(format!(
             "the model returned {} results for {} inputs",
             items.len(),
             texts.len()
@@ -260,7 +270,8 @@ mod tests {
             _: &TaskOptions,
             texts: &[String],
             _: &[Encoded],
-        ) -> girder::Result<Vec<TaskOutput>> {
+            _: &dyn Fn() -> bool,
+        ) -> girder::Result<Option<Vec<TaskOutput>>> {
             texts
                 .iter()
                 .enumerate()
@@ -275,7 +286,8 @@ mod tests {
                         truncated: false,
                     })),
                 })
-                .collect()
+                .collect::<girder::Result<Vec<_>>>()
+                .map(Some)
         }
     }
 
@@ -327,6 +339,49 @@ mod tests {
         }
         // Still serving after the panic.
         assert_eq!(first(&ask(&b, &["after"]).await), vec![5.0]);
+        assert!(b.is_alive());
+    }
+
+    /// Runs until every client of its batch has gone, then stops: a stand-in for a batch of
+    /// many forward passes.
+    struct UntilAbandoned(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Runner for UntilAbandoned {
+        fn run(
+            &self,
+            _: &TaskOptions,
+            _: &[String],
+            _: &[Encoded],
+            abandoned: &dyn Fn() -> bool,
+        ) -> girder::Result<Option<Vec<TaskOutput>>> {
+            let started = Instant::now();
+            while !abandoned() {
+                if started.elapsed() > std::time::Duration::from_secs(10) {
+                    return Ok(Some(Vec::new()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_when_its_client_leaves() {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b =
+            Arc::new(Batcher::spawn(Arc::new(UntilAbandoned(stopped.clone())), 64, 16).unwrap());
+        let asking = {
+            let b = b.clone();
+            tokio::spawn(async move { ask(&b, &["a long request"]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        asking.abort();
+        let started = Instant::now();
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(started.elapsed().as_secs() < 5, "the batch ran on");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert!(b.is_alive());
     }
 }

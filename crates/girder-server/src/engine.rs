@@ -14,14 +14,16 @@ use std::sync::Arc;
 
 /// Runs one batch: `texts[i]` was tokenized into `encodings[i]`; returns one output per
 /// text, in order. Requests with equal options share a batch. Called from the batcher's
-/// model thread only.
+/// model thread only. `abandoned` says whether every client of the batch has gone: a runner
+/// checks it between forward passes and stops with `Ok(None)`.
 pub trait Runner: Send + Sync + 'static {
     fn run(
         &self,
         work: &TaskOptions,
         texts: &[String],
         encodings: &[Encoded],
-    ) -> girder::Result<Vec<TaskOutput>>;
+        abandoned: &dyn Fn() -> bool,
+    ) -> girder::Result<Option<Vec<TaskOutput>>>;
 }
 
 /// The encoder pipelines over one loaded model.
@@ -36,13 +38,36 @@ impl EncoderEngine {
 }
 
 impl Runner for EncoderEngine {
+    /// One forward pass of the plan at a time, so that a request whose client has gone
+    /// stops after the pass that runs when it leaves.
     fn run(
         &self,
         work: &TaskOptions,
         texts: &[String],
         encodings: &[Encoded],
-    ) -> girder::Result<Vec<TaskOutput>> {
+        abandoned: &dyn Fn() -> bool,
+    ) -> girder::Result<Option<Vec<TaskOutput>>> {
         let plan = self.model.plan(encodings);
-        work.run_encoded(&self.model, texts, encodings, &plan)
+        if plan.len() == 1 {
+            return work
+                .run_encoded(&self.model, texts, encodings, &plan)
+                .map(Some);
+        }
+        let mut outputs: Vec<Option<TaskOutput>> = vec![None; texts.len()];
+        for pass in &plan {
+            if abandoned() {
+                return Ok(None);
+            }
+            let pass_texts: Vec<String> = pass.iter().map(|&i| texts[i].clone()).collect();
+            let pass_encodings: Vec<Encoded> = pass.iter().map(|&i| encodings[i].clone()).collect();
+            let whole_pass = vec![(0..pass.len()).collect::<Vec<usize>>()];
+            let items = work
+                .run_encoded(&self.model, &pass_texts, &pass_encodings, &whole_pass)
+                .map_err(|e| e.map_index(|i| pass.get(i).copied().unwrap_or(i)))?;
+            for (&i, item) in pass.iter().zip(items) {
+                outputs[i] = Some(item);
+            }
+        }
+        Ok(outputs.into_iter().collect())
     }
 }

@@ -25,6 +25,14 @@ pub enum ApiError {
         tokens: Option<usize>,
         max: usize,
     },
+    /// More inputs in one request than `--max-client-batch-size` (413).
+    TooManyInputs {
+        field: String,
+        count: usize,
+        max: usize,
+    },
+    /// The API key is missing or wrong (401, with `WWW-Authenticate: Bearer`).
+    Unauthorized(String),
     /// The endpoint needs another task than the one this server runs (400).
     TaskMismatch { endpoint: String, served: String },
     /// The queue is full (429, with `Retry-After`).
@@ -55,7 +63,10 @@ impl ApiError {
         match self {
             ApiError::Body { status, .. } => *status,
             ApiError::Validation { .. } | ApiError::BadInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::InputTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InputTooLong { .. } | ApiError::TooManyInputs { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TaskMismatch { .. } => StatusCode::BAD_REQUEST,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,6 +87,8 @@ impl ApiError {
             },
             ApiError::Validation { .. } => ("invalid_request_error", "invalid_field"),
             ApiError::InputTooLong { .. } => ("invalid_request_error", "input_too_long"),
+            ApiError::TooManyInputs { .. } => ("invalid_request_error", "too_many_inputs"),
+            ApiError::Unauthorized(_) => ("invalid_request_error", "invalid_api_key"),
             ApiError::TaskMismatch { .. } => ("invalid_request_error", "task_mismatch"),
             ApiError::Overloaded { .. } => ("overloaded_error", "queue_full"),
             ApiError::Unavailable(_) => ("server_error", "unavailable"),
@@ -97,13 +110,19 @@ impl ApiError {
                     "`{field}` has more tokens than the model's limit of {max}: shorten it or send \"truncate\": true"
                 ),
             },
+            ApiError::TooManyInputs { field, count, max } => format!(
+                "`{field}` has {count} inputs, more than this server takes in one request ({max}, --max-client-batch-size): split it"
+            ),
             ApiError::TaskMismatch { endpoint, served } => {
                 format!("{endpoint} is not served: this server runs {served}")
             }
             ApiError::Overloaded { max_queue } => format!(
                 "the queue is full ({max_queue} requests waiting): retry after {RETRY_AFTER_S} s"
             ),
-            ApiError::Unavailable(m) | ApiError::BadInput(m) | ApiError::Internal(m) => m.clone(),
+            ApiError::Unavailable(m)
+            | ApiError::BadInput(m)
+            | ApiError::Internal(m)
+            | ApiError::Unauthorized(m) => m.clone(),
         }
     }
 
@@ -113,7 +132,7 @@ impl ApiError {
         match err {
             Error::InputTooLong { index, tokens, max } => ApiError::InputTooLong {
                 field: format!("{field}[{index}]"),
-                tokens: Some(tokens),
+                tokens,
                 max,
             },
             Error::EmptyInput => ApiError::Validation {
@@ -176,10 +195,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = (status, axum::Json(self.body())).into_response();
-        if let ApiError::Overloaded { .. } = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        match self {
+            ApiError::Overloaded { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+            }
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }
@@ -193,7 +220,7 @@ mod tests {
     fn library_errors_map_to_statuses() {
         let too_long = girder::Error::InputTooLong {
             index: 2,
-            tokens: 600,
+            tokens: Some(600),
             max: 512,
         };
         let e = ApiError::from_library(too_long, "input");

@@ -3,9 +3,10 @@
 //! Handlers tokenize, validate and [`submit`](Generator::submit) a prompt with its options;
 //! the request waits in a bounded queue (full: 429). One thread owns the model and loops:
 //! it admits waiting requests into the running [`ContinuousBatch`] (at most
-//! `max_sequences` running, at most `max_batch_tokens` prompt tokens prefilled per step),
-//! drops the sequences whose client has gone, and runs one step, in which new prompts are
-//! prefilled beside one decode token of every running sequence. Each step's text goes out at
+//! `max_sequences` running), drops the sequences whose client has gone, and runs one step,
+//! in which at most `prefill_chunk` prompt tokens are prefilled beside one decode token of
+//! every running sequence: a long prompt is prefilled over several steps, so it neither
+//! stalls the running streams nor runs on after its client has gone. Each step's text goes out at
 //! once over the request's own channel; a sequence that ends leaves the batch in that step.
 //!
 //! As mistral.rs's engine loop (`mistralrs-core/src/engine/mod.rs`), HTTP talks to it only
@@ -56,7 +57,7 @@ impl Generator {
         model: Arc<TextGenerator>,
         max_queue: usize,
         max_sequences: usize,
-        max_batch_tokens: usize,
+        prefill_chunk: usize,
     ) -> std::io::Result<Generator> {
         let (queue, rx) = WorkQueue::new(max_queue, "generation thread");
         let engine_model = model.clone();
@@ -65,7 +66,7 @@ impl Generator {
                 &engine_model,
                 rx,
                 max_sequences.max(1),
-                max_batch_tokens.max(1),
+                prefill_chunk.max(1),
             )
         })?;
         Ok(Generator { model, queue })
@@ -113,9 +114,10 @@ fn run_engine(
     model: &TextGenerator,
     mut rx: mpsc::Receiver<Request>,
     max_sequences: usize,
-    max_batch_tokens: usize,
+    prefill_chunk: usize,
 ) {
-    let mut batch = ContinuousBatch::new(model);
+    let new_batch = || ContinuousBatch::new(model).with_prefill_chunk(prefill_chunk);
+    let mut batch = new_batch();
     let mut clients: HashMap<SequenceId, Client> = HashMap::new();
     let mut waiting: Option<Request> = None;
     loop {
@@ -131,7 +133,6 @@ fn run_engine(
             &mut waiting,
             &mut rx,
             max_sequences,
-            max_batch_tokens,
         );
         metrics::gauge!(m::QUEUE_DEPTH).set((rx.len() + usize::from(waiting.is_some())) as f64);
         // A client that hung up (a closed stream, a dropped request) stops its sequence.
@@ -142,10 +143,10 @@ fn run_engine(
                 metrics::counter!(m::GENERATIONS_CANCELLED).increment(1);
             }
         }
+        metrics::gauge!(m::RUNNING_SEQUENCES).set(batch.len() as f64);
         if batch.is_empty() {
             continue;
         }
-        metrics::gauge!(m::RUNNING_SEQUENCES).set(batch.len() as f64);
         metrics::histogram!(m::DECODE_BATCH_SEQUENCES).record(batch.len() as f64);
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| batch.step()));
@@ -169,7 +170,7 @@ fn run_engine(
                     .unwrap_or_else(|| "unknown panic".into());
                 tracing::error!("the model panicked in a generation step: {what}");
                 // Caches may hold half a step: start over with an empty batch.
-                batch = ContinuousBatch::new(model);
+                batch = new_batch();
                 fail_all(
                     &mut clients,
                     ApiError::Internal(format!("the model failed on this step: {what}")),
@@ -181,8 +182,10 @@ fn run_engine(
         metrics::counter!(m::PROMPT_TOKENS).increment(step.prefill_tokens as u64);
         metrics::counter!(m::REUSED_PROMPT_TOKENS).increment(step.reused_prompt_tokens as u64);
         metrics::histogram!(m::STEP_DURATION).record((now - started).as_secs_f64());
-        // Every sequence of the step got one token.
-        for client in clients.values_mut() {
+        for id in &step.sampled {
+            let Some(client) = clients.get_mut(id) else {
+                continue;
+            };
             match client.last_token {
                 None => metrics::histogram!(m::TIME_TO_FIRST_TOKEN)
                     .record((now - client.enqueued).as_secs_f64()),
@@ -212,17 +215,14 @@ fn run_engine(
     }
 }
 
-/// Moves waiting requests into the batch while there is room: `max_sequences` running, and
-/// `max_batch_tokens` prompt tokens for this step's prefill (one prompt always fits).
+/// Moves waiting requests into the batch while fewer than `max_sequences` run.
 fn admit(
     batch: &mut ContinuousBatch,
     clients: &mut HashMap<SequenceId, Client>,
     waiting: &mut Option<Request>,
     rx: &mut mpsc::Receiver<Request>,
     max_sequences: usize,
-    max_batch_tokens: usize,
 ) {
-    let mut prefill = 0;
     loop {
         let Some(request) = waiting.take().or_else(|| rx.try_recv().ok()) else {
             return;
@@ -231,17 +231,13 @@ fn admit(
             metrics::counter!(m::GENERATIONS_CANCELLED).increment(1);
             continue;
         }
-        let full = batch.len() >= max_sequences
-            || (prefill > 0 && prefill + request.prompt.len() > max_batch_tokens);
-        if full {
+        if batch.len() >= max_sequences {
             *waiting = Some(request);
             return;
         }
         metrics::histogram!(m::QUEUE_DURATION).record(request.enqueued.elapsed().as_secs_f64());
-        let tokens = request.prompt.len();
         match batch.admit(request.prompt, &request.options) {
             Ok(id) => {
-                prefill += tokens;
                 clients.insert(
                     id,
                     Client {

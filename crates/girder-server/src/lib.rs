@@ -6,7 +6,9 @@
 //! Handlers validate and tokenize; for an encoder the [`batcher`] packs queued requests under
 //! a token budget and its model thread runs them through the [`engine`]; for a causal
 //! language model the [`generation`] engine steps a continuous batch. Errors map to statuses
-//! in one place ([`error`]). The CLI's `girder serve` is [`preflight`], [`start`] and a
+//! in one place ([`error`]). Connections come through [`listen`] (a cap, a header and idle
+//! timeout); [`guard`] checks the API key and CORS, counts the requests in flight and turns
+//! new work away while the server drains. The CLI's `girder serve` is [`preflight`], [`start`] and a
 //! signal handler; tests call [`start`] directly.
 //!
 //! Endpoints: `POST /v1/embeddings`, `/embed`, `/predict`, `/ner`, `/fill-mask` (encoders),
@@ -18,6 +20,8 @@ pub mod batcher;
 pub mod engine;
 pub mod error;
 pub mod generation;
+pub mod guard;
+pub mod listen;
 pub mod metrics;
 pub mod queue;
 pub mod routes;
@@ -48,6 +52,8 @@ pub const DEFAULT_MAX_QUEUE: usize = 512;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// How long shutdown waits for in-flight requests, by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Inputs one request may hold at most, by default (TEI's default).
+pub const DEFAULT_MAX_CLIENT_BATCH_SIZE: usize = 32;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -65,6 +71,14 @@ pub struct ServeOptions {
     /// Sequences decoding together at most (generation); more wait in the queue.
     pub max_sequences: usize,
     pub max_body_bytes: usize,
+    /// Inputs one request may hold at most; beyond, 413.
+    pub max_client_batch_size: usize,
+    /// Prompt tokens prefilled per generation step at most (chunked prefill).
+    pub prefill_chunk: usize,
+    /// The connection cap and the header/idle timeout.
+    pub limits: listen::Limits,
+    /// The API key, the public paths and the CORS origins.
+    pub access: guard::Access,
     pub shutdown_grace: Duration,
     /// What [`preflight`] found, reported by `/info`.
     pub preflight: Option<Preflight>,
@@ -80,6 +94,10 @@ impl ServeOptions {
             max_queue: DEFAULT_MAX_QUEUE,
             max_sequences: generation::DEFAULT_MAX_SEQUENCES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_client_batch_size: DEFAULT_MAX_CLIENT_BATCH_SIZE,
+            prefill_chunk: girder::generate::continuous::DEFAULT_PREFILL_CHUNK,
+            limits: listen::Limits::default(),
+            access: guard::Access::open(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             preflight: None,
         }
@@ -98,43 +116,97 @@ pub struct Running {
     grace: Duration,
 }
 
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Requests still running at the end of the grace period, answered with an error.
+    pub cut: usize,
+}
+
+/// How long the connections get to write the errors of cut requests.
+const LINGER: Duration = Duration::from_secs(2);
+
 impl Running {
-    /// Stops accepting connections, lets in-flight requests finish (at most the grace
-    /// period) and returns. `Ok(true)`: everything finished in time.
-    pub async fn shutdown(self) -> std::io::Result<bool> {
+    /// Drains: `/health` answers 503 and new work 503 while the requests in flight finish,
+    /// for at most the grace period; those still running then are answered with an error
+    /// (500, or an error event that ends a stream) and their work is cancelled. Then the
+    /// port closes.
+    pub async fn shutdown(self) -> std::io::Result<Stopped> {
         self.state.shutting_down.store(true, Ordering::SeqCst);
-        let _ = self.stop.send(());
-        match tokio::time::timeout(self.grace, self.join).await {
-            Ok(Ok(result)) => result.map(|()| true),
-            Ok(Err(join)) => Err(std::io::Error::other(join)),
+        let drain = self.state.drain.clone();
+        let cut = match tokio::time::timeout(self.grace, drain.idle()).await {
+            Ok(()) => 0,
             Err(_) => {
+                let cut = drain.in_flight();
                 tracing::warn!(
-                    "in-flight requests did not finish within {:?}; stopping anyway",
+                    "{cut} requests still running after {:?}: answering them with an error",
                     self.grace
                 );
-                Ok(false)
+                drain.cut();
+                let _ = tokio::time::timeout(LINGER, drain.idle()).await;
+                cut
             }
+        };
+        let _ = self.stop.send(());
+        match self.join.await {
+            Ok(result) => result.map(|()| Stopped { cut }),
+            Err(join) => Err(std::io::Error::other(join)),
         }
+    }
+
+    /// Requests (and streams) in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.state.drain.in_flight()
     }
 }
 
 /// The router over `state`: every task's endpoints ([`routes::task_routes`]) and the
 /// common ones, with metrics and the body limit.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+/// Layers, innermost first: the body limit and the body timeout (between two pieces of a
+/// body), metrics, admission while draining
+/// ([`guard::admit`]), the API key, CORS.
+pub fn router(
+    state: Arc<AppState>,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+    access: &guard::Access,
+) -> Result<Router, StartError> {
     let mut router = Router::new();
     for task in Task::all() {
         for (path, route) in routes::task_routes(task) {
             router = router.route(path, route);
         }
     }
-    router
+    let cors = guard::cors(&access.cors_allow_origins).map_err(|reason| {
+        StartError::Model(girder::Error::InvalidOption {
+            option: "--cors-allow-origin".into(),
+            reason,
+        })
+    })?;
+    let router = router
         .route("/tokenize", post(routes::tokenize::handler))
         .route("/health", get(routes::health::handler))
         .route("/info", get(routes::info::handler))
         .route("/metrics", get(routes::metrics::handler))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // A body that stops arriving fails its request instead of holding it open.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::admit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access.clone()),
+            guard::require_api_key,
+        ))
+        .with_state(state);
+    Ok(match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    })
 }
 
 /// The pre-flight check's outcome, as `/info` reports it.
@@ -219,6 +291,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
                 batcher,
                 truncating,
                 refusing,
+                max_inputs: options.max_client_batch_size,
             };
             (Some(encoder), None, None)
         }
@@ -232,7 +305,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
                 Arc::new(*model),
                 options.max_queue,
                 options.max_sequences,
-                options.max_batch_tokens,
+                options.prefill_chunk,
             )?;
             (None, Some(generator), None)
         }
@@ -255,18 +328,25 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
         seq2seq,
         info,
         shutting_down: AtomicBool::new(false),
+        drain: Default::default(),
+        max_client_batch_size: options.max_client_batch_size,
     });
+    let app = router(
+        state.clone(),
+        options.max_body_bytes,
+        options.limits.header_timeout,
+        &options.access,
+    )?;
     let listener = tokio::net::TcpListener::bind(options.addr).await?;
     let addr = listener.local_addr()?;
-    let app = router(state.clone(), options.max_body_bytes);
     let (stop, stopped) = oneshot::channel::<()>();
-    let join = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let join = tokio::spawn(listen::serve(
+        listener,
+        app,
+        options.limits,
+        stopped,
+        LINGER,
+    ));
     Ok(Running {
         addr,
         task,

@@ -39,6 +39,10 @@ pub const PROMPT_TOKENS: &str = "girder_prompt_tokens_total";
 pub const REUSED_PROMPT_TOKENS: &str = "girder_reused_prompt_tokens_total";
 /// Sequences stopped because their client went away.
 pub const GENERATIONS_CANCELLED: &str = "girder_generations_cancelled_total";
+/// Encoder batches abandoned between forward passes because their clients went away.
+pub const BATCHES_CANCELLED: &str = "girder_batches_cancelled_total";
+/// Connections closed at once because the server held `--max-connections` already.
+pub const CONNECTIONS_REFUSED: &str = "girder_connections_refused_total";
 /// Seconds one generation step (one forward pass) takes.
 pub const STEP_DURATION: &str = "girder_generation_step_seconds";
 /// Seconds from a generation request's arrival to its first token.

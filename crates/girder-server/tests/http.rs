@@ -243,7 +243,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     options.max_batch_tokens = 64;
     let server = serve_with("bert-st-mean", options).await;
     let client = reqwest::Client::new();
-    let texts: Vec<String> = (0..64)
+    let texts: Vec<String> = (0..32)
         .map(|i| format!("sentence number {i} about food and cats"))
         .collect();
     let mut tasks = Vec::new();
@@ -404,7 +404,9 @@ async fn a_task_the_head_cannot_run_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_finishes_in_flight_requests_then_stops_listening() {
-    let server = serve("bert-st-mean").await;
+    let mut options = options("bert-st-mean");
+    options.max_client_batch_size = 256;
+    let server = serve_with("bert-st-mean", options).await;
     let addr = server.addr;
     let texts: Vec<String> = (0..256)
         .map(|i| format!("text number {i} with a few words"))
@@ -423,9 +425,9 @@ async fn shutdown_finishes_in_flight_requests_then_stops_listening() {
     };
     // Let the request reach the server before shutting down.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let finished = server.shutdown().await.unwrap();
-    assert!(
-        finished,
+    let stopped = server.shutdown().await.unwrap();
+    assert_eq!(
+        stopped.cut, 0,
         "in-flight requests did not finish in the grace period"
     );
     let response = in_flight

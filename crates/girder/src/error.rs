@@ -155,6 +155,16 @@ pub enum Error {
         actual: Vec<usize>,
     },
 
+    /// A checkpoint tensor whose dtype cannot serve as weights (an integer or boolean tensor
+    /// where the model expects floating-point values).
+    #[error("{file}: tensor `{tensor}` has dtype {actual}, expected {expected}")]
+    DtypeMismatch {
+        file: PathBuf,
+        tensor: String,
+        expected: String,
+        actual: String,
+    },
+
     /// A tokenizer file that does not parse, or a tokenizer that cannot be built.
     #[error("{file}: cannot load tokenizer: {reason}")]
     BadTokenizer { file: PathBuf, reason: String },
@@ -163,11 +173,18 @@ pub enum Error {
     #[error("input {index}: tokenization failed: {reason}")]
     Tokenize { index: usize, reason: String },
 
+    /// The model computed NaN or infinity for an input: its weights or configuration are
+    /// broken (`girder check` names which).
+    #[error("the model in {} computed NaN or infinity for input {index}: its weights or config are broken (run `girder check` on it)", model.display())]
+    NonFiniteOutput { index: usize, model: PathBuf },
+
     /// An input is longer than the model accepts and truncation is off.
-    #[error("input {index} has {tokens} tokens, more than the limit of {max}: shorten it, or allow truncation")]
+    #[error("input {index} has {}, more than the limit of {max}: shorten it, or allow truncation", token_count(*.tokens))]
     InputTooLong {
         index: usize,
-        tokens: usize,
+        /// The count, when the input was tokenized whole; `None` when it was tokenized only
+        /// far enough to know it is over ([`crate::tokenize::encode_within`]).
+        tokens: Option<usize>,
         max: usize,
     },
 
@@ -263,24 +280,34 @@ impl Error {
     /// The same error with the input index it names moved by `by` (an error from a window of
     /// a longer input names the input's index in the whole).
     pub(crate) fn offset_index(self, by: usize) -> Self {
+        self.map_index(|index| index + by)
+    }
+
+    /// The same error with the input index it names mapped by `f` (an error from a subset of
+    /// the inputs names the input's index in the whole).
+    pub fn map_index(self, f: impl Fn(usize) -> usize) -> Self {
         match self {
             Error::Tokenize { index, reason } => Error::Tokenize {
-                index: index + by,
+                index: f(index),
                 reason,
             },
             Error::InputTooLong { index, tokens, max } => Error::InputTooLong {
-                index: index + by,
+                index: f(index),
                 tokens,
                 max,
             },
             Error::ContextLength { index, tokens, max } => Error::ContextLength {
-                index: index + by,
+                index: f(index),
                 tokens,
                 max,
             },
             Error::BadInput { index, reason } => Error::BadInput {
-                index: index + by,
+                index: f(index),
                 reason,
+            },
+            Error::NonFiniteOutput { index, model } => Error::NonFiniteOutput {
+                index: f(index),
+                model,
             },
             other => other,
         }
@@ -291,6 +318,14 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// "N tokens", or "more tokens" when an input was not counted to its end.
+fn token_count(tokens: Option<usize>) -> String {
+    match tokens {
+        Some(n) => format!("{n} tokens"),
+        None => "more tokens".into(),
     }
 }
 

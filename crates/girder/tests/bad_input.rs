@@ -345,6 +345,18 @@ fn nan_weights_and_a_config_that_makes_nan_fail_the_check() {
     bytes[range.start..range.start + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
     std::fs::write(inf.path("model.safetensors"), &bytes).unwrap();
     let report = check(&inf);
+    // The pipelines refuse to answer with such scores (JSON would carry them as null).
+    let model = girder::pipelines::Model::load(inf.as_str(), &LoadOptions::default()).unwrap();
+    let texts = ["fine".to_string(), "also fine".to_string()];
+    let encodings = model.encode_texts(&texts).unwrap();
+    let err = girder::pipelines::TaskOptions::TextClassification(Default::default())
+        .run_encoded(&model, &texts, &encodings, &model.plan(&encodings))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NonFiniteOutput { index: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("NaN or infinity"), "{err}");
     let finding = report
         .get("non-finite-outputs")
         .expect("non-finite-outputs");

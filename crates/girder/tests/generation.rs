@@ -313,6 +313,73 @@ fn prompts_sharing_a_beginning_reuse_it_and_continue_as_alone() {
     }
 }
 
+/// Prompts prefilled in chunks of any size, while others decode beside them, continue as
+/// they do alone; a running sequence gets a token in every step of a long prefill.
+#[test]
+fn chunked_prefill_continues_as_a_whole_prefill() {
+    for fx in fixtures() {
+        let options = options(&fx);
+        let prompts: Vec<String> = fx
+            .expected
+            .prompts
+            .iter()
+            .map(|p| format!("{} {}", p.text, p.text))
+            .collect();
+        let alone: Vec<_> = prompts
+            .iter()
+            .map(|t| fx.generator.generate(&[t.as_str()], &options).unwrap())
+            .collect();
+        for chunk in [1, 3, 7, 64] {
+            let mut batch = ContinuousBatch::new(&fx.generator)
+                .with_prefix_cache(0)
+                .with_prefill_chunk(chunk);
+            let ids: Vec<_> = prompts
+                .iter()
+                .map(|t| {
+                    let id = batch
+                        .admit(fx.generator.encode_prompt(t, 0).unwrap(), &options)
+                        .unwrap();
+                    // The next prompt joins while this one is prefilled or decodes.
+                    let step = batch.step().unwrap();
+                    assert!(step.prefill_tokens <= chunk, "{}: {chunk}", fx.name);
+                    (id, step)
+                })
+                .collect();
+            let mut finished = std::collections::HashMap::new();
+            for (id, step) in &ids {
+                for event in &step.events {
+                    if let Event::Finished {
+                        id: done,
+                        generation,
+                    } = event
+                    {
+                        finished.insert(*done, generation.clone());
+                    }
+                }
+                let _ = id;
+            }
+            while !batch.is_empty() {
+                let running = batch.len() - batch.prefilling();
+                let step = batch.step().unwrap();
+                assert!(step.prefill_tokens <= chunk, "{}: {chunk}", fx.name);
+                assert!(step.new_tokens >= running, "{}: {chunk}", fx.name);
+                for event in step.events {
+                    if let Event::Finished { id, generation } = event {
+                        finished.insert(id, generation);
+                    }
+                }
+            }
+            for ((id, _), want) in ids.iter().zip(&alone) {
+                assert_eq!(
+                    finished[id].token_ids, want[0].token_ids,
+                    "{}: chunk {chunk}",
+                    fx.name
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_context_is_never_exceeded() {
     let fx = load(

@@ -1,6 +1,8 @@
 //! `girder serve`: load the model once, run the pre-flight check (and the lock comparison)
 //! before the port opens, then serve it over HTTP (see the `girder-server` crate) until
-//! SIGTERM or Ctrl-C, after which in-flight requests finish and it exits 0.
+//! SIGTERM or Ctrl-C. Then it drains: `/health` answers 503 and new requests 503 while those
+//! in flight finish, for at most `--shutdown-grace-s`; it exits 0 when all finished, and 1,
+//! naming how many, when some were cut off with an error.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -33,10 +35,16 @@ pub struct ServeArgs {
     /// The port to listen on (0: any free port, printed at start).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Tokens per batch at most (one request alone may exceed it); for generation, prompt
-    /// tokens prefilled per step.
+    /// Tokens per encoder batch at most (one request alone may exceed it).
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
+    /// Prompt tokens prefilled per generation step at most: a longer prompt is prefilled in
+    /// chunks between the decode steps of the running sequences.
+    #[arg(long, default_value_t = girder::generate::continuous::DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
+    /// Inputs one request may hold at most; more get 413.
+    #[arg(long, default_value_t = girder_server::DEFAULT_MAX_CLIENT_BATCH_SIZE)]
+    max_client_batch_size: usize,
     /// Requests waiting for the model at most; beyond, 429 with Retry-After.
     #[arg(long, default_value_t = DEFAULT_MAX_QUEUE)]
     max_queue: usize,
@@ -57,6 +65,44 @@ pub struct ServeArgs {
     /// Seconds that shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,
+    /// Open connections at most; more are closed at once.
+    #[arg(long, default_value_t = girder_server::listen::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a connection may take to send a request head, or stay idle between requests,
+    /// before it is closed.
+    #[arg(long, default_value_t = girder_server::listen::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    header_timeout_s: u64,
+    /// Require `Authorization: Bearer <KEY>` on every request but the --public-path ones.
+    /// Prefer --api-key-file or GIRDER_API_KEY: a command line is visible to other users.
+    #[arg(long, env = "GIRDER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// A file holding the API key (its first line).
+    #[arg(long, conflicts_with = "api_key")]
+    api_key_file: Option<PathBuf>,
+    /// A path answered without the API key (repeatable; default: /health).
+    #[arg(long = "public-path", default_values_t = ["/health".to_string()])]
+    public_paths: Vec<String>,
+    /// An origin whose web pages may call the server (repeatable; `*` for any). Without it
+    /// no CORS headers are sent and browsers refuse cross-origin calls.
+    #[arg(long = "cors-allow-origin")]
+    cors_allow_origins: Vec<String>,
+}
+
+/// The API key from the option, the environment or the file; an empty key is an error.
+fn api_key(args: &ServeArgs) -> Result<Option<String>> {
+    let key = match (&args.api_key, &args.api_key_file) {
+        (Some(key), _) => Some(key.trim().to_string()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the API key file {}", file.display()))?;
+            Some(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        (None, None) => None,
+    };
+    if key.as_deref() == Some("") {
+        anyhow::bail!("the API key is empty");
+    }
+    Ok(key)
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -83,7 +129,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
     options.max_queue = args.max_queue;
     options.max_sequences = args.max_sequences;
     options.max_body_bytes = args.max_body_bytes;
+    options.max_client_batch_size = args.max_client_batch_size;
+    options.prefill_chunk = args.prefill_chunk;
     options.shutdown_grace = Duration::from_secs(args.shutdown_grace_s);
+    options.limits = girder_server::listen::Limits {
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+    };
+    options.access = girder_server::guard::Access {
+        api_key: api_key(&args)?,
+        public_paths: args.public_paths.clone(),
+        cors_allow_origins: args.cors_allow_origins.clone(),
+    };
+    if options.access.api_key.is_none() && !args.host.is_loopback() {
+        eprintln!(
+            "girder serve: warning: listening on {} without an API key: anyone who can reach \
+             the port can use the model (--api-key-file, or GIRDER_API_KEY)",
+            args.host
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("girder-http")
@@ -104,9 +168,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
             server.addr
         );
         signal.received().await?;
-        eprintln!("girder serve: shutting down, finishing in-flight requests");
-        if !server.shutdown().await? {
-            eprintln!("girder serve: some requests were still running after the grace period");
+        eprintln!(
+            "girder serve: shutting down, finishing {} in-flight requests",
+            server.in_flight()
+        );
+        let stopped = server.shutdown().await?;
+        if stopped.cut > 0 {
+            anyhow::bail!(
+                "{} requests were still running after the grace period of {} s: they were answered with an error",
+                stopped.cut,
+                args.shutdown_grace_s
+            );
         }
         Ok(())
     })

@@ -4,7 +4,7 @@
 //! `data: [DONE]`. The fields are those of [`super::openai`]; without `max_tokens` the reply
 //! runs until eos or a full context.
 
-use super::openai::{generate, Api, Request};
+use super::openai::{generate, max_prompt_tokens, Api, Request};
 use super::{ApiJson, AppState};
 use crate::error::ApiError;
 use axum::extract::State;
@@ -36,19 +36,22 @@ pub async fn handler(
         .map(|(i, m)| m.to_message(i))
         .collect::<Result<Vec<_>, _>>()?;
     let model = generator.model().clone();
-    let ids = tokio::task::spawn_blocking(move || model.encode_chat_messages(&messages))
-        .await
-        .map_err(|e| ApiError::Internal(format!("the chat template failed: {e}")))?
-        .map_err(|e| match e {
-            // No template, or the template refused the conversation (raise_exception).
-            girder::Error::InvalidOption { reason, .. } => ApiError::Validation {
-                field: "messages".into(),
-                message: reason,
-            },
-            other => ApiError::Validation {
-                field: "messages".into(),
-                message: other.to_string(),
-            },
-        })?;
+    let max_prompt = max_prompt_tokens(generator);
+    let ids = tokio::task::spawn_blocking(move || {
+        model.encode_chat_messages_within(&messages, max_prompt)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the chat template failed: {e}")))?
+    .map_err(|e| match e {
+        // No template, or the template refused the conversation (raise_exception).
+        girder::Error::InvalidOption { reason, .. } => ApiError::Validation {
+            field: "messages".into(),
+            message: reason,
+        },
+        other => ApiError::Validation {
+            field: "messages".into(),
+            message: other.to_string(),
+        },
+    })?;
     generate(&state, generator, &request, Api::Chat, ids, "messages").await
 }

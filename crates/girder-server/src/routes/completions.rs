@@ -1,7 +1,7 @@
 //! `POST /v1/completions`: OpenAI's (legacy) completions API. `prompt` is a string, or an
 //! array of one; the fields and the answer are those of [`super::openai`].
 
-use super::openai::{generate, invalid, Api, Request};
+use super::openai::{generate, invalid, max_prompt_tokens, Api, Request};
 use super::{ApiJson, AppState, Texts};
 use crate::error::ApiError;
 use axum::extract::State;
@@ -31,9 +31,11 @@ pub async fn handler(
         return Err(invalid("prompt", "must not be an empty string"));
     }
     let model = generator.model().clone();
-    let ids = tokio::task::spawn_blocking(move || model.encode_prompt(&prompt, 0))
-        .await
-        .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
-        .map_err(|e| ApiError::from_library(e, "prompt"))?;
+    let max_prompt = max_prompt_tokens(generator);
+    let ids =
+        tokio::task::spawn_blocking(move || model.encode_prompt_within(&prompt, 0, max_prompt))
+            .await
+            .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
+            .map_err(|e| ApiError::from_library(e, "prompt"))?;
     generate(&state, generator, &request, Api::Completions, ids, "prompt").await
 }

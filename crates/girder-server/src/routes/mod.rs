@@ -73,8 +73,12 @@ pub struct AppState {
     pub seq2seq: Option<Seq2SeqEngine>,
     /// What `/info` reports, fixed at start.
     pub info: info::Info,
-    /// Set once shutdown starts: `/health` then answers 503.
+    /// Set once shutdown starts: `/health` then answers 503, new work 503.
     pub shutting_down: AtomicBool,
+    /// The requests in flight, and the cut at the end of the grace period.
+    pub drain: Arc<crate::guard::Drain>,
+    /// Inputs one request may hold at most (`--max-client-batch-size`).
+    pub max_client_batch_size: usize,
 }
 
 /// An encoder model with its batcher.
@@ -85,6 +89,8 @@ pub struct EncoderState {
     pub truncating: Arc<TextTokenizer>,
     /// The same tokenizer, refusing inputs over the limit with their token count.
     pub refusing: Arc<TextTokenizer>,
+    /// Inputs one request may hold at most (`--max-client-batch-size`).
+    pub max_inputs: usize,
 }
 
 impl AppState {
@@ -196,6 +202,18 @@ impl<'de> Deserialize<'de> for Texts {
     }
 }
 
+/// 413 when a request holds more than `max` inputs (`--max-client-batch-size`).
+pub fn check_count(count: usize, field: &str, max: usize) -> Result<(), ApiError> {
+    if count > max {
+        return Err(ApiError::TooManyInputs {
+            field: field.into(),
+            count,
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Checks `texts` (named `field` in errors) and tokenizes them off the async threads:
 /// an empty list or an empty string is a 422, an input over the limit a 413 unless
 /// `truncate`. Returns the texts with their encodings.
@@ -226,6 +244,7 @@ pub async fn encode(
             message: "must not be an empty string".into(),
         });
     }
+    check_count(texts.len(), field, encoder.max_inputs)?;
     let tokenizer = if truncate {
         encoder.truncating.clone()
     } else {
@@ -246,7 +265,7 @@ pub async fn encode(
         Ok(encodings) => Ok((texts, encodings)),
         Err(girder::Error::InputTooLong { index, tokens, max }) => Err(ApiError::InputTooLong {
             field: name(index),
-            tokens: Some(tokens),
+            tokens,
             max,
         }),
         Err(err) => Err(ApiError::from_library(err, field)),

@@ -18,7 +18,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use girder::generate::chat::Message;
-use girder::generate::{FinishReason, Generation, Options, Sampling};
+use girder::generate::{FinishReason, Generation, Options, PromptIds, Sampling};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -262,23 +262,33 @@ fn random_seed() -> u64 {
     hasher.finish()
 }
 
+/// The longest prompt: the context less one position, which the first new token takes.
+pub fn max_prompt_tokens(generator: &Generator) -> usize {
+    generator
+        .model()
+        .model()
+        .context_length()
+        .saturating_sub(1)
+        .max(1)
+}
+
 /// Checks the prompt's length, submits it and answers in the shape of `api`.
 pub async fn generate(
     state: &AppState,
     generator: &Generator,
     request: &Request,
     api: Api,
-    mut ids: Vec<u32>,
+    prompt: PromptIds,
     field: &str,
 ) -> Result<Response, ApiError> {
     let context = generator.model().model().context_length();
-    // One position must stay free for the first new token.
-    let max_prompt = context.saturating_sub(1).max(1);
+    let max_prompt = max_prompt_tokens(generator);
+    let mut ids = prompt.ids;
     if ids.len() > max_prompt {
         if !request.truncate {
             return Err(ApiError::InputTooLong {
                 field: field.into(),
-                tokens: Some(ids.len()),
+                tokens: prompt.whole.then_some(ids.len()),
                 max: max_prompt,
             });
         }

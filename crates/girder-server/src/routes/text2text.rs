@@ -76,6 +76,7 @@ async fn handle(
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let engine = state.require_seq2seq(task, endpoint)?;
     let texts = request.inputs.into_vec();
+    super::check_count(texts.len(), "inputs", state.max_client_batch_size)?;
     if texts.is_empty() {
         return Err(ApiError::Validation {
             field: "inputs".into(),

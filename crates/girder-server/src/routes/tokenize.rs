@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use crate::generation::Generator;
 use axum::extract::State;
 use axum::Json;
+use girder::tokenize::{encode_within, Keep, Within};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -32,6 +33,11 @@ pub async fn handler(
     ApiJson(request): ApiJson<Request>,
 ) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
     if let Some(generator) = &state.generator {
+        let count = match &request.inputs {
+            Texts::One(_) => 1,
+            Texts::Many(texts) => texts.len(),
+        };
+        super::check_count(count, "inputs", state.max_client_batch_size)?;
         return tokenize_prompts(generator, request.inputs).await.map(Json);
     }
     let encoder = state
@@ -78,23 +84,34 @@ async fn tokenize_prompts(
         });
     }
     let model = generator.model().clone();
+    // A text is tokenized only as far as the context: past it, it could not be a prompt.
+    let context = model.model().context_length();
     tokio::task::spawn_blocking(move || {
-        let tokenizer = model.tokenizer();
+        let tokenizer = model.text_tokenizer().counting();
+        let field = |i: usize| {
+            if single {
+                "inputs".to_string()
+            } else {
+                format!("inputs[{i}]")
+            }
+        };
         texts
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let encoding =
-                    tokenizer
-                        .encode(text.as_str(), true)
-                        .map_err(|e| ApiError::Validation {
-                            field: if single {
-                                "inputs".into()
-                            } else {
-                                format!("inputs[{i}]")
-                            },
-                            message: format!("tokenization failed: {e}"),
-                        })?;
+                let within = encode_within(tokenizer, text, true, context, Keep::Start);
+                let encoding = match within {
+                    Ok(Within::Whole(encoding)) => Ok(encoding),
+                    Ok(Within::Over { .. }) => Err(ApiError::InputTooLong {
+                        field: field(i),
+                        tokens: None,
+                        max: context,
+                    }),
+                    Err(e) => Err(ApiError::Validation {
+                        field: field(i),
+                        message: format!("tokenization failed: {e}"),
+                    }),
+                }?;
                 let added = tokenizer.get_added_vocabulary();
                 Ok((0..encoding.len())
                     .map(|t| {

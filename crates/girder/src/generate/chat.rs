@@ -50,6 +50,17 @@ impl std::fmt::Debug for ChatTemplate {
 
 const NAME: &str = "chat_template";
 
+/// The work one rendering may do, in minijinja's fuel: one unit per instruction, and one per
+/// 64 bytes of every string, list or output it produces. Templates come with model files, so
+/// a hostile one (loops nested a billion deep, a string doubled sixty times) is cut off after
+/// about a tenth of a second and 64 MB of data; a real template on a conversation of several
+/// megabytes uses a few percent of it.
+pub const RENDER_FUEL: u64 = 1_000_000;
+
+/// Nesting of macro calls and includes a rendering may reach: well past real templates, and
+/// far inside the stack of a server thread.
+const RECURSION_LIMIT: usize = 100;
+
 impl ChatTemplate {
     /// Compiles `source`; `origin` (a file name) appears in errors; `special_tokens` are
     /// `(name, text)` pairs such as `("bos_token", "<s>")`.
@@ -68,6 +79,8 @@ impl ChatTemplate {
                 .map_err(|e| template_error(&origin, &e))?,
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(RENDER_FUEL));
+        env.set_recursion_limit(RECURSION_LIMIT);
         env.add_function(
             "raise_exception",
             |message: String| -> std::result::Result<Value, minijinja::Error> {
@@ -184,8 +197,8 @@ impl ChatTemplate {
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
-    /// reply begins. A template error (including `raise_exception`) is returned with its
-    /// message and location.
+    /// reply begins. A template error (including `raise_exception`, and a rendering that
+    /// exceeds [`RENDER_FUEL`]) is returned with its message and location.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .env
@@ -211,6 +224,12 @@ impl ChatTemplate {
 
 fn template_error(origin: &str, e: &minijinja::Error) -> Error {
     let mut reason = e.to_string();
+    if e.kind() == ErrorKind::OutOfFuel {
+        reason.push_str(&format!(
+            " (a rendering may do {RENDER_FUEL} units of work: this template loops or builds \
+             text without bound)"
+        ));
+    }
     let mut source = std::error::Error::source(e);
     while let Some(inner) = source {
         reason.push_str(": ");
@@ -223,10 +242,20 @@ fn template_error(origin: &str, e: &minijinja::Error) -> Error {
     }
 }
 
+/// The widest indent `tojson` writes: the indent is repeated before the filter's output is
+/// charged as fuel, so its width is bounded apart.
+const MAX_TOJSON_INDENT: usize = 64;
+
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`,
 /// so `", "` and `": "` separate items (`","` when indenting).
 fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    if indent.is_some_and(|n| n > MAX_TOJSON_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent is at most {MAX_TOJSON_INDENT}"),
+        ));
+    }
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
     let mut out = String::new();
@@ -335,5 +364,56 @@ mod tests {
         assert!(err.contains("tokenizer_config.json"), "{err}");
         let err = ChatTemplate::new("{% for %}", "bad.jinja", vec![]).unwrap_err();
         assert!(err.to_string().contains("bad.jinja"), "{err}");
+    }
+
+    /// Templates written to exhaust memory or time: every one ends in an error naming the
+    /// template, in bounded time.
+    #[test]
+    fn hostile_templates_are_cut_off() {
+        let hostile = [
+            // nested loops: 10^15 iterations
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}",
+            // a string doubled 40 times: a terabyte
+            "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+            // doubling through recursion, never printed
+            "{% macro f(s, n) %}{% if n > 0 %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ f('xxxxxxxx', 60) }}",
+            // repetition operators
+            "{{ ('x' * 100000) * 100000 }}",
+            "{{ (range(100000) | list) * 100000 }}",
+            // unbounded recursion
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            "{{ messages | tojson(indent=1000000000) }}",
+            // the messages joined into themselves
+            "{% set ns = namespace(s=messages[0].content) %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+        ];
+        for source in hostile {
+            let t = ChatTemplate::new(source, "hostile.jinja", vec![]).unwrap();
+            let started = std::time::Instant::now();
+            let err = t
+                .render(&[Message::new("user", "hello there")], true)
+                .unwrap_err()
+                .to_string();
+            let took = started.elapsed();
+            assert!(err.contains("hostile.jinja"), "{source}: {err}");
+            assert!(took.as_secs_f64() < 5.0, "{source}: {took:?}");
+        }
+    }
+
+    /// A legitimate template on a large conversation stays well inside the budget.
+    #[test]
+    fn large_conversations_render() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+            "test",
+            vec![],
+        )
+        .unwrap();
+        let long = "word ".repeat(400_000);
+        let messages: Vec<Message> = (0..1000)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "short turn"))
+            .chain([Message::new("user", long.clone())])
+            .collect();
+        let out = t.render(&messages, true).unwrap();
+        assert!(out.len() > long.len());
     }
 }

@@ -31,9 +31,19 @@ use crate::error::{Error, Result};
 use crate::hub::ModelFolder;
 use crate::layers::KvCache;
 use crate::models::{DecoderModel, Logits};
-use crate::tokenize::TextTokenizer;
+use crate::tokenize::{encode_within, Keep, TextTokenizer, Within};
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
+
+/// A prompt's ids, tokenized only as far as a limit needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptIds {
+    /// Every id of the prompt when `whole`; else the last ones of a prompt over the limit
+    /// (more than the limit of them).
+    pub ids: Vec<u32>,
+    /// Whether the prompt was tokenized to its start.
+    pub whole: bool,
+}
 
 /// How to generate. `Default` is greedy decoding of up to 256 new tokens (the default of
 /// transformers' text-generation pipeline), stopping at the model's eos ids.
@@ -192,14 +202,77 @@ impl TextGenerator {
     /// Renders a conversation with the model's chat template, ready for the assistant's
     /// reply, and tokenizes it (the template writes the special tokens).
     pub fn encode_chat_messages(&self, messages: &[chat::Message]) -> Result<Vec<u32>> {
-        let template = self.chat_template.as_ref().ok_or_else(|| Error::InvalidOption {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| self.no_chat_template())?;
+        self.encode_chat(&template.render(messages, true)?)
+    }
+
+    /// [`encode_chat_messages`](Self::encode_chat_messages), tokenizing the rendered text
+    /// only as far as a limit of `max_tokens` needs ([`encode_within`]).
+    pub fn encode_chat_messages_within(
+        &self,
+        messages: &[chat::Message],
+        max_tokens: usize,
+    ) -> Result<PromptIds> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| self.no_chat_template())?;
+        let rendered = template.render(messages, true)?;
+        self.encode_within(&rendered, false, 0, max_tokens)
+    }
+
+    /// [`encode_prompt`](Self::encode_prompt), tokenizing only as far as a limit of
+    /// `max_tokens` needs ([`encode_within`]).
+    pub fn encode_prompt_within(
+        &self,
+        prompt: &str,
+        index: usize,
+        max_tokens: usize,
+    ) -> Result<PromptIds> {
+        self.encode_within(prompt, true, index, max_tokens)
+    }
+
+    fn encode_within(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        index: usize,
+        max_tokens: usize,
+    ) -> Result<PromptIds> {
+        let within = encode_within(
+            self.tokenizer.counting(),
+            text,
+            add_special_tokens,
+            max_tokens,
+            Keep::End,
+        )
+        .map_err(|e| Error::Tokenize {
+            index,
+            reason: e.to_string(),
+        })?;
+        Ok(match within {
+            Within::Whole(encoding) => PromptIds {
+                ids: encoding.get_ids().to_vec(),
+                whole: true,
+            },
+            Within::Over { encoding, .. } => PromptIds {
+                ids: encoding.get_ids().to_vec(),
+                whole: false,
+            },
+        })
+    }
+
+    fn no_chat_template(&self) -> Error {
+        Error::InvalidOption {
             option: "chat".into(),
             reason: format!(
                 "{} has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json / GGUF metadata)",
                 self.tokenizer.source().display()
             ),
-        })?;
-        self.encode_chat(&template.render(messages, true)?)
+        }
     }
 
     /// The generation settings read from the folder.

@@ -11,6 +11,14 @@
 //! transformers' `integrations/ggml.py` does, so one RoPE layout serves both formats. Rows are
 //! independent in every GGML block format, so un-permuting moves whole rows of quantized
 //! bytes and never requantizes.
+//!
+//! Before candle parses the header, girder reads it once itself (`scan_header`) and checks
+//! the tensor table against the file (`check_layout`): candle takes each tensor's type,
+//! dims and offset on trust and reads whatever bytes they point at, so a type field edited
+//! from Q4_1 to Q4_0 would load the neighbouring bytes as weights. That pass also bounds what
+//! candle would allocate for the metadata, and refuses an alignment of 0 (candle divides by
+//! it). What remains unchecked: a type or shape whose size differs from the true one by less
+//! than the alignment's padding, and the values of the weights themselves.
 
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -18,6 +26,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -121,36 +130,544 @@ fn ggml_type_name(id: u32) -> Option<&'static str> {
     })
 }
 
+/// The GGML types candle reads into a tensor, by id; the other known types (Q8_1 and Q8_K
+/// among them: candle parses their headers but cannot load their data) are refused by name.
+fn loadable_type(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
+}
+
+/// `general.alignment` when the metadata has none (the GGUF specification's default).
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// ggml's `GGML_MAX_DIMS`.
+const MAX_TENSOR_DIMS: u32 = 4;
+/// Metadata keys and tensor names are short (ggml's `GGML_MAX_NAME` is 64 bytes); the bound
+/// keeps a damaged length from allocating before the name is compared with anything.
+const MAX_NAME_BYTES: u64 = 4096;
+/// Metadata values in all (array items included). candle holds each in a 32-byte `Value`, so
+/// a header of one-byte items would take 32 times its size in memory; real files stay below
+/// a million (a 262k vocabulary's tokens, scores and types, a Llama 3 file's 280k merges).
+const MAX_METADATA_VALUES: u64 = 1 << 23;
+/// The nesting of arrays in arrays that candle's reader accepts.
+const MAX_VALUE_DEPTH: usize = 64;
+
+/// One entry of the header's tensor table, as the file declares it.
+#[derive(Debug)]
+struct DeclaredTensor {
+    name: String,
+    /// GGUF order: the innermost (row) dimension first.
+    dims: Vec<u64>,
+    ggml_type: u32,
+    offset: u64,
+}
+
+/// What the header says about where the tensors lie.
+#[derive(Debug)]
+struct Layout {
+    tensors: Vec<DeclaredTensor>,
+    alignment: u64,
+    /// The first byte of tensor data: the end of the header, rounded up to the alignment.
+    data_start: u64,
+    file_len: u64,
+}
+
+/// Reads a GGUF header without keeping its values: every length and count is checked
+/// against the bytes left in the file before it is used, and nothing is allocated but the
+/// keys and tensor names (each bounded), so a damaged header costs no memory. Errors are the
+/// reason of an [`Error::BadGguf`].
+struct HeaderReader<'a, R> {
+    inner: &'a mut std::io::BufReader<R>,
+    pos: u64,
+    len: u64,
+    /// Version 1 writes lengths and dims as u32, later versions as u64.
+    v1: bool,
+}
+
+impl<R: std::io::Read + std::io::Seek> HeaderReader<'_, R> {
+    fn truncated(&self, what: &str) -> String {
+        format!(
+            "the file ends inside the header ({what} at byte {} of {})",
+            self.pos, self.len
+        )
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> std::result::Result<[u8; N], String> {
+        let mut buf = [0u8; N];
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|_| self.truncated(what))?;
+        self.pos += N as u64;
+        Ok(buf)
+    }
+
+    fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+        self.array::<4>(what).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+        self.array::<8>(what).map(u64::from_le_bytes)
+    }
+
+    /// A length, count or dimension: u32 in version 1, u64 after.
+    fn length(&mut self, what: &str) -> std::result::Result<u64, String> {
+        if self.v1 {
+            self.u32(what).map(u64::from)
+        } else {
+            self.u64(what)
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.len.saturating_sub(self.pos)
+    }
+
+    fn skip(&mut self, n: u64, what: &str) -> std::result::Result<(), String> {
+        if n > self.remaining() {
+            return Err(format!(
+                "{what} needs {n} bytes at byte {} but the file has {} left",
+                self.pos,
+                self.remaining()
+            ));
+        }
+        let n_signed = i64::try_from(n).map_err(|_| self.truncated(what))?;
+        // Within the buffer, a relative seek moves no data and makes no system call.
+        self.inner
+            .seek_relative(n_signed)
+            .map_err(|e| format!("{what}: {e}"))?;
+        self.pos += n;
+        Ok(())
+    }
+
+    /// A string of at most `max` bytes, kept.
+    fn string(&mut self, max: u64, what: &str) -> std::result::Result<String, String> {
+        let n = self.length(what)?;
+        if n > max || n > self.remaining() {
+            return Err(format!(
+                "{what} at byte {} is {n} bytes long (at most {max}, and {} are left in the file)",
+                self.pos,
+                self.remaining()
+            ));
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|_| self.truncated(what))?;
+        self.pos += n;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Skips one metadata value of GGUF value type `value_type`, counting it (and its items)
+    /// against `budget`; returns a scalar integer's value (for `general.alignment`) with its
+    /// type's name.
+    fn skip_value(
+        &mut self,
+        value_type: u32,
+        key: &str,
+        depth: usize,
+        budget: &mut u64,
+    ) -> std::result::Result<Option<(i128, &'static str)>, String> {
+        let what = || format!("metadata `{key}`");
+        if *budget == 0 {
+            return Err(format!(
+                "the metadata holds more than {MAX_METADATA_VALUES} values (at `{key}`)"
+            ));
+        }
+        *budget -= 1;
+        let scalar = match value_type {
+            0 => (i128::from(self.array::<1>(&what())?[0]), "U8"),
+            1 => (i128::from(self.array::<1>(&what())?[0] as i8), "I8"),
+            2 => (i128::from(u16::from_le_bytes(self.array(&what())?)), "U16"),
+            3 => (i128::from(i16::from_le_bytes(self.array(&what())?)), "I16"),
+            4 => (i128::from(self.u32(&what())?), "U32"),
+            5 => (i128::from(self.u32(&what())? as i32), "I32"),
+            6 => (i128::from(self.u32(&what())?), "F32"),
+            7 => (i128::from(self.array::<1>(&what())?[0]), "BOOL"),
+            10 => (i128::from(self.u64(&what())?), "U64"),
+            11 => (i128::from(self.u64(&what())? as i64), "I64"),
+            12 => (i128::from(self.u64(&what())?), "F64"),
+            8 => {
+                let n = self.length(&what())?;
+                self.skip(n, &what())?;
+                return Ok(None);
+            }
+            9 => {
+                if depth >= MAX_VALUE_DEPTH {
+                    return Err(format!(
+                        "metadata `{key}` nests arrays deeper than {MAX_VALUE_DEPTH}"
+                    ));
+                }
+                let item_type = self.u32(&what())?;
+                let n = self.length(&what())?;
+                if n > *budget {
+                    return Err(format!(
+                        "metadata `{key}` declares {n} items; the metadata may hold {MAX_METADATA_VALUES} values in all"
+                    ));
+                }
+                let fixed = match item_type {
+                    0 | 1 | 7 => Some(1),
+                    2 | 3 => Some(2),
+                    4..=6 => Some(4),
+                    10..=12 => Some(8),
+                    _ => None,
+                };
+                match fixed {
+                    Some(size) => {
+                        // n ≤ 2^23, so the product cannot overflow.
+                        self.skip(n * size, &what())?;
+                        *budget -= n;
+                    }
+                    None => {
+                        for _ in 0..n {
+                            self.skip_value(item_type, key, depth + 1, budget)?;
+                        }
+                    }
+                }
+                return Ok(None);
+            }
+            other => {
+                return Err(format!(
+                    "metadata `{key}` has value type {other}, which GGUF does not define"
+                ))
+            }
+        };
+        // Floats are not integers: only the integer types carry a usable value.
+        Ok((!matches!(scalar.1, "F32" | "F64" | "BOOL")).then_some(scalar))
+    }
+}
+
+/// Reads the header of a GGUF file of `file_len` bytes: the metadata is skipped (but for
+/// `general.alignment`), the tensor table kept. Every count and length is checked against
+/// the bytes the file has left, and each table entry as it is read (its dims, and its name
+/// against the others), so that a header whose counts were edited stops at the first entry
+/// that cannot be one.
+fn scan_header<R: std::io::Read + std::io::Seek>(
+    reader: &mut std::io::BufReader<R>,
+    file_len: u64,
+) -> std::result::Result<Layout, String> {
+    let mut r = HeaderReader {
+        inner: reader,
+        pos: 0,
+        len: file_len,
+        v1: false,
+    };
+    let magic = r.array::<4>("the magic number")?;
+    // candle also accepts the magic written as a big-endian number.
+    if &magic != b"GGUF" && &magic != b"FUGG" {
+        return Err("the file does not start with `GGUF`".into());
+    }
+    let version = r.u32("the version")?;
+    if !(1..=3).contains(&version) {
+        return Err(format!("GGUF version {version} (girder reads 1 to 3)"));
+    }
+    r.v1 = version == 1;
+    let tensor_count = r.length("the tensor count")?;
+    let kv_count = r.length("the metadata count")?;
+    // The smallest entries: a key's length, its type and a one-byte value; a tensor's name
+    // length, one dim count, its type and its offset.
+    let prefix = if r.v1 { 4 } else { 8 };
+    let least = kv_count
+        .saturating_mul(prefix + 5)
+        .saturating_add(tensor_count.saturating_mul(prefix + 16));
+    if least > r.remaining() {
+        return Err(format!(
+            "the header declares {tensor_count} tensors and {kv_count} metadata entries, which need at least {least} bytes; the file has {} left",
+            r.remaining()
+        ));
+    }
+    let mut alignment = DEFAULT_ALIGNMENT;
+    let mut budget = MAX_METADATA_VALUES;
+    for _ in 0..kv_count {
+        let key = r.string(MAX_NAME_BYTES, "a metadata key")?;
+        let value_type = r.u32("a metadata value type")?;
+        let value = r.skip_value(value_type, &key, 0, &mut budget)?;
+        if key == "general.alignment" {
+            // llama.cpp writes a U32 and refuses anything but a power of two; candle reads
+            // any integer type up to 32 bits and ignores the others (U64 among them).
+            match value {
+                Some((v, "U8" | "U16" | "U32" | "I8" | "I16" | "I32"))
+                    if v > 0 && (v as u64).is_power_of_two() =>
+                {
+                    alignment = v as u64;
+                }
+                Some((v, ty)) => {
+                    return Err(format!(
+                        "metadata `general.alignment` is {v} ({ty}): it must be a power of two, a U32"
+                    ))
+                }
+                None => {
+                    return Err(
+                        "metadata `general.alignment` is not an integer: it must be a power of two, a U32"
+                            .into(),
+                    )
+                }
+            }
+        }
+    }
+    let mut tensors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..tensor_count {
+        let name = r.string(MAX_NAME_BYTES, "a tensor name")?;
+        let n_dims = r.u32(&format!("the dims of tensor `{name}`"))?;
+        if n_dims > MAX_TENSOR_DIMS {
+            return Err(format!(
+                "tensor `{name}` has {n_dims} dimensions (at most {MAX_TENSOR_DIMS})"
+            ));
+        }
+        let dims = (0..n_dims)
+            .map(|_| r.length(&format!("the dims of tensor `{name}`")))
+            .collect::<std::result::Result<Vec<u64>, String>>()?;
+        let ggml_type = r.u32(&format!("the type of tensor `{name}`"))?;
+        let offset = r.u64(&format!("the offset of tensor `{name}`"))?;
+        if !seen.insert(name.clone()) {
+            return Err(format!("tensor `{name}` is listed twice"));
+        }
+        tensors.push(DeclaredTensor {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        });
+    }
+    let data_start = r
+        .pos
+        .checked_next_multiple_of(alignment)
+        .ok_or_else(|| r.truncated("the end of the tensor table"))?;
+    Ok(Layout {
+        tensors,
+        alignment,
+        data_start,
+        file_len,
+    })
+}
+
+/// A tensor's type and shape as error messages write them: `Q4_0, 576×576` (rows first, as
+/// transformers' shapes).
+fn describe(t: &DeclaredTensor) -> String {
+    let type_name = ggml_type_name(t.ggml_type).unwrap_or("unknown");
+    let shape = match t.dims.len() {
+        0 => "a scalar".to_string(),
+        _ => t
+            .dims
+            .iter()
+            .rev()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("×"),
+    };
+    format!("{type_name}, {shape}")
+}
+
+/// Checks the tensor table against the file, as llama.cpp writes it: every type is one
+/// girder loads; a tensor's byte size (its dims in whole blocks of its type, computed
+/// without overflow) fits in the file at its offset, which is a multiple of the alignment;
+/// no two tensors overlap; and the tensors are packed: sorted by offset, each starts less
+/// than `alignment` bytes after the previous one ends (the first at the start of the data),
+/// and the last ends less than `alignment` bytes before the end of the file. A type or
+/// shape field edited to another size breaks one of these, unless the sizes differ by less
+/// than the padding.
+fn check_layout(path: &Path, layout: &Layout) -> Result<()> {
+    let bad = |reason: String| Error::BadGguf {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let align = layout.alignment;
+    // (start, end, tensor) in bytes from the start of the file.
+    let mut spans = Vec::with_capacity(layout.tensors.len());
+    for t in &layout.tensors {
+        let Some(dtype) = loadable_type(t.ggml_type) else {
+            let id = t.ggml_type;
+            return Err(Error::UnsupportedGguf {
+                file: path.to_path_buf(),
+                what: format!(
+                    "tensor type {} (GGML type {id}) of tensor `{}`; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K",
+                    ggml_type_name(id).unwrap_or("unknown"),
+                    t.name
+                ),
+            });
+        };
+        let block = dtype.block_size() as u64;
+        let row = t.dims.first().copied().unwrap_or(1);
+        if row % block != 0 {
+            return Err(bad(format!(
+                "tensor `{}` ({}): rows of {row} elements are not whole {dtype:?} blocks of {block}",
+                t.name,
+                describe(t)
+            )));
+        }
+        let size = t
+            .dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .and_then(|elements| (elements / block).checked_mul(dtype.type_size() as u64))
+            .filter(|&size| usize::try_from(size).is_ok());
+        let Some(size) = size else {
+            return Err(bad(format!(
+                "tensor `{}` ({}) is larger than any file",
+                t.name,
+                describe(t)
+            )));
+        };
+        if t.offset % align != 0 {
+            return Err(bad(format!(
+                "tensor `{}` ({}) starts at offset {}, not a multiple of the alignment {align}",
+                t.name,
+                describe(t),
+                t.offset
+            )));
+        }
+        let start = layout.data_start.checked_add(t.offset);
+        let end = start.and_then(|s| s.checked_add(size));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= layout.file_len => spans.push((start, end, t)),
+            _ => {
+                return Err(bad(format!(
+                    "tensor `{}` ({}) takes {size} bytes at offset {} of the data (byte {}), past the end of the file ({} bytes)",
+                    t.name,
+                    describe(t),
+                    t.offset,
+                    layout.data_start.saturating_add(t.offset),
+                    layout.file_len
+                )))
+            }
+        }
+    }
+    spans.sort_by_key(|&(start, end, _)| (start, end));
+    let mismatch = "the type, shape or offset field does not match the data";
+    if let Some(&(start, _, first)) = spans.first() {
+        if start - layout.data_start >= align {
+            return Err(bad(format!(
+                "the tensor data begins at byte {} but the first tensor, `{}` ({}), starts {} bytes later: the offsets do not match the data",
+                layout.data_start,
+                first.name,
+                describe(first),
+                start - layout.data_start
+            )));
+        }
+    }
+    for pair in spans.windows(2) {
+        let (start, end, t) = pair[0];
+        let (next_start, _, next) = pair[1];
+        if next_start < end {
+            return Err(bad(format!(
+                "tensor `{}` ({}) takes {} bytes but tensor `{}` ({}) starts {} bytes after it: they overlap, a type, shape or offset field does not match the data",
+                t.name,
+                describe(t),
+                end - start,
+                next.name,
+                describe(next),
+                next_start - start
+            )));
+        }
+        if next_start - end >= align {
+            return Err(bad(format!(
+                "tensor `{}` ({}) takes {} bytes but the next tensor (`{}`) starts {} bytes later: {mismatch}",
+                t.name,
+                describe(t),
+                end - start,
+                next.name,
+                next_start - start
+            )));
+        }
+    }
+    if let Some(&(start, end, last)) = spans.last() {
+        if layout.file_len - end >= align {
+            return Err(bad(format!(
+                "tensor `{}` ({}), the last, takes {} bytes but the file goes on for {} bytes after its start: {mismatch}",
+                last.name,
+                describe(last),
+                end - start,
+                layout.file_len - start
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `{arch}.block_count` against the tensor table: llama.cpp numbers a model's blocks
+/// `blk.0` to `blk.{count - 1}`, every one with tensors, so the count is one more than the
+/// highest block number. Model configs size per-layer tables by this count before any tensor
+/// is looked up, so an edited count (4294967293 layers) would be allocated before the first
+/// missing tensor is noticed, and a smaller one would drop layers silently.
+fn check_block_count(
+    metadata: &HashMap<String, Value>,
+    architecture: &str,
+    layout: &Layout,
+) -> std::result::Result<(), String> {
+    let key = format!("{architecture}.block_count");
+    let count = match metadata.get(&key) {
+        Some(Value::U8(x)) => u64::from(*x),
+        Some(Value::U16(x)) => u64::from(*x),
+        Some(Value::U32(x)) => u64::from(*x),
+        Some(Value::U64(x)) => *x,
+        Some(Value::I8(x)) => u64::try_from(*x).unwrap_or(u64::MAX),
+        Some(Value::I16(x)) => u64::try_from(*x).unwrap_or(u64::MAX),
+        Some(Value::I32(x)) => u64::try_from(*x).unwrap_or(u64::MAX),
+        Some(Value::I64(x)) => u64::try_from(*x).unwrap_or(u64::MAX),
+        // Absent or not an integer: the model's config reports it.
+        _ => return Ok(()),
+    };
+    let blocks = layout
+        .tensors
+        .iter()
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |highest| highest.saturating_add(1));
+    if count != blocks {
+        return Err(format!(
+            "metadata `{key}` is {count}, but the tensor table holds {blocks} blocks (`blk.0` to `blk.{}`)",
+            blocks.saturating_sub(1)
+        ));
+    }
+    Ok(())
+}
+
 impl GgufFile {
-    /// Reads the header and the metadata; an unknown tensor type is named in the error. The
-    /// tensors are read by [`read_tensors`](Self::read_tensors).
+    /// Reads the header and the metadata, after checking the header against the file: every
+    /// tensor's type is one girder loads (an unknown one is named), and the tensor table
+    /// describes the bytes of the file (`check_layout`), so an edited type, shape or offset
+    /// field is refused here instead of loading other bytes as weights. The tensors are read
+    /// by [`read_tensors`](Self::read_tensors).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let bad = |reason: String| Error::BadGguf {
             file: path.clone(),
             reason,
         };
-        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let mut content = Content::read(&mut file).map_err(|e| {
-            let msg = root_message(&e);
-            match msg
-                .strip_prefix("unknown dtype for tensor ")
-                .and_then(|id| id.trim().parse::<u32>().ok())
-            {
-                Some(id) => Error::UnsupportedGguf {
-                    file: path.clone(),
-                    what: format!(
-                        "tensor type {} (GGML type {id}); supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q8_K",
-                        ggml_type_name(id).unwrap_or("unknown")
-                    ),
-                },
-                None => bad(msg),
-            }
-        })?;
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let mut reader = std::io::BufReader::new(file);
+        let layout = scan_header(&mut reader, file_len).map_err(&bad)?;
+        check_layout(&path, &layout)?;
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| Error::io(&path, e))?;
+        let mut content = Content::read(&mut reader).map_err(|e| bad(root_message(&e)))?;
         let architecture = match content.metadata.get("general.architecture") {
             Some(Value::String(a)) => a.clone(),
             _ => return Err(bad("no `general.architecture` in the metadata".into())),
         };
+        check_block_count(&content.metadata, &architecture, &layout).map_err(&bad)?;
         let metadata = std::mem::take(&mut content.metadata);
         Ok(GgufFile {
             path,

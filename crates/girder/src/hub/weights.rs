@@ -588,22 +588,33 @@ impl Weights {
             });
         };
         let (path, st) = &self.checkpoint.files[index];
-        let tensor = st
-            .load(&full, &self.device)
-            .map_err(|e| Error::BadWeights {
+        let bad = |reason: String| Error::BadWeights {
+            file: path.clone(),
+            reason: format!("tensor `{full}`: {reason}"),
+        };
+        // The header's dtype and shape are checked before the bytes are read: the safetensors
+        // crate checks that they account for the tensor's bytes, not that the model can use
+        // them (an I64 buffer, or a [16, 16] matrix where the config implies [32, 32]).
+        let view = st.get(&full).map_err(|e| bad(root_cause(&e)))?;
+        if !FLOAT_DTYPES.contains(&view.dtype()) {
+            return Err(Error::DtypeMismatch {
                 file: path.clone(),
-                reason: format!("tensor `{full}`: {}", root_cause(&e)),
-            })?;
-        if let Ok(view) = st.get(&full) {
-            release_mapped_pages(view.data());
+                tensor: full,
+                expected: "a floating-point dtype (F32, F16, BF16 or F64)".into(),
+                actual: format!("{:?}", view.dtype()),
+            });
         }
-        if tensor.dims() != expected.as_slice() {
+        if view.shape() != expected.as_slice() {
             return Err(Error::ShapeMismatch {
                 tensor: full,
                 expected,
-                actual: tensor.dims().to_vec(),
+                actual: view.shape().to_vec(),
             });
         }
+        let tensor = st
+            .load(&full, &self.device)
+            .map_err(|e| bad(root_cause(&e)))?;
+        release_mapped_pages(view.data());
         Ok(tensor.to_dtype(self.dtype)?)
     }
 
@@ -634,6 +645,14 @@ impl Weights {
             .join(", ")
     }
 }
+
+/// The safetensors dtypes a weight may have; each is upcast to the compute dtype on load.
+const FLOAT_DTYPES: [safetensors::Dtype; 4] = [
+    safetensors::Dtype::F32,
+    safetensors::Dtype::F16,
+    safetensors::Dtype::BF16,
+    safetensors::Dtype::F64,
+];
 
 /// candle wraps safetensors errors in context layers; users need the innermost message.
 fn root_cause(e: &candle_core::Error) -> String {
@@ -711,4 +730,25 @@ fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A written weights file is readable by the others who serve the folder, as the JSON
+    /// files beside it are.
+    #[cfg(unix)]
+    #[test]
+    fn written_weights_are_readable_by_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("girder-weights-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        let t = Tensor::zeros((2, 2), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        write_safetensors(&[("w".to_string(), t)], &path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o644);
+    }
 }

@@ -700,7 +700,7 @@ pub(crate) fn check_source_positions(batch: &RaggedBatch, max: usize) -> Result<
         if len > max {
             return Err(Error::InputTooLong {
                 index: i,
-                tokens: len,
+                tokens: Some(len),
                 max,
             });
         }

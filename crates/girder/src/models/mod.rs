@@ -32,6 +32,11 @@ use crate::hub::Weights;
 use crate::layers::KvCache;
 use candle_core::Tensor;
 
+/// Layers a configuration may declare at most: past any real model (the largest have under
+/// 200), and small enough that per-layer tables sized from the config stay small when a
+/// config.json or a GGUF header is edited to claim billions.
+pub const MAX_LAYERS: usize = 4096;
+
 /// The kinds of model girder runs; each task names the kinds that serve it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

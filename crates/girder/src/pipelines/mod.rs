@@ -302,7 +302,7 @@ impl TaskOptions {
         encodings: &[Encoded],
         plan: &[Vec<usize>],
     ) -> Result<Vec<TaskOutput>> {
-        Ok(match self {
+        let outputs: Vec<TaskOutput> = match self {
             TaskOptions::TextClassification(o) => {
                 text_classification::run_encoded(model, encodings, plan, o)?
                     .into_iter()
@@ -333,7 +333,16 @@ impl TaskOptions {
                     )
                     .map(|()| Vec::new())
             }
-        })
+        };
+        // NaN serialises as JSON null: a broken model would answer nulls as if they were
+        // scores.
+        if let Some(index) = outputs.iter().position(|o| !o.is_finite()) {
+            return Err(Error::NonFiniteOutput {
+                index,
+                model: model.folder.root().to_path_buf(),
+            });
+        }
+        Ok(outputs)
     }
 
     /// Runs a text-to-text task on texts, the first of index `first_index` in the whole input
@@ -410,6 +419,31 @@ pub enum TaskOutput {
     TextGeneration(text_generation::Output),
     Text2Text(text2text_generation::Output),
     AutomaticSpeechRecognition(automatic_speech_recognition::Output),
+}
+
+impl TaskOutput {
+    /// Whether every score and every component of a vector is a finite number.
+    pub fn is_finite(&self) -> bool {
+        match self {
+            TaskOutput::TextClassification(r) => r
+                .best
+                .iter()
+                .chain(r.labels.iter().flatten())
+                .all(|l| l.score.is_finite()),
+            TaskOutput::TokenClassification(r) => r.entities.iter().all(|e| match e {
+                token_classification::Entity::Token(t) => t.score.is_finite(),
+                token_classification::Entity::Group(g) => g.score.is_finite(),
+            }),
+            TaskOutput::FillMask(r) => match &r.predictions {
+                fill_mask::Output::Single(p) => p.iter().all(|p| p.score.is_finite()),
+                fill_mask::Output::Multi(p) => p.iter().flatten().all(|p| p.score.is_finite()),
+            },
+            TaskOutput::Embeddings(o) => o.embedding.iter().all(|x| x.is_finite()),
+            TaskOutput::TextGeneration(_)
+            | TaskOutput::Text2Text(_)
+            | TaskOutput::AutomaticSpeechRecognition(_) => true,
+        }
+    }
 }
 
 /// An encoder loaded for the pipelines: config, tokenizer and weights, built by

@@ -173,6 +173,9 @@ pub struct TextTokenizer {
     /// Decoded text loses its surrounding whitespace (`MarianTokenizer.convert_tokens_to_string`
     /// strips it).
     strip_decoded: bool,
+    /// `inner` without truncation, when `inner` truncates: counting needs every token
+    /// (`tokenizers` keeps only a few of the tokens it cuts).
+    counting: Option<std::sync::Arc<tokenizers::Tokenizer>>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -243,6 +246,7 @@ impl TextTokenizer {
             tokenizer_max_length,
             declared: std::sync::Arc::new(declared),
             strip_decoded,
+            counting: None,
         };
         tokenizer.apply_policy()?;
         Ok(tokenizer)
@@ -260,6 +264,7 @@ impl TextTokenizer {
             tokenizer_max_length: None,
             declared: Default::default(),
             strip_decoded: false,
+            counting: None,
         };
         tokenizer.apply_policy()?;
         Ok(tokenizer)
@@ -314,6 +319,19 @@ impl TextTokenizer {
             }),
             Truncation::Refuse => None,
         };
+        self.counting = match truncation {
+            Some(_) => {
+                let mut counting = self.inner.clone();
+                counting
+                    .with_truncation(None)
+                    .map_err(|e| Error::BadTokenizer {
+                        file: self.source.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Some(std::sync::Arc::new(counting))
+            }
+            None => None,
+        };
         self.inner
             .with_truncation(truncation)
             .map_err(|e| Error::BadTokenizer {
@@ -321,6 +339,11 @@ impl TextTokenizer {
                 reason: e.to_string(),
             })?;
         Ok(())
+    }
+
+    /// The tokenizer without truncation, for [`encode_within`].
+    pub fn counting(&self) -> &tokenizers::Tokenizer {
+        self.counting.as_deref().unwrap_or(&self.inner)
     }
 
     /// The underlying `tokenizers` tokenizer (padding and truncation already set by policy).
@@ -358,21 +381,44 @@ impl TextTokenizer {
     }
 
     /// Tokenizes one text; `index` is its position in the caller's input (for errors).
+    ///
+    /// The work is bounded by the limit, not by the text: a text far over it is tokenized
+    /// only as far as the limit needs ([`encode_within`]), so a megabyte of text costs what a
+    /// few thousand characters cost, and a refused one reports `tokens: None`.
     pub fn encode(&self, text: &str, index: usize) -> Result<Encoded> {
-        let encoding = self
-            .inner
-            .encode_char_offsets(text, true)
-            .map_err(|e| Error::Tokenize {
-                index,
-                reason: e.to_string(),
-            })?;
-        if self.truncation == Truncation::Refuse && encoding.len() > self.max_length {
-            return Err(Error::InputTooLong {
-                index,
-                tokens: encoding.len(),
-                max: self.max_length,
-            });
-        }
+        let tokenize_error = |e: tokenizers::Error| Error::Tokenize {
+            index,
+            reason: e.to_string(),
+        };
+        let within = encode_within(self.counting(), text, true, self.max_length, Keep::Start)
+            .map_err(tokenize_error)?;
+        let encoding = match (within, self.truncation) {
+            (Within::Whole(encoding), _) if encoding.len() <= self.max_length => encoding,
+            (Within::Whole(encoding), Truncation::Refuse) => {
+                return Err(Error::InputTooLong {
+                    index,
+                    tokens: Some(encoding.len()),
+                    max: self.max_length,
+                })
+            }
+            (Within::Over { .. }, Truncation::Refuse) => {
+                return Err(Error::InputTooLong {
+                    index,
+                    tokens: None,
+                    max: self.max_length,
+                })
+            }
+            // Cut as `tokenizers` cuts (before the special tokens are added), on the part
+            // tokenized.
+            (Within::Whole(_), Truncation::Truncate) => self
+                .inner
+                .encode_char_offsets(text, true)
+                .map_err(tokenize_error)?,
+            (Within::Over { part, .. }, Truncation::Truncate) => self
+                .inner
+                .encode_char_offsets(&text[part], true)
+                .map_err(tokenize_error)?,
+        };
         Ok(Encoded {
             truncated: !encoding.get_overflowing().is_empty(),
             ids: encoding.get_ids().to_vec(),
@@ -418,12 +464,138 @@ impl TextTokenizer {
     }
 }
 
+/// Which end of an over-long text is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The first tokens (encoders: truncation on the right).
+    Start,
+    /// The last tokens (prompts: the end of a conversation is what the reply follows).
+    End,
+}
+
+/// What [`encode_within`] tokenized.
+#[derive(Debug)]
+pub enum Within {
+    /// The whole text.
+    Whole(tokenizers::Encoding),
+    /// The text has more than the limit of tokens (by a margin): `encoding` is that of
+    /// `text[part]` (a prefix for [`Keep::Start`], a suffix for [`Keep::End`]), whose tokens
+    /// at the kept end are the whole text's.
+    Over {
+        encoding: tokenizers::Encoding,
+        part: std::ops::Range<usize>,
+    },
+}
+
+/// Bytes of text per token of the limit tokenized first: about twice what English needs
+/// (4-5 bytes a token), so one pass decides for most texts.
+const BYTES_PER_TOKEN: usize = 8;
+
+/// Tokens past the limit a part must yield before its kept end is taken as the whole text's:
+/// the cut can change the tokens of the word it falls in and the few next to it.
+const CUT_MARGIN_TOKENS: usize = 16;
+
+/// Tokenizes `text` only as far as a limit of `max_tokens` needs. A text of up to
+/// `max_tokens × 8` bytes is tokenized whole; a longer one by parts growing twofold from the
+/// kept end, cut at whitespace where there is some, until a part yields more than
+/// `max_tokens` + 16 tokens ([`Within::Over`]) or the part is the whole text. Work and memory
+/// are bounded by the limit (twice the part that decides), whatever the text's length: a
+/// tokenizers `Encoding` keeps about 200 bytes per token.
+///
+/// `tokenizer` must not truncate ([`TextTokenizer::counting`]): the count needs every token.
+pub fn encode_within(
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    add_special_tokens: bool,
+    max_tokens: usize,
+    keep: Keep,
+) -> tokenizers::Result<Within> {
+    let mut budget = max_tokens
+        .saturating_add(CUT_MARGIN_TOKENS)
+        .saturating_mul(BYTES_PER_TOKEN);
+    while budget < text.len() {
+        let part = match keep {
+            Keep::Start => 0..cut_before(text, budget),
+            Keep::End => cut_after(text, text.len() - budget)..text.len(),
+        };
+        let encoding = tokenizer.encode_char_offsets(&text[part.clone()], add_special_tokens)?;
+        if encoding.len() > max_tokens + CUT_MARGIN_TOKENS {
+            return Ok(Within::Over { encoding, part });
+        }
+        budget = budget.saturating_mul(2);
+    }
+    Ok(Within::Whole(
+        tokenizer.encode_char_offsets(text, add_special_tokens)?,
+    ))
+}
+
+/// A cut at most `at` bytes into `text`: after the last whitespace of its last quarter when
+/// there is one (so no word is split), else at a character boundary.
+fn cut_before(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut floor = end - end / 4;
+    while !text.is_char_boundary(floor) {
+        floor += 1;
+    }
+    match text[floor..end].rfind(char::is_whitespace) {
+        Some(i) => floor + i,
+        None => end,
+    }
+}
+
+/// A cut at least `at` bytes into `text`, at the first whitespace of the quarter after it
+/// when there is one, else at a character boundary.
+fn cut_after(text: &str, at: usize) -> usize {
+    let mut start = at.min(text.len());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let reach = (text.len() - start) / 4;
+    let mut ceiling = start + reach;
+    while !text.is_char_boundary(ceiling) {
+        ceiling += 1;
+    }
+    match text[start..ceiling].find(char::is_whitespace) {
+        Some(i) => start + i,
+        None => start,
+    }
+}
+
+/// Loads tokenizer.json. `tokenizers` panics on some malformed files instead of returning an
+/// error (a JSON error inside `decoder`, a BPE `continuing_subword_prefix` longer than a
+/// merge, a post-processor template naming a special token it does not define, which panics
+/// at the first encode): loading and one probe encode run under `catch_unwind`, and a panic
+/// is a [`Error::BadTokenizer`] naming the file.
 fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::BadTokenizer {
+    let bad = |reason: String| Error::BadTokenizer {
         file: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let loaded = std::panic::catch_unwind(|| {
+        let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes)?;
+        tokenizer.encode_char_offsets("a b", true)?;
+        Ok::<_, tokenizers::Error>(tokenizer)
+    });
+    match loaded {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(bad(e.to_string())),
+        Err(panic) => Err(bad(format!(
+            "the tokenizers library failed on it: {}",
+            panic_message(&panic)
+        ))),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 #[derive(Debug, Default, Deserialize)]
