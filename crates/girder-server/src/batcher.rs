@@ -231,11 +231,7 @@ fn run_guarded(runner: &dyn Runner, jobs: &[Job]) -> Result<Option<Vec<TaskOutpu
         ))),
         Ok(Err(err)) => Err(ApiError::from_library(err, "input")),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what = girder::error::panic_message(&*panic);
             tracing::error!(
                 "the model panicked on a batch of {} requests: {what}",
                 jobs.len()

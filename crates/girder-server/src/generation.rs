@@ -163,11 +163,7 @@ fn run_engine(
                 continue;
             }
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = girder::error::panic_message(&*panic);
                 tracing::error!("the model panicked in a generation step: {what}");
                 // Caches may hold half a step: start over with an empty batch.
                 batch = new_batch();

@@ -191,11 +191,7 @@ fn run_engine(model: &Seq2SeqGenerator, mut rx: mpsc::Receiver<Job>, max_sequenc
                 continue;
             }
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = girder::error::panic_message(&*panic);
                 tracing::error!("the model panicked in an encoder-decoder step: {what}");
                 fail_all(
                     &mut jobs,

@@ -321,6 +321,16 @@ impl Error {
     }
 }
 
+/// The message a caught panic carries (`panic!` with a literal or a formatted string), or
+/// "unknown panic".
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// "N tokens", or "more tokens" when an input was not counted to its end.
 fn token_count(tokens: Option<usize>) -> String {
     match tokens {

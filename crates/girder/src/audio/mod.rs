@@ -607,12 +607,10 @@ fn describe(e: SymphoniaError) -> String {
 /// not used again afterwards).
 fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        format!("malformed: the decoder gave up ({what})")
+        format!(
+            "malformed: the decoder gave up ({})",
+            crate::error::panic_message(&*payload)
+        )
     })
 }
 

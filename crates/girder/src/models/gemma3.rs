@@ -184,16 +184,7 @@ impl Config {
                 ),
             ));
         }
-        if raw.num_hidden_layers > super::MAX_LAYERS {
-            return Err(bad(
-                "num_hidden_layers",
-                format!(
-                    "{} layers: more than any checkpoint holds (at most {})",
-                    raw.num_hidden_layers,
-                    super::MAX_LAYERS
-                ),
-            ));
-        }
+        super::check_layer_count(file, raw.num_hidden_layers)?;
         if raw.head_dim == 0 || !raw.head_dim.is_multiple_of(2) || raw.num_hidden_layers == 0 {
             return Err(bad(
                 "head_dim",

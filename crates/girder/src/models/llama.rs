@@ -135,16 +135,7 @@ impl Config {
                 "hidden_size, num_hidden_layers and num_attention_heads must be positive".into(),
             ));
         }
-        if raw.num_hidden_layers > super::MAX_LAYERS {
-            return Err(bad(
-                "num_hidden_layers",
-                format!(
-                    "{} layers: more than any checkpoint holds (at most {})",
-                    raw.num_hidden_layers,
-                    super::MAX_LAYERS
-                ),
-            ));
-        }
+        super::check_layer_count(file, raw.num_hidden_layers)?;
         let kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         if kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(kv_heads) {
             return Err(bad(

@@ -37,6 +37,20 @@ use candle_core::Tensor;
 /// config.json or a GGUF header is edited to claim billions.
 pub const MAX_LAYERS: usize = 4096;
 
+/// `num_hidden_layers` of `file`, refused past [`MAX_LAYERS`].
+pub(crate) fn check_layer_count(file: &std::path::Path, layers: usize) -> crate::Result<()> {
+    if layers > MAX_LAYERS {
+        return Err(crate::Error::BadConfig {
+            file: file.to_path_buf(),
+            field: "num_hidden_layers".into(),
+            reason: format!(
+                "{layers} layers: more than any checkpoint holds (at most {MAX_LAYERS})"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The kinds of model girder runs; each task names the kinds that serve it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

@@ -390,6 +390,17 @@ impl TextTokenizer {
             index,
             reason: e.to_string(),
         };
+        // A text short enough to be tokenized whole needs no count first: truncation
+        // tokenizes it once.
+        if self.truncation == Truncation::Truncate
+            && text.len() <= whole_text_bytes(self.max_length)
+        {
+            let encoding = self
+                .inner
+                .encode_char_offsets(text, true)
+                .map_err(tokenize_error)?;
+            return Ok(self.to_encoded(encoding));
+        }
         let within = encode_within(self.counting(), text, true, self.max_length, Keep::Start)
             .map_err(tokenize_error)?;
         let encoding = match (within, self.truncation) {
@@ -419,7 +430,11 @@ impl TextTokenizer {
                 .encode_char_offsets(&text[part], true)
                 .map_err(tokenize_error)?,
         };
-        Ok(Encoded {
+        Ok(self.to_encoded(encoding))
+    }
+
+    fn to_encoded(&self, encoding: tokenizers::Encoding) -> Encoded {
+        Encoded {
             truncated: !encoding.get_overflowing().is_empty(),
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
@@ -434,7 +449,7 @@ impl TextTokenizer {
             offsets: encoding.get_offsets().to_vec(),
             word_ids: encoding.get_word_ids().to_vec(),
             special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),
-        })
+        }
     }
 
     /// Tokenizes every text; fails on the first that cannot be encoded.
@@ -510,9 +525,7 @@ pub fn encode_within(
     max_tokens: usize,
     keep: Keep,
 ) -> tokenizers::Result<Within> {
-    let mut budget = max_tokens
-        .saturating_add(CUT_MARGIN_TOKENS)
-        .saturating_mul(BYTES_PER_TOKEN);
+    let mut budget = whole_text_bytes(max_tokens);
     while budget < text.len() {
         let part = match keep {
             Keep::Start => 0..cut_before(text, budget),
@@ -527,6 +540,13 @@ pub fn encode_within(
     Ok(Within::Whole(
         tokenizer.encode_char_offsets(text, add_special_tokens)?,
     ))
+}
+
+/// Texts up to this many bytes are tokenized whole by [`encode_within`].
+fn whole_text_bytes(max_tokens: usize) -> usize {
+    max_tokens
+        .saturating_add(CUT_MARGIN_TOKENS)
+        .saturating_mul(BYTES_PER_TOKEN)
 }
 
 /// A cut at most `at` bytes into `text`: after the last whitespace of its last quarter when
@@ -585,17 +605,9 @@ fn load_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
         Ok(Err(e)) => Err(bad(e.to_string())),
         Err(panic) => Err(bad(format!(
             "the tokenizers library failed on it: {}",
-            panic_message(&panic)
+            crate::error::panic_message(&*panic)
         ))),
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
 }
 
 #[derive(Debug, Default, Deserialize)]
