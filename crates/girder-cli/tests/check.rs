@@ -123,8 +123,18 @@ fn corrupt_or_unreadable_lock_is_a_clear_error_not_a_pass() {
         ("not json", "girder.lock\n".to_string()),
         (
             "wrong version",
-            good.replacen("\"girder_lock\": 1", "\"girder_lock\": 99", 1),
+            good.replacen("\"girder_lock\": 2", "\"girder_lock\": 99", 1),
         ),
+        ("format 2 without its model section", {
+            let mut v: Value = serde_json::from_str(&good).unwrap();
+            v.as_object_mut().unwrap().remove("model");
+            v.to_string()
+        }),
+        ("unknown field", {
+            let mut v: Value = serde_json::from_str(&good).unwrap();
+            v["model"]["extra"] = Value::from(1);
+            v.to_string()
+        }),
         ("bad fingerprint", {
             let v: Value = serde_json::from_str(&good).unwrap();
             let sha = v["tokenizer"]["sha256"].as_str().unwrap().to_string();
@@ -337,4 +347,159 @@ fn run_refuses_a_mismatched_tokenizer_unless_allowed() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A lock of model A does not pass model B: exit 1, the message names both models (class,
+/// folder, weight fingerprint) and the fix. A format 1 lock still passes with a warning.
+#[test]
+fn lock_of_another_model_exits_1_naming_both() {
+    let dir = scratch("identity");
+    let a = fixture("bert-seqcls");
+    let b = fixture("roberta-seqcls");
+    let lock = dir.join("girder.lock");
+    let out = girder(&[
+        "lock",
+        "-m",
+        a.to_str().unwrap(),
+        "--out",
+        lock.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.contains("BertForSequenceClassification (sequence-classification, weights sha256 "),
+        "{said}"
+    );
+    let pinned: Value = serde_json::from_str(&std::fs::read_to_string(&lock).unwrap()).unwrap();
+    assert_eq!(pinned["girder_lock"], 2);
+    assert_eq!(pinned["model"]["head"], "sequence-classification");
+    let weights = pinned["model"]["weights"]["sha256"].as_str().unwrap();
+
+    let out = girder(&[
+        "check",
+        "-m",
+        b.to_str().unwrap(),
+        "--lock",
+        lock.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("lock-model-mismatch"))
+        .unwrap_or_else(|| panic!("{text}"));
+    for part in [
+        "BertForSequenceClassification",
+        "RobertaForSequenceClassification",
+        "fixtures/bert-seqcls",
+        "fixtures/roberta-seqcls",
+        &weights[..12],
+    ] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+    assert!(
+        text.contains("fix: check the model the lock was made from"),
+        "{text}"
+    );
+
+    // The same lock as format 1 (no model section): the same model passes, with a warning.
+    let mut v1 = pinned.clone();
+    v1["girder_lock"] = Value::from(1);
+    v1.as_object_mut().unwrap().remove("model");
+    std::fs::write(&lock, v1.to_string()).unwrap();
+    let out = girder(&[
+        "check",
+        "-m",
+        a.to_str().unwrap(),
+        "--lock",
+        lock.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = stdout_json(&out);
+    assert!(
+        codes(&report, "warning").contains(&"lock-identity-missing".to_string()),
+        "{report}"
+    );
+    assert!(
+        codes(&report, "info").contains(&"lock-ok".to_string()),
+        "{report}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A GGUF file with another tokenizer (`--tokenizer`): its own tokenizer.json passes and is
+/// named as matching the file; a copy with two ids swapped is refused, naming the id.
+#[test]
+fn gguf_with_a_tokenizer_folder_is_compared_with_the_file() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let gguf = models.join("smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let own = models.join("smollm2-tokenizer");
+    assert!(
+        gguf.is_file() && own.join("tokenizer.json").is_file(),
+        "SmolLM2 is missing: run `scripts/fetch-models` first"
+    );
+    let check = |tokenizer: &Path| {
+        girder(&[
+            "check",
+            "-m",
+            gguf.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let out = check(&own);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = stdout_json(&out);
+    assert_report_shape(&report);
+    assert!(codes(&report, "info").contains(&"tokenizer-matches-file".to_string()));
+
+    let swapped = scratch("gguf-swapped-tokenizer");
+    copy_dir(&own, &swapped);
+    let path = swapped.join("tokenizer.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let vocab = doc["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = ("Ġthe", "Ġand");
+    let (ia, ib) = (vocab[a].clone(), vocab[b].clone());
+    let first = ia.as_u64().unwrap().min(ib.as_u64().unwrap());
+    vocab.insert(a.into(), ib);
+    vocab.insert(b.into(), ia);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let out = check(&swapped);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = stdout_json(&out);
+    assert!(codes(&report, "error").contains(&"tokenizer-differs-from-file".to_string()));
+    let message = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "tokenizer-differs-from-file")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("2 of the 49152 ids") && message.contains(&format!("id {first} ")),
+        "{message}"
+    );
 }

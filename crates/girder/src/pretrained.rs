@@ -438,15 +438,6 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     let mut gguf = GgufFile::open(path)?;
     let (architecture, format) = registry::resolve_gguf(&gguf)?;
     refuse_encoder_options(options, architecture.classes[0].0, Kind::Decoder)?;
-    if options.tokenizer.is_some() {
-        return Err(Error::InvalidOption {
-            option: "tokenizer".into(),
-            reason: format!(
-                "{} carries its tokenizer in its metadata; another one cannot be put in its place",
-                path.display()
-            ),
-        });
-    }
     if options.gguf == GgufMode::Quantized {
         warn_about_slow_types(&gguf);
     }
@@ -461,7 +452,18 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
         ..GenerationConfig::default()
     };
     let chat_template = ChatTemplate::from_gguf(&gguf, &tokens, format.default_chat_template)?;
-    let tokenizer = TextTokenizer::from_tokenizer(tokens, path.to_path_buf())?;
+    // Another tokenizer in the file's place (`--tokenizer`, to check one against the file):
+    // the file's own is kept beside it, for the guard to compare.
+    let (tokenizer, file_tokenizer) = match &options.tokenizer {
+        None => (
+            TextTokenizer::from_tokenizer(tokens, path.to_path_buf())?,
+            None,
+        ),
+        Some(reference) => (
+            TextTokenizer::from_folder(&ModelRef::parse(reference).resolve_tokenizer()?)?,
+            Some(tokens),
+        ),
+    };
     let keep_quantized = options.gguf == GgufMode::Quantized;
     let weights = Weights::from_gguf(gguf, keep_quantized, options.dtype, &options.device);
     let gguf = weights.gguf().ok_or_else(|| Error::BadGguf {
@@ -469,7 +471,11 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
         reason: "the file's tensors were not kept".into(),
     })?;
     let model = DecoderModel::load_gguf(architecture, format, gguf, &weights)?;
-    decoder_model(model, tokenizer, generation_config, chat_template, None)
+    let loaded = decoder_model(model, tokenizer, generation_config, chat_template, None)?;
+    Ok(match (loaded, file_tokenizer) {
+        (Loaded::Decoder(g), Some(own)) => Loaded::Decoder(Box::new(g.with_file_tokenizer(own))),
+        (loaded, _) => loaded,
+    })
 }
 
 /// One warning per block type of the file's matrices that girder's kernels do not read,

@@ -205,16 +205,41 @@ fn smollm2_tokenizer(tag: &str, keep: u32) -> Scratch {
     s
 }
 
+/// SmolLM2's own tokenizer folder with ids 1000..3000 (frequent merges) permuted among
+/// themselves.
+fn smollm2_tokenizer_permuted(tag: &str) -> Scratch {
+    let dir = real("smollm2-tokenizer", "tokenizer.json");
+    let s = Scratch::copy_of(&dir, tag);
+    let mut doc = s.read_json("tokenizer.json");
+    let ids = shuffled((1000..3000).collect(), 17);
+    for id in doc["model"]["vocab"].as_object_mut().unwrap().values_mut() {
+        let i = id.as_u64().unwrap() as u32;
+        if (1000..3000).contains(&i) {
+            *id = json!(ids[(i - 1000) as usize]);
+        }
+    }
+    s.write_json("tokenizer.json", &doc);
+    s
+}
+
 /// MiniLM's tokenizer folder with its WordPiece vocabulary rewritten by `remap`
 /// (token, id) → new id, or None to drop the entry.
 fn minilm_tokenizer_with(tag: &str, remap: impl Fn(&str, u32) -> Option<u32>) -> Scratch {
+    tokenizer_with(&minilm(), tag, remap)
+}
+
+/// The tokenizer files of `source` with the vocabulary of its tokenizer.json rewritten by
+/// `remap` (token, id) → new id, or None to drop the entry.
+fn tokenizer_with(source: &Path, tag: &str, remap: impl Fn(&str, u32) -> Option<u32>) -> Scratch {
     let s = Scratch::new(tag);
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
     ] {
-        std::fs::copy(minilm().join(f), s.path().join(f)).unwrap();
+        if source.join(f).is_file() {
+            std::fs::copy(source.join(f), s.path().join(f)).unwrap();
+        }
     }
     let mut doc = s.read_json("tokenizer.json");
     let vocab: HashMap<String, u32> =
@@ -253,6 +278,18 @@ fn matched_pairs_raise_no_error_and_no_tokenizer_warning() {
     let mut pairs: Vec<PathBuf> = vec![minilm(), mpnet()];
     pairs.extend(common::fixture_folders());
     pairs.extend(decoder_fixtures());
+    // The seq2seq fixtures are trained briefly on a toy corpus: rows shaped by training, too
+    // few related pairs for the weight-based statistics.
+    pairs.extend(
+        [
+            "t5-seq2seq",
+            "t5-v1_1-seq2seq",
+            "bart-seq2seq",
+            "marian-seq2seq",
+        ]
+        .into_iter()
+        .map(fixture),
+    );
     let mut false_alarms = 0;
     for dir in &pairs {
         let started = std::time::Instant::now();
@@ -298,7 +335,7 @@ fn minilm_canary_passes_with_its_own_tokenizer() {
         .unwrap();
     assert_eq!(embedding.rows(), 30522);
     let probe: Vec<String> = check::PROBE.iter().map(|s| s.to_string()).collect();
-    let c = canary::measure(&Subject::of_encoder(&model), &embedding, &probe).unwrap();
+    let c = canary::measure(model.tokenizer.inner(), &embedding, &probe).unwrap();
     println!("MiniLM own tokenizer: {c:?}");
     assert!(c.trained_spread > canary::MIN_TRAINED_SPREAD);
     assert!(
@@ -543,8 +580,9 @@ fn zoo_of_mismatches_is_caught() {
     assert!(missed.is_empty(), "missed: {missed:#?}");
 }
 
-/// 300 of the most frequent words' ids permuted: the probe-level canary cannot see it
-/// (documented limit), the lock can.
+/// 300 of the most frequent words' ids permuted: the lock names the first text whose ids
+/// changed (the region statistics see a block this small as a warning at most, see
+/// `localised_damage_zoo`).
 #[test]
 fn few_hundred_permuted_ids_are_caught_by_the_lock() {
     let ids = shuffled((1996..2296).collect(), 11);
@@ -871,4 +909,799 @@ fn loaded_generators_are_checked_without_a_folder() {
         assert!(report.ok, "{:?}", error_codes(&report));
         assert!(report.has("chat-template"));
     }
+}
+
+/// Calibration record of `degenerate-outputs` (`--nocapture` prints the table): the real
+/// sentence models, the real sentiment classifier when fetched and every encoder fixture
+/// measure far from the thresholds and raise no such warning.
+#[test]
+fn degenerate_outputs_calibration_on_matched_models() {
+    use check::degenerate;
+    let probe = check::probe_texts(&CheckOptions::default());
+    let mut dirs = vec![minilm(), mpnet()];
+    let sentiment = models_dir().join("minilm-sentiment");
+    if sentiment.join("model.safetensors").is_file() {
+        dirs.push(sentiment);
+    }
+    dirs.extend(common::fixture_folders());
+    println!("| model | texts | mean pairwise cosine | sentence model | hidden spread | top label (wins/texts, score mean min max) | seconds |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut alarms = Vec::new();
+    for dir in dirs {
+        let started = std::time::Instant::now();
+        let Ok(girder::Loaded::Encoder(model)) =
+            girder::load(dir.to_str().unwrap(), &LoadOptions::default())
+        else {
+            continue;
+        };
+        let d = degenerate::measure(&model, &probe)
+            .unwrap()
+            .expect("finite outputs");
+        println!(
+            "| {} | {} | {:.4} | {} | {:.4} | {} | {:.2} |",
+            dir.file_name().unwrap().to_string_lossy(),
+            d.texts,
+            d.embedding_cosine,
+            if model.sentence.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            d.hidden_spread,
+            d.classifier.as_ref().map_or("-".to_string(), |c| format!(
+                "{} {}/{} ({:.3} {:.3} {:.3})",
+                c.label, c.wins, d.texts, c.score_mean, c.score_min, c.score_max
+            )),
+            started.elapsed().as_secs_f64()
+        );
+        let found = degenerate::findings(&d);
+        if !found.is_empty() {
+            alarms.push(format!("{}: {found:?}", dir.display()));
+        }
+    }
+    println!(
+        "thresholds: cosine > {}, spread < {}, one label on all of ≥ {} texts",
+        degenerate::MAX_EMBEDDING_COSINE,
+        degenerate::MIN_HIDDEN_SPREAD,
+        degenerate::MIN_LABEL_TEXTS
+    );
+    assert!(alarms.is_empty(), "{alarms:#?}");
+}
+
+/// A copy of a fixture with some of its tensors rewritten by `edit`.
+fn with_edited_tensors(
+    name: &str,
+    tag: &str,
+    edit: impl FnOnce(&mut HashMap<String, candle_core::Tensor>),
+) -> Scratch {
+    let s = Scratch::copy_of(&fixture(name), tag);
+    let path = s.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    s
+}
+
+/// `tensors[name]` replaced by `values` (same shape, same dtype).
+fn replace_tensor(
+    tensors: &mut HashMap<String, candle_core::Tensor>,
+    name: &str,
+    values: Vec<f32>,
+) {
+    let old = &tensors[name];
+    let new = candle_core::Tensor::from_vec(values, old.dims(), &candle_core::Device::Cpu)
+        .unwrap()
+        .to_dtype(old.dtype())
+        .unwrap();
+    tensors.insert(name.to_string(), new);
+}
+
+#[test]
+fn degenerate_models_raise_a_warning() {
+    // A classifier whose bias for its last label is huge: every text gets that label.
+    let labels = load(&fixture("bert-seqcls"), None).config.id2label;
+    let last = labels.len() - 1;
+    let biased = with_edited_tensors("bert-seqcls", "huge-bias", |t| {
+        let mut bias = vec![0.0; labels.len()];
+        bias[last] = 1e4;
+        replace_tensor(t, "classifier.bias", bias);
+    });
+    let report = run_check(biased.path(), None);
+    let f = report
+        .get("degenerate-outputs")
+        .unwrap_or_else(|| panic!("{report:#?}"));
+    println!("huge bias: {}", f.message);
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(
+        f.message.contains(&format!("`{}` (20 of 20", labels[last]))
+            && f.message.contains("mean 1.000"),
+        "{}",
+        f.message
+    );
+    assert!(report.ok, "a warning, not an error: {report:#?}");
+
+    // A sentence model whose last LayerNorm has weight 0 and a nonzero bias: every token's
+    // state is that bias.
+    let collapsed = with_edited_tensors("bert-st-mean", "collapsed", |t| {
+        let dims = t["encoder.layer.1.output.LayerNorm.weight"].dims()[0];
+        replace_tensor(
+            t,
+            "encoder.layer.1.output.LayerNorm.weight",
+            vec![0.0; dims],
+        );
+        let bias = (0..dims).map(|i| (i as f32 - 7.5) / 8.0).collect();
+        replace_tensor(t, "encoder.layer.1.output.LayerNorm.bias", bias);
+    });
+    let model = load(collapsed.path(), None);
+    let probe = check::probe_texts(&CheckOptions::default());
+    let d = check::degenerate::measure(&model, &probe).unwrap().unwrap();
+    println!("collapsed LayerNorm: {d:?}");
+    assert!(d.embedding_cosine > check::degenerate::MAX_EMBEDDING_COSINE);
+    assert!(d.hidden_spread < check::degenerate::MIN_HIDDEN_SPREAD);
+    let report = run_check(collapsed.path(), None);
+    let f = report
+        .get("degenerate-outputs")
+        .unwrap_or_else(|| panic!("{report:#?}"));
+    println!("collapsed LayerNorm: {}", f.message);
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.message.contains("cosine is 1.000000"), "{}", f.message);
+    // NaN stays numerics' error, not a degenerate-outputs warning.
+    let nan = with_edited_tensors("bert-st-mean", "nan", |t| {
+        let dims = t["encoder.layer.1.output.LayerNorm.bias"].dims()[0];
+        replace_tensor(
+            t,
+            "encoder.layer.1.output.LayerNorm.bias",
+            vec![f32::NAN; dims],
+        );
+    });
+    let report = run_check(nan.path(), None);
+    assert!(
+        report.has("non-finite-outputs") && !report.has("degenerate-outputs"),
+        "{report:#?}"
+    );
+}
+
+/// How a block of ids is damaged in the localised zoo.
+#[derive(Clone, Copy)]
+enum Damage {
+    /// The ids permuted among themselves.
+    Permuted,
+    /// Every id moved on by this many places, wrapping inside the block.
+    Shifted(u32),
+}
+
+/// The tokenizer of `source` with `ids` (a block or a scattered set) damaged.
+fn damaged_tokenizer(source: &Path, tag: &str, ids: Vec<u32>, damage: Damage) -> Scratch {
+    let targets: Vec<u32> = match damage {
+        Damage::Permuted => shuffled(ids.clone(), 13),
+        Damage::Shifted(by) => (0..ids.len())
+            .map(|k| ids[(k + by as usize) % ids.len()])
+            .collect(),
+    };
+    let map: HashMap<u32, u32> = ids.into_iter().zip(targets).collect();
+    tokenizer_with(source, tag, move |_, i| Some(*map.get(&i).unwrap_or(&i)))
+}
+
+/// One row of the localised zoo: `model` (a folder, or a GGUF file) read through the
+/// tokenizer of `source` with `ids` damaged. Prints the row; whether it was caught as required.
+fn localised_row(
+    model: &Path,
+    source: &Path,
+    what: &str,
+    ids: Vec<u32>,
+    damage: Damage,
+    required: Option<Severity>,
+) -> bool {
+    let (lo, hi) = (*ids.iter().min().unwrap(), *ids.iter().max().unwrap());
+    let tag = format!(
+        "local-{}-{lo}-{}",
+        ids.len(),
+        model.file_name().unwrap().to_string_lossy()
+    );
+    let tok = damaged_tokenizer(source, &tag, ids, damage);
+    let options = LoadOptions {
+        tokenizer: Some(tok.path().to_str().unwrap().to_string()),
+        ..LoadOptions::default()
+    };
+    let loaded = girder::load(model.to_str().unwrap(), &options).unwrap();
+    let embedding = match &loaded {
+        girder::Loaded::Encoder(m) => canary::EmbeddingMatrix::load(&Subject::of_encoder(m))
+            .unwrap()
+            .unwrap(),
+        girder::Loaded::Decoder(g) => {
+            canary::EmbeddingMatrix::new("token_embd.weight", g.model().input_embeddings()).unwrap()
+        }
+        girder::Loaded::EncoderDecoder(_) => unreachable!("no encoder-decoder in the zoo"),
+    };
+    let tokenizer = loaded.tokenizer().inner();
+    let probe = check::probe_texts(&CheckOptions::default());
+    let c = canary::measure(tokenizer, &embedding, &probe).unwrap();
+    let pairs = canary::related_pairs(&tokenizer.get_vocab(true), embedding.rows());
+    let regions = canary::region_effects(&embedding.weight, &pairs).unwrap();
+    let inside: Vec<f64> = regions
+        .iter()
+        .filter(|r| r.first_id >= lo && r.last_id <= hi)
+        .map(|r| r.effect)
+        .collect();
+    let inside = if inside.is_empty() {
+        "-".to_string()
+    } else {
+        format!(
+            "{:.2} to {:.2}",
+            inside.iter().copied().fold(f64::INFINITY, f64::min),
+            inside.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        )
+    };
+    let report = check::check(&loaded, &CheckOptions::default()).unwrap();
+    let behaviour = match (&loaded, report.get("next-token-loss")) {
+        (girder::Loaded::Encoder(m), _) => format!(
+            "paraphrases {:.0}%",
+            100.0 * check::behaviour::paraphrase_accuracy(m).unwrap()
+        ),
+        (_, Some(f)) => f
+            .message
+            .split("loss ")
+            .nth(1)
+            .and_then(|rest| rest.split(" nats").next())
+            .map(|loss| format!("next-token loss {loss}"))
+            .unwrap_or_default(),
+        _ => "-".into(),
+    };
+    let found = report.findings.iter().find(|f| {
+        f.severity >= Severity::Warning
+            && matches!(
+                f.code.as_str(),
+                "tokenizer-mismatch"
+                    | "tokenizer-mismatch-region"
+                    | "paraphrase-probe"
+                    | "next-token-loss"
+            )
+    });
+    let caught = match (required, found) {
+        (Some(need), Some(f)) => f.severity >= need,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    println!(
+        "| {} | {what} | {lo}..={hi} | {inside} ({:.2}) | {:.2} | {behaviour} | {} | {} |",
+        model.file_name().unwrap().to_string_lossy(),
+        c.typical_region_effect.unwrap_or(f64::NAN),
+        c.related_effect.unwrap_or(f64::NAN),
+        found
+            .map(|f| format!("{} {}", f.severity.name(), f.code))
+            .unwrap_or("-".into()),
+        match (required, found) {
+            (_, Some(_)) => "yes",
+            (Some(_), None) => "NO",
+            (None, None) => "no (not required)",
+        }
+    );
+    if let Some(f) = found {
+        println!("|  |  | | {} | | | | |", f.message);
+    }
+    caught
+}
+
+const ZOO_HEADER: &str = "| model | damage | ids | effect in the damaged ids' regions (typical region) | whole vocabulary | behaviour | finding | caught |\n|---|---|---|---|---|---|---|---|";
+
+/// (model, tokenizer source, what, ids, damage, severity required).
+type ZooCase<'a> = (
+    &'a Path,
+    &'a Path,
+    &'a str,
+    Vec<u32>,
+    Damage,
+    Option<Severity>,
+);
+
+fn block(start: u32, size: u32) -> Vec<u32> {
+    (start..start + size).collect()
+}
+
+/// The localised zoo: blocks of MiniLM's vocabulary shifted or permuted, of several sizes and
+/// places (its ids from 1996 on are words in order of frequency: `the`, `of`, `and`, …).
+/// A block of 1,000 ids or more among the 10,000 most frequent must be an error without a
+/// lock; smaller blocks a warning where the regions see them.
+#[test]
+fn localised_damage_zoo() {
+    let scattered = shuffled((1996..11996).collect(), 21)[..1000].to_vec();
+    use Damage::*;
+    use Severity::{Error, Warning};
+    // (what, ids, damage, severity required: Some(Error) / Some(Warning) / None = recorded)
+    let cases: Vec<(&str, Vec<u32>, Damage, Option<Severity>)> = vec![
+        (
+            "1000 ids from 1996 (rank 1-1000), permuted",
+            block(1996, 1000),
+            Permuted,
+            Some(Error),
+        ),
+        (
+            "1000 ids from 1996, shifted by 1",
+            block(1996, 1000),
+            Shifted(1),
+            Some(Error),
+        ),
+        (
+            "1000 ids from 4000, permuted",
+            block(4000, 1000),
+            Permuted,
+            Some(Error),
+        ),
+        (
+            "1000 ids from 8000, shifted by 1",
+            block(8000, 1000),
+            Shifted(1),
+            Some(Error),
+        ),
+        (
+            "1000 ids from 10996 (rank 9001-10000), permuted",
+            block(10996, 1000),
+            Permuted,
+            Some(Error),
+        ),
+        (
+            "2000 ids from 3000, shifted by 7",
+            block(3000, 2000),
+            Shifted(7),
+            Some(Error),
+        ),
+        (
+            "5000 ids from 2500, permuted",
+            block(2500, 5000),
+            Permuted,
+            Some(Error),
+        ),
+        (
+            "1000 ids from 20000 (rare words), permuted",
+            block(20000, 1000),
+            Permuted,
+            Some(Error),
+        ),
+        (
+            "500 ids from 3000, permuted",
+            block(3000, 500),
+            Permuted,
+            Some(Warning),
+        ),
+        (
+            "300 ids from 6000, shifted by 1",
+            block(6000, 300),
+            Shifted(1),
+            Some(Warning),
+        ),
+        (
+            "100 ids from 2500, permuted",
+            block(2500, 100),
+            Permuted,
+            None,
+        ),
+        (
+            "1000 ids scattered over ranks 1-10000, permuted",
+            scattered,
+            Permuted,
+            None,
+        ),
+    ];
+    println!("{ZOO_HEADER}");
+    let missed: Vec<&str> = cases
+        .into_iter()
+        .filter(|(what, ids, damage, required)| {
+            !localised_row(&minilm(), &minilm(), what, ids.clone(), *damage, *required)
+        })
+        .map(|(what, ..)| what)
+        .collect();
+    assert!(missed.is_empty(), "missed: {missed:?}");
+}
+
+/// The localised zoo on two more vocabularies: all-mpnet-base-v2 (WordPiece, its words from
+/// id 2000) and SmolLM2-135M's GGUF read through its own byte-level BPE tokenizer.json,
+/// damaged (the file comparison names any such tokenizer too; the table shows the
+/// statistics that need no file to compare with).
+#[test]
+fn localised_damage_zoo_on_mpnet_and_smollm2() {
+    use Damage::*;
+    use Severity::{Error, Warning};
+    let smollm2 = models_dir().join("smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let smollm2_tokenizer = real("smollm2-tokenizer", "tokenizer.json");
+    let mpnet = mpnet();
+    let cases: Vec<ZooCase> = vec![
+        (
+            &mpnet,
+            &mpnet,
+            "1000 ids from 2000 (rank 1-1000), permuted",
+            block(2000, 1000),
+            Permuted,
+            Some(Error),
+        ),
+        (
+            &mpnet,
+            &mpnet,
+            "1000 ids from 7000, shifted by 1",
+            block(7000, 1000),
+            Shifted(1),
+            Some(Error),
+        ),
+        (
+            &mpnet,
+            &mpnet,
+            "300 ids from 5000, permuted",
+            block(5000, 300),
+            Permuted,
+            Some(Warning),
+        ),
+        (
+            &smollm2,
+            &smollm2_tokenizer,
+            "1000 ids from 1000 (frequent merges), permuted",
+            block(1000, 1000),
+            Permuted,
+            Some(Error),
+        ),
+        (
+            &smollm2,
+            &smollm2_tokenizer,
+            "1000 ids from 8000, shifted by 1",
+            block(8000, 1000),
+            Shifted(1),
+            Some(Error),
+        ),
+        (
+            &smollm2,
+            &smollm2_tokenizer,
+            "300 ids from 4000, permuted",
+            block(4000, 300),
+            Permuted,
+            Some(Warning),
+        ),
+    ];
+    println!("{ZOO_HEADER}");
+    let missed: Vec<&str> = cases
+        .into_iter()
+        .filter(|(model, source, what, ids, damage, required)| {
+            !localised_row(model, source, what, ids.clone(), *damage, *required)
+        })
+        .map(|(_, _, what, ..)| what)
+        .collect();
+    assert!(missed.is_empty(), "missed: {missed:?}");
+}
+
+/// The behavioural probes on every real model here, matched: the figures the thresholds
+/// sit between, and no false alarm.
+#[test]
+fn behavioural_probes_calibrate() {
+    use check::behaviour::{self, LANGUAGE_PROBE, MIN_PARAPHRASE_ACCURACY};
+    for dir in [minilm(), mpnet()] {
+        let model = load(&dir, None);
+        let accuracy = behaviour::paraphrase_accuracy(&model).unwrap();
+        println!(
+            "{}: paraphrase accuracy {accuracy:.3} (threshold {MIN_PARAPHRASE_ACCURACY})",
+            dir.display()
+        );
+        assert!(accuracy >= MIN_PARAPHRASE_ACCURACY);
+        let all = shuffled((999..30522).collect(), 7);
+        let map: HashMap<u32, u32> = (999..30522).zip(all).collect();
+        let tok = minilm_tokenizer_with("behaviour-perm", move |_, i| {
+            Some(*map.get(&i).unwrap_or(&i))
+        });
+        if dir == minilm() {
+            let permuted = load(&dir, Some(tok.path()));
+            let accuracy = behaviour::paraphrase_accuracy(&permuted).unwrap();
+            println!("  permuted vocabulary: paraphrase accuracy {accuracy:.3}");
+            assert!(accuracy < MIN_PARAPHRASE_ACCURACY);
+        }
+    }
+    for file in [
+        "smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gguf/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "gguf/gemma-3-270m-q4_k_m.gguf",
+    ] {
+        let path = models_dir().join(file);
+        if !path.is_file() {
+            println!("{file}: not fetched, skipped");
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let loaded = girder::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let report = check::check(&loaded, &CheckOptions::default()).unwrap();
+        let bad: Vec<String> = report
+            .findings
+            .iter()
+            .filter(|f| f.severity >= Severity::Warning)
+            .map(|f| format!("{} {}: {}", f.severity.name(), f.code, f.message))
+            .collect();
+        println!(
+            "{file}: {}; {}; check {:.1}s",
+            report
+                .get("next-token-loss")
+                .map(|f| f.message.as_str())
+                .unwrap_or("NO next-token-loss"),
+            report
+                .get("canary-passed")
+                .map(|f| f.message.as_str())
+                .unwrap_or("-"),
+            started.elapsed().as_secs_f64()
+        );
+        assert!(report.has("next-token-loss"), "{file}: {report:#?}");
+        assert!(bad.is_empty(), "{file}: {bad:#?}");
+    }
+    // SmolLM2's GGUF read through its own tokenizer.json, then through one whose vocabulary
+    // is permuted: the file comparison, the canary and the loss all see it.
+    let gguf = models_dir().join("smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let own = real("smollm2-tokenizer", "tokenizer.json");
+    let with = |tokenizer: &Path| {
+        let options = LoadOptions {
+            tokenizer: Some(tokenizer.to_str().unwrap().to_string()),
+            ..LoadOptions::default()
+        };
+        girder::load(gguf.to_str().unwrap(), &options).unwrap()
+    };
+    let matched = check::check(&with(&own), &CheckOptions::default()).unwrap();
+    assert!(
+        matched.ok && matched.has("tokenizer-matches-file"),
+        "{matched:#?}"
+    );
+    let permuted = smollm2_tokenizer_permuted("smol-perm");
+    let loaded = with(permuted.path());
+    let report = check::check(&loaded, &CheckOptions::default()).unwrap();
+    let loss = behaviour::next_token_loss(loaded.decoder().unwrap(), LANGUAGE_PROBE).unwrap();
+    println!(
+        "SmolLM2 + permuted tokenizer: next-token loss {loss:.2}; errors {:?}",
+        error_codes(&report)
+    );
+    for code in [
+        "tokenizer-differs-from-file",
+        "tokenizer-mismatch-region",
+        "next-token-loss",
+    ] {
+        assert!(
+            report
+                .with_severity(Severity::Error)
+                .any(|f| f.code == code),
+            "{code}: {report:#?}"
+        );
+    }
+}
+
+fn lock_of(dir: &Path, probe: &[String]) -> lock::Lock {
+    lock::create(&Subject::of_encoder(&load(dir, None)), probe).unwrap()
+}
+
+fn errors_with<'a>(findings: &'a [check::Finding], code: &str) -> Vec<&'a check::Finding> {
+    findings
+        .iter()
+        .filter(|f| f.code == code && f.severity == Severity::Error)
+        .collect()
+}
+
+/// A lock records the model's identity; a lock of another model (class, head, labels,
+/// weights) is an error naming both, the same model passes.
+#[test]
+fn lock_pins_the_model_identity() {
+    let probe: Vec<String> = check::PROBE[..6].iter().map(|s| s.to_string()).collect();
+    let seqcls = fixture("bert-seqcls");
+    let pinned = lock_of(&seqcls, &probe);
+    assert_eq!(pinned.girder_lock, lock::LOCK_VERSION);
+    let m = pinned.model.as_ref().expect("a model section");
+    assert_eq!(pinned.model_class, "BertForSequenceClassification");
+    assert_eq!(
+        (m.model_type.as_deref(), m.head.as_str()),
+        (Some("bert"), "sequence-classification")
+    );
+    assert_eq!(
+        m.labels.as_deref(),
+        Some(&["negative", "neutral", "positive"].map(String::from)[..])
+    );
+    assert_eq!(m.weights.sha256.len(), 64);
+    assert!(m.weights.tensors_sha256.is_some());
+    let same = lock::compare(&pinned, &Subject::of_encoder(&load(&seqcls, None))).unwrap();
+    assert!(same.len() == 1 && same[0].code == "lock-ok", "{same:#?}");
+
+    // Another model of another class: named, both ways.
+    let other = fixture("distilbert-seqcls");
+    let findings = lock::compare(&pinned, &Subject::of_encoder(&load(&other, None))).unwrap();
+    let f = errors_with(&findings, "lock-model-mismatch");
+    let message = &f.first().unwrap_or_else(|| panic!("{findings:#?}")).message;
+    println!("another model: {message}");
+    for part in [
+        "BertForSequenceClassification",
+        "DistilBertForSequenceClassification",
+        "bert-seqcls",
+        "distilbert-seqcls",
+        &m.weights.sha256[..12],
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert!(!findings.iter().any(|f| f.code.starts_with("lock-label")));
+
+    // The same class, one embedding value changed: the weights differ.
+    let retrained = with_edited_tensors("bert-seqcls", "retrained", |t| {
+        let name = "bert.embeddings.word_embeddings.weight";
+        let mut values: Vec<f32> = t[name]
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        values[1000] += 0.5;
+        replace_tensor(t, name, values);
+    });
+    let findings =
+        lock::compare(&pinned, &Subject::of_encoder(&load(retrained.path(), None))).unwrap();
+    let f = errors_with(&findings, "lock-model-mismatch");
+    assert!(
+        f.len() == 1 && f[0].message.ends_with("differs in word-embedding weights"),
+        "{findings:#?}"
+    );
+
+    // The same weights with other labels.
+    let relabelled = Scratch::copy_of(&seqcls, "relabelled");
+    let mut config = relabelled.read_json("config.json");
+    config["id2label"] = json!({"0": "sad", "1": "meh", "2": "glad"});
+    config["label2id"] = json!({"sad": 0, "meh": 1, "glad": 2});
+    relabelled.write_json("config.json", &config);
+    let findings = lock::compare(
+        &pinned,
+        &Subject::of_encoder(&load(relabelled.path(), None)),
+    )
+    .unwrap();
+    let f = errors_with(&findings, "lock-model-mismatch");
+    assert!(
+        f.len() == 1 && f[0].message.contains("labels ([\"negative\""),
+        "{findings:#?}"
+    );
+
+    // A decoder with a folder gets an identity too.
+    let llama = girder::load(
+        fixture("llama-causal-lm").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let subject = check::lock_subject(&llama).unwrap();
+    let decoder_lock = lock::create(&subject, &probe).unwrap();
+    let dm = decoder_lock.model.as_ref().unwrap();
+    assert_eq!((dm.head.as_str(), dm.labels.as_ref()), ("causal-lm", None));
+    assert!(lock::compare(&decoder_lock, &subject)
+        .unwrap()
+        .iter()
+        .all(|f| f.code == "lock-ok"));
+    let qwen = girder::load(
+        fixture("qwen2-causal-lm").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let findings = lock::compare(&decoder_lock, &check::lock_subject(&qwen).unwrap()).unwrap();
+    assert_eq!(
+        errors_with(&findings, "lock-model-mismatch").len(),
+        1,
+        "{findings:#?}"
+    );
+}
+
+/// No silent skip: a classifier against a lock without a classifier section, and the
+/// reverse, are errors; a format 1 lock is read, compared by class, and warned about.
+#[test]
+fn lock_classifier_presence_and_format_1_locks() {
+    let probe: Vec<String> = check::PROBE[..6].iter().map(|s| s.to_string()).collect();
+    let seqcls = fixture("bert-seqcls");
+    let classifier = load(&seqcls, None);
+    let pinned = lock::create(&Subject::of_encoder(&classifier), &probe).unwrap();
+    let as_format_1 = |mut l: lock::Lock| {
+        l.girder_lock = 1;
+        l.model = None;
+        l
+    };
+    // Written and read back as a format 1 file: accepted, warned about, no drift.
+    let s = Scratch::new("lock-v1");
+    let path = s.path().join("girder.lock");
+    let v1 = as_format_1(pinned.clone());
+    lock::write(&v1, &path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("\"girder_lock\": 1") && !text.contains("\"model\""),
+        "{text}"
+    );
+    let read = lock::read(&path).unwrap();
+    let findings = lock::compare(&read, &Subject::of_encoder(&classifier)).unwrap();
+    let warning = findings
+        .iter()
+        .find(|f| f.code == "lock-identity-missing")
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert_eq!(warning.severity, Severity::Warning);
+    assert!(
+        warning.message.contains("predates identity pinning"),
+        "{}",
+        warning.message
+    );
+    assert!(
+        findings.iter().any(|f| f.code == "lock-ok"),
+        "{findings:#?}"
+    );
+    // A format 2 file without its model section is corrupt.
+    let mut v2 = v1.clone();
+    v2.girder_lock = 2;
+    lock::write(&v2, &path).unwrap();
+    assert!(matches!(
+        lock::read(&path),
+        Err(girder::Error::BadLock { .. })
+    ));
+
+    // A format 1 lock of another class.
+    let base = load(&fixture("bert-base"), None);
+    let findings = lock::compare(&v1, &Subject::of_encoder(&base)).unwrap();
+    let f = errors_with(&findings, "lock-model-mismatch");
+    assert!(
+        f.len() == 1
+            && f[0]
+                .message
+                .contains("locked class BertForSequenceClassification, now BertModel"),
+        "{findings:#?}"
+    );
+    // A classifier section, no classifier now (the class forged equal: only the section differs).
+    let mut forged = v1.clone();
+    forged.model_class = "BertModel".into();
+    let findings = lock::compare(&forged, &Subject::of_encoder(&base)).unwrap();
+    assert_eq!(
+        errors_with(&findings, "lock-classifier-mismatch").len(),
+        1,
+        "{findings:#?}"
+    );
+    // A classifier now, no classifier section in the lock.
+    let mut bare = v1.clone();
+    bare.classifier = None;
+    let findings = lock::compare(&bare, &Subject::of_encoder(&classifier)).unwrap();
+    let f = errors_with(&findings, "lock-classifier-mismatch");
+    assert!(
+        f.len() == 1 && f[0].message.contains("pins no classifier section"),
+        "{findings:#?}"
+    );
+    // The same with a format 2 lock whose classifier section was removed.
+    let mut stripped = pinned.clone();
+    stripped.classifier = None;
+    let findings = lock::compare(&stripped, &Subject::of_encoder(&classifier)).unwrap();
+    assert_eq!(
+        errors_with(&findings, "lock-classifier-mismatch").len(),
+        1,
+        "{findings:#?}"
+    );
+}
+
+/// The real models: the sentiment classifier's lock refuses the sentence model it was
+/// fine-tuned from (same embedding rows: class, head, labels and tensor table differ), and
+/// fingerprinting a 110M-parameter model's embedding is fast.
+#[test]
+fn lock_identity_on_real_models() {
+    let sentiment = models_dir().join("minilm-sentiment");
+    let probe: Vec<String> = check::PROBE[..4].iter().map(|s| s.to_string()).collect();
+    let minilm = load(&minilm(), None);
+    let started = std::time::Instant::now();
+    let pinned = lock::create(&Subject::of_encoder(&minilm), &probe).unwrap();
+    println!(
+        "lock of MiniLM: {:.2} s, {:?}",
+        started.elapsed().as_secs_f64(),
+        pinned.model
+    );
+    if sentiment.join("model.safetensors").is_file() {
+        let classifier = load(&sentiment, None);
+        let findings = lock::compare(&pinned, &Subject::of_encoder(&classifier)).unwrap();
+        let f = errors_with(&findings, "lock-model-mismatch");
+        println!("MiniLM's lock, minilm-sentiment now: {findings:#?}");
+        assert_eq!(f.len(), 1, "{findings:#?}");
+        assert!(
+            f[0].message.contains("all-MiniLM-L6-v2") && f[0].message.contains("minilm-sentiment")
+        );
+        // No classifier comparison for another model: the mismatch says it all.
+        assert!(!findings
+            .iter()
+            .any(|f| f.code == "lock-classifier-mismatch"));
+    }
+    // mpnet's embedding shape (30527 × 768, 94 MB as f32), without loading the model.
+    let values: Vec<f32> = (0..30527 * 768).map(|i| (i % 1013) as f32 * 1e-3).collect();
+    let matrix =
+        candle_core::Tensor::from_vec(values, (30527, 768), &candle_core::Device::Cpu).unwrap();
+    let started = std::time::Instant::now();
+    let digest = lock::embedding_sha256(&matrix).unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    println!("embedding fingerprint of a 30527 x 768 f32 matrix: {seconds:.3} s ({digest})");
+    assert!(seconds < 5.0, "{seconds} s");
 }

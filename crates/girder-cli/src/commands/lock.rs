@@ -1,5 +1,6 @@
-//! `girder lock`: pin the tokenizer's fingerprint, the probe's token ids and (for
-//! classifiers) the label distribution, for `girder check --lock` to compare with later.
+//! `girder lock`: pin the model's identity (class, head, labels, weight fingerprint), the
+//! tokenizer's fingerprint, the probe's token ids and (for classifiers) the label
+//! distribution, for `girder check --lock` to compare with later.
 
 use super::check::{gate, load, read_probe};
 use anyhow::Result;
@@ -40,8 +41,18 @@ pub fn run(args: LockArgs) -> Result<()> {
     let pinned = lock::create(&subject, &texts)?;
     lock::write(&pinned, &args.out)?;
     println!(
-        "wrote {}: {} probe texts, tokenizer sha256 {}{}",
+        "wrote {}: {}{}, {} probe texts, tokenizer sha256 {}{}",
         args.out.display(),
+        pinned.model_class,
+        pinned
+            .model
+            .as_ref()
+            .map(|m| format!(
+                " ({}, weights sha256 {})",
+                m.head,
+                m.weights.sha256.get(..12).unwrap_or_default()
+            ))
+            .unwrap_or_default(),
         pinned.probe.len(),
         pinned.tokenizer.sha256.get(..12).unwrap_or_default(),
         pinned

@@ -7,6 +7,7 @@
 //! after conversion, a file assembled from parts), and it corrupts generation silently:
 //! an id past the output rows never gets a logit, one past the embedding reads garbage.
 
+use super::canary::{self, EmbeddingMatrix};
 use super::{Finding, Report, Severity};
 use crate::error::Result;
 use crate::generate::TextGenerator;
@@ -105,6 +106,19 @@ pub fn check(g: &TextGenerator, probe: &[String]) -> Result<Report> {
             "check the tokenizer's normalizer and decoder (a lossy tokenizer changes what the model reads)",
         ));
     }
+    if let Some(own) = g.file_tokenizer() {
+        findings.push(compare_with_file(own, tokenizer));
+    }
+    let embedding = EmbeddingMatrix::new(
+        g.model().architecture().embedding_tensor,
+        g.model().input_embeddings(),
+    )?;
+    findings.extend(canary::check_tokenizer(
+        tokenizer,
+        g.model().class_name(),
+        Some(&embedding),
+        probe,
+    )?);
     findings.push(match g.chat_template() {
         Some(_) => Finding::new(
             Severity::Info,
@@ -120,4 +134,41 @@ pub fn check(g: &TextGenerator, probe: &[String]) -> Result<Report> {
         ),
     });
     Ok(Report::new(findings))
+}
+
+/// A tokenizer given in place of a GGUF file's own (`--tokenizer`) against the file's
+/// vocabulary, id by id: the file's tokens are the ones its embedding rows were trained on.
+fn compare_with_file(own: &tokenizers::Tokenizer, given: &tokenizers::Tokenizer) -> Finding {
+    let (own_size, given_size) = (own.get_vocab_size(true), given.get_vocab_size(true));
+    let shared = own_size.min(given_size) as u32;
+    let mut differing = (0..shared).filter(|&id| own.id_to_token(id) != given.id_to_token(id));
+    let first = differing.next();
+    let count = first.map_or(0, |_| 1 + differing.count());
+    match first {
+        None if own_size == given_size => Finding::new(
+            Severity::Info,
+            "tokenizer-matches-file",
+            format!("all {own_size} ids of the tokenizer name the tokens of the GGUF file's own vocabulary"),
+            "",
+        ),
+        None => Finding::new(
+            Severity::Error,
+            "tokenizer-differs-from-file",
+            format!(
+                "the tokenizer has {given_size} ids and the GGUF file's own vocabulary {own_size}: the first {shared} agree, the rest {}",
+                if given_size > own_size { "have no place in the file's vocabulary" } else { "are missing" }
+            ),
+            "use the GGUF file's own tokenizer (leave out --tokenizer), or the tokenizer of the model it was converted from",
+        ),
+        Some(id) => Finding::new(
+            Severity::Error,
+            "tokenizer-differs-from-file",
+            format!(
+                "{count} of the {shared} ids the tokenizer and the GGUF file's own vocabulary share name different tokens (first: id {id} is `{}` in the tokenizer, `{}` in the file); {given_size} ids against {own_size}",
+                given.id_to_token(id).unwrap_or_default(),
+                own.id_to_token(id).unwrap_or_default()
+            ),
+            "use the GGUF file's own tokenizer (leave out --tokenizer), or the tokenizer of the model it was converted from",
+        ),
+    }
 }

@@ -11,16 +11,20 @@
 //! | module | checks | codes |
 //! |---|---|---|
 //! | [`fit`] | vocabulary against the embedding matrix, special tokens, length limits, casing and accents, unknown-token rate | `vocab-overflow`, `vocab-truncated`, `vocab-smaller`, `vocab-size-config`, `special-token-unknown`, `special-token-mismatch`, `pad-token-missing`, `max-length-unset`, `max-length-exceeds-positions`, `baked-padding`, `baked-truncation`, `casing-mismatch`, `accents-stripped`, `unk-rate` |
-//! | [`canary`] | the model's own embedding rows tell a wrong tokenizer of plausible size | `tokenizer-mismatch`, `canary-passed`, `canary-untrained`, `canary-inconclusive` |
-//! | [`lock`] | drift against a pinned `girder.lock` | `lock-ids-changed`, `lock-fingerprint-changed`, `lock-label-drift`, `lock-label-takeover`, `lock-scores-drift`, `lock-ok` |
-//! | [`generator`] | a loaded causal LM without a model folder (a GGUF file): ids against output rows, special tokens, probe round trip, chat template | `vocab-overflow`, `vocab-smaller`, `special-token-unknown`, `eos-missing`, `round-trip`, `chat-template`, `chat-template-missing` |
+//! | [`canary`] | the model's own embedding rows tell a wrong tokenizer of plausible size, over the whole vocabulary and per id region | `tokenizer-mismatch`, `tokenizer-mismatch-region`, `canary-passed`, `canary-untrained`, `canary-inconclusive` |
+//! | [`behaviour`] | the network on built-in texts: a causal LM's next-token loss, a sentence embedder's paraphrases | `next-token-loss`, `paraphrase-probe` |
+//! | [`lock`] | drift against a pinned `girder.lock`, and whether it pins this model | `lock-model-mismatch`, `lock-classifier-mismatch`, `lock-identity-missing`, `lock-ids-changed`, `lock-fingerprint-changed`, `lock-label-drift`, `lock-label-takeover`, `lock-scores-drift`, `lock-ok` |
+//! | [`generator`] | a loaded causal LM without a model folder (a GGUF file): ids against output rows, special tokens, probe round trip, the canary on its embedding, a `--tokenizer` against the file's own vocabulary, chat template | `vocab-overflow`, `vocab-smaller`, `special-token-unknown`, `eos-missing`, `round-trip`, `tokenizer-differs-from-file`, `tokenizer-matches-file`, the canary's codes, `chat-template`, `chat-template-missing` |
 //! | [`numerics`] | NaN or infinity in the embedding matrix, the hidden states or the classifier's scores on the probe texts | `non-finite-weights`, `non-finite-outputs` |
+//! | [`degenerate`] | a sequence classifier that gives every probe text the same label, sentence embeddings or hidden states that hardly vary across the probe texts | `degenerate-outputs` |
 //! | [`model_card`] | README.md's YAML front matter, license and language policy | `card`, `card-missing`, `card-invalid`, `license-denied`, `language-missing` |
 //!
 //! Severity: an error means the model must not be trusted as loaded; a warning means the
 //! user must act; info is what girder handles safely by itself.
 
+pub mod behaviour;
 pub mod canary;
+pub mod degenerate;
 pub mod fit;
 pub mod generator;
 pub mod lock;
@@ -335,10 +339,15 @@ fn preflight_with(
 /// # }
 /// ```
 pub fn check(model: &Loaded, options: &CheckOptions) -> Result<Report> {
-    match Subject::of(model) {
-        Some(subject) => check_subject(&subject, options),
-        None => generator::check(model.decoder()?, &probe_texts(options)),
+    let mut report = match Subject::of(model) {
+        Some(subject) => check_subject(&subject, options)?,
+        None => generator::check(model.decoder()?, &probe_texts(options))?,
+    };
+    // The network can read the tokenizer's ids only when they index its embedding.
+    if !report.has("vocab-overflow") {
+        report.extend(behaviour::check(model)?);
     }
+    Ok(report)
 }
 
 /// [`check`] on any subject.
@@ -350,6 +359,7 @@ pub fn check_subject(subject: &Subject, options: &CheckOptions) -> Result<Report
     // forward pass runs only on a tokenizer that fits.
     let fits = !findings.iter().any(|f| f.severity == Severity::Error);
     findings.extend(numerics::check(subject, embedding.as_ref(), &probe, fits)?);
+    findings.extend(degenerate::check(subject, &probe, fits)?);
     let mut report = Report::new(findings);
     report.extend(model_card::check(
         subject.folder.root(),

@@ -134,6 +134,8 @@ pub struct TextGenerator {
     chat_template: Option<chat::ChatTemplate>,
     /// The model folder and its config.json; `None` for a GGUF file.
     files: Option<(ModelFolder, CommonConfig)>,
+    /// A GGUF file's own tokenizer, when another one was loaded in its place.
+    file_tokenizer: Option<tokenizers::Tokenizer>,
 }
 
 impl std::fmt::Debug for TextGenerator {
@@ -163,7 +165,21 @@ impl TextGenerator {
             generation_config,
             chat_template,
             files,
+            file_tokenizer: None,
         }
+    }
+
+    /// This generator, remembering `own` as its GGUF file's tokenizer (the one it runs with
+    /// came from elsewhere).
+    pub(crate) fn with_file_tokenizer(mut self, own: tokenizers::Tokenizer) -> Self {
+        self.file_tokenizer = Some(own);
+        self
+    }
+
+    /// The tokenizer the GGUF file carries, when another one was loaded in its place
+    /// (`LoadOptions::tokenizer`); `None` otherwise.
+    pub fn file_tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
+        self.file_tokenizer.as_ref()
     }
 
     /// The same generator over another network, built from this one's: `f` receives the
