@@ -87,6 +87,124 @@ fn train_then_run_then_eval() {
     assert!((metrics["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12);
 }
 
+/// `--method top-layer` on a sentence-transformers base (the quick start's method): the
+/// folder is a `BertForSequenceClassification` with the base's layers (both of the
+/// fixture's by default), it runs, and `girder eval` scores it as training's kept epoch did;
+/// the method is refused where it does not apply.
+#[test]
+fn top_layer_trains_the_last_layer_then_runs_and_evals() {
+    let dir = scratch("top-layer");
+    let data = dir.join("train.tsv");
+    std::fs::write(&data, TRAIN).unwrap();
+    let out = dir.join("model");
+    let base = fixture("bert-st-mean");
+    let trained = girder(&[
+        "train",
+        "text-classification",
+        "--method",
+        "top-layer",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--eval",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+    ]);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("up to layer 2 (the last one trained)"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(trained.stdout.trim_ascii_end()).unwrap();
+    assert_eq!(summary["method"], "top-layer");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_hidden_layers"], 2);
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["BertForSequenceClassification"])
+    );
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("--method top-layer"), "{card}");
+    assert!(card.contains("kept up to layer 2"), "{card}");
+
+    let run = girder(&[
+        "run",
+        "text-classification",
+        "--model",
+        out.to_str().unwrap(),
+        "What a lovely film",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let eval = girder(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(eval.stdout.trim_ascii_end()).unwrap();
+    let accuracy = summary["eval"]["accuracy"].as_f64().unwrap();
+    assert!((metrics["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12);
+
+    // Token classification has no top-layer method; --num-hidden-layers needs it.
+    let bio = dir.join("train.bio");
+    std::fs::write(&bio, "Paris\tB-LOC\nis\tO\n").unwrap();
+    let refused = girder(&[
+        "train",
+        "token-classification",
+        "--method",
+        "top-layer",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        bio.to_str().unwrap(),
+        "--out",
+        dir.join("ner").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("top-layer trains sequence classifiers"),
+        "{stderr}"
+    );
+    let refused = girder(&[
+        "train",
+        "text-classification",
+        "--num-hidden-layers",
+        "1",
+        "--base",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.join("head").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--num-hidden-layers is for --method top-layer"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn lora_writes_a_peft_adapter_or_a_merged_folder() {
     let dir = scratch("lora");

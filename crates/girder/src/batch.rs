@@ -54,6 +54,22 @@ impl RaggedBatch {
         batch
     }
 
+    /// Sequences of these lengths whose tokens are all id 0: the layout of states computed
+    /// earlier (cached hidden states), for the layers and heads that read only the layout.
+    pub fn of_lengths(lengths: impl IntoIterator<Item = usize>) -> Self {
+        let mut batch = RaggedBatch::from_encodings([]);
+        for len in lengths {
+            batch.push(&vec![0; len], &[]);
+        }
+        batch
+    }
+
+    /// `n` sequences of one token each: a head's view of rows it reads directly (each
+    /// sequence's first-token row or pooled output, computed earlier).
+    pub fn single_tokens(n: usize) -> Self {
+        Self::of_lengths(std::iter::repeat_n(1, n))
+    }
+
     /// Appends one sequence. `type_ids` may be shorter than `ids` (missing ones are 0).
     pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
         self.input_ids.extend_from_slice(ids);

@@ -45,6 +45,9 @@ pub enum ProblemType {
     MultiLabelClassification,
 }
 
+/// Where a config states its number of layers (DistilBERT: `n_layers`).
+const LAYER_COUNT_KEYS: [&str; 2] = ["num_hidden_layers", "n_layers"];
+
 /// The fields of config.json that are not specific to one architecture.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
@@ -164,6 +167,48 @@ impl CommonConfig {
                 None => raw.remove("problem_type"),
             };
         }
+    }
+
+    /// The number of layers (`num_hidden_layers`, DistilBERT's `n_layers`), when the config
+    /// states it.
+    pub fn num_hidden_layers(&self) -> Option<usize> {
+        LAYER_COUNT_KEYS
+            .into_iter()
+            .find_map(|k| Some(self.raw.get(k)?.as_u64()? as usize))
+    }
+
+    /// Keeps the first `n` layers: the layer count (`num_hidden_layers`, DistilBERT's
+    /// `n_layers`) becomes `n`, as transformers' `from_pretrained(..., num_hidden_layers=n)`
+    /// sets it; more than the config has is an error.
+    pub fn keep_layers(&mut self, n: usize) -> Result<()> {
+        let bad = |field: &str, reason: String| Error::BadConfig {
+            file: self.path.clone(),
+            field: field.into(),
+            reason,
+        };
+        let Some(raw) = self.raw.as_object_mut() else {
+            return Err(bad("(root)", "expected a JSON object".into()));
+        };
+        let Some((key, layers)) = LAYER_COUNT_KEYS
+            .into_iter()
+            .find_map(|k| Some((k, raw.get(k)?.as_u64()? as usize)))
+        else {
+            return Err(bad(
+                "num_hidden_layers",
+                "absent: there is no layer count to keep the first layers of".into(),
+            ));
+        };
+        if n > layers {
+            return Err(Error::InvalidOption {
+                option: "num_hidden_layers".into(),
+                reason: format!(
+                    "{n} layers asked for, but {} has {layers}",
+                    self.path.display()
+                ),
+            });
+        }
+        raw.insert(key.into(), n.into());
+        Ok(())
     }
 
     /// `initializer_range` (the standard deviation of new weights), 0.02 when unset.

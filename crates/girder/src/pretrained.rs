@@ -83,6 +83,11 @@ pub struct LoadOptions {
     pub head: Option<NewHead>,
     /// Encoders: build the model for training, its trained tensors variables.
     pub training: Option<TrainingLoad>,
+    /// Encoders: keep only the checkpoint's first `n` layers, as transformers'
+    /// `from_pretrained(..., num_hidden_layers=n)` does; the config says `n` (so a folder
+    /// written from the model loads the same). More layers than the checkpoint has is an
+    /// error.
+    pub num_hidden_layers: Option<usize>,
 }
 
 /// A head to build on an encoder, with its labels (see [`LoadOptions::head`]).
@@ -106,6 +111,10 @@ pub struct TrainingLoad {
     pub lora: Option<Lora>,
     /// Seeds the new head's initialisation and LoRA's `A` matrices.
     pub seed: u64,
+    /// Modules trained beside the head, by name as the base checkpoint has them
+    /// (`encoder.layer.3`, `pooler`); the base model's prefix (`bert.`) is added where the
+    /// checkpoint uses it.
+    pub modules: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -121,6 +130,7 @@ impl Default for LoadOptions {
             gguf: GgufMode::default(),
             head: None,
             training: None,
+            num_hidden_layers: None,
         }
     }
 }
@@ -184,6 +194,9 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
     // By the class's head: an encoder-decoder's sequence classifier runs as an encoder.
     match resolved.head.kind() {
         Kind::Encoder => {
+            if let Some(n) = options.num_hidden_layers {
+                config.keep_layers(n)?;
+            }
             if let Some(path) = &options.adapter {
                 let adapter = LoraAdapter::load(path)?;
                 weights = adapter.apply(&weights)?;
@@ -223,11 +236,18 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
                         }
                         lora
                     });
+                    let prefix = architecture.base_model_prefix;
+                    // Head checkpoints keep the base model under its prefix, base ones at
+                    // the root: either name matches.
+                    let modules = load
+                        .modules
+                        .iter()
+                        .flat_map(|m| [m.clone(), format!("{prefix}.{m}")]);
                     let plan = Training {
                         trained: if load.all_weights {
                             Trained::All
                         } else {
-                            Trained::Modules(head_modules.clone())
+                            Trained::Modules(head_modules.iter().cloned().chain(modules).collect())
                         },
                         head_modules,
                         lora,
@@ -529,6 +549,8 @@ fn refuse_encoder_options(options: &LoadOptions, class_name: &str, is: Kind) -> 
         "a classification head"
     } else if options.training.is_some() {
         "training"
+    } else if options.num_hidden_layers.is_some() {
+        "keeping the first layers (num_hidden_layers)"
     } else {
         return refuse_adapter(options, class_name, is);
     };

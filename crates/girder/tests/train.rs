@@ -16,6 +16,7 @@ use girder::train::full::{train_sequence_classifier, train_token_classifier, Enc
 use girder::train::head::{sequence_features, token_features, train_head, train_token_head};
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
+use girder::train::top_layer;
 use girder::train::trainable::Trainable;
 use girder::train::{Method, TrainingArguments};
 use girder::LoadOptions;
@@ -92,7 +93,7 @@ fn args(method: Method) -> TrainingArguments {
     TrainingArguments {
         num_train_epochs: 2,
         learning_rate: match method {
-            Method::Full => 1e-3,
+            Method::Full | Method::TopLayer => 1e-3,
             _ => 1e-2,
         },
         per_device_train_batch_size: 4,
@@ -237,6 +238,153 @@ fn every_family_trains_with_every_method_into_a_folder_transformers_loads() {
     assert_eq!(card.base_model.unwrap().values(), ["tests/fixtures/base"]);
     assert_eq!(card.datasets.unwrap().values(), ["train.tsv"]);
     assert_eq!(card.pipeline_tag.as_deref(), Some("text-classification"));
+    transformers_agrees(&folders, &texts);
+}
+
+/// Top-layer training keeps the first `num_hidden_layers` layers: before training, the last
+/// layer computed at the first tokens on the frozen layers' output gives the whole model's
+/// logits; training moves only the last layer, the pooler and the head; the folder (a plain
+/// `…ForSequenceClassification` with the layers kept) loads in girder and transformers with
+/// the trained model's logits. Families without the first-token path are refused up front.
+#[test]
+fn top_layer_trains_the_last_kept_layer_into_a_folder_transformers_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_path = dir.path().join("train.tsv");
+    std::fs::write(&train_path, TRAIN).unwrap();
+    let data = read_classification(&train_path, &Columns::default(), None).unwrap();
+    let texts = data.texts();
+    let labels = data.label_ids();
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let method = Method::TopLayer;
+    let mut folders = Vec::new();
+    // The fixtures have 2 layers: keep both, or the first only (the frozen part is then
+    // the embeddings alone).
+    for (name, prefix, keep) in [
+        ("bert-base", "Bert", 2),
+        ("bert-base", "Bert", 1),
+        ("roberta-base", "Roberta", 1),
+        ("xlmr-base", "XLMRoberta", 2),
+    ] {
+        let base = fixture(name);
+        let base_ref = base.to_str().unwrap();
+        assert_eq!(top_layer::base_num_hidden_layers(base_ref).unwrap(), 2);
+        let options = LoadOptions {
+            num_hidden_layers: Some(keep),
+            ..LoadOptions::default()
+        };
+        let trainable = Trainable::load(
+            base_ref,
+            Head::SequenceClassification,
+            data.labels.names(),
+            method,
+            None,
+            &args(method),
+            options.clone(),
+        )
+        .unwrap();
+        let model = &trainable.model;
+        let frozen = top_layer::load_frozen(base_ref, keep, &options).unwrap();
+        let inputs = top_layer::layer_inputs(&frozen, &texts, &labels, &mut Quiet).unwrap();
+        let first_tokens = inputs
+            .logits(model, &all)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let whole = girder_logits(model, &texts);
+        let diff = max_abs_diff(&first_tokens, &whole);
+        assert!(diff < 1e-5, "{name}: first-token path differs by {diff}");
+        let layer = format!("encoder.layer.{}.", keep - 1);
+        let trained_vars: Vec<String> = trainable
+            .parameters()
+            .trained()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            trained_vars.iter().all(|n| n.contains(&layer)
+                || n.contains("pooler.")
+                || n.starts_with("classifier")),
+            "{name}: {trained_vars:?}"
+        );
+        assert!(trained_vars.iter().any(|n| n.contains(&layer)), "{name}");
+
+        let trained = top_layer::train_top_layer(
+            &trainable,
+            &inputs,
+            Some(&inputs),
+            &args(method),
+            &mut Quiet,
+        )
+        .unwrap();
+        let kept = trained.epochs[trained.best_epoch - 1].eval.clone().unwrap();
+        let expected = girder_logits(model, &texts);
+        // The layers above the last kept one are gone.
+        for (n, _) in &trained.tensors {
+            assert!(
+                !n.contains(&format!("encoder.layer.{keep}.")),
+                "{name}: {n}"
+            );
+        }
+        let out = dir.path().join(format!("{name}-top-layer-{keep}"));
+        write(&trainable, &trained, &data.labels, &out, method);
+        let classifier = Model::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let class = format!("{prefix}ForSequenceClassification");
+        assert_eq!(classifier.encoder.class_name(), class);
+        assert_eq!(classifier.config.num_hidden_layers(), Some(keep));
+        let logits = girder_logits(&classifier, &texts);
+        let diff = max_abs_diff(&logits, &expected);
+        println!("{name:<16} top-layer ({keep} kept) folder vs trained model: {diff:.2e}");
+        assert!(diff < 1e-5, "{name}: exported logits differ by {diff}");
+        // The kept epoch's accuracy is the folder's.
+        let predicted: Vec<usize> = logits.iter().map(|r| usize::from(r[1] > r[0])).collect();
+        assert_eq!(
+            ClassificationMetrics::compute(&labels, &predicted, 2).accuracy,
+            kept.accuracy
+        );
+        // Layers below the last kept one did not move.
+        if keep > 1 {
+            let enc = frozen.encode_texts(&texts[..2]).unwrap();
+            let batch = girder::batch::RaggedBatch::from_encodings(&enc);
+            let below = Model::load(
+                out.to_str().unwrap(),
+                &LoadOptions {
+                    num_hidden_layers: Some(keep - 1),
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
+            let a = frozen.encoder.encode(&batch).unwrap().last_hidden_state;
+            let b = below.encoder.encode(&batch).unwrap().last_hidden_state;
+            assert_eq!(
+                a.to_vec2::<f32>().unwrap(),
+                b.to_vec2::<f32>().unwrap(),
+                "{name}"
+            );
+        }
+        folders.push((out, class, logits));
+    }
+    // Keeping more layers than the base has, or a family without the first-token path.
+    let too_many = LoadOptions {
+        num_hidden_layers: Some(3),
+        ..LoadOptions::default()
+    };
+    let err = Model::load(fixture("bert-base").to_str().unwrap(), &too_many).unwrap_err();
+    assert!(err.to_string().contains("3 layers"), "{err}");
+    let mpnet = Trainable::load(
+        fixture("mpnet-base").to_str().unwrap(),
+        Head::SequenceClassification,
+        data.labels.names(),
+        method,
+        None,
+        &args(method),
+        LoadOptions {
+            num_hidden_layers: Some(1),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let err = top_layer::check_supported(&mpnet.model).unwrap_err();
+    assert!(err.to_string().contains("top-layer"), "{err}");
     transformers_agrees(&folders, &texts);
 }
 

@@ -16,6 +16,7 @@ use girder::train::head;
 use girder::train::metrics::ClassificationMetrics;
 use girder::train::ner;
 use girder::train::seqeval::NerMetrics;
+use girder::train::top_layer;
 use girder::train::trainable::Trainable;
 use girder::train::{Method, TrainingArguments};
 use girder::LoadOptions;
@@ -36,6 +37,10 @@ pub enum TrainTask {
 pub enum MethodArg {
     /// Train the head only, on what the frozen encoder computes for it.
     Head,
+    /// text-classification: keep the base's first --num-hidden-layers layers; train the last
+    /// of them (at the first token), the pooler and the head on what the frozen layers below
+    /// compute once.
+    TopLayer,
     /// Train every weight (encoder, pooler, head).
     Full,
     /// Train LoRA adapters (--target-modules) and the classifier; writes a PEFT adapter
@@ -76,7 +81,8 @@ pub struct TrainArgs {
     label_column: String,
     #[arg(long, alias = "epochs", default_value_t = 3)]
     num_train_epochs: usize,
-    /// Peak learning rate (default: 1e-2 for --method head, 5e-5 for full, 5e-4 for lora).
+    /// Peak learning rate (default: 1e-2 for --method head, 3e-4 for top-layer, 5e-5 for
+    /// full, 5e-4 for lora).
     #[arg(long)]
     learning_rate: Option<f64>,
     #[arg(long, alias = "batch-size", default_value_t = 8)]
@@ -98,6 +104,10 @@ pub struct TrainArgs {
     /// Tokens per forward pass at most.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
+    /// --method top-layer: the base's first layers the classifier keeps, the last one trained
+    /// (default: all of them).
+    #[arg(long)]
+    num_hidden_layers: Option<usize>,
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     lora_r: usize,
@@ -203,6 +213,7 @@ fn file_name(path: &Path) -> String {
 fn settings(args: &TrainArgs) -> Result<(Method, TrainingArguments)> {
     let method = match args.method {
         MethodArg::Head => Method::Head,
+        MethodArg::TopLayer => Method::TopLayer,
         MethodArg::Full => Method::Full,
         MethodArg::Lora => Method::Lora,
     };
@@ -219,6 +230,9 @@ fn settings(args: &TrainArgs) -> Result<(Method, TrainingArguments)> {
         ..TrainingArguments::default()
     };
     training.validate()?;
+    if args.num_hidden_layers.is_some() && method != Method::TopLayer {
+        anyhow::bail!("--num-hidden-layers is for --method top-layer");
+    }
     Ok((method, training))
 }
 
@@ -238,22 +252,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(path) => Some(read_classification(path, &cols, Some(&labels))?),
         None => None,
     };
+    let layers = match method {
+        Method::TopLayer => Some(match args.num_hidden_layers {
+            Some(n) => n,
+            None => {
+                top_layer::default_num_hidden_layers(top_layer::base_num_hidden_layers(&args.base)?)
+            }
+        }),
+        _ => None,
+    };
     let trainable = load_trainable(
         &args,
         Head::SequenceClassification,
         labels.names(),
         method,
         &training,
+        layers,
     )?;
     let model = &trainable.model;
     eprintln!(
-        "{} examples ({} labels: {}), {} for evaluation; base {} as {}, max length {}",
+        "{} examples ({} labels: {}), {} for evaluation; base {} as {}{}, max length {}",
         train_data.examples.len(),
         labels.len(),
         labels.listing(),
         eval_data.as_ref().map_or(0, |d| d.examples.len()),
         args.base,
         model.encoder.class_name(),
+        layers.map_or(String::new(), |n| format!(
+            " up to layer {n} (the last one trained)"
+        )),
         model.tokenizer.max_length()
     );
     let mut progress = Progress::new(labels.names().to_vec());
@@ -293,6 +320,45 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &trainable,
             &train_features,
             eval_features.as_ref(),
+            &training,
+            &mut progress,
+        )?
+    } else if let (Method::TopLayer, Some(layers)) = (method, layers) {
+        top_layer::check_supported(model)?;
+        let frozen = top_layer::load_frozen(&args.base, layers, &load_options(&args))?;
+        progress.start(
+            train_labels.len(),
+            "encoding {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
+        );
+        let train_inputs =
+            top_layer::layer_inputs(&frozen, &train_data.texts(), &train_labels, &mut progress)?;
+        let eval_inputs = match (&eval_data, &eval_labels) {
+            (Some(d), Some(l)) => {
+                progress.start(
+                    l.len(),
+                    "encoding eval {bar:30} {pos}/{len} texts, {per_sec}, {elapsed}",
+                );
+                Some(top_layer::layer_inputs(
+                    &frozen,
+                    &d.texts(),
+                    l,
+                    &mut progress,
+                )?)
+            }
+            _ => None,
+        };
+        drop(frozen);
+        let encoded = train_labels.len() + eval_labels.as_ref().map_or(0, Vec::len);
+        let encoded_s = started.elapsed().as_secs_f64();
+        progress.bar.finish_and_clear();
+        eprintln!(
+            "states entering layer {layers} of {encoded} texts in {encoded_s:.1} s ({:.1} texts/s)",
+            encoded as f64 / encoded_s.max(1e-9)
+        );
+        top_layer::train_top_layer(
+            &trainable,
+            &train_inputs,
+            eval_inputs.as_ref(),
             &training,
             &mut progress,
         )?
@@ -350,11 +416,11 @@ fn load_trainable(
     labels: &[String],
     method: Method,
     training: &TrainingArguments,
+    num_hidden_layers: Option<usize>,
 ) -> Result<Trainable> {
     let options = LoadOptions {
-        max_length: args.max_length,
-        max_batch_tokens: args.max_batch_tokens,
-        ..LoadOptions::default()
+        num_hidden_layers,
+        ..load_options(args)
     };
     let lora = (method == Method::Lora).then(|| lora_of(args));
     let trainable = Trainable::load(&args.base, head, labels, method, lora, training, options)
@@ -373,6 +439,15 @@ fn load_trainable(
         eprintln!("LoRA adapters on {adapters} linear layers");
     }
     Ok(trainable)
+}
+
+/// The input limit and batch budget of the command line.
+fn load_options(args: &TrainArgs) -> LoadOptions {
+    LoadOptions {
+        max_length: args.max_length,
+        max_batch_tokens: args.max_batch_tokens,
+        ..LoadOptions::default()
+    }
 }
 
 /// What a training run produced, to write at `--out`.
@@ -450,12 +525,18 @@ fn run_ner(args: TrainArgs) -> Result<()> {
         Some(path) => Some(read_conll(path, Some(&tags))?.0),
         None => None,
     };
+    if method == Method::TopLayer {
+        anyhow::bail!(
+            "--method top-layer trains sequence classifiers (text-classification); use head, full or lora"
+        );
+    }
     let trainable = load_trainable(
         &args,
         Head::TokenClassification,
         tags.names(),
         method,
         &training,
+        None,
     )?;
     let model = &trainable.model;
     eprintln!(

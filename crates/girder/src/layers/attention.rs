@@ -48,6 +48,49 @@ pub fn packed_self_attention(
     )
 }
 
+/// [`packed_self_attention`] for each sequence's first token only: its query over its own
+/// sequence's keys and values. `q`: `[num_seqs, heads · head_dim]`, the first tokens'
+/// queries; `kv`: `[total_tokens, 2 · heads · head_dim]`, every token's keys and values side
+/// by side. Returns `[num_seqs, heads · head_dim]`, the rows of `packed_self_attention`'s
+/// context at `cu_seqlens[..num_seqs]`.
+///
+/// What a sequence classifier reads of an encoder's last layer (the first token's row), for
+/// training that layer: all sequences' queries meet all keys in three batched GEMMs, the
+/// keys of other sequences masked, instead of two GEMMs and a softmax per sequence.
+pub fn packed_first_token_attention(
+    q: &Tensor,
+    kv: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    cu_seqlens: &[u32],
+    probs_dropout: &Dropout,
+) -> Result<Tensor> {
+    let n = kv.dim(0)?;
+    let num_seqs = cu_seqlens.len().saturating_sub(1);
+    let kv = kv.reshape((n, 2 * heads, head_dim))?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    // [heads, num_seqs, head_dim], [heads, head_dim, n], [heads, n, head_dim]
+    let q = (q
+        .reshape((num_seqs, heads, head_dim))?
+        .transpose(0, 1)?
+        .contiguous()?
+        * scale)?;
+    let k_t = kv.narrow(1, 0, heads)?.permute((1, 2, 0))?.contiguous()?;
+    let v = kv.narrow(1, heads, heads)?.transpose(0, 1)?.contiguous()?;
+    // 0 over a sequence's own tokens, -inf over the others': [num_seqs, n]
+    let mut mask = vec![f32::NEG_INFINITY; num_seqs * n];
+    for (i, bounds) in cu_seqlens.windows(2).enumerate() {
+        mask[i * n + bounds[0] as usize..i * n + bounds[1] as usize].fill(0.0);
+    }
+    let mask = Tensor::from_vec(mask, (num_seqs, n), kv.device())?;
+    let scores = q.matmul(&k_t)?.broadcast_add(&mask)?; // [heads, num_seqs, n]
+    let probs = probs_dropout.forward(super::cpu::kernels::softmax_last_dim(scores)?)?;
+    Ok(probs
+        .matmul(&v)? // [heads, num_seqs, head_dim]
+        .transpose(0, 1)?
+        .reshape((num_seqs, heads * head_dim))?)
+}
+
 /// Bidirectional scaled dot-product attention of each sequence over its own tokens, on
 /// packed input (encoders: no padding exists, so no mask is needed).
 ///

@@ -268,4 +268,43 @@ impl Linear {
             .broadcast_matmul(&lora.b.t()?)?;
         Ok((y + (delta * lora.scaling)?)?)
     }
+
+    /// The outputs `columns` of [`forward`](Self::forward), `[n, columns.len()]`. Layers side
+    /// by side ([`Linear::concat`] of trained parts) compute only the parts the range covers,
+    /// so a fused q, k, v in training computes the keys and values of every token without
+    /// their queries; other layers compute every output and keep the range.
+    pub fn forward_columns(&self, x: &Tensor, columns: std::ops::Range<usize>) -> Result<Tensor> {
+        if let Weight::Parts(parts) = &self.weight {
+            let mut start = 0;
+            let mut picked = Vec::new();
+            for part in parts {
+                let Some(out) = part.trained_out_dim() else {
+                    break;
+                };
+                if start >= columns.start && start + out <= columns.end {
+                    picked.push(part.forward(x)?);
+                }
+                start += out;
+            }
+            let covered: usize = picked
+                .iter()
+                .map(|y| y.dim(1))
+                .sum::<candle_core::Result<_>>()?;
+            if covered == columns.len() && !picked.is_empty() {
+                return Ok(match picked.len() {
+                    1 => picked.remove(0),
+                    _ => Tensor::cat(&picked, 1)?,
+                });
+            }
+        }
+        Ok(self.forward(x)?.narrow(1, columns.start, columns.len())?)
+    }
+
+    /// The number of outputs of a trained part (a [`Weight::Trained`] weight).
+    fn trained_out_dim(&self) -> Option<usize> {
+        match &self.weight {
+            Weight::Trained(w) => w.dim(0).ok(),
+            _ => None,
+        }
+    }
 }

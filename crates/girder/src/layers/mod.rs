@@ -18,8 +18,8 @@ pub mod training;
 
 pub use activation::Activation;
 pub use attention::{
-    causal_attention, cross_attention, packed_self_attention, ragged_causal_attention,
-    varlen_attention, DistanceBias,
+    causal_attention, cross_attention, packed_first_token_attention, packed_self_attention,
+    ragged_causal_attention, varlen_attention, DistanceBias,
 };
 pub use cpu::kernels::{add_in_place, gelu_erf, gelu_tanh_mul, silu_mul, softmax_last_dim};
 pub use kv_cache::{CrossKv, KvCache, Seq2SeqCache};

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
 use crate::layers::{
-    add_in_place, layer_norm, packed_self_attention, Activation, Dropout, Embedding, Linear,
+    add_in_place, layer_norm, packed_first_token_attention, packed_self_attention, Activation,
+    Dropout, Embedding, Linear,
 };
 use candle_core::Tensor;
 use candle_nn::Module;
@@ -211,17 +212,36 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, batch: &BatchTensors) -> Result<Tensor> {
-        let context = packed_self_attention(
-            &self.qkv.forward(x)?,
-            self.num_heads,
-            self.head_dim,
-            &batch.cu_seqlens,
-            None,
-            &self.probs_dropout,
-        )?;
+    /// `first_tokens`: each sequence's first-token row only (`[num_seqs, hidden]`), which
+    /// still attends over its whole sequence.
+    fn forward(&self, x: &Tensor, batch: &BatchTensors, first_tokens: bool) -> Result<Tensor> {
+        let (context, residual) = if first_tokens {
+            let firsts = Tensor::new(&batch.cu_seqlens[..batch.cu_seqlens.len() - 1], x.device())?;
+            let first_rows = x.index_select(&firsts, 0)?;
+            // The keys and values of every token, the queries of the first tokens only.
+            let h = self.num_heads * self.head_dim;
+            let context = packed_first_token_attention(
+                &self.qkv.forward_columns(&first_rows, 0..h)?,
+                &self.qkv.forward_columns(x, h..3 * h)?,
+                self.num_heads,
+                self.head_dim,
+                &batch.cu_seqlens,
+                &self.probs_dropout,
+            )?;
+            (context, first_rows)
+        } else {
+            let context = packed_self_attention(
+                &self.qkv.forward(x)?,
+                self.num_heads,
+                self.head_dim,
+                &batch.cu_seqlens,
+                None,
+                &self.probs_dropout,
+            )?;
+            (context, x.clone())
+        };
         let out = self.dropout.forward(self.output.forward(&context)?)?;
-        Ok(self.output_norm.forward(&add_in_place(out, x)?)?)
+        Ok(self.output_norm.forward(&add_in_place(out, &residual)?)?)
     }
 }
 
@@ -260,8 +280,9 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, batch: &BatchTensors) -> Result<Tensor> {
-        let attended = self.attention.forward(x, batch)?;
+    /// `first_tokens`: each sequence's first-token row only, as [`Attention::forward`].
+    fn forward(&self, x: &Tensor, batch: &BatchTensors, first_tokens: bool) -> Result<Tensor> {
+        let attended = self.attention.forward(x, batch, first_tokens)?;
         let h = self
             .activation
             .forward_owned(self.intermediate.forward(&attended)?)?;
@@ -286,7 +307,23 @@ impl Encoder {
     pub(crate) fn forward(&self, x: Tensor, batch: &BatchTensors) -> Result<Tensor> {
         self.layers
             .iter()
-            .try_fold(x, |x, layer| layer.forward(&x, batch))
+            .try_fold(x, |x, layer| layer.forward(&x, batch, false))
+    }
+
+    /// The last layer alone on `x`, the states entering it, at each sequence's first token:
+    /// `[num_seqs, hidden]`. A classifier reads nothing else of the last layer, so training
+    /// it on cached states needs only these rows (`girder train --method top-layer`).
+    pub(crate) fn last_layer_first_tokens(
+        &self,
+        x: &Tensor,
+        batch: &RaggedBatch,
+    ) -> Result<Tensor> {
+        let Some(last) = self.layers.last() else {
+            return Err(Error::Unsupported {
+                what: "training the last layer of an encoder with no layers".into(),
+            });
+        };
+        last.forward(x, &batch.to_tensors(x.device())?, true)
     }
 }
 
@@ -370,6 +407,15 @@ impl EncoderForward for BertModel {
             .forward(&t.input_ids, &t.token_type_ids, &t.positions)?;
         let last_hidden_state = self.encoder.forward(x, &t)?;
         Pooler::output(self.pooler.as_ref(), last_hidden_state, batch)
+    }
+
+    fn encode_last_layer(&self, hidden: &Tensor, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        let firsts = self.encoder.last_layer_first_tokens(hidden, batch)?;
+        Pooler::output(
+            self.pooler.as_ref(),
+            firsts,
+            &RaggedBatch::single_tokens(batch.num_seqs()),
+        )
     }
 
     fn word_embeddings(&self) -> &Tensor {

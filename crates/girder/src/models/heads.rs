@@ -216,6 +216,10 @@ impl<B: EncoderForward> EncoderForward for WithHead<B> {
         self.base.encode(batch)
     }
 
+    fn encode_last_layer(&self, hidden: &Tensor, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        self.base.encode_last_layer(hidden, batch)
+    }
+
     fn head(
         &self,
         out: &EncoderOutput,

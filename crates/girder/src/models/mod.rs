@@ -169,6 +169,18 @@ pub trait EncoderForward: Send + Sync {
         })
     }
 
+    /// The last layer alone on `hidden` (`[total_tokens, hidden]`, the states entering it),
+    /// computed at each sequence's first token only, then the pooler: `last_hidden_state`
+    /// holds those rows (`[num_seqs, hidden]`), so a head reads them with
+    /// [`RaggedBatch::single_tokens`]. What a sequence classifier reads of its last layer,
+    /// for training that layer on cached states (`girder train --method top-layer`).
+    fn encode_last_layer(&self, hidden: &Tensor, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        let _ = (hidden, batch);
+        Err(Error::Unsupported {
+            what: "running the last layer alone on this architecture (BERT, RoBERTa and XLM-RoBERTa have it)".into(),
+        })
+    }
+
     /// The word-embedding matrix `[vocab, hidden]`, as loaded (the guard reads its rows).
     fn word_embeddings(&self) -> &Tensor;
 
@@ -293,6 +305,12 @@ impl EncoderModel {
     /// The base model's output on a packed batch.
     pub fn encode(&self, batch: &RaggedBatch) -> Result<EncoderOutput> {
         crate::layers::in_thread_pool(|| self.inner.encode(batch))
+    }
+
+    /// The last layer at each sequence's first token, on the states entering it (see
+    /// [`EncoderForward::encode_last_layer`]).
+    pub fn encode_last_layer(&self, hidden: &Tensor, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        crate::layers::in_thread_pool(|| self.inner.encode_last_layer(hidden, batch))
     }
 
     /// The head's logits for an already-encoded batch (see [`EncoderForward::head`]).

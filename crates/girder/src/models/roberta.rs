@@ -110,6 +110,15 @@ impl EncoderForward for RobertaModel {
         Pooler::output(self.pooler.as_ref(), last_hidden_state, batch)
     }
 
+    fn encode_last_layer(&self, hidden: &Tensor, batch: &RaggedBatch) -> Result<EncoderOutput> {
+        let firsts = self.encoder.last_layer_first_tokens(hidden, batch)?;
+        Pooler::output(
+            self.pooler.as_ref(),
+            firsts,
+            &RaggedBatch::single_tokens(batch.num_seqs()),
+        )
+    }
+
     fn word_embeddings(&self) -> &Tensor {
         self.embeddings.word_embeddings.table()
     }

@@ -180,6 +180,17 @@ fn model_card_text(model: &Classifier, out: &Path) -> Result<String> {
         a.classifier_dropout,
         a.seed,
     );
+    if model.method == super::Method::TopLayer.name() {
+        let layers = model
+            .model
+            .config
+            .num_hidden_layers()
+            .map_or("the".to_string(), |n| n.to_string());
+        body.push_str(&format!(
+            "\nThe base's layers are kept up to layer {layers} (`num_hidden_layers`; any above it are dropped). The layers below the last kept one are the base's, frozen; the last kept layer, the pooler and the classifier were trained on what the frozen layers compute. The folder is a plain `{}` that transformers' `AutoModelForSequenceClassification` loads unchanged.\n",
+            model.model.encoder.class_name()
+        ));
+    }
     if let Some((data, metrics)) = &model.evaluation {
         body.push_str(&format!(
             "\n## Evaluation on {data} ({} examples)\n\n- accuracy: {:.4}\n- macro F1: {:.4}\n\nConfusion matrix (rows: gold, columns: predicted):\n\n```\n{}\n```\n",

@@ -55,6 +55,20 @@ impl Trainable {
         if let Some(lora) = &lora {
             lora.validate()?;
         }
+        // The top-layer method trains the last kept layer and the pooler beside the head.
+        let modules =
+            match (method, options.num_hidden_layers) {
+                (Method::TopLayer, Some(0) | None) => return Err(Error::InvalidOption {
+                    option: "num_hidden_layers".into(),
+                    reason:
+                        "top-layer training keeps at least one layer, and needs to know how many"
+                            .into(),
+                }),
+                (Method::TopLayer, Some(n)) => {
+                    vec![format!("encoder.layer.{}", n - 1), "pooler".into()]
+                }
+                _ => Vec::new(),
+            };
         let options = LoadOptions {
             head: Some(NewHead {
                 head,
@@ -65,6 +79,7 @@ impl Trainable {
                 all_weights: method == Method::Full,
                 lora,
                 seed: args.seed,
+                modules,
             }),
             ..options
         };
