@@ -1,0 +1,124 @@
+"""girder from Python: transformers' ``pipeline`` API over girder's Rust library.
+
+>>> import girder
+>>> classifier = girder.pipeline("text-classification", model="models/minilm-sentiment")
+>>> classifier("This is great!")                                   # doctest: +SKIP
+[{'label': 'positive', 'score': 0.995...}]
+
+Calls take transformers' arguments and return transformers' output shapes (lists of
+dicts); the ``embeddings`` task returns NumPy arrays, as sentence-transformers' ``encode``
+does. Every model loads through girder's one loader: a Hugging Face folder, a ``.gguf``
+file or a hub id in the local cache. Work runs with the GIL released, a batch of texts
+packed without padding.
+"""
+
+import json as _json
+
+from ._girder import GirderError, Pipeline as _Pipeline
+from ._girder import check_json as _check_json
+from ._girder import lock_json as _lock_json
+from ._girder import tasks, version
+
+__all__ = ["GirderError", "Pipeline", "pipeline", "check", "lock", "tasks", "version"]
+__version__ = version()
+
+
+def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=None,
+             max_length=None, truncation=True):
+    """Loads ``model`` for ``task`` and returns a callable :class:`Pipeline`.
+
+    ``task``: a name of :func:`tasks` or an alias (``sentiment-analysis``, ``ner``,
+    ``feature-extraction`` …). ``tokenizer``: another tokenizer folder in the model's
+    place (girder's guard checks it at load). ``device``: ``"cpu"`` (or -1, or ``None``).
+    ``dtype``: ``"float32"``. ``adapter``: a PEFT LoRA adapter folder merged at load.
+    ``max_length`` / ``truncation``: the input limit in tokens, and whether a longer input
+    is cut (``True``, reported) or refused (``False``: :class:`GirderError`).
+    """
+    if device in (None, -1, "cpu"):
+        device = "cpu"
+    return Pipeline(_Pipeline(task, str(model), tokenizer=_path(tokenizer),
+                              device=str(device), dtype=_dtype_name(dtype),
+                              adapter=_path(adapter), max_length=max_length,
+                              truncation=truncation))
+
+
+class Pipeline:
+    """A task on a loaded model; call it with one text or a list of texts."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    @property
+    def task(self):
+        """The task's canonical name."""
+        return self._inner.task
+
+    @property
+    def model(self):
+        """The model reference it was loaded from."""
+        return self._inner.model
+
+    def __repr__(self):
+        return repr(self._inner)
+
+    def __call__(self, inputs, **kwargs):
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"input {i} is {type(text).__name__}, not str")
+        arguments = _json.dumps(kwargs)
+        if self.task == "embeddings":
+            vectors = self._inner.embed(texts, arguments)
+            return vectors[0] if single else vectors
+        outputs = _json.loads(self._inner.run_json(texts, arguments))
+        shaped = [_shape(self.task, output, kwargs) for output in outputs]
+        if single:
+            return _single(self.task, shaped[0])
+        return shaped
+
+
+def _shape(task, output, kwargs):
+    """One text's output in a batched call, as transformers returns it."""
+    if task == "text-classification":
+        if "labels" in output:
+            return output["labels"]
+        return {"label": output["label"], "score": output["score"]}
+    if task == "token-classification":
+        return output["entities"]
+    if task == "fill-mask":
+        return output["predictions"]
+    if task == "text-generation":
+        return [{"generated_text": output["generated_text"]}]
+    return output
+
+
+def _single(task, shaped):
+    """A single string's output: text-classification's legacy dict is wrapped in a list."""
+    if task == "text-classification" and isinstance(shaped, dict):
+        return [shaped]
+    return shaped
+
+
+def check(model, *, tokenizer=None, probe=None, lock=None):
+    """``girder check``: the pre-flight guard's report, ``{"ok": bool, "findings": [...]}``
+    (each finding: severity, code, message, fix). ``lock``: a lock file to compare with."""
+    return _json.loads(_check_json(str(model), tokenizer=_path(tokenizer), probe=probe,
+                                   lock=_path(lock)))
+
+
+def lock(model, out, *, tokenizer=None, probe=None, allow_mismatch=False):
+    """``girder lock``: writes a lock pinning ``model``'s tokenization (and a classifier's
+    outputs) on the probe texts to ``out``; returns it as a dict."""
+    return _json.loads(_lock_json(str(model), str(out), tokenizer=_path(tokenizer),
+                                  probe=probe, allow_mismatch=allow_mismatch))
+
+
+def _path(value):
+    return None if value is None else str(value)
+
+
+def _dtype_name(dtype):
+    if dtype is None:
+        return None
+    return str(dtype)
