@@ -7,10 +7,11 @@
 //! NumPy array; the Python side shapes them as transformers' pipelines return them.
 
 use girder::check::{self, CheckOptions};
+use girder::generate::{EarlyStopping, Overrides};
 use girder::layers::pooling::Pooling;
 use girder::pipelines::{
-    embeddings, fill_mask, text_classification as tc, text_generation, token_classification as tok,
-    Model, Task, TaskOptions, TaskOutput,
+    embeddings, fill_mask, text2text_generation, text_classification as tc, text_generation,
+    token_classification as tok, translation_pair, Model, Task, TaskOptions, TaskOutput,
 };
 use girder::tokenize::Truncation;
 use girder::{LoadOptions, Loaded};
@@ -42,6 +43,8 @@ struct State {
 #[pyclass(frozen, module = "girder._girder")]
 struct Pipeline {
     task: Task,
+    /// A `translation_xx_to_yy` name given for the task: its `task_specific_params` entry.
+    task_name: Option<String>,
     /// As given to `girder.pipeline` (a folder, a `.gguf` file or a hub id).
     reference: String,
     /// Calls read it together; a call that changes the input limit for itself holds it alone.
@@ -65,6 +68,7 @@ impl Pipeline {
         max_length: Option<usize>,
         truncation: bool,
     ) -> PyResult<Self> {
+        let task_name = translation_pair(task).map(|_| task.to_string());
         let task = Task::parse(task).map_err(py_err)?;
         if device != "cpu" {
             return Err(py_err(format!(
@@ -96,6 +100,7 @@ impl Pipeline {
         }
         Ok(Pipeline {
             task,
+            task_name,
             reference,
             state: RwLock::new(State { loaded }),
         })
@@ -182,8 +187,14 @@ impl Pipeline {
         texts: &[String],
         mut arguments: Map<String, Value>,
     ) -> PyResult<Vec<TaskOutput>> {
-        let limit = take_limit(&mut arguments)?;
-        let options = task_options(self.task, &arguments)?;
+        // The encoder pipelines' input limit; for text-to-text, `max_length` is the
+        // generation's, as in transformers.
+        let limit = if self.task.kind() == girder::Kind::Encoder {
+            take_limit(&mut arguments)?
+        } else {
+            None
+        };
+        let options = task_options(self.task, self.task_name.as_deref(), &arguments)?;
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -332,7 +343,11 @@ fn as_strings(name: &str, value: &Value) -> PyResult<Vec<String>> {
 
 /// The task's options from a call's arguments (transformers' names); an argument the task
 /// does not take is an error naming it and the ones it takes.
-fn task_options(task: Task, arguments: &Map<String, Value>) -> PyResult<TaskOptions> {
+fn task_options(
+    task: Task,
+    task_name: Option<&str>,
+    arguments: &Map<String, Value>,
+) -> PyResult<TaskOptions> {
     let takes: &[&str] = match task {
         Task::TextClassification => &["top_k", "function_to_apply"],
         Task::TokenClassification => &["aggregation_strategy", "ignore_labels"],
@@ -352,9 +367,28 @@ fn task_options(task: Task, arguments: &Map<String, Value>) -> PyResult<TaskOpti
             "return_full_text",
             "batch_size",
         ],
+        Task::Text2TextGeneration | Task::Summarization | Task::Translation => &[
+            "max_new_tokens",
+            "max_length",
+            "min_length",
+            "min_new_tokens",
+            "do_sample",
+            "num_beams",
+            "temperature",
+            "top_k",
+            "top_p",
+            "repetition_penalty",
+            "length_penalty",
+            "early_stopping",
+            "no_repeat_ngram_size",
+            "eos_token_id",
+            "seed",
+            "prefix",
+        ],
         other => {
             return Err(py_err(format!(
-                "the {} pipeline is not available from Python yet (text-classification, token-classification, fill-mask, embeddings and text-generation are)",
+                "the {} pipeline is not available from Python (it reads audio files; use `girder run {}`)",
+                other.name(),
                 other.name()
             )))
         }
@@ -442,7 +476,14 @@ fn task_options(task: Task, arguments: &Map<String, Value>) -> PyResult<TaskOpti
                 .transpose()?,
         }),
         Task::TextGeneration => TaskOptions::TextGeneration(generation_options(&get)?),
-        _ => unreachable!("refused above"),
+        _ => TaskOptions::Text2Text(
+            task,
+            text2text_generation::Options {
+                generation: overrides(&get)?,
+                task_name: task_name.map(String::from),
+                prefix: get("prefix").map(|v| as_string("prefix", v)).transpose()?,
+            },
+        ),
     })
 }
 
@@ -503,6 +544,55 @@ fn generation_options<'a>(
     }
     options.generation.validate().map_err(py_err)?;
     Ok(options)
+}
+
+/// The text-to-text pipelines' generation arguments (transformers' `generate` names), on top
+/// of the model's generation config and the task's `task_specific_params`.
+fn overrides<'a>(get: &impl Fn(&str) -> Option<&'a Value>) -> PyResult<Overrides> {
+    let usize_of = |name: &str| get(name).map(|v| as_usize(name, v)).transpose();
+    let f32_of = |name: &str| get(name).map(|v| as_f32(name, v)).transpose();
+    Ok(Overrides {
+        max_new_tokens: usize_of("max_new_tokens")?,
+        max_length: usize_of("max_length")?,
+        min_length: usize_of("min_length")?,
+        min_new_tokens: usize_of("min_new_tokens")?,
+        do_sample: get("do_sample")
+            .map(|v| as_bool("do_sample", v))
+            .transpose()?,
+        num_beams: usize_of("num_beams")?,
+        temperature: f32_of("temperature")?,
+        top_k: usize_of("top_k")?,
+        top_p: f32_of("top_p")?,
+        repetition_penalty: f32_of("repetition_penalty")?,
+        length_penalty: f32_of("length_penalty")?,
+        early_stopping: match get("early_stopping") {
+            None => None,
+            Some(Value::Bool(false)) => Some(EarlyStopping::Heuristic),
+            Some(Value::Bool(true)) => Some(EarlyStopping::Finished),
+            Some(Value::String(s)) if s == "never" => Some(EarlyStopping::Never),
+            Some(other) => {
+                return Err(bad_argument(
+                    "early_stopping",
+                    "True, False or \"never\"",
+                    other,
+                ))
+            }
+        },
+        no_repeat_ngram_size: usize_of("no_repeat_ngram_size")?,
+        eos_token_ids: match get("eos_token_id") {
+            None => None,
+            Some(Value::Array(ids)) => Some(
+                ids.iter()
+                    .map(|id| as_usize("eos_token_id", id).map(|id| id as u32))
+                    .collect::<PyResult<_>>()?,
+            ),
+            Some(one) => Some(vec![as_usize("eos_token_id", one)? as u32]),
+        },
+        seed: get("seed")
+            .map(|v| as_usize("seed", v).map(|s| s as u64))
+            .transpose()?,
+        ..Overrides::default()
+    })
 }
 
 /// `girder check` on `model` (with `lock`: against that lock too): the report as JSON

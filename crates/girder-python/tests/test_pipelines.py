@@ -168,3 +168,30 @@ def test_the_gil_is_released_during_compute():
         t.join()
     np.testing.assert_array_equal(results[0], results[1])
     assert results[0].shape[0] == len(texts)
+
+
+SEQ2SEQ = [
+    ("translation_en_to_de", "t5-seq2seq", "translation_text"),
+    ("summarization", "t5-seq2seq", "summary_text"),
+    ("summarization", "bart-seq2seq", "summary_text"),
+    ("translation", "marian-seq2seq", "translation_text"),
+    ("text2text-generation", "t5-seq2seq", "generated_text"),
+]
+
+
+@pytest.mark.parametrize("task,model,key", SEQ2SEQ)
+@pytest.mark.parametrize("beams", [1, 3])
+def test_text_to_text_matches_the_cli(task, model, key, beams):
+    path = FIXTURES / model
+    texts = ["The house is wonderful.", "The cat sat on the mat and looked at the dog."]
+    pipe = girder.pipeline(task, model=path)
+    expected = cli(task, path, texts, "--num-beams", str(beams), "--max-new-tokens", "12")
+    got = pipe(texts, num_beams=beams, max_new_tokens=12)
+    assert got == [{key: e[key]} for e in expected]
+    assert pipe(texts[0], num_beams=beams, max_new_tokens=12) == [{key: expected[0][key]}]
+
+
+def test_speech_recognition_is_refused_with_a_pointer_to_the_cli():
+    with pytest.raises(girder.GirderError, match="audio"):
+        girder.pipeline("automatic-speech-recognition",
+                        model=FIXTURES / "whisper-asr")("speech.wav")

@@ -28,7 +28,7 @@ def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=No
     """Loads ``model`` for ``task`` and returns a callable :class:`Pipeline`.
 
     ``task``: a name of :func:`tasks` or an alias (``sentiment-analysis``, ``ner``,
-    ``feature-extraction`` …). ``tokenizer``: another tokenizer folder in the model's
+    ``feature-extraction``, ``translation_en_to_de`` …). ``tokenizer``: another tokenizer folder in the model's
     place (girder's guard checks it at load). ``device``: ``"cpu"`` (or -1, or ``None``).
     ``dtype``: ``"float32"``. ``adapter``: a PEFT LoRA adapter folder merged at load.
     ``max_length`` / ``truncation``: the input limit in tokens, and whether a longer input
@@ -90,12 +90,18 @@ def _shape(task, output, kwargs):
         return output["predictions"]
     if task == "text-generation":
         return [{"generated_text": output["generated_text"]}]
+    if task in _TEXT_TO_TEXT:
+        return {key: value for key, value in output.items() if key.endswith("_text")}
     return output
 
 
+_TEXT_TO_TEXT = ("text2text-generation", "summarization", "translation")
+
+
 def _single(task, shaped):
-    """A single string's output: text-classification's legacy dict is wrapped in a list."""
-    if task == "text-classification" and isinstance(shaped, dict):
+    """A single string's output: text-classification's legacy dict and the text-to-text
+    tasks' dict are wrapped in a one-element list, as transformers does."""
+    if task in ("text-classification",) + _TEXT_TO_TEXT and isinstance(shaped, dict):
         return [shaped]
     return shaped
 
