@@ -591,7 +591,6 @@ fn overrides<'a>(get: &impl Fn(&str) -> Option<&'a Value>) -> PyResult<Overrides
         seed: get("seed")
             .map(|v| as_usize("seed", v).map(|s| s as u64))
             .transpose()?,
-        ..Overrides::default()
     })
 }
 
