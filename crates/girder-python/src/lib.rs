@@ -7,7 +7,7 @@
 //! NumPy array; the Python side shapes them as transformers' pipelines return them.
 
 use girder::check::{self, CheckOptions};
-use girder::generate::{EarlyStopping, Overrides};
+use girder::generate::Overrides;
 use girder::layers::pooling::Pooling;
 use girder::pipelines::{
     embeddings, fill_mask, text2text_generation, text_classification as tc, text_generation,
@@ -367,24 +367,9 @@ fn task_options(
             "return_full_text",
             "batch_size",
         ],
-        Task::Text2TextGeneration | Task::Summarization | Task::Translation => &[
-            "max_new_tokens",
-            "max_length",
-            "min_length",
-            "min_new_tokens",
-            "do_sample",
-            "num_beams",
-            "temperature",
-            "top_k",
-            "top_p",
-            "repetition_penalty",
-            "length_penalty",
-            "early_stopping",
-            "no_repeat_ngram_size",
-            "eos_token_id",
-            "seed",
-            "prefix",
-        ],
+        Task::Text2TextGeneration | Task::Summarization | Task::Translation => {
+            return text_to_text_options(task, task_name, arguments)
+        }
         other => {
             return Err(py_err(format!(
                 "the {} pipeline is not available from Python (it reads audio files; use `girder run {}`)",
@@ -476,14 +461,7 @@ fn task_options(
                 .transpose()?,
         }),
         Task::TextGeneration => TaskOptions::TextGeneration(generation_options(&get)?),
-        _ => TaskOptions::Text2Text(
-            task,
-            text2text_generation::Options {
-                generation: overrides(&get)?,
-                task_name: task_name.map(String::from),
-                prefix: get("prefix").map(|v| as_string("prefix", v)).transpose()?,
-            },
-        ),
+        _ => unreachable!("refused above"),
     })
 }
 
@@ -546,52 +524,29 @@ fn generation_options<'a>(
     Ok(options)
 }
 
-/// The text-to-text pipelines' generation arguments (transformers' `generate` names), on top
-/// of the model's generation config and the task's `task_specific_params`.
-fn overrides<'a>(get: &impl Fn(&str) -> Option<&'a Value>) -> PyResult<Overrides> {
-    let usize_of = |name: &str| get(name).map(|v| as_usize(name, v)).transpose();
-    let f32_of = |name: &str| get(name).map(|v| as_f32(name, v)).transpose();
-    Ok(Overrides {
-        max_new_tokens: usize_of("max_new_tokens")?,
-        max_length: usize_of("max_length")?,
-        min_length: usize_of("min_length")?,
-        min_new_tokens: usize_of("min_new_tokens")?,
-        do_sample: get("do_sample")
-            .map(|v| as_bool("do_sample", v))
-            .transpose()?,
-        num_beams: usize_of("num_beams")?,
-        temperature: f32_of("temperature")?,
-        top_k: usize_of("top_k")?,
-        top_p: f32_of("top_p")?,
-        repetition_penalty: f32_of("repetition_penalty")?,
-        length_penalty: f32_of("length_penalty")?,
-        early_stopping: match get("early_stopping") {
-            None => None,
-            Some(Value::Bool(false)) => Some(EarlyStopping::Heuristic),
-            Some(Value::Bool(true)) => Some(EarlyStopping::Finished),
-            Some(Value::String(s)) if s == "never" => Some(EarlyStopping::Never),
-            Some(other) => {
-                return Err(bad_argument(
-                    "early_stopping",
-                    "True, False or \"never\"",
-                    other,
-                ))
-            }
+/// The text-to-text pipelines' options: `prefix`, and `generate`'s arguments as
+/// [`Overrides`] reads them (transformers' names; an unknown one is an error naming it).
+fn text_to_text_options(
+    task: Task,
+    task_name: Option<&str>,
+    arguments: &Map<String, Value>,
+) -> PyResult<TaskOptions> {
+    let mut generation = arguments.clone();
+    let prefix = match generation.remove("prefix") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(as_string("prefix", &v)?),
+    };
+    generation.retain(|_, v| !v.is_null());
+    let generation: Overrides = serde_json::from_value(Value::Object(generation))
+        .map_err(|e| py_err(format!("the {} pipeline's arguments: {e}", task.name())))?;
+    Ok(TaskOptions::Text2Text(
+        task,
+        text2text_generation::Options {
+            generation,
+            task_name: task_name.map(String::from),
+            prefix,
         },
-        no_repeat_ngram_size: usize_of("no_repeat_ngram_size")?,
-        eos_token_ids: match get("eos_token_id") {
-            None => None,
-            Some(Value::Array(ids)) => Some(
-                ids.iter()
-                    .map(|id| as_usize("eos_token_id", id).map(|id| id as u32))
-                    .collect::<PyResult<_>>()?,
-            ),
-            Some(one) => Some(vec![as_usize("eos_token_id", one)? as u32]),
-        },
-        seed: get("seed")
-            .map(|v| as_usize("seed", v).map(|s| s as u64))
-            .transpose()?,
-    })
+    ))
 }
 
 /// `girder check` on `model` (with `lock`: against that lock too): the report as JSON

@@ -195,3 +195,10 @@ def test_speech_recognition_is_refused_with_a_pointer_to_the_cli():
     with pytest.raises(girder.GirderError, match="audio"):
         girder.pipeline("automatic-speech-recognition",
                         model=FIXTURES / "whisper-asr")("speech.wav")
+
+
+def test_text_to_text_arguments_are_generate_s():
+    pipe = girder.pipeline("translation_en_to_de", model=FIXTURES / "t5-seq2seq")
+    assert pipe("The house.", early_stopping="never", num_beams=2, max_new_tokens=4, prefix="translate English to German: ")
+    with pytest.raises(girder.GirderError, match="num_beam"):
+        pipe("The house.", num_beam=2)
