@@ -27,10 +27,15 @@ COPY crates crates
 ENV CARGO_PROFILE_RELEASE_DEBUG=0
 # The registry and target caches persist between builds (RUN --mount needs BuildKit, the
 # default builder since Docker Engine 23); the binary is copied out of the cached target
-# folder in the same step.
+# folder in the same step. Behind a TLS-intercepting proxy, cargo needs the proxy's CA: pass
+# a CA bundle as the optional secret `ca`
+# (`docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt .`); it is read
+# during this step only and is not in any layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release -p girder-cli --locked \
+    --mount=type=secret,id=ca,required=false \
+    if [ -f /run/secrets/ca ]; then export CARGO_HTTP_CAINFO=/run/secrets/ca; fi \
+    && cargo build --release -p girder-cli --locked \
     && install -D -m 0755 target/release/girder /out/girder
 
 FROM debian:bookworm-slim AS runtime

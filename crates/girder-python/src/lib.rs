@@ -9,16 +9,18 @@
 use girder::check::{self, CheckOptions};
 use girder::generate::Overrides;
 use girder::layers::pooling::Pooling;
+use girder::pipelines::automatic_speech_recognition::{self as asr, AudioInput};
 use girder::pipelines::{
     embeddings, fill_mask, text2text_generation, text_classification as tc, text_generation,
     token_classification as tok, translation_pair, Model, Task, TaskOptions, TaskOutput,
 };
 use girder::tokenize::Truncation;
 use girder::{LoadOptions, Loaded};
-use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use serde_json::{Map, Value};
 use std::sync::RwLock;
 
@@ -162,6 +164,45 @@ impl Pipeline {
             }
         }
         PyArray1::from_vec(py, flat).reshape([texts.len(), dim])
+    }
+
+    /// Transcribes audio (the automatic-speech-recognition task). Each input is
+    /// `(kind, payload, sampling_rate)`: `("file", path, None)`, `("bytes", data, None)` or
+    /// `("samples", float32 array, rate)` (`None`: the model's rate, as transformers takes a
+    /// bare array). Returns a JSON array,
+    /// one transcript per input.
+    fn transcribe(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<(String, Bound<'_, PyAny>, Option<u32>)>,
+        arguments: &str,
+    ) -> PyResult<String> {
+        if self.task != Task::AutomaticSpeechRecognition {
+            return Err(py_err(format!(
+                "transcribe() serves automatic-speech-recognition, not {}",
+                self.task.name()
+            )));
+        }
+        let options = asr_options(&parse_arguments(arguments)?)?;
+        let inputs = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, payload, rate))| audio_input(i, &kind, &payload, rate))
+            .collect::<PyResult<Vec<_>>>()?;
+        if inputs.is_empty() {
+            return Ok("[]".into());
+        }
+        let outputs = py.detach(|| {
+            let state = self.read()?;
+            let Loaded::EncoderDecoder(generator) = &state.loaded else {
+                return Err(py_err(format!(
+                    "{} is not a speech recognition model",
+                    self.reference
+                )));
+            };
+            asr::run(generator, &inputs, &options).map_err(py_err)
+        })?;
+        serde_json::to_string(&outputs).map_err(py_err)
     }
 
     fn __repr__(&self) -> String {
@@ -372,8 +413,7 @@ fn task_options(
         }
         other => {
             return Err(py_err(format!(
-                "the {} pipeline is not available from Python (it reads audio files; use `girder run {}`)",
-                other.name(),
+                "the {} pipeline takes audio: call it with files, bytes or arrays",
                 other.name()
             )))
         }
@@ -547,6 +587,98 @@ fn text_to_text_options(
             prefix,
         },
     ))
+}
+
+/// One audio input as the Python side hands it over.
+fn audio_input(
+    index: usize,
+    kind: &str,
+    payload: &Bound<'_, PyAny>,
+    rate: Option<u32>,
+) -> PyResult<AudioInput> {
+    Ok(match kind {
+        "file" => AudioInput::File(payload.extract::<std::path::PathBuf>()?),
+        "bytes" => AudioInput::Bytes {
+            name: format!("input {index} (bytes)"),
+            bytes: payload.cast::<PyBytes>()?.as_bytes().to_vec(),
+        },
+        "samples" => {
+            let array: PyReadonlyArray1<f32> = payload.extract()?;
+            let samples = array.as_slice().map_err(py_err)?.to_vec();
+            AudioInput::Samples {
+                name: format!("input {index} (array)"),
+                samples,
+                sampling_rate: rate,
+            }
+        }
+        other => {
+            return Err(py_err(format!(
+                "input {index}: unknown audio kind `{other}`"
+            )))
+        }
+    })
+}
+
+/// automatic-speech-recognition's options from a call's arguments, transformers' names:
+/// `return_timestamps`, `chunk_length_s`, `stride_length_s`, `generate_kwargs` (merged with
+/// the other arguments), Whisper's `language` and `task`, girder's `prompt`, and `generate`'s
+/// arguments as [`Overrides`] reads them.
+fn asr_options(arguments: &Map<String, Value>) -> PyResult<asr::Options> {
+    let mut rest = arguments.clone();
+    if let Some(nested) = rest.remove("generate_kwargs") {
+        match nested {
+            Value::Object(nested) => rest.extend(nested),
+            Value::Null => {}
+            other => return Err(bad_argument("generate_kwargs", "a dict", &other)),
+        }
+    }
+    rest.retain(|_, v| !v.is_null());
+    // transformers' warning switch for chunking seq2seq models; girder does not warn.
+    rest.remove("ignore_warning");
+    let mut options = asr::Options::default();
+    if let Some(v) = rest.remove("return_timestamps") {
+        options.return_timestamps = match v {
+            Value::Bool(b) => b,
+            Value::String(level) => {
+                return Err(py_err(format!(
+                    "return_timestamps=\"{level}\": girder returns segment timestamps (True); word and character timestamps are not available"
+                )))
+            }
+            other => return Err(bad_argument("return_timestamps", "True or False", &other)),
+        };
+    }
+    if let Some(v) = rest.remove("chunk_length_s") {
+        let seconds = as_f32("chunk_length_s", &v)?;
+        // transformers' default, 0, means no chunking.
+        options.chunk_length_s = (seconds > 0.0).then_some(seconds);
+    }
+    if let Some(v) = rest.remove("stride_length_s") {
+        options.stride_length_s = Some(match &v {
+            Value::Array(pair) if pair.len() == 2 => (
+                as_f32("stride_length_s", &pair[0])?,
+                as_f32("stride_length_s", &pair[1])?,
+            ),
+            one => {
+                let s = as_f32("stride_length_s", one)?;
+                (s, s)
+            }
+        });
+    }
+    for (name, slot) in [
+        ("language", &mut options.language),
+        ("task", &mut options.task),
+        ("prompt", &mut options.prompt),
+    ] {
+        if let Some(v) = rest.remove(name) {
+            *slot = Some(as_string(name, &v)?);
+        }
+    }
+    options.generation = serde_json::from_value(Value::Object(rest)).map_err(|e| {
+        py_err(format!(
+            "the automatic-speech-recognition pipeline's arguments: {e}"
+        ))
+    })?;
+    Ok(options)
 }
 
 /// `girder check` on `model` (with `lock`: against that lock too): the report as JSON

@@ -1,10 +1,11 @@
-"""The Python package against the CLI: on every encoder and causal-LM fixture, the outputs
-of ``girder.pipeline(...)(...)`` equal what ``girder run`` prints for the same texts and
-arguments, shaped as transformers' pipelines return them."""
+"""The Python package against the CLI: on every encoder, causal-LM, text-to-text and speech
+fixture, the outputs of ``girder.pipeline(...)(...)`` equal what ``girder run`` prints for
+the same inputs and arguments, shaped as transformers' pipelines return them."""
 
 import json
 import os
 import subprocess
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -191,10 +192,117 @@ def test_text_to_text_matches_the_cli(task, model, key, beams):
     assert pipe(texts[0], num_beams=beams, max_new_tokens=12) == [{key: expected[0][key]}]
 
 
-def test_speech_recognition_is_refused_with_a_pointer_to_the_cli():
-    with pytest.raises(girder.GirderError, match="audio"):
-        girder.pipeline("automatic-speech-recognition",
-                        model=FIXTURES / "whisper-asr")("speech.wav")
+ASR = FIXTURES / "whisper-asr"
+WAVS = ["alsa-front-center.wav", "espeak-hello-cat.wav", "silence.wav"]
+
+
+def read_wav(path):
+    """A 16-bit PCM WAV as float samples shaped (channels, samples), and its rate."""
+    with wave.open(str(path)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return pcm.reshape(-1, w.getnchannels()).T / 32768, w.getframerate()
+
+
+def write_wav(path, samples, rate):
+    """Float samples shaped (channels, samples) as a 16-bit PCM WAV."""
+    pcm = np.round(np.atleast_2d(samples).T * 32768).clip(-32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(pcm.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def transcripts(outputs):
+    """The CLI's outputs as the pipeline returns them (no audio_seconds, tuples)."""
+    shaped = []
+    for o in outputs:
+        result = {"text": o["text"]}
+        if "chunks" in o:
+            result["chunks"] = [{"timestamp": tuple(c["timestamp"]), "text": c["text"]}
+                                for c in o["chunks"]]
+        shaped.append(result)
+    return shaped
+
+
+def test_speech_recognition_of_files_bytes_and_arrays_matches_the_cli():
+    asr = girder.pipeline("automatic-speech-recognition", model=ASR)
+    files = [str(ASR / name) for name in WAVS]
+    expected = transcripts(cli("automatic-speech-recognition", ASR, files,
+                               "--num-beams", "2", "--max-new-tokens", "20"))
+    args = {"num_beams": 2, "max_new_tokens": 20}
+    assert asr(files, **args) == expected
+    assert asr(files[0], **args) == expected[0]
+    assert asr(Path(files[1]), generate_kwargs=args) == expected[1]
+    assert asr([(ASR / name).read_bytes() for name in WAVS], **args) == expected
+    arrays = [read_wav(ASR / name) for name in WAVS]
+    assert asr([samples[0] for samples, _ in arrays], **args) == expected
+    assert asr([{"raw": s, "sampling_rate": r} for s, r in arrays], **args) == expected
+    assert asr({"array": arrays[0][0][0], "sampling_rate": 16000}, **args) == expected[0]
+    greedy = transcripts(cli("automatic-speech-recognition", ASR, files[:1],
+                             "--num-beams", "1", "--max-new-tokens", "20"))
+    assert asr(arrays[0][0][0], num_beams=1, max_new_tokens=20) == greedy[0]
+
+
+def test_speech_recognition_resamples_and_downmixes_arrays_as_files(tmp_path):
+    asr = girder.pipeline("automatic-speech-recognition", model=ASR)
+    (speech, rate), = [read_wav(ASR / "espeak-hello-cat.wav")]
+    at_8k = speech[:, ::2]
+    stereo = np.concatenate([speech, speech[:, ::-1] * 0.25])
+    write_wav(tmp_path / "8k.wav", at_8k, 8000)
+    write_wav(tmp_path / "stereo.wav", stereo, rate)
+    expected = transcripts(cli("automatic-speech-recognition", ASR,
+                               [str(tmp_path / "8k.wav"), str(tmp_path / "stereo.wav")],
+                               "--max-new-tokens", "20"))
+    got = asr([{"raw": at_8k[0], "sampling_rate": 8000}, {"raw": stereo, "sampling_rate": rate}],
+              max_new_tokens=20)
+    assert got == expected
+
+
+def test_speech_recognition_timestamps_and_chunking_match_the_cli():
+    asr = girder.pipeline("automatic-speech-recognition", model=ASR)
+    files = [str(ASR / name) for name in WAVS[:2]]
+    expected = transcripts(cli("automatic-speech-recognition", ASR, files,
+                               "--return-timestamps", "--max-new-tokens", "20"))
+    assert all("chunks" in e for e in expected)
+    assert asr(files, return_timestamps=True, max_new_tokens=20) == expected
+    chunked = transcripts(cli("automatic-speech-recognition", ASR, files,
+                              "--chunk-length-s", "1.5", "--stride-length-s", "0.25",
+                              "--max-new-tokens", "10"))
+    assert asr(files, chunk_length_s=1.5, stride_length_s=0.25, max_new_tokens=10,
+               ignore_warning=True) == chunked
+    assert asr(files, chunk_length_s=1.5, stride_length_s=[0.25, 0.25],
+               max_new_tokens=10) == chunked
+
+
+def test_speech_recognition_refuses_bad_audio_naming_the_input():
+    asr = girder.pipeline("automatic-speech-recognition", model=ASR)
+    samples, _ = read_wav(ASR / "alsa-front-center.wav")
+    nan = samples[0].copy()
+    nan[7] = np.nan
+    refused = [
+        ((samples[0] * 32768).astype(np.int16), "integer PCM"),
+        (np.zeros((3, 100)), "3 channels"),
+        (np.zeros((1, 2, 3)), "shape"),
+        (nan, "sample 7 is NaN"),
+        ({"raw": samples[0]}, "sampling_rate"),
+        ({"raw": samples[0], "sampling_rate": 0}, "sample rate must be positive"),
+        (b"not audio at all", "input 0 \\(bytes\\)"),
+        ("https://example.com/a.wav", "download it first"),
+        (str(ASR / "missing.wav"), "missing.wav"),
+        (42, "int"),
+    ]
+    for audio, message in refused:
+        with pytest.raises(girder.GirderError, match=message):
+            asr(audio)
+    with pytest.raises(girder.GirderError, match="word"):
+        asr(samples[0], return_timestamps="word")
+    with pytest.raises(girder.GirderError, match="num_beam"):
+        asr(samples[0], num_beam=2)
+    with pytest.raises(girder.GirderError, match="takes audio"):
+        asr._inner.run_json(["speech.wav"], "{}")
+    # The pipeline still works after the refusals.
+    assert asr(samples[0], max_new_tokens=5)["text"] is not None
 
 
 def test_text_to_text_arguments_are_generate_s():

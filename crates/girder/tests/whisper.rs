@@ -242,6 +242,7 @@ fn long_audio_is_read_in_windows_with_strides() {
         .open(&AudioInput::Samples {
             name: "long".into(),
             samples: long.clone(),
+            sampling_rate: None,
         })
         .unwrap();
     let mut windows = Vec::new();
@@ -263,6 +264,7 @@ fn long_audio_is_read_in_windows_with_strides() {
         &[AudioInput::Samples {
             name: "long".into(),
             samples: long,
+            sampling_rate: None,
         }],
         &options,
     )

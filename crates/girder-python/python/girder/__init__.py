@@ -7,12 +7,16 @@
 
 Calls take transformers' arguments and return transformers' output shapes (lists of
 dicts); the ``embeddings`` task returns NumPy arrays, as sentence-transformers' ``encode``
-does. Every model loads through girder's one loader: a Hugging Face folder, a ``.gguf``
+does. ``automatic-speech-recognition`` takes what transformers' takes: a file path, a file's
+bytes, a NumPy array at 16 kHz, or ``{"raw": array, "sampling_rate": rate}``. Every model loads through girder's one loader: a Hugging Face folder, a ``.gguf``
 file or a hub id in the local cache. Work runs with the GIL released, a batch of texts
 packed without padding.
 """
 
 import json as _json
+import os as _os
+
+import numpy as _np
 
 from ._girder import GirderError, Pipeline as _Pipeline
 from ._girder import check_json as _check_json
@@ -62,6 +66,8 @@ class Pipeline:
         return repr(self._inner)
 
     def __call__(self, inputs, **kwargs):
+        if self.task == "automatic-speech-recognition":
+            return self._transcribe(inputs, kwargs)
         single = isinstance(inputs, str)
         texts = [inputs] if single else list(inputs)
         for i, text in enumerate(texts):
@@ -76,6 +82,67 @@ class Pipeline:
         if single:
             return _single(self.task, shaped[0])
         return shaped
+
+
+    def _transcribe(self, inputs, kwargs):
+        """Speech recognition: ``{"text": ...}`` per input (with ``"chunks"`` when
+        ``return_timestamps=True``), a list for a list of inputs."""
+        single = not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        audio = [_audio_input(i, item) for i, item in enumerate(items)]
+        outputs = _json.loads(self._inner.transcribe(audio, _json.dumps(kwargs)))
+        shaped = []
+        for output in outputs:
+            result = {"text": output["text"]}
+            if "chunks" in output:
+                result["chunks"] = [{"timestamp": tuple(c["timestamp"]), "text": c["text"]}
+                                    for c in output["chunks"]]
+            shaped.append(result)
+        return shaped[0] if single else shaped
+
+
+def _audio_input(index, item):
+    """One speech input as the extension takes it: ``(kind, payload, sampling_rate)``."""
+    if isinstance(item, (str, _os.PathLike)):
+        path = _os.fspath(item)
+        if path.startswith(("http://", "https://")):
+            raise GirderError(f"input {index}: {path} is a URL; girder reads local files, "
+                              "so download it first")
+        return ("file", path, None)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return ("bytes", bytes(item), None)
+    if isinstance(item, dict):
+        raw = item.get("raw", item.get("array"))
+        if raw is None or "sampling_rate" not in item:
+            raise GirderError(
+                f"input {index}: a dict input needs the samples under \"raw\" (or \"array\") "
+                "and their rate under \"sampling_rate\"")
+        return ("samples", _mono(index, raw), int(item["sampling_rate"]))
+    if hasattr(item, "__array__"):
+        return ("samples", _mono(index, item), None)
+    raise GirderError(f"input {index} is {type(item).__name__}: pass a file path, bytes, a "
+                      "NumPy array or {\"raw\": array, \"sampling_rate\": rate}")
+
+
+def _mono(index, samples):
+    """Float32 mono samples, contiguous: ``(channels, samples)`` with one or two channels
+    is averaged over the channels, as transformers' ``_to_mono``."""
+    array = _np.asarray(samples)
+    if array.dtype.kind in "iub":
+        raise GirderError(
+            f"input {index}: samples of type {array.dtype} (integer PCM); pass floats in "
+            "[-1, 1], e.g. samples / 32768 for int16")
+    if array.ndim == 2:
+        if array.shape[0] > 2:
+            raise GirderError(
+                f"input {index}: shape {array.shape} is read as (channels, samples), and "
+                f"{array.shape[0]} channels is more than 2; transpose a (samples, channels) "
+                "array, or downmix it yourself")
+        array = array.mean(axis=0)
+    elif array.ndim != 1:
+        raise GirderError(f"input {index}: expected samples shaped (samples,) or "
+                          f"(channels, samples), got shape {array.shape}")
+    return _np.ascontiguousarray(array, dtype=_np.float32)
 
 
 def _shape(task, output, kwargs):

@@ -418,6 +418,32 @@ pub fn read_bytes(bytes: Vec<u8>, name: &str, sample_rate: u32) -> Result<Vec<f3
     read_all(AudioStream::from_bytes(bytes, name, sample_rate)?)
 }
 
+/// Mono samples at `from_rate` resampled to `to_rate` as a file's are (band-limited, delay
+/// removed, `round(n * to_rate / from_rate)` samples out); `name` names them in errors.
+/// Samples already at `to_rate` are returned as they are.
+///
+/// ```
+/// let tone: Vec<f32> = (0..8000).map(|i| (i as f32 * 0.05).sin()).collect();
+/// let at_16k = girder::audio::resample(&tone, 8000, 16000, "tone").unwrap();
+/// assert_eq!(at_16k.len(), 16000);
+/// ```
+pub fn resample(samples: &[f32], from_rate: u32, to_rate: u32, name: &str) -> Result<Vec<f32>> {
+    let bad = |reason: String| bad_audio(Path::new(name), reason);
+    if from_rate == 0 || to_rate == 0 {
+        return Err(bad(format!(
+            "cannot resample {from_rate} Hz to {to_rate} Hz: a sample rate must be positive"
+        )));
+    }
+    if from_rate == to_rate {
+        return Ok(samples.to_vec());
+    }
+    let mut resampling = Resampling::new(from_rate, to_rate).map_err(bad)?;
+    let mut ready = VecDeque::new();
+    resampling.push(samples, &mut ready).map_err(bad)?;
+    resampling.finish(&mut ready).map_err(bad)?;
+    Ok(ready.into())
+}
+
 fn read_all(mut stream: AudioStream) -> Result<Vec<f32>> {
     let mut samples = Vec::new();
     if let Some(seconds) = stream.declared_seconds() {

@@ -62,8 +62,14 @@ pub enum AudioInput {
     File(PathBuf),
     /// A file's bytes (an upload); `name` names it in errors and hints its format.
     Bytes { name: String, bytes: Vec<u8> },
-    /// Mono samples at the feature extractor's sampling rate.
-    Samples { name: String, samples: Vec<f32> },
+    /// Mono samples at `sampling_rate`, resampled to the feature extractor's rate when it
+    /// differs (transformers' `{"raw": array, "sampling_rate": rate}`); `None`: already at
+    /// the feature extractor's rate (transformers' bare array).
+    Samples {
+        name: String,
+        samples: Vec<f32>,
+        sampling_rate: Option<u32>,
+    },
 }
 
 impl AudioInput {
@@ -423,7 +429,13 @@ impl<'a> Transcriber<'a> {
                 AudioInput::Bytes { name, bytes } => Source::Stream(Box::new(
                     AudioStream::from_bytes(bytes.clone(), name, rate)?,
                 )),
-                AudioInput::Samples { samples, .. } => Source::Samples(samples.clone().into_iter()),
+                AudioInput::Samples {
+                    name,
+                    samples,
+                    sampling_rate,
+                } => Source::Samples(
+                    samples_at(name, samples, sampling_rate.unwrap_or(rate), rate)?.into_iter(),
+                ),
             };
         let n_samples = self.extractor.n_samples();
         let mut reader = WindowReader {
@@ -1010,6 +1022,17 @@ const LANGUAGES: &[(&str, &str)] = &[
     ("su", "sundanese"),
     ("yue", "cantonese"),
 ];
+
+/// Samples given in memory, checked and brought to the feature extractor's `rate`.
+fn samples_at(name: &str, samples: &[f32], sampling_rate: u32, rate: u32) -> Result<Vec<f32>> {
+    if let Some(at) = samples.iter().position(|x| !x.is_finite()) {
+        return Err(Error::BadAudio {
+            file: PathBuf::from(name),
+            reason: format!("sample {at} is {}", samples[at]),
+        });
+    }
+    crate::audio::resample(samples, sampling_rate, rate, name)
+}
 
 /// The path of an input file, for callers that take paths.
 pub fn file(path: impl AsRef<Path>) -> AudioInput {
