@@ -32,6 +32,7 @@ use crate::generate::{chat::ChatTemplate, GenerationConfig, Seq2SeqGenerator, Te
 use crate::hub::{
     FileSelection, GgufFile, Lora, LoraAdapter, ModelFolder, ModelRef, Trained, Training, Weights,
 };
+use crate::layers::Quantization;
 use crate::models::{registry, Architecture, DecoderModel, EncoderModel, Head, Kind, Seq2SeqModel};
 use crate::pipelines::{embeddings::SentenceConfig, Model, Task};
 use crate::tokenize::{max_input_length, InputLimits, TextTokenizer, Truncation};
@@ -76,6 +77,10 @@ pub struct LoadOptions {
     pub adapter: Option<PathBuf>,
     /// GGUF files: quantized (the default) or dequantized projections.
     pub gguf: GgufMode,
+    /// Safetensors checkpoints: quantize the linear layers' weights as they load
+    /// ([`Quantization`]); `None`: as stored. [`crate::check::drift`] measures what it
+    /// costs.
+    pub quantize: Option<Quantization>,
     /// Encoders: build this head with these labels instead of the class config.json names,
     /// as transformers' `AutoModelForSequenceClassification.from_pretrained(base,
     /// id2label=...)`; a checkpoint without the head's tensors needs `training`, which
@@ -128,6 +133,7 @@ impl Default for LoadOptions {
             tokenizer: None,
             adapter: None,
             gguf: GgufMode::default(),
+            quantize: None,
             head: None,
             training: None,
             num_hidden_layers: None,
@@ -189,8 +195,14 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
         }
         None => TextTokenizer::from_folder(&folder)?,
     };
+    if options.quantize.is_some() && options.training.is_some() {
+        return Err(Error::Unsupported {
+            what: "quantizing a model for training (QLoRA)".into(),
+        });
+    }
     let mut weights =
-        Weights::from_safetensors(&folder.weight_files()?, options.dtype, &options.device)?;
+        Weights::from_safetensors(&folder.weight_files()?, options.dtype, &options.device)?
+            .with_quantization(options.quantize);
     // By the class's head: an encoder-decoder's sequence classifier runs as an encoder.
     match resolved.head.kind() {
         Kind::Encoder => {
@@ -445,6 +457,16 @@ fn num_mel_bins(config: &CommonConfig) -> Result<usize> {
 /// A GGUF file: the architecture from `general.architecture`, the hyper-parameters,
 /// tokenizer, chat template and eos/bos ids from its metadata.
 fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
+    if let Some(q) = options.quantize {
+        return Err(Error::InvalidOption {
+            option: "quantize".into(),
+            reason: format!(
+                "{} is a GGUF file, quantized already; --quantize {} applies to safetensors checkpoints",
+                path.display(),
+                q.name()
+            ),
+        });
+    }
     if !path.is_file() {
         return Err(Error::MissingFile {
             folder: path.parent().map(Path::to_path_buf).unwrap_or_default(),

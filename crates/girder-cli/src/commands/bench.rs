@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use girder::layers::Quantization;
 use girder::pipelines::{embeddings, Model};
 use girder::pretrained::DEFAULT_MAX_BATCH_TOKENS;
 use girder::LoadOptions;
@@ -36,6 +37,15 @@ pub struct BenchArgs {
     /// Tokens per forward pass at most.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
+    /// Quantize the linear layers at load (q8_0, q6_k, q5_k, q5_0, q4_k, q4_0), to time and
+    /// size the quantized model alone: no accuracy report here (`girder run --quantize`
+    /// prints it), so the peak RSS is the quantized load's.
+    #[arg(long, value_parser = parse_quantization)]
+    quantize: Option<Quantization>,
+}
+
+fn parse_quantization(name: &str) -> std::result::Result<Quantization, String> {
+    Quantization::parse(name).map_err(|e| e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -68,10 +78,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let options = LoadOptions {
         max_length: Some(workload.max_length),
         max_batch_tokens: args.max_batch_tokens,
+        quantize: args.quantize,
         ..LoadOptions::default()
     };
     let model = Model::load(&args.model, &options)
         .with_context(|| format!("cannot load model `{}`", args.model))?;
+    let rss_after_load = current_rss_bytes();
     let opts = embeddings::Options::default();
     let real_tokens: usize = model
         .encode_texts(&workload.texts)?
@@ -101,6 +113,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "sentences_per_s": workload.texts.len() as f64 / median,
         "tokens_per_s": real_tokens as f64 / median,
         "peak_rss_bytes": peak_rss_bytes(),
+        "rss_after_load_bytes": rss_after_load,
+        "quantize": args.quantize.map(Quantization::name),
         "embedding0": first.first().map(|e| e.embedding.iter().take(4).copied().collect::<Vec<_>>()),
         "num_texts": workload.texts.len(),
         "real_tokens": real_tokens,
@@ -117,8 +131,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// The process's peak resident set (`VmHWM` of /proc/self/status), in bytes.
 fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// The process's resident set now (`VmRSS`), in bytes.
+fn current_rss_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

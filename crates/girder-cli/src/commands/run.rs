@@ -11,6 +11,7 @@
 //! input size.
 
 use super::generate::GenerationArgs;
+use super::quantize::QuantizeArgs;
 use crate::input::TextSource;
 use crate::output::JsonLines;
 use anyhow::{bail, Context, Result};
@@ -161,6 +162,8 @@ pub struct RunArgs {
     /// text-generation: prompts generated together in one batch.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    #[command(flatten)]
+    quantize: QuantizeArgs,
     #[command(flatten)]
     generation: GenerationArgs,
     #[command(flatten)]
@@ -359,8 +362,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
-    let loaded = girder::load(&args.model, &options)
-        .with_context(|| format!("cannot load model `{}`", args.model))?;
+    let loaded = args.quantize.load(&args.model, &options, "run")?;
     loaded.supports(task)?;
     super::check::preflight_gate(&loaded, args.allow_mismatch)?;
     let source = TextSource::open(args.texts.clone(), args.input.as_deref())?;

@@ -59,6 +59,8 @@ pub struct ServeArgs {
     /// warnings and reported by /info.
     #[arg(long)]
     allow_mismatch: bool,
+    #[command(flatten)]
+    quantize: super::quantize::QuantizeArgs,
     /// Request bodies larger than this many bytes get 413.
     #[arg(long, default_value_t = girder_server::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -114,8 +116,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
-    let model =
-        girder::load(&args.model, &load).with_context(|| format!("cannot load {}", args.model))?;
+    let model = args.quantize.load(&args.model, &load, "serve")?;
     if let Some(task) = task {
         model.supports(task)?;
     }

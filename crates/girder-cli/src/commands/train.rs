@@ -671,6 +671,8 @@ pub struct EvalArgs {
     /// with seqeval (`scripts/seqeval-check`).
     #[arg(long)]
     predictions: Option<PathBuf>,
+    #[command(flatten)]
+    quantize: super::quantize::QuantizeArgs,
 }
 
 /// Prints the metrics as one JSON object on stdout and the confusion matrix on stderr.
@@ -681,7 +683,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
-    let model = Model::load(&args.model, &options)?;
+    let model = args
+        .quantize
+        .load(&args.model, &options, "eval")?
+        .into_encoder()?;
     let labels = LabelSet::new(model.config.id2label.clone())?;
     if model.encoder.head() == girder::models::Head::TokenClassification {
         return eval_ner(&args, &model, &labels);

@@ -131,22 +131,13 @@ pub fn check(model: &Loaded) -> Result<Vec<Finding>> {
 /// The mean next-token loss (nats per predicted token) of `g` on `texts`, each encoded as a
 /// prompt (with the model's BOS where it adds one) and scored in one pass.
 pub fn next_token_loss(g: &TextGenerator, texts: &[&str]) -> Result<f64> {
-    let model = g.model();
     let (mut total, mut count) = (0f64, 0usize);
     for (index, text) in texts.iter().enumerate() {
         let ids = g.encode_prompt(text, index)?;
-        if ids.len() < 2 {
+        let Some(log_probs) = next_token_log_probs(g, text, index)? else {
             continue;
-        }
-        let mut cache = model.new_cache(ids.len())?;
-        let mut batch = RaggedBatch::from_encodings([]);
-        batch.push_from(&ids, 0);
-        let logits = model
-            .forward(&batch, &mut [&mut cache], Logits::All)?
-            .to_dtype(DType::F32)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-        for (position, next) in ids.iter().skip(1).enumerate() {
-            let row = &log_probs[position];
+        };
+        for (row, next) in log_probs.iter().zip(ids.iter().skip(1)) {
             total -= row
                 .get(*next as usize)
                 .copied()
@@ -159,6 +150,30 @@ pub fn next_token_loss(g: &TextGenerator, texts: &[&str]) -> Result<f64> {
     } else {
         total / count as f64
     })
+}
+
+/// `g`'s log-probabilities of the next token after each prefix of `text` (encoded as a
+/// prompt, the text's `index` naming it in errors), one pass: a row per position but the
+/// last. `None` for a text of fewer than two tokens.
+pub fn next_token_log_probs(
+    g: &TextGenerator,
+    text: &str,
+    index: usize,
+) -> Result<Option<Vec<Vec<f32>>>> {
+    let ids = g.encode_prompt(text, index)?;
+    if ids.len() < 2 {
+        return Ok(None);
+    }
+    let model = g.model();
+    let mut cache = model.new_cache(ids.len())?;
+    let mut batch = RaggedBatch::from_encodings([]);
+    batch.push_from(&ids, 0);
+    let logits = model
+        .forward(&batch, &mut [&mut cache], Logits::All)?
+        .to_dtype(DType::F32)?;
+    let mut rows = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+    rows.truncate(ids.len() - 1);
+    Ok(Some(rows))
 }
 
 /// `next-token-loss` for a causal LM with trained input embeddings: an error above

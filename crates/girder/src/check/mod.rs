@@ -16,6 +16,7 @@
 //! | [`lock`] | drift against a pinned `girder.lock`, and whether it pins this model | `lock-model-mismatch`, `lock-classifier-mismatch`, `lock-identity-missing`, `lock-ids-changed`, `lock-fingerprint-changed`, `lock-label-drift`, `lock-label-takeover`, `lock-scores-drift`, `lock-ok` |
 //! | [`generator`] | a loaded causal LM without a model folder (a GGUF file): ids against output rows, special tokens, probe round trip, the canary on its embedding, a `--tokenizer` against the file's own vocabulary, chat template | `vocab-overflow`, `vocab-smaller`, `special-token-unknown`, `eos-missing`, `round-trip`, `tokenizer-differs-from-file`, `tokenizer-matches-file`, the canary's codes, `chat-template`, `chat-template-missing` |
 //! | [`numerics`] | NaN or infinity in the embedding matrix, the hidden states or the classifier's scores on the probe texts | `non-finite-weights`, `non-finite-outputs` |
+//! | [`drift`] | a quantized model against its f32 reference on probe texts (`--quantize`), by head: embedding cosine, label agreement, entity F1, next-token agreement and KL | the [`drift::DriftReport`] |
 //! | [`degenerate`] | a sequence classifier that gives every probe text the same label, sentence embeddings or hidden states that hardly vary across the probe texts | `degenerate-outputs` |
 //! | [`model_card`] | README.md's YAML front matter, license and language policy | `card`, `card-missing`, `card-invalid`, `license-denied`, `language-missing` |
 //!
@@ -25,6 +26,7 @@
 pub mod behaviour;
 pub mod canary;
 pub mod degenerate;
+pub mod drift;
 pub mod fit;
 pub mod generator;
 pub mod lock;

@@ -16,6 +16,7 @@
 
 use super::GgufFile;
 use crate::error::{Error, Result};
+use crate::layers::Quantization;
 use crate::rng::Rng;
 use candle_core::quantized::QTensor;
 use candle_core::safetensors::MmapedSafetensors;
@@ -44,6 +45,8 @@ pub struct Weights {
     device: Device,
     /// Set by [`Weights::for_training`].
     training: Option<Parameters>,
+    /// Linear layers quantize their f32 weights at load ([`Weights::with_quantization`]).
+    quantization: Option<Quantization>,
 }
 
 /// Which tensors a training load makes variables, and how it starts what the checkpoint
@@ -384,6 +387,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             training: None,
+            quantization: None,
         })
     }
 
@@ -401,6 +405,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             training: None,
+            quantization: None,
         }
     }
 
@@ -435,6 +440,20 @@ impl Weights {
             });
         }
         Ok(Some(tensor.clone()))
+    }
+
+    /// The same checkpoint with its linear layers' weights quantized as they load
+    /// ([`crate::layers::Linear`]); `None`: as stored.
+    pub fn with_quantization(&self, quantization: Option<Quantization>) -> Self {
+        Weights {
+            quantization,
+            ..self.clone()
+        }
+    }
+
+    /// How linear layers quantize their weights at load, if they do.
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quantization
     }
 
     /// The same checkpoint with `tensors` (full names) in place of, or beside, its own.

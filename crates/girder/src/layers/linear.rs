@@ -3,12 +3,117 @@
 
 use super::cpu::quant_matmul::QuantMatrix;
 use super::Dropout;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hub::weights::LoraPair;
 use crate::hub::Weights;
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use std::sync::Arc;
+
+/// Quantization of a floating-point checkpoint's linear layers at load (`--quantize`,
+/// "in-situ" as mistral.rs calls it): each weight matrix becomes GGUF blocks, made from the
+/// f32 values as llama.cpp's `quantize` makes them, and is multiplied by the same kernel as
+/// a GGUF file's. Embeddings, norms, a tied output projection and matrices under
+/// [`MIN_QUANTIZED_ELEMENTS`] (classifier heads) stay f32.
+///
+/// ```
+/// use girder::layers::Quantization;
+/// assert_eq!(Quantization::parse("Q8_0")?, Quantization::Q8_0);
+/// assert_eq!(Quantization::Q4K.name(), "q4_k");
+/// # Ok::<(), girder::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quantization {
+    /// 8-bit values in blocks of 32 with an f16 scale (8.5 bits per weight).
+    Q8_0,
+    /// 5-bit, blocks of 32 (5.5 bits per weight).
+    Q5_0,
+    /// 4-bit, blocks of 32 (4.5 bits per weight).
+    Q4_0,
+    /// 6-bit K-quant, super-blocks of 256 (6.56 bits per weight).
+    Q6K,
+    /// 5-bit K-quant, super-blocks of 256 (5.5 bits per weight).
+    Q5K,
+    /// 4-bit K-quant, super-blocks of 256 (4.5 bits per weight).
+    Q4K,
+}
+
+/// Matrices with fewer elements stay f32: a classifier head (`[labels, hidden]`) saves
+/// next to nothing quantized and decides every prediction.
+pub const MIN_QUANTIZED_ELEMENTS: usize = 1 << 16;
+
+impl Quantization {
+    /// Every type, in order of decreasing bits.
+    pub const ALL: [Quantization; 6] = [
+        Quantization::Q8_0,
+        Quantization::Q6K,
+        Quantization::Q5K,
+        Quantization::Q5_0,
+        Quantization::Q4K,
+        Quantization::Q4_0,
+    ];
+
+    /// `q8_0`, `q6_k`, `q5_k`, `q5_0`, `q4_k` or `q4_0` (any case).
+    pub fn parse(name: &str) -> crate::Result<Self> {
+        let wanted = name.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|q| q.name() == wanted)
+            .ok_or_else(|| Error::InvalidOption {
+                option: "quantize".into(),
+                reason: format!(
+                    "`{name}` is not a quantization girder makes; expected one of {}",
+                    Self::ALL.map(Quantization::name).join(", ")
+                ),
+            })
+    }
+
+    /// The name `--quantize` takes (llama.cpp's type name in lower case).
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantization::Q8_0 => "q8_0",
+            Quantization::Q5_0 => "q5_0",
+            Quantization::Q4_0 => "q4_0",
+            Quantization::Q6K => "q6_k",
+            Quantization::Q5K => "q5_k",
+            Quantization::Q4K => "q4_k",
+        }
+    }
+
+    /// The block type of a matrix whose rows hold `row` values. K-quants need whole
+    /// 256-value super-blocks; other rows fall back to the 32-value type llama.cpp's
+    /// `quantize` picks for them (Q6_K → Q8_0, Q5_K → Q5_1, Q4_K → Q5_0). `None`: rows
+    /// that are not whole blocks of 32 either, which stay f32.
+    pub fn block_type(self, row: usize) -> Option<GgmlDType> {
+        let (wanted, fallback) = match self {
+            Quantization::Q8_0 => (GgmlDType::Q8_0, None),
+            Quantization::Q5_0 => (GgmlDType::Q5_0, None),
+            Quantization::Q4_0 => (GgmlDType::Q4_0, None),
+            Quantization::Q6K => (GgmlDType::Q6K, Some(GgmlDType::Q8_0)),
+            Quantization::Q5K => (GgmlDType::Q5K, Some(GgmlDType::Q5_1)),
+            Quantization::Q4K => (GgmlDType::Q4K, Some(GgmlDType::Q5_0)),
+        };
+        if row.is_multiple_of(wanted.block_size()) {
+            Some(wanted)
+        } else {
+            fallback.filter(|f| row.is_multiple_of(f.block_size()))
+        }
+    }
+
+    /// A frozen `[out, in]` f32 weight as blocks; `None` where it stays f32 (trained,
+    /// small, or rows that are not whole blocks).
+    fn quantize(self, weight: &Tensor) -> Result<Option<QTensor>> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        if weight.is_variable() || out_dim * in_dim < MIN_QUANTIZED_ELEMENTS {
+            return Ok(None);
+        }
+        let Some(block_type) = self.block_type(in_dim) else {
+            return Ok(None);
+        };
+        let weight = weight.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        Ok(Some(QTensor::quantize(&weight, block_type)?))
+    }
+}
 
 /// The weight of a [`Linear`]: dense, stored transposed as a contiguous `[in, out]`
 /// matrix, or quantized (GGUF blocks, multiplied by candle's quantized matmul without
@@ -68,13 +173,28 @@ impl Linear {
         })
     }
 
-    /// Quantized when the weights keep GGUF tensors quantized, a variable when a training
-    /// load trains it, dense otherwise.
+    /// Quantized when the weights keep GGUF tensors quantized or quantize at load
+    /// ([`Quantization`]), a variable when a training load trains it, dense otherwise.
     fn load_weight(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Weight> {
-        Ok(match w.qtensor([out_dim, in_dim], "weight")? {
-            Some(q) => Self::quantized_weight(q)?,
-            None => Self::dense(w.get([out_dim, in_dim], "weight")?)?,
-        })
+        if let Some(q) = w.qtensor([out_dim, in_dim], "weight")? {
+            return Self::quantized_weight(q);
+        }
+        let weight = w.get([out_dim, in_dim], "weight")?;
+        if let Some(quantization) = w.quantization() {
+            if let Some(q) = quantization.quantize(&weight)? {
+                return Self::quantized_weight(Arc::new(q));
+            }
+        }
+        Self::dense(weight)
+    }
+
+    /// The GGUF block type of the weight, when it is quantized.
+    pub fn block_type(&self) -> Option<GgmlDType> {
+        match &self.weight {
+            Weight::Quantized(QMatMul::QTensor(t)) => Some(t.dtype()),
+            Weight::Blocks(m) => Some(m.qtensor().dtype()),
+            _ => None,
+        }
     }
 
     /// An `[out, in]` weight: transposed once, unless it is trained.
@@ -306,5 +426,53 @@ impl Linear {
             Weight::Trained(w) => w.dim(0).ok(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn k_quants_fall_back_where_rows_are_not_whole_super_blocks() {
+        assert_eq!(Quantization::Q4K.block_type(1536), Some(GgmlDType::Q4K));
+        // MiniLM's hidden size, 384: 1.5 super-blocks.
+        assert_eq!(Quantization::Q4K.block_type(384), Some(GgmlDType::Q5_0));
+        assert_eq!(Quantization::Q5K.block_type(384), Some(GgmlDType::Q5_1));
+        assert_eq!(Quantization::Q6K.block_type(384), Some(GgmlDType::Q8_0));
+        assert_eq!(Quantization::Q8_0.block_type(384), Some(GgmlDType::Q8_0));
+        assert_eq!(Quantization::Q8_0.block_type(100), None);
+    }
+
+    #[test]
+    fn large_frozen_weights_quantize_and_stay_close() {
+        let device = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (256, 512), &device).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (7, 512), &device).unwrap();
+        let dense = Linear::from_parts(w.clone(), None)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        for (q, tolerance) in [(Quantization::Q8_0, 0.01), (Quantization::Q4K, 0.08)] {
+            let blocks = q.quantize(&w).unwrap().expect("quantized");
+            let layer = Linear::from_qtensor(Arc::new(blocks), None).unwrap();
+            assert_eq!(layer.block_type(), q.block_type(512));
+            let y = layer.forward(&x).unwrap();
+            let err = (&y - &dense).unwrap().sqr().unwrap().sum_all().unwrap();
+            let norm = dense.sqr().unwrap().sum_all().unwrap();
+            let relative =
+                (err.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
+            assert!(relative < tolerance, "{q:?}: relative error {relative}");
+        }
+        // A classifier head's matrix and a trained variable stay f32.
+        let head = Tensor::randn(0f32, 0.05, (2, 384), &device).unwrap();
+        assert!(Quantization::Q8_0.quantize(&head).unwrap().is_none());
+        let trained = candle_core::Var::from_tensor(&w).unwrap();
+        assert!(Quantization::Q8_0
+            .quantize(trained.as_tensor())
+            .unwrap()
+            .is_none());
+        assert_eq!(w.dtype(), DType::F32);
     }
 }

@@ -23,7 +23,7 @@ pub use attention::{
 };
 pub use cpu::kernels::{add_in_place, gelu_erf, gelu_tanh_mul, silu_mul, softmax_last_dim};
 pub use kv_cache::{CrossKv, KvCache, Seq2SeqCache};
-pub use linear::Linear;
+pub use linear::{Linear, Quantization, MIN_QUANTIZED_ELEMENTS};
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
 pub use training::Dropout;
 

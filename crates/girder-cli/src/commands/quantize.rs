@@ -1,0 +1,118 @@
+//! `--quantize` for `girder run`, `serve` and `bench`: the linear layers quantized at load,
+//! after the accuracy report ([`girder::check::drift`]) says what it costs.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use girder::check::drift;
+use girder::layers::Quantization;
+use girder::{LoadOptions, Loaded};
+use std::path::PathBuf;
+
+/// Quantization at load and its accuracy report.
+#[derive(Args, Debug, Clone)]
+pub struct QuantizeArgs {
+    /// Quantize the linear layers of a safetensors checkpoint at load: q8_0, q6_k, q5_k,
+    /// q5_0, q4_k or q4_0 (GGUF blocks, girder's quantized kernels). Embeddings, norms and
+    /// classifier heads stay f32. Before any work, the quantized model is compared with the
+    /// f32 one on probe texts (the accuracy report, on stderr).
+    #[arg(long, value_parser = parse_quantization)]
+    pub quantize: Option<Quantization>,
+    /// The largest drift the accuracy report accepts, 0 to 1: 1 - the lowest embedding
+    /// cosine, 1 - the label (or next-token, or masked-word) agreement, 1 - entity F1.
+    #[arg(long, default_value_t = drift::DEFAULT_MAX_DRIFT, requires = "quantize")]
+    pub max_drift: f64,
+    /// Use the quantized model even when its drift is above --max-drift (printed as a
+    /// warning).
+    #[arg(long, requires = "quantize")]
+    pub allow_drift: bool,
+    /// Probe texts for the accuracy report, one per line (default: 52 built-in sentences).
+    #[arg(long, requires = "quantize")]
+    pub drift_probe: Option<PathBuf>,
+    /// Also write the accuracy report to this file as JSON.
+    #[arg(long, requires = "quantize")]
+    pub drift_report: Option<PathBuf>,
+}
+
+fn parse_quantization(name: &str) -> std::result::Result<Quantization, String> {
+    Quantization::parse(name).map_err(|e| e.to_string())
+}
+
+impl QuantizeArgs {
+    /// Loads `reference` with `options`, quantized when `--quantize` says so: the f32 model's
+    /// probe outputs are computed and the f32 model dropped before the quantized one loads,
+    /// the two compared, the report printed (and written), and a drift above --max-drift
+    /// refused unless --allow-drift. `work` names the command in messages.
+    pub fn load(&self, reference: &str, options: &LoadOptions, work: &str) -> Result<Loaded> {
+        let Some(quantization) = self.quantize else {
+            return girder::load(reference, options)
+                .with_context(|| format!("cannot load model `{reference}`"));
+        };
+        if !(0.0..=1.0).contains(&self.max_drift) {
+            bail!("--max-drift {} is not between 0 and 1", self.max_drift);
+        }
+        let texts = match &self.drift_probe {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --drift-probe {}", path.display()))?;
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect();
+                if lines.is_empty() {
+                    bail!("--drift-probe {} has no texts", path.display());
+                }
+                lines
+            }
+            None => drift::probe_texts(),
+        };
+        let f32_model = girder::load(reference, options)
+            .with_context(|| format!("cannot load model `{reference}`"))?;
+        let expected = drift::probe_outputs(&f32_model, &texts)
+            .context("the accuracy report cannot run the f32 model on its probe")?;
+        drop(f32_model);
+        let quantized = girder::load(
+            reference,
+            &LoadOptions {
+                quantize: Some(quantization),
+                ..options.clone()
+            },
+        )
+        .with_context(|| format!("cannot load model `{reference}` quantized"))?;
+        let got = drift::probe_outputs(&quantized, &texts)
+            .context("the accuracy report cannot run the quantized model on its probe")?;
+        let report = drift::compare(
+            &expected,
+            &got,
+            quantization.name(),
+            texts.len(),
+            self.max_drift,
+        )?;
+        eprintln!("girder {work}: accuracy report: {}", report.summary());
+        if let Some(path) = &self.drift_report {
+            let json = serde_json::to_string_pretty(&report)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write --drift-report {}", path.display()))?;
+        }
+        if !report.ok {
+            if self.allow_drift {
+                eprintln!(
+                    "girder {work}: WARNING: {} drifts {:.4} from f32, above --max-drift {}; used anyway (--allow-drift)",
+                    quantization.name(),
+                    report.drift,
+                    self.max_drift
+                );
+            } else {
+                bail!(
+                    "{} drifts {:.4} from f32 on the probe ({}), above --max-drift {}: the model is not used. Try a quantization with more bits, raise --max-drift, or pass --allow-drift",
+                    quantization.name(),
+                    report.drift,
+                    report.measure,
+                    self.max_drift
+                );
+            }
+        }
+        Ok(quantized)
+    }
+}

@@ -1,0 +1,136 @@
+//! Quantization at load (`LoadOptions::quantize`) and its accuracy report
+//! (`check::drift`): all-MiniLM-L6-v2 quantized in place against itself in f32, and the
+//! refusals. The weights are not committed: `scripts/fetch-models` puts them in models/.
+
+use girder::check::drift::{self, ProbeOutputs};
+use girder::layers::Quantization;
+use girder::{LoadOptions, Loaded};
+use std::path::PathBuf;
+
+fn minilm() -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run `scripts/fetch-models` first",
+        dir.display()
+    );
+    dir.to_string_lossy().into_owned()
+}
+
+fn load(reference: &str, quantize: Option<Quantization>) -> Loaded {
+    girder::load(
+        reference,
+        &LoadOptions {
+            quantize,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn embeddings(outputs: &ProbeOutputs) -> &[Vec<f32>] {
+    match outputs {
+        ProbeOutputs::Embeddings(e) => e,
+        other => panic!("expected embeddings, got {other:?}"),
+    }
+}
+
+#[test]
+fn minilm_quantized_in_place_keeps_its_embeddings_by_bits() {
+    let reference = minilm();
+    let texts = drift::probe_texts();
+    let expected = drift::probe_outputs(&load(&reference, None), &texts).unwrap();
+    let mut lowest = Vec::new();
+    for q in [Quantization::Q8_0, Quantization::Q4K, Quantization::Q4_0] {
+        let got = drift::probe_outputs(&load(&reference, Some(q)), &texts).unwrap();
+        assert_eq!(embeddings(&got).len(), texts.len());
+        let report = drift::compare(&expected, &got, q.name(), texts.len(), 0.02).unwrap();
+        eprintln!("{}", report.summary());
+        let min_cosine = report.figures["min_cosine"];
+        // Quantized for real: the embeddings moved, by less than the bits allow.
+        assert!(
+            min_cosine < 1.0 - 1e-6,
+            "{q:?} changed nothing: {min_cosine}"
+        );
+        lowest.push(min_cosine);
+    }
+    assert!(lowest[0] >= 0.995, "q8_0: lowest cosine {}", lowest[0]);
+    assert!(lowest[1] >= 0.95, "q4_k: lowest cosine {}", lowest[1]);
+    assert!(
+        lowest[0] > lowest[1],
+        "8 bits drift less than 4: {lowest:?}"
+    );
+}
+
+#[test]
+fn a_drift_above_the_limit_fails_the_report() {
+    let reference = minilm();
+    let texts: Vec<String> = drift::probe_texts().into_iter().take(8).collect();
+    let expected = drift::probe_outputs(&load(&reference, None), &texts).unwrap();
+    let got = drift::probe_outputs(&load(&reference, Some(Quantization::Q4_0)), &texts).unwrap();
+    let report = drift::compare(&expected, &got, "q4_0", texts.len(), 1e-6).unwrap();
+    assert!(!report.ok && report.drift > 1e-6, "{report:?}");
+    let same = drift::compare(&expected, &expected, "f32", texts.len(), 0.0).unwrap();
+    assert!(same.ok && same.drift.abs() < 1e-12, "{same:?}");
+}
+
+#[test]
+fn quantize_is_refused_for_gguf_files_and_training() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.is_file() {
+        let err = girder::load(
+            gguf.to_str().unwrap(),
+            &LoadOptions {
+                quantize: Some(Quantization::Q8_0),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GGUF file, quantized already"), "{err}");
+    }
+    let err = girder::load(
+        fixtures.join("bert-seqcls").to_str().unwrap(),
+        &LoadOptions {
+            quantize: Some(Quantization::Q4K),
+            training: Some(girder::pretrained::TrainingLoad {
+                all_weights: false,
+                lora: None,
+                seed: 0,
+                modules: Vec::new(),
+            }),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("QLoRA"), "{err}");
+    let err = Quantization::parse("nf4").unwrap_err().to_string();
+    assert!(err.contains("q8_0") && err.contains("nf4"), "{err}");
+}
+
+#[test]
+fn every_head_of_the_fixtures_has_a_report() {
+    // The fixtures' matrices are under MIN_QUANTIZED_ELEMENTS, so they load as f32 and the
+    // report must say "no drift" for every head.
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let texts: Vec<String> = drift::probe_texts().into_iter().take(6).collect();
+    for name in [
+        "bert-seqcls",
+        "bert-tokcls",
+        "bert-mlm",
+        "bert-st-mean",
+        "llama-causal-lm",
+        "t5-seq2seq",
+    ] {
+        let path = fixtures.join(name);
+        let path = path.to_str().unwrap();
+        let expected = drift::probe_outputs(&load(path, None), &texts).unwrap();
+        let got = drift::probe_outputs(&load(path, Some(Quantization::Q8_0)), &texts).unwrap();
+        let report = drift::compare(&expected, &got, "q8_0", texts.len(), 0.0).unwrap();
+        assert!(report.ok && report.drift == 0.0, "{name}: {report:?}");
+        assert!(!report.figures.is_empty(), "{name}: {report:?}");
+    }
+}
