@@ -81,7 +81,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         quantize: args.quantize,
         ..LoadOptions::default()
     };
-    let model = Model::load(&args.model, &options)
+    let model = crate::returning_freed_memory(|| Model::load(&args.model, &options))
         .with_context(|| format!("cannot load model `{}`", args.model))?;
     let rss_after_load = current_rss_bytes();
     let opts = embeddings::Options::default();

@@ -43,6 +43,15 @@ impl QuantizeArgs {
     /// the two compared, the report printed (and written), and a drift above --max-drift
     /// refused unless --allow-drift. `work` names the command in messages.
     pub fn load(&self, reference: &str, options: &LoadOptions, work: &str) -> Result<Loaded> {
+        crate::returning_freed_memory(|| self.load_and_report(reference, options, work))
+    }
+
+    fn load_and_report(
+        &self,
+        reference: &str,
+        options: &LoadOptions,
+        work: &str,
+    ) -> Result<Loaded> {
         let Some(quantization) = self.quantize else {
             return girder::load(reference, options)
                 .with_context(|| format!("cannot load model `{reference}`"));

@@ -192,7 +192,7 @@ impl Linear {
     pub fn block_type(&self) -> Option<GgmlDType> {
         match &self.weight {
             Weight::Quantized(QMatMul::QTensor(t)) => Some(t.dtype()),
-            Weight::Blocks(m) => Some(m.qtensor().dtype()),
+            Weight::Blocks(m) => Some(m.dtype()),
             _ => None,
         }
     }
@@ -272,22 +272,20 @@ impl Linear {
                 lora: None,
             });
         }
-        let quantized: Option<Vec<Arc<QTensor>>> = parts
-            .iter()
-            .map(|p| match &p.weight {
-                Weight::Quantized(QMatMul::QTensor(t)) => Some(t.clone()),
-                Weight::Blocks(m) => Some(m.qtensor().clone()),
-                _ => None,
-            })
-            .collect();
-        let weight = match quantized {
+        let side_by_side = || Linear {
+            weight: Weight::Parts(parts.to_vec()),
+            bias: None,
+            lora: None,
+        };
+        let block_types: Option<Vec<GgmlDType>> = parts.iter().map(Linear::block_type).collect();
+        let weight = match block_types {
             // Quantized parts of different block types (a Q4_K_M file's q and k in Q5_0 beside
             // v in Q8_0): each run of one type is fused, the runs sit side by side.
-            Some(qs) if qs.iter().any(|q| q.dtype() != qs[0].dtype()) => {
+            Some(types) if types.iter().any(|t| *t != types[0]) => {
                 let mut runs: Vec<Linear> = Vec::new();
                 let mut start = 0;
                 for end in 1..=parts.len() {
-                    if end == parts.len() || qs[end].dtype() != qs[start].dtype() {
+                    if end == parts.len() || types[end] != types[start] {
                         runs.push(Linear::concat(&parts[start..end])?);
                         start = end;
                     }
@@ -298,8 +296,39 @@ impl Linear {
                     lora: None,
                 });
             }
-            Some(qs) if !qs.is_empty() => {
-                Self::quantized_weight(Arc::new(super::cpu::quant_matmul::concat_rows(&qs)?))?
+            Some(types) if !types.is_empty() => {
+                let matrices: Option<Vec<&QuantMatrix>> = parts
+                    .iter()
+                    .map(|p| match &p.weight {
+                        Weight::Blocks(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                let tensors: Option<Vec<Arc<QTensor>>> = parts
+                    .iter()
+                    .map(|p| match &p.weight {
+                        Weight::Quantized(QMatMul::QTensor(t)) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                match (matrices, tensors) {
+                    (Some(matrices), _) => match QuantMatrix::stack(&matrices) {
+                        Some(stacked) => Weight::Blocks(stacked),
+                        None => return Ok(side_by_side()),
+                    },
+                    (_, Some(tensors)) => Self::quantized_weight(Arc::new(
+                        super::cpu::quant_matmul::concat_rows(&tensors)?,
+                    ))?,
+                    _ => return Ok(side_by_side()),
+                }
+            }
+            // Quantized parts in AVX-512 bands beside dense ones stay apart: the bands are
+            // not read back as f32.
+            _ if parts
+                .iter()
+                .any(|p| matches!(&p.weight, Weight::Blocks(m) if m.to_qtensor().is_none())) =>
+            {
+                return Ok(side_by_side())
             }
             // Dense, or a mix (f16 GGUF tensors next to quantized ones): f32.
             _ => {
@@ -339,7 +368,14 @@ impl Linear {
             Weight::DenseTransposed(wt) => return Ok(wt.clone()),
             Weight::Quantized(QMatMul::QTensor(t)) => t.dequantize(&t.device())?,
             Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.clone(),
-            Weight::Blocks(m) => m.qtensor().dequantize(&m.qtensor().device())?,
+            Weight::Blocks(m) => match m.to_qtensor() {
+                Some(t) => t?.dequantize(&candle_core::Device::Cpu)?,
+                None => {
+                    return Err(Error::Unsupported {
+                        what: "reading quantized weights in AVX-512 bands back as f32".into(),
+                    })
+                }
+            },
             Weight::Trained(w) => w.clone(),
             Weight::Parts(parts) => {
                 let wts = parts
@@ -443,6 +479,30 @@ mod tests {
         assert_eq!(Quantization::Q6K.block_type(384), Some(GgmlDType::Q8_0));
         assert_eq!(Quantization::Q8_0.block_type(384), Some(GgmlDType::Q8_0));
         assert_eq!(Quantization::Q8_0.block_type(100), None);
+    }
+
+    #[test]
+    fn quantized_parts_fuse_from_their_blocks_bit_for_bit() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (5, 256), &device).unwrap();
+        let part = |rows: usize| {
+            let w = Tensor::randn(0f32, 0.05, (rows, 256), &device).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            Linear::from_qtensor(Arc::new(q), None).unwrap()
+        };
+        // Full bands of 16 rows, then a last part that ends in a partial band (joined); and
+        // a first part that ends in one (AVX-512 bands cannot be joined there, so the parts
+        // stay side by side; file-layout blocks are joined).
+        for (rows, joined) in [([48, 32, 40], true), ([40, 48, 16], false)] {
+            let parts: Vec<Linear> = rows.iter().map(|&r| part(r)).collect();
+            let fused = Linear::concat(&parts).unwrap();
+            if joined {
+                assert_eq!(fused.block_type(), Some(GgmlDType::Q8_0), "{rows:?}");
+            }
+            let apart: Vec<Tensor> = parts.iter().map(|p| p.forward(&x).unwrap()).collect();
+            let expected = Tensor::cat(&apart, 1).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(fused.forward(&x).unwrap().to_vec2::<f32>().unwrap(), expected);
+        }
     }
 
     #[test]

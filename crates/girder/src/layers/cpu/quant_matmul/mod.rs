@@ -56,14 +56,16 @@ const ROWS_PER_PASS: usize = 8;
 /// the weights streaming through and the output rows.
 const ACTIVATIONS_IN_L2: usize = 1 << 20;
 
-/// A `[rows, cols]` matrix of one of the block types [`Format`] names.
+/// A `[rows, cols]` matrix of one of the block types [`Format`] names. It holds its blocks
+/// once, in the layout its kernel reads, not the `QTensor` it was read from: a model's
+/// quantized weights are in memory once.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
     rows: usize,
     cols: usize,
     format: Format,
+    dtype: candle_core::quantized::GgmlDType,
     layout: Layout,
-    tensor: std::sync::Arc<QTensor>,
 }
 
 /// How a [`QuantMatrix`] keeps its blocks: as the file stores them (the AVX2 and scalar
@@ -241,20 +243,81 @@ impl QuantMatrix {
             rows,
             cols,
             format,
+            dtype: t.dtype(),
             layout,
-            tensor: t.clone(),
         }))
+    }
+
+    /// Matrices of one block type and width stacked row after row (q, k and v as one
+    /// product), from their blocks as they lie; `None` where the layouts cannot be joined
+    /// (an AVX-512 band left partly empty by a matrix that is not the last).
+    pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.dtype != first.dtype || p.cols != first.cols)
+        {
+            return None;
+        }
+        let layout = match &first.layout {
+            Layout::Blocks(_) => {
+                let mut bytes = Vec::new();
+                for p in parts {
+                    let Layout::Blocks(data) = &p.layout else {
+                        return None;
+                    };
+                    bytes.extend_from_slice(data);
+                }
+                Layout::Blocks(std::sync::Arc::new(bytes))
+            }
+            #[cfg(target_arch = "x86_64")]
+            Layout::Bands(_) => {
+                let bands = parts
+                    .iter()
+                    .map(|p| match &p.layout {
+                        Layout::Bands(b) => Some(b.as_ref()),
+                        Layout::Blocks(_) => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Layout::Bands(std::sync::Arc::new(vnni512::Bands::stack(&bands)?))
+            }
+        };
+        Some(QuantMatrix {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            format: first.format,
+            dtype: first.dtype,
+            layout,
+        })
+    }
+
+    /// The GGUF block type.
+    pub fn dtype(&self) -> candle_core::quantized::GgmlDType {
+        self.dtype
+    }
+
+    /// The blocks as a `QTensor` again, where they lie as the file stores them (the AVX2 and
+    /// scalar layout); `None` for the AVX-512 bands, which are not read back.
+    pub fn to_qtensor(&self) -> Option<Result<QTensor>> {
+        match &self.layout {
+            Layout::Blocks(data) => Some(
+                candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    self.dtype,
+                    data,
+                    vec![self.rows, self.cols],
+                    &Device::Cpu,
+                )
+                .map_err(Into::into),
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Layout::Bands(_) => None,
+        }
     }
 
     /// Whether the kernels read this block type (others go through candle's quantized
     /// matmul, which dequantizes block by block).
     pub fn reads(dtype: candle_core::quantized::GgmlDType) -> bool {
         Format::from_ggml(dtype).is_some()
-    }
-
-    /// The quantized tensor the matrix was read from.
-    pub fn qtensor(&self) -> &std::sync::Arc<QTensor> {
-        &self.tensor
     }
 
     /// `x`: `[n, cols]` f32 → `x Wᵀ`: `[n, rows]` f32.

@@ -129,6 +129,32 @@ impl Bands {
         }
     }
 
+    /// Matrices of one format and width stacked row after row, when every matrix but the
+    /// last fills its last band: their bands in order (`None` otherwise).
+    pub(super) fn stack(parts: &[&Bands]) -> Option<Bands> {
+        let (first, rest) = parts.split_first()?;
+        let (format, groups) = (first.format, first.groups);
+        if rest
+            .iter()
+            .any(|p| p.format != format || p.groups != groups)
+            || parts[..parts.len() - 1]
+                .iter()
+                .any(|p| !p.rows.is_multiple_of(BAND))
+        {
+            return None;
+        }
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        Some(Bands {
+            format,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            groups,
+            data,
+        })
+    }
+
     pub(super) fn rows(&self) -> usize {
         self.rows
     }
