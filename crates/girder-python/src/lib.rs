@@ -6,9 +6,10 @@
 //! text's output as girder serialises it (the CLI's JSON lines), or the embeddings as a
 //! NumPy array; the Python side shapes them as transformers' pipelines return them.
 
-use girder::check::{self, CheckOptions};
+use girder::check::{self, drift, CheckOptions};
 use girder::generate::Overrides;
 use girder::layers::pooling::Pooling;
+use girder::layers::Quantization;
 use girder::pipelines::automatic_speech_recognition::{self as asr, AudioInput};
 use girder::pipelines::{
     embeddings, fill_mask, text2text_generation, text_classification as tc, text_generation,
@@ -51,13 +52,15 @@ struct Pipeline {
     reference: String,
     /// Calls read it together; a call that changes the input limit for itself holds it alone.
     state: RwLock<State>,
+    /// With `quantize`: the accuracy report of the quantized model against f32, as JSON.
+    drift_report: Option<String>,
 }
 
 #[pymethods]
 impl Pipeline {
     /// Loads `model` for `task` (a name or alias of girder's task table).
     #[new]
-    #[pyo3(signature = (task, model, *, tokenizer=None, device="cpu", dtype=None, adapter=None, max_length=None, truncation=true))]
+    #[pyo3(signature = (task, model, *, tokenizer=None, device="cpu", dtype=None, adapter=None, max_length=None, truncation=true, quantize=None, max_drift=girder::check::drift::DEFAULT_MAX_DRIFT, allow_drift=false, drift_probe=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -69,6 +72,10 @@ impl Pipeline {
         adapter: Option<std::path::PathBuf>,
         max_length: Option<usize>,
         truncation: bool,
+        quantize: Option<&str>,
+        max_drift: f64,
+        allow_drift: bool,
+        drift_probe: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let task_name = translation_pair(task).map(|_| task.to_string());
         let task = Task::parse(task).map_err(py_err)?;
@@ -88,9 +95,32 @@ impl Pipeline {
             check_dtype(dtype)?;
         }
         let reference = model.to_string();
-        let loaded = py
-            .detach(|| girder::load(&reference, &options))
+        let quantization = quantize
+            .map(Quantization::parse)
+            .transpose()
             .map_err(py_err)?;
+        let (loaded, drift_report) = py.detach(|| -> PyResult<_> {
+            let Some(quantization) = quantization else {
+                return Ok((girder::load(&reference, &options).map_err(py_err)?, None));
+            };
+            let texts = match drift_probe {
+                Some(texts) if !texts.is_empty() => texts,
+                _ => drift::probe_texts(),
+            };
+            let (loaded, report) =
+                drift::load_quantized(&reference, &options, quantization, &texts, max_drift)
+                    .map_err(py_err)?;
+            if !report.ok && !allow_drift {
+                return Err(py_err(format!(
+                    "{reference}: {}; the model is not used (allow_drift=True uses it anyway)",
+                    report.summary()
+                )));
+            }
+            Ok((
+                loaded,
+                Some(serde_json::to_string(&report).map_err(py_err)?),
+            ))
+        })?;
         let kind = loaded.kind();
         if task.kind() != kind {
             return Err(py_err(format!(
@@ -105,7 +135,14 @@ impl Pipeline {
             task_name,
             reference,
             state: RwLock::new(State { loaded }),
+            drift_report,
         })
+    }
+
+    /// With `quantize`: the accuracy report (JSON) of the quantized model against f32.
+    #[getter]
+    fn drift_report_json(&self) -> Option<String> {
+        self.drift_report.clone()
     }
 
     /// The task's canonical name (`text-classification`, `embeddings`, …).

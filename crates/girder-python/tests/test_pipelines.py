@@ -310,3 +310,25 @@ def test_text_to_text_arguments_are_generate_s():
     assert pipe("The house.", early_stopping="never", num_beams=2, max_new_tokens=4, prefix="translate English to German: ")
     with pytest.raises(girder.GirderError, match="num_beam"):
         pipe("The house.", num_beam=2)
+
+
+MINILM = ROOT / "models" / "all-MiniLM-L6-v2"
+
+
+@pytest.mark.skipif(not (MINILM / "model.safetensors").is_file(),
+                    reason="models/all-MiniLM-L6-v2 is missing (scripts/fetch-models)")
+def test_quantize_reports_drift_and_refuses_above_the_limit():
+    embed = girder.pipeline("embeddings", model=MINILM, quantize="q8_0")
+    report = embed.drift_report
+    assert report["candidate"] == "q8_0" and report["ok"] is True
+    assert report["figures"]["min_cosine"] > 0.995
+    assert embed(["A man is eating food."]).shape == (1, 384)
+    assert girder.pipeline("embeddings", model=MINILM).drift_report is None
+    with pytest.raises(girder.GirderError, match="allow_drift"):
+        girder.pipeline("embeddings", model=MINILM, quantize="q4_0", max_drift=0.001,
+                        drift_probe=TEXTS)
+    loose = girder.pipeline("embeddings", model=MINILM, quantize="q4_0", max_drift=0.001,
+                            drift_probe=TEXTS, allow_drift=True)
+    assert loose.drift_report["ok"] is False
+    with pytest.raises(girder.GirderError, match="nf4"):
+        girder.pipeline("embeddings", model=MINILM, quantize="nf4")

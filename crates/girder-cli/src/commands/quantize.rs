@@ -56,9 +56,6 @@ impl QuantizeArgs {
             return girder::load(reference, options)
                 .with_context(|| format!("cannot load model `{reference}`"));
         };
-        if !(0.0..=1.0).contains(&self.max_drift) {
-            bail!("--max-drift {} is not between 0 and 1", self.max_drift);
-        }
         let texts = match &self.drift_probe {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -76,28 +73,14 @@ impl QuantizeArgs {
             }
             None => drift::probe_texts(),
         };
-        let f32_model = girder::load(reference, options)
-            .with_context(|| format!("cannot load model `{reference}`"))?;
-        let expected = drift::probe_outputs(&f32_model, &texts)
-            .context("the accuracy report cannot run the f32 model on its probe")?;
-        drop(f32_model);
-        let quantized = girder::load(
-            reference,
-            &LoadOptions {
-                quantize: Some(quantization),
-                ..options.clone()
-            },
-        )
-        .with_context(|| format!("cannot load model `{reference}` quantized"))?;
-        let got = drift::probe_outputs(&quantized, &texts)
-            .context("the accuracy report cannot run the quantized model on its probe")?;
-        let report = drift::compare(
-            &expected,
-            &got,
-            quantization.name(),
-            texts.len(),
-            self.max_drift,
-        )?;
+        let (quantized, report) =
+            drift::load_quantized(reference, options, quantization, &texts, self.max_drift)
+                .with_context(|| {
+                    format!(
+                        "cannot load model `{reference}` quantized to {} with its accuracy report",
+                        quantization.name()
+                    )
+                })?;
         eprintln!("girder {work}: accuracy report: {}", report.summary());
         if let Some(path) = &self.drift_report {
             let json = serde_json::to_string_pretty(&report)?;

@@ -28,7 +28,8 @@ __version__ = version()
 
 
 def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=None,
-             max_length=None, truncation=True):
+             max_length=None, truncation=True, quantize=None, max_drift=0.02,
+             allow_drift=False, drift_probe=None):
     """Loads ``model`` for ``task`` and returns a callable :class:`Pipeline`.
 
     ``task``: a name of :func:`tasks` or an alias (``sentiment-analysis``, ``ner``,
@@ -37,13 +38,20 @@ def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=No
     ``dtype``: ``"float32"``. ``adapter``: a PEFT LoRA adapter folder merged at load.
     ``max_length`` / ``truncation``: the input limit in tokens, and whether a longer input
     is cut (``True``, reported) or refused (``False``: :class:`GirderError`).
+    ``quantize``: ``"q8_0"``, ``"q6_k"``, ``"q5_k"``, ``"q5_0"``, ``"q4_k"`` or ``"q4_0"``
+    quantizes the linear layers at load, after comparing the quantized model with f32 on
+    probe texts (``drift_probe``, a list of texts, or 52 built-in sentences): a drift above
+    ``max_drift`` raises :class:`GirderError` unless ``allow_drift``; the report is
+    :attr:`Pipeline.drift_report`.
     """
     if device in (None, -1, "cpu"):
         device = "cpu"
     return Pipeline(_Pipeline(task, str(model), tokenizer=_path(tokenizer),
                               device=str(device), dtype=_dtype_name(dtype),
                               adapter=_path(adapter), max_length=max_length,
-                              truncation=truncation))
+                              truncation=truncation, quantize=quantize,
+                              max_drift=max_drift, allow_drift=allow_drift,
+                              drift_probe=None if drift_probe is None else list(drift_probe)))
 
 
 class Pipeline:
@@ -61,6 +69,13 @@ class Pipeline:
     def model(self):
         """The model reference it was loaded from."""
         return self._inner.model
+
+    @property
+    def drift_report(self):
+        """With ``quantize``: the accuracy report against f32 (``drift``, ``max_drift``,
+        ``ok``, ``figures``); ``None`` otherwise."""
+        report = self._inner.drift_report_json
+        return None if report is None else _json.loads(report)
 
     def __repr__(self):
         return repr(self._inner)

@@ -82,6 +82,58 @@ pub fn probe_texts() -> Vec<String> {
         .collect()
 }
 
+/// Loads `reference` quantized to `quantization` (with the rest of `options`) and measures
+/// it against the same checkpoint in f32 on `texts`: the f32 model's probe outputs are
+/// computed and the f32 model dropped before the quantized one loads, so the peak memory is
+/// the larger of the two models, not their sum. The caller decides what a failed report
+/// means (the CLI refuses the model unless `--allow-drift`).
+pub fn load_quantized(
+    reference: &str,
+    options: &crate::LoadOptions,
+    quantization: crate::layers::Quantization,
+    texts: &[String],
+    max_drift: f64,
+) -> Result<(Loaded, DriftReport)> {
+    if !(0.0..=1.0).contains(&max_drift) {
+        return Err(Error::InvalidOption {
+            option: "max_drift".into(),
+            reason: format!("{max_drift} is not between 0 and 1"),
+        });
+    }
+    // A GGUF file is refused by the quantized load; say so before the f32 one runs.
+    let gguf = std::path::Path::new(reference)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        || matches!(
+            crate::hub::ModelRef::parse(reference),
+            crate::hub::ModelRef::HubFile { .. }
+        );
+    if gguf {
+        return Err(Error::InvalidOption {
+            option: "quantize".into(),
+            reason: format!(
+                "{reference} is a GGUF file, quantized already; --quantize {} applies to safetensors checkpoints",
+                quantization.name()
+            ),
+        });
+    }
+    let f32_options = crate::LoadOptions {
+        quantize: None,
+        ..options.clone()
+    };
+    let expected = probe_outputs(&crate::load(reference, &f32_options)?, texts)?;
+    let quantized = crate::load(
+        reference,
+        &crate::LoadOptions {
+            quantize: Some(quantization),
+            ..options.clone()
+        },
+    )?;
+    let got = probe_outputs(&quantized, texts)?;
+    let report = compare(&expected, &got, quantization.name(), texts.len(), max_drift)?;
+    Ok((quantized, report))
+}
+
 /// Causal LMs are probed on this many texts at most: the reference's log-probabilities of
 /// every position are kept until the quantized model is compared (vocabulary-sized rows).
 const MAX_CAUSAL_TEXTS: usize = 24;

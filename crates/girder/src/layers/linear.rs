@@ -501,7 +501,10 @@ mod tests {
             }
             let apart: Vec<Tensor> = parts.iter().map(|p| p.forward(&x).unwrap()).collect();
             let expected = Tensor::cat(&apart, 1).unwrap().to_vec2::<f32>().unwrap();
-            assert_eq!(fused.forward(&x).unwrap().to_vec2::<f32>().unwrap(), expected);
+            assert_eq!(
+                fused.forward(&x).unwrap().to_vec2::<f32>().unwrap(),
+                expected
+            );
         }
     }
 
