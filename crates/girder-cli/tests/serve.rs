@@ -103,6 +103,43 @@ fn serve_answers_and_exits_0_on_sigterm() {
 
 #[cfg(unix)]
 #[test]
+fn serve_quantized_reports_its_accuracy_in_info() {
+    let minilm =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    assert!(
+        minilm.join("model.safetensors").is_file(),
+        "{} is missing: run `scripts/fetch-models` first",
+        minilm.display()
+    );
+    let (child, _stderr, addr, before) =
+        start_serve(&["--model", minilm.to_str().unwrap(), "--quantize", "q8_0"]);
+    assert!(before.contains("accuracy report: q8_0"), "{before}");
+    let info = json_body(&http(
+        &addr,
+        "GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ));
+    assert!(
+        info["dtype"].as_str().unwrap().starts_with("q8_0"),
+        "{info}"
+    );
+    assert_eq!(info["quantization"]["ok"], true, "{info}");
+    assert!(
+        info["quantization"]["figures"]["min_cosine"]
+            .as_f64()
+            .unwrap()
+            > 0.995
+    );
+    let answer = post(
+        &addr,
+        "/v1/embeddings",
+        r#"{"input": ["a quantized server"]}"#,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    sigterm_and_wait(child);
+}
+
+#[cfg(unix)]
+#[test]
 fn serve_applies_a_peft_adapter_at_load() {
     // A base model without a head plus a classification adapter trained by PEFT: the server
     // serves text-classification with the adapter's three labels.

@@ -82,6 +82,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// What [`preflight`] found, reported by `/info`.
     pub preflight: Option<Preflight>,
+    /// The accuracy report of a model quantized at load, reported by `/info`.
+    pub quantization: Option<girder::check::drift::DriftReport>,
 }
 
 impl ServeOptions {
@@ -100,6 +102,7 @@ impl ServeOptions {
             access: guard::Access::open(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             preflight: None,
+            quantization: None,
         }
     }
 }
@@ -250,10 +253,16 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
             }),
         architecture: model.class_name().to_string(),
         task: task.name(),
-        dtype: match model.files() {
+        dtype: match (&options.quantization, model.files()) {
+            (Some(report), _) => format!(
+                "{} (linear layers quantized at load, activations rounded to 8 bits per block of 32; embeddings and norms float32)",
+                report.candidate
+            ),
             // The loader computes safetensors weights in f32 on every device.
-            Some(_) => "float32",
-            None => "gguf (quantized weights, activations rounded to 8 bits per block of 32)",
+            (None, Some(_)) => "float32".into(),
+            (None, None) => {
+                "gguf (quantized weights, activations rounded to 8 bits per block of 32)".into()
+            }
         },
         max_input_length: model.tokenizer().max_length(),
         context_length: None,
@@ -263,6 +272,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
         tokenizer_source: Some(model.tokenizer().source().display().to_string()),
         tokenizer_sha256: Some(lock::fingerprint(model.tokenizer())?),
         preflight: options.preflight.clone().map(|p| p.report),
+        quantization: options.quantization.clone(),
         version: env!("CARGO_PKG_VERSION"),
     };
     let (encoder, generator, seq2seq) = match model {

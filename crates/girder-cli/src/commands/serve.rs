@@ -116,7 +116,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
-    let model = args.quantize.load(&args.model, &load, "serve")?;
+    let (model, quantization) = args
+        .quantize
+        .load_with_report(&args.model, &load, "serve")?;
     if let Some(task) = task {
         model.supports(task)?;
     }
@@ -126,6 +128,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mut options = ServeOptions::new(SocketAddr::new(args.host, args.port), &args.model);
     options.task = task;
     options.preflight = Some(preflight);
+    options.quantization = quantization;
     options.max_batch_tokens = args.max_batch_tokens;
     options.max_queue = args.max_queue;
     options.max_sequences = args.max_sequences;

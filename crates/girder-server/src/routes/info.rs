@@ -4,6 +4,7 @@
 use super::AppState;
 use axum::extract::State;
 use axum::Json;
+use girder::check::drift::DriftReport;
 use girder::check::Report;
 use serde::Serialize;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ pub struct Info {
     /// `architectures[0]` as girder runs it.
     pub architecture: String,
     pub task: &'static str,
-    pub dtype: &'static str,
+    /// How the weights are held and computed.
+    pub dtype: String,
     /// Tokens per input, special tokens included (a prompt: the context less one position
     /// for the first new token).
     pub max_input_length: usize,
@@ -34,6 +36,8 @@ pub struct Info {
     pub tokenizer_sha256: Option<String>,
     /// The findings of the pre-flight check run before the port opened (`None`: not run).
     pub preflight: Option<Report>,
+    /// With `--quantize`: the accuracy report of the quantized model against f32.
+    pub quantization: Option<DriftReport>,
     pub version: &'static str,
 }
 

@@ -467,6 +467,16 @@ pub fn concat_rows(parts: &[std::sync::Arc<QTensor>]) -> Result<QTensor> {
     )?)
 }
 
+/// The quantized kernel this process runs: `avx512-vnni`, `avx2` or `scalar`
+/// (`GIRDER_NO_AVX512=1` forces `avx2` where AVX-512 is there).
+pub fn kernel_name() -> &'static str {
+    match Kernel::detect() {
+        Kernel::Vnni512 => "avx512-vnni",
+        Kernel::Avx2 => "avx2",
+        Kernel::Scalar => "scalar",
+    }
+}
+
 /// The widest kernel this CPU runs, detected once at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
