@@ -166,16 +166,15 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
             ),
         });
     }
+    if let Some(quantization) = options.quantize {
+        refuse_quantizing_gguf(reference, quantization)?;
+    }
     let model_ref = ModelRef::parse(reference);
-    let path = Path::new(reference);
     if let ModelRef::HubFile { .. } = model_ref {
         return load_gguf(&model_ref.locate(&FileSelection::Model)?, options);
     }
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        return load_gguf(path, options);
+    if is_gguf(reference) {
+        return load_gguf(Path::new(reference), options);
     }
     let folder = model_ref.resolve()?;
     let mut config = CommonConfig::from_file(
@@ -456,17 +455,31 @@ fn num_mel_bins(config: &CommonConfig) -> Result<usize> {
 
 /// A GGUF file: the architecture from `general.architecture`, the hyper-parameters,
 /// tokenizer, chat template and eos/bos ids from its metadata.
-fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
-    if let Some(q) = options.quantize {
-        return Err(Error::InvalidOption {
-            option: "quantize".into(),
-            reason: format!(
-                "{} is a GGUF file, quantized already; --quantize {} applies to safetensors checkpoints",
-                path.display(),
-                q.name()
-            ),
-        });
+/// Whether `reference` names a GGUF file: a local `.gguf` path or a hub repository's
+/// `org/name/file.gguf`.
+pub fn is_gguf(reference: &str) -> bool {
+    Path::new(reference)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        || matches!(ModelRef::parse(reference), ModelRef::HubFile { .. })
+}
+
+/// Quantization at load applies to safetensors checkpoints: a GGUF file is quantized
+/// already.
+pub fn refuse_quantizing_gguf(reference: &str, quantization: Quantization) -> Result<()> {
+    if !is_gguf(reference) {
+        return Ok(());
     }
+    Err(Error::InvalidOption {
+        option: "quantize".into(),
+        reason: format!(
+            "{reference} is a GGUF file, quantized already; --quantize {} applies to safetensors checkpoints",
+            quantization.name()
+        ),
+    })
+}
+
+fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     if !path.is_file() {
         return Err(Error::MissingFile {
             folder: path.parent().map(Path::to_path_buf).unwrap_or_default(),

@@ -40,12 +40,8 @@ pub struct BenchArgs {
     /// Quantize the linear layers at load (q8_0, q6_k, q5_k, q5_0, q4_k, q4_0), to time and
     /// size the quantized model alone: no accuracy report here (`girder run --quantize`
     /// prints it), so the peak RSS is the quantized load's.
-    #[arg(long, value_parser = parse_quantization)]
+    #[arg(long, value_parser = super::quantize::parse_quantization)]
     quantize: Option<Quantization>,
-}
-
-fn parse_quantization(name: &str) -> std::result::Result<Quantization, String> {
-    Quantization::parse(name).map_err(|e| e.to_string())
 }
 
 #[derive(Deserialize)]

@@ -33,7 +33,8 @@ pub struct QuantizeArgs {
     pub drift_report: Option<PathBuf>,
 }
 
-fn parse_quantization(name: &str) -> std::result::Result<Quantization, String> {
+/// `--quantize`'s value parser (shared with `girder bench`).
+pub fn parse_quantization(name: &str) -> std::result::Result<Quantization, String> {
     Quantization::parse(name).map_err(|e| e.to_string())
 }
 

@@ -133,8 +133,7 @@ pub fn check(model: &Loaded) -> Result<Vec<Finding>> {
 pub fn next_token_loss(g: &TextGenerator, texts: &[&str]) -> Result<f64> {
     let (mut total, mut count) = (0f64, 0usize);
     for (index, text) in texts.iter().enumerate() {
-        let ids = g.encode_prompt(text, index)?;
-        let Some(log_probs) = next_token_log_probs(g, text, index)? else {
+        let Some((ids, log_probs)) = next_token_log_probs(g, text, index)? else {
             continue;
         };
         for (row, next) in log_probs.iter().zip(ids.iter().skip(1)) {
@@ -152,14 +151,17 @@ pub fn next_token_loss(g: &TextGenerator, texts: &[&str]) -> Result<f64> {
     })
 }
 
-/// `g`'s log-probabilities of the next token after each prefix of `text` (encoded as a
-/// prompt, the text's `index` naming it in errors), one pass: a row per position but the
-/// last. `None` for a text of fewer than two tokens.
+/// A prompt's ids and the log-probabilities of the next token after each of its prefixes.
+pub type ScoredPrompt = (Vec<u32>, Vec<Vec<f32>>);
+
+/// `text` encoded as a prompt (its `index` naming it in errors) and `g`'s log-probabilities
+/// of the next token after each prefix, one pass: a row per position but the last. `None`
+/// for a text of fewer than two tokens.
 pub fn next_token_log_probs(
     g: &TextGenerator,
     text: &str,
     index: usize,
-) -> Result<Option<Vec<Vec<f32>>>> {
+) -> Result<Option<ScoredPrompt>> {
     let ids = g.encode_prompt(text, index)?;
     if ids.len() < 2 {
         return Ok(None);
@@ -173,7 +175,7 @@ pub fn next_token_log_probs(
         .to_dtype(DType::F32)?;
     let mut rows = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
     rows.truncate(ids.len() - 1);
-    Ok(Some(rows))
+    Ok(Some((ids, rows)))
 }
 
 /// `next-token-loss` for a causal LM with trained input embeddings: an error above

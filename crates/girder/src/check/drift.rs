@@ -100,23 +100,8 @@ pub fn load_quantized(
             reason: format!("{max_drift} is not between 0 and 1"),
         });
     }
-    // A GGUF file is refused by the quantized load; say so before the f32 one runs.
-    let gguf = std::path::Path::new(reference)
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        || matches!(
-            crate::hub::ModelRef::parse(reference),
-            crate::hub::ModelRef::HubFile { .. }
-        );
-    if gguf {
-        return Err(Error::InvalidOption {
-            option: "quantize".into(),
-            reason: format!(
-                "{reference} is a GGUF file, quantized already; --quantize {} applies to safetensors checkpoints",
-                quantization.name()
-            ),
-        });
-    }
+    // Refused by the quantized load; said before the f32 one runs.
+    crate::pretrained::refuse_quantizing_gguf(reference, quantization)?;
     let f32_options = crate::LoadOptions {
         quantize: None,
         ..options.clone()
@@ -170,9 +155,8 @@ pub fn probe_outputs(model: &Loaded, texts: &[String]) -> Result<ProbeOutputs> {
         Loaded::Decoder(g) => {
             let mut all = Vec::new();
             for (index, text) in texts.iter().take(MAX_CAUSAL_TEXTS).enumerate() {
-                all.push(
-                    super::behaviour::next_token_log_probs(g, text, index)?.unwrap_or_default(),
-                );
+                let rows = super::behaviour::next_token_log_probs(g, text, index)?;
+                all.push(rows.map(|(_, rows)| rows).unwrap_or_default());
             }
             Ok(ProbeOutputs::NextToken(all))
         }
