@@ -16,7 +16,7 @@ use girder::pipelines::{
     token_classification as tok, translation_pair, Model, Task, TaskOptions, TaskOutput,
 };
 use girder::tokenize::Truncation;
-use girder::{LoadOptions, Loaded};
+use girder::{DType, LoadOptions, Loaded};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -89,27 +89,24 @@ impl Pipeline {
             adapter,
             max_length,
             truncation: truncation_of(truncation),
+            dtype: dtype.map(dtype_of).transpose()?.unwrap_or(DType::F32),
+            quantize: quantize
+                .map(Quantization::parse)
+                .transpose()
+                .map_err(py_err)?,
             ..LoadOptions::default()
         };
-        if let Some(dtype) = dtype {
-            check_dtype(dtype)?;
-        }
         let reference = model.to_string();
-        let quantization = quantize
-            .map(Quantization::parse)
-            .transpose()
-            .map_err(py_err)?;
         let (loaded, drift_report) = py.detach(|| -> PyResult<_> {
-            let Some(quantization) = quantization else {
+            if girder::pretrained::reduced_precision(&options).is_none() {
                 return Ok((girder::load(&reference, &options).map_err(py_err)?, None));
-            };
+            }
             let texts = match drift_probe {
                 Some(texts) if !texts.is_empty() => texts,
                 _ => drift::probe_texts(),
             };
             let (loaded, report) =
-                drift::load_quantized(&reference, &options, quantization, &texts, max_drift)
-                    .map_err(py_err)?;
+                drift::load_measured(&reference, &options, &texts, max_drift).map_err(py_err)?;
             if !report.ok && !allow_drift {
                 return Err(py_err(format!(
                     "{reference}: {}; the model is not used (allow_drift=True uses it anyway)",
@@ -362,14 +359,14 @@ fn kind_name(kind: girder::Kind) -> &'static str {
     }
 }
 
-/// girder computes in float32: `dtype` may say so, and nothing else.
-fn check_dtype(dtype: &str) -> PyResult<()> {
-    match dtype.trim_start_matches("torch.") {
-        "float32" | "f32" | "auto" => Ok(()),
-        other => Err(py_err(format!(
-            "dtype `{other}`: girder computes in float32 (float16 and bfloat16 checkpoints are upcast at load); pass dtype=\"float32\" or leave it out"
-        ))),
+/// What `dtype=` keeps the weights in: `"float32"` (or `"auto"`: girder computes in
+/// float32 whatever the checkpoint stores), `"bfloat16"` or `"float16"` (`torch.` prefixes
+/// accepted, as `str(torch.bfloat16)` writes them).
+fn dtype_of(dtype: &str) -> PyResult<DType> {
+    if dtype == "auto" {
+        return Ok(DType::F32);
     }
+    girder::pretrained::parse_dtype(dtype).map_err(py_err)
 }
 
 fn parse_arguments(arguments: &str) -> PyResult<Map<String, Value>> {

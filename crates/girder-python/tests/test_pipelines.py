@@ -133,8 +133,8 @@ def test_bad_arguments_are_errors_that_name_them():
         girder.pipeline("no-such-task", model=FIXTURES / "bert-seqcls")
     with pytest.raises(girder.GirderError, match="config.json|no-such-folder"):
         girder.pipeline("text-classification", model=FIXTURES / "no-such-folder")
-    with pytest.raises(girder.GirderError, match="float32"):
-        girder.pipeline("text-classification", model=FIXTURES / "bert-seqcls", dtype="float16")
+    with pytest.raises(girder.GirderError, match="f32, bf16 or f16"):
+        girder.pipeline("text-classification", model=FIXTURES / "bert-seqcls", dtype="int8")
     assert clf([]) == []
 
 
@@ -332,3 +332,19 @@ def test_quantize_reports_drift_and_refuses_above_the_limit():
     assert loose.drift_report["ok"] is False
     with pytest.raises(girder.GirderError, match="nf4"):
         girder.pipeline("embeddings", model=MINILM, quantize="nf4")
+
+
+@pytest.mark.skipif(not (MINILM / "model.safetensors").is_file(),
+                    reason="models/all-MiniLM-L6-v2 is missing (scripts/fetch-models)")
+def test_half_precision_reports_drift():
+    reference = girder.pipeline("embeddings", model=MINILM)(TEXTS)
+    for dtype in ["bfloat16", "torch.float16"]:
+        embed = girder.pipeline("embeddings", model=MINILM, dtype=dtype)
+        report = embed.drift_report
+        assert report["candidate"] in ("bf16", "f16") and report["ok"] is True
+        assert report["figures"]["min_cosine"] > 0.999
+        got = embed(TEXTS)
+        cosines = (got * reference).sum(axis=1)
+        assert cosines.min() > 0.999 and not np.array_equal(got, reference)
+    with pytest.raises(girder.GirderError, match="pick one"):
+        girder.pipeline("embeddings", model=MINILM, dtype="bfloat16", quantize="q8_0")

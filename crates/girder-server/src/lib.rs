@@ -82,7 +82,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// What [`preflight`] found, reported by `/info`.
     pub preflight: Option<Preflight>,
-    /// The accuracy report of a model quantized at load, reported by `/info`.
+    /// The accuracy report of a model quantized, or kept in bf16 or f16, at load, reported
+    /// by `/info`.
     pub quantization: Option<girder::check::drift::DriftReport>,
 }
 
@@ -254,6 +255,10 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
         architecture: model.class_name().to_string(),
         task: task.name(),
         dtype: match (&options.quantization, model.files()) {
+            (Some(report), _) if matches!(report.candidate.as_str(), "bf16" | "f16") => format!(
+                "{} (linear layers and embeddings kept in {}, widened to float32 in the kernels; norms, classifier heads and activations float32)",
+                report.candidate, report.candidate
+            ),
             (Some(report), _) => format!(
                 "{} (linear layers quantized at load, activations rounded to 8 bits per block of 32; embeddings and norms float32)",
                 report.candidate

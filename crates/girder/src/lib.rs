@@ -34,6 +34,8 @@ pub mod rng;
 pub mod tokenize;
 pub mod train;
 
+/// The dtype of [`LoadOptions::dtype`] (candle's).
+pub use candle_core::DType;
 pub use error::{Error, Result};
 pub use models::Kind;
 pub use pretrained::{load, LoadOptions, Loaded};

@@ -60,7 +60,11 @@ pub enum GgufMode {
 pub struct LoadOptions {
     /// Where every tensor of the model lives and is computed.
     pub device: Device,
-    /// The dtype weights are computed in (f32; bf16 and f16 checkpoints are upcast).
+    /// Safetensors checkpoints: the dtype linear layers and embedding tables keep their
+    /// weights in: f32 (the default; bf16 and f16 checkpoints are upcast), or bf16 or f16
+    /// (half the memory, widened to f32 in the matmul kernel). Norms, biases and classifier
+    /// heads stay f32, and every activation is f32. [`crate::check::drift`] measures what
+    /// bf16 or f16 costs.
     pub dtype: DType,
     /// Encoders: overrides the model's input limit (it may not exceed the position
     /// embeddings).
@@ -158,17 +162,7 @@ pub enum Loaded {
 /// into the Hugging Face cache on first use) or a hub repository's GGUF file
 /// (`org/name[@revision]/file.gguf`).
 pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
-    if options.dtype != DType::F32 {
-        return Err(Error::Unsupported {
-            what: format!(
-                "dtype {:?} at load (weights are computed in f32; bf16 and f16 checkpoints are upcast)",
-                options.dtype
-            ),
-        });
-    }
-    if let Some(quantization) = options.quantize {
-        refuse_quantizing_gguf(reference, quantization)?;
-    }
+    check_precision(reference, options)?;
     let model_ref = ModelRef::parse(reference);
     if let ModelRef::HubFile { .. } = model_ref {
         return load_gguf(&model_ref.locate(&FileSelection::Model)?, options);
@@ -199,9 +193,18 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
             what: "quantizing a model for training (QLoRA)".into(),
         });
     }
+    if options.dtype != DType::F32 && options.training.is_some() {
+        return Err(Error::Unsupported {
+            what: format!(
+                "training in {} (girder trains in f32)",
+                dtype_name(options.dtype)
+            ),
+        });
+    }
     let mut weights =
-        Weights::from_safetensors(&folder.weight_files()?, options.dtype, &options.device)?
-            .with_quantization(options.quantize);
+        Weights::from_safetensors(&folder.weight_files()?, DType::F32, &options.device)?
+            .with_quantization(options.quantize)
+            .with_weight_dtype(options.dtype);
     // By the class's head: an encoder-decoder's sequence classifier runs as an encoder.
     match resolved.head.kind() {
         Kind::Encoder => {
@@ -464,19 +467,96 @@ pub fn is_gguf(reference: &str) -> bool {
         || matches!(ModelRef::parse(reference), ModelRef::HubFile { .. })
 }
 
-/// Quantization at load applies to safetensors checkpoints: a GGUF file is quantized
-/// already.
-pub fn refuse_quantizing_gguf(reference: &str, quantization: Quantization) -> Result<()> {
+/// `f32`, `bf16` or `f16`: the name `--dtype` takes.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F64 => "f64",
+        _ => "an integer dtype",
+    }
+}
+
+/// `f32`, `bf16` or `f16` (also `float32`, `bfloat16`, `float16`, `half`, any case, with
+/// or without PyTorch's `torch.`).
+///
+/// ```
+/// use candle_core::DType;
+/// assert_eq!(girder::pretrained::parse_dtype("torch.bfloat16")?, DType::BF16);
+/// assert!(girder::pretrained::parse_dtype("int8").is_err());
+/// # Ok::<(), girder::Error>(())
+/// ```
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    let lower = name.to_ascii_lowercase();
+    match lower.trim_start_matches("torch.") {
+        "f32" | "float32" | "float" | "fp32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" | "fp16" => Ok(DType::F16),
+        _ => Err(Error::InvalidOption {
+            option: "dtype".into(),
+            reason: format!(
+                "`{name}` is not a dtype girder keeps weights in; expected f32, bf16 or f16 (for 8 and 4 bits, --quantize)"
+            ),
+        }),
+    }
+}
+
+/// What a load keeps its weights in other than f32, if anything: the quantization's name
+/// (`q8_0`) or the dtype's (`bf16`); what the accuracy report measures against f32.
+pub fn reduced_precision(options: &LoadOptions) -> Option<String> {
+    match (options.quantize, options.dtype) {
+        (Some(q), _) => Some(q.name().to_string()),
+        (None, DType::F32) => None,
+        (None, dtype) => Some(dtype_name(dtype).to_string()),
+    }
+}
+
+/// The precision options a load can honour, refused before anything loads: bf16 or f16
+/// (not f64 or an integer dtype), not together with a quantization, and neither for a GGUF
+/// file, which keeps the types it was written in.
+pub fn check_precision(reference: &str, options: &LoadOptions) -> Result<()> {
+    if !matches!(options.dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::InvalidOption {
+            option: "dtype".into(),
+            reason: format!(
+                "girder keeps weights in f32, bf16 or f16, not {}",
+                dtype_name(options.dtype)
+            ),
+        });
+    }
+    if let (Some(q), DType::BF16 | DType::F16) = (options.quantize, options.dtype) {
+        return Err(Error::InvalidOption {
+            option: "dtype".into(),
+            reason: format!(
+                "--dtype {} and --quantize {} together: pick one (quantized layers are multiplied from their blocks, the rest stays f32)",
+                dtype_name(options.dtype),
+                q.name()
+            ),
+        });
+    }
     if !is_gguf(reference) {
         return Ok(());
     }
-    Err(Error::InvalidOption {
-        option: "quantize".into(),
-        reason: format!(
-            "{reference} is a GGUF file, quantized already; --quantize {} applies to safetensors checkpoints",
-            quantization.name()
-        ),
-    })
+    if let Some(quantization) = options.quantize {
+        return Err(Error::InvalidOption {
+            option: "quantize".into(),
+            reason: format!(
+                "{reference} is a GGUF file, quantized already; --quantize {} applies to safetensors checkpoints",
+                quantization.name()
+            ),
+        });
+    }
+    if options.dtype != DType::F32 {
+        return Err(Error::InvalidOption {
+            option: "dtype".into(),
+            reason: format!(
+                "{reference} is a GGUF file, which keeps the types it was written in; --dtype {} applies to safetensors checkpoints",
+                dtype_name(options.dtype)
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
@@ -520,7 +600,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
         ),
     };
     let keep_quantized = options.gguf == GgufMode::Quantized;
-    let weights = Weights::from_gguf(gguf, keep_quantized, options.dtype, &options.device);
+    let weights = Weights::from_gguf(gguf, keep_quantized, DType::F32, &options.device);
     let gguf = weights.gguf().ok_or_else(|| Error::BadGguf {
         file: path.to_path_buf(),
         reason: "the file's tensors were not kept".into(),

@@ -40,8 +40,11 @@ pub struct BenchArgs {
     /// Quantize the linear layers at load (q8_0, q6_k, q5_k, q5_0, q4_k, q4_0), to time and
     /// size the quantized model alone: no accuracy report here (`girder run --quantize`
     /// prints it), so the peak RSS is the quantized load's.
-    #[arg(long, value_parser = super::quantize::parse_quantization)]
+    #[arg(long, value_parser = super::precision::parse_quantization)]
     quantize: Option<Quantization>,
+    /// Keep linear layers and embeddings in bf16 or f16 (no accuracy report here either).
+    #[arg(long, value_parser = super::precision::parse_dtype, default_value = "f32", conflicts_with = "quantize")]
+    dtype: candle_core::DType,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +78,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         max_length: Some(workload.max_length),
         max_batch_tokens: args.max_batch_tokens,
         quantize: args.quantize,
+        dtype: args.dtype,
         ..LoadOptions::default()
     };
     let model = crate::returning_freed_memory(|| Model::load(&args.model, &options))
@@ -111,6 +115,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_after_load_bytes": rss_after_load,
         "quantize": args.quantize.map(Quantization::name),
+        "dtype": girder::pretrained::dtype_name(args.dtype),
         "embedding0": first.first().map(|e| e.embedding.iter().take(4).copied().collect::<Vec<_>>()),
         "num_texts": workload.texts.len(),
         "real_tokens": real_tokens,

@@ -8,7 +8,7 @@ pub mod convert;
 pub mod download;
 pub mod generate;
 pub mod lock;
-pub mod quantize;
+pub mod precision;
 pub mod run;
 pub mod serve;
 pub mod train;

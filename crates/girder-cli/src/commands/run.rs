@@ -11,7 +11,7 @@
 //! input size.
 
 use super::generate::GenerationArgs;
-use super::quantize::QuantizeArgs;
+use super::precision::PrecisionArgs;
 use crate::input::TextSource;
 use crate::output::JsonLines;
 use anyhow::{bail, Context, Result};
@@ -163,7 +163,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     #[command(flatten)]
-    quantize: QuantizeArgs,
+    precision: PrecisionArgs,
     #[command(flatten)]
     generation: GenerationArgs,
     #[command(flatten)]
@@ -362,7 +362,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
-    let loaded = args.quantize.load(&args.model, &options, "run")?;
+    let loaded = args.precision.load(&args.model, &options, "run")?;
     loaded.supports(task)?;
     super::check::preflight_gate(&loaded, args.allow_mismatch)?;
     let source = TextSource::open(args.texts.clone(), args.input.as_deref())?;

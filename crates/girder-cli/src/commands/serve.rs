@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long)]
     allow_mismatch: bool,
     #[command(flatten)]
-    quantize: super::quantize::QuantizeArgs,
+    precision: super::precision::PrecisionArgs,
     /// Request bodies larger than this many bytes get 413.
     #[arg(long, default_value_t = girder_server::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -117,7 +117,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let (model, quantization) = args
-        .quantize
+        .precision
         .load_with_report(&args.model, &load, "serve")?;
     if let Some(task) = task {
         model.supports(task)?;

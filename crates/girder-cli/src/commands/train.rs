@@ -672,7 +672,7 @@ pub struct EvalArgs {
     #[arg(long)]
     predictions: Option<PathBuf>,
     #[command(flatten)]
-    quantize: super::quantize::QuantizeArgs,
+    precision: super::precision::PrecisionArgs,
 }
 
 /// Prints the metrics as one JSON object on stdout and the confusion matrix on stderr.
@@ -684,7 +684,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let model = args
-        .quantize
+        .precision
         .load(&args.model, &options, "eval")?
         .into_encoder()?;
     let labels = LabelSet::new(model.config.id2label.clone())?;

@@ -35,7 +35,10 @@ def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=No
     ``task``: a name of :func:`tasks` or an alias (``sentiment-analysis``, ``ner``,
     ``feature-extraction``, ``translation_en_to_de`` …). ``tokenizer``: another tokenizer folder in the model's
     place (girder's guard checks it at load). ``device``: ``"cpu"`` (or -1, or ``None``).
-    ``dtype``: ``"float32"``. ``adapter``: a PEFT LoRA adapter folder merged at load.
+    ``dtype``: ``"float32"`` (the default, or ``"auto"``), ``"bfloat16"`` or ``"float16"``
+    (or ``torch.bfloat16`` …): linear layers and embeddings kept in half precision (half the
+    memory, activations float32), after the same comparison with f32 as ``quantize``.
+    ``adapter``: a PEFT LoRA adapter folder merged at load.
     ``max_length`` / ``truncation``: the input limit in tokens, and whether a longer input
     is cut (``True``, reported) or refused (``False``: :class:`GirderError`).
     ``quantize``: ``"q8_0"``, ``"q6_k"``, ``"q5_k"``, ``"q5_0"``, ``"q4_k"`` or ``"q4_0"``

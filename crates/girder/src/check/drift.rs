@@ -82,15 +82,14 @@ pub fn probe_texts() -> Vec<String> {
         .collect()
 }
 
-/// Loads `reference` quantized to `quantization` (with the rest of `options`) and measures
-/// it against the same checkpoint in f32 on `texts`: the f32 model's probe outputs are
-/// computed and the f32 model dropped before the quantized one loads, so the peak memory is
-/// the larger of the two models, not their sum. The caller decides what a failed report
-/// means (the CLI refuses the model unless `--allow-drift`).
-pub fn load_quantized(
+/// Loads `reference` as `options` say, quantized (`quantize`) or in bf16 or f16
+/// (`dtype`), and measures it against the same checkpoint in f32 on `texts`: the f32
+/// model's probe outputs are computed and the f32 model dropped before the other one loads,
+/// so the peak memory is the larger of the two models, not their sum. The caller decides
+/// what a failed report means (the CLI refuses the model unless `--allow-drift`).
+pub fn load_measured(
     reference: &str,
     options: &crate::LoadOptions,
-    quantization: crate::layers::Quantization,
     texts: &[String],
     max_drift: f64,
 ) -> Result<(Loaded, DriftReport)> {
@@ -100,23 +99,24 @@ pub fn load_quantized(
             reason: format!("{max_drift} is not between 0 and 1"),
         });
     }
-    // Refused by the quantized load; said before the f32 one runs.
-    crate::pretrained::refuse_quantizing_gguf(reference, quantization)?;
+    // Refused by the load itself; said before the f32 one runs.
+    crate::pretrained::check_precision(reference, options)?;
+    let Some(candidate) = crate::pretrained::reduced_precision(options) else {
+        return Err(Error::InvalidOption {
+            option: "dtype".into(),
+            reason: "the accuracy report compares a quantized, bf16 or f16 load with f32; this load is f32".into(),
+        });
+    };
     let f32_options = crate::LoadOptions {
         quantize: None,
+        dtype: candle_core::DType::F32,
         ..options.clone()
     };
     let expected = probe_outputs(&crate::load(reference, &f32_options)?, texts)?;
-    let quantized = crate::load(
-        reference,
-        &crate::LoadOptions {
-            quantize: Some(quantization),
-            ..options.clone()
-        },
-    )?;
-    let got = probe_outputs(&quantized, texts)?;
-    let report = compare(&expected, &got, quantization.name(), texts.len(), max_drift)?;
-    Ok((quantized, report))
+    let reduced = crate::load(reference, options)?;
+    let got = probe_outputs(&reduced, texts)?;
+    let report = compare(&expected, &got, &candidate, texts.len(), max_drift)?;
+    Ok((reduced, report))
 }
 
 /// Causal LMs are probed on this many texts at most: the reference's log-probabilities of

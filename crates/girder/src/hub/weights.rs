@@ -47,6 +47,9 @@ pub struct Weights {
     training: Option<Parameters>,
     /// Linear layers quantize their f32 weights at load ([`Weights::with_quantization`]).
     quantization: Option<Quantization>,
+    /// The dtype linear layers and embedding tables keep their weights in
+    /// ([`Weights::with_weight_dtype`]).
+    weight_dtype: DType,
 }
 
 /// Which tensors a training load makes variables, and how it starts what the checkpoint
@@ -388,6 +391,7 @@ impl Weights {
             device: device.clone(),
             training: None,
             quantization: None,
+            weight_dtype: dtype,
         })
     }
 
@@ -406,6 +410,7 @@ impl Weights {
             device: device.clone(),
             training: None,
             quantization: None,
+            weight_dtype: dtype,
         }
     }
 
@@ -454,6 +459,26 @@ impl Weights {
     /// How linear layers quantize their weights at load, if they do.
     pub fn quantization(&self) -> Option<Quantization> {
         self.quantization
+    }
+
+    /// The same weights, with linear layers and embedding tables kept in `dtype` (`--dtype
+    /// bf16|f16`: half the memory of f32); norms, biases, small matrices and every
+    /// activation stay f32 (see [`Linear`](crate::layers::Linear)).
+    pub fn with_weight_dtype(&self, dtype: DType) -> Self {
+        Weights {
+            weight_dtype: dtype,
+            ..self.clone()
+        }
+    }
+
+    /// The dtype linear layers and embedding tables keep their weights in.
+    pub fn weight_dtype(&self) -> DType {
+        self.weight_dtype
+    }
+
+    /// Whether a training load makes some tensors variables.
+    pub fn is_training(&self) -> bool {
+        self.training.is_some()
     }
 
     /// The same checkpoint with `tensors` (full names) in place of, or beside, its own.
@@ -566,13 +591,23 @@ impl Weights {
         let full = self.full_name(name);
         match &self.training {
             Some(parameters) => parameters.get_or_load(&full, &expected, &self.device, || {
-                self.load(&full, expected.clone())
+                self.load(&full, expected.clone(), self.dtype)
             }),
-            None => self.load(&full, expected),
+            None => self.load(&full, expected, self.dtype),
         }
     }
 
-    fn load(&self, full: &str, expected: Vec<usize>) -> Result<Tensor> {
+    /// Like [`get`](Self::get), in the [`weight_dtype`](Self::weight_dtype) (what linear
+    /// layers and embedding tables keep); a training load's variables stay in the compute
+    /// dtype.
+    pub fn get_weight(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Tensor> {
+        if self.training.is_some() || self.weight_dtype == self.dtype {
+            return self.get(shape, name);
+        }
+        self.load(&self.full_name(name), shape.into(), self.weight_dtype)
+    }
+
+    fn load(&self, full: &str, expected: Vec<usize>, dtype: DType) -> Result<Tensor> {
         let full = full.to_string();
         if let Some(tensor) = self.overrides.get(&full) {
             if tensor.dims() != expected.as_slice() {
@@ -582,7 +617,7 @@ impl Weights {
                     actual: tensor.dims().to_vec(),
                 });
             }
-            return Ok(tensor.to_device(&self.device)?.to_dtype(self.dtype)?);
+            return Ok(tensor.to_device(&self.device)?.to_dtype(dtype)?);
         }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
             let Some(tensor) = gguf.tensor(&full) else {
@@ -598,7 +633,7 @@ impl Weights {
                     actual: tensor.shape().dims().to_vec(),
                 });
             }
-            return Ok(tensor.dequantize(&self.device)?.to_dtype(self.dtype)?);
+            return Ok(tensor.dequantize(&self.device)?.to_dtype(dtype)?);
         }
         let Some(&index) = self.checkpoint.routing.get(&full) else {
             return Err(Error::MissingTensor {
@@ -634,7 +669,7 @@ impl Weights {
             .load(&full, &self.device)
             .map_err(|e| bad(root_cause(&e)))?;
         release_mapped_pages(view.data());
-        Ok(tensor.to_dtype(self.dtype)?)
+        Ok(tensor.to_dtype(dtype)?)
     }
 
     /// Like [`get`](Self::get), trying a legacy name when the first is absent

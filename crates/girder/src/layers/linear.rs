@@ -1,6 +1,7 @@
 //! `nn.Linear`, dense or quantized, and in training with its weight as a variable and
 //! optionally a LoRA adapter.
 
+use super::cpu::half_matmul::HalfMatrix;
 use super::cpu::quant_matmul::QuantMatrix;
 use super::Dropout;
 use crate::error::{Error, Result};
@@ -129,6 +130,9 @@ enum Weight {
     Quantized(QMatMul),
     /// GGUF block types girder's kernel reads ([`QuantMatrix`]): candle's are scalar.
     Blocks(QuantMatrix),
+    /// bf16 or f16, `[in, out]` like `DenseTransposed`, widened to f32 in the kernel
+    /// ([`HalfMatrix`]).
+    Half(HalfMatrix),
     /// A trained `[out, in]` variable, multiplied as it is: a copy made at load would not
     /// follow the optimizer's updates.
     Trained(Tensor),
@@ -174,12 +178,18 @@ impl Linear {
     }
 
     /// Quantized when the weights keep GGUF tensors quantized or quantize at load
-    /// ([`Quantization`]), a variable when a training load trains it, dense otherwise.
+    /// ([`Quantization`]), a variable when a training load trains it, in bf16 or f16 when
+    /// the weights keep them so ([`Weights::weight_dtype`]; matrices under
+    /// [`MIN_QUANTIZED_ELEMENTS`] stay f32 as they do quantized), dense otherwise.
     fn load_weight(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Weight> {
         if let Some(q) = w.qtensor([out_dim, in_dim], "weight")? {
             return Self::quantized_weight(q);
         }
-        let weight = w.get([out_dim, in_dim], "weight")?;
+        let weight = if out_dim * in_dim >= MIN_QUANTIZED_ELEMENTS {
+            w.get_weight([out_dim, in_dim], "weight")?
+        } else {
+            w.get([out_dim, in_dim], "weight")?
+        };
         if let Some(quantization) = w.quantization() {
             if let Some(q) = quantization.quantize(&weight)? {
                 return Self::quantized_weight(Arc::new(q));
@@ -197,10 +207,32 @@ impl Linear {
         }
     }
 
-    /// An `[out, in]` weight: transposed once, unless it is trained.
+    /// The dtype the weight is stored in: f32, bf16 or f16 (`None` for quantized blocks).
+    pub fn weight_dtype(&self) -> Option<candle_core::DType> {
+        match &self.weight {
+            Weight::DenseTransposed(w) | Weight::Trained(w) => Some(w.dtype()),
+            Weight::Half(m) => Some(m.dtype()),
+            Weight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Some(w.dtype()),
+            Weight::Quantized(QMatMul::QTensor(_)) | Weight::Blocks(_) => None,
+            Weight::Parts(parts) => {
+                let first = parts.first()?.weight_dtype()?;
+                parts
+                    .iter()
+                    .all(|p| p.weight_dtype() == Some(first))
+                    .then_some(first)
+            }
+        }
+    }
+
+    /// An `[out, in]` weight: transposed once, unless it is trained; bf16 and f16 stay so.
     fn dense(weight: Tensor) -> Result<Weight> {
         Ok(if weight.is_variable() {
             Weight::Trained(weight)
+        } else if matches!(
+            weight.dtype(),
+            candle_core::DType::BF16 | candle_core::DType::F16
+        ) {
+            Weight::Half(HalfMatrix::from_transposed(&weight.t()?, weight.dtype())?)
         } else {
             Weight::DenseTransposed(weight.t()?.contiguous()?)
         })
@@ -322,6 +354,23 @@ impl Linear {
                     _ => return Ok(side_by_side()),
                 }
             }
+            // bf16 or f16 parts of one dtype join as they are; beside other kinds they stay
+            // apart (widened, they would take f32's memory).
+            _ if parts.iter().any(|p| matches!(p.weight, Weight::Half(_))) => {
+                let halves: Option<Vec<&HalfMatrix>> = parts
+                    .iter()
+                    .map(|p| match &p.weight {
+                        Weight::Half(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                match halves {
+                    Some(halves) if halves.iter().all(|m| m.dtype() == halves[0].dtype()) => {
+                        Weight::Half(HalfMatrix::concat(&halves)?)
+                    }
+                    _ => return Ok(side_by_side()),
+                }
+            }
             // Quantized parts in AVX-512 bands beside dense ones stay apart: the bands are
             // not read back as f32.
             _ if parts
@@ -347,7 +396,7 @@ impl Linear {
                 .map(|p| match &p.bias {
                     Some(b) => Ok(b.clone()),
                     None => Ok(Tensor::zeros(
-                        p.dense_transposed()?.dim(1)?,
+                        p.out_dim()?,
                         candle_core::DType::F32,
                         b_device(parts),
                     )?),
@@ -362,10 +411,26 @@ impl Linear {
         })
     }
 
+    /// The number of outputs.
+    fn out_dim(&self) -> Result<usize> {
+        Ok(match &self.weight {
+            Weight::DenseTransposed(wt) => wt.dim(1)?,
+            Weight::Half(m) => m.dims().1,
+            Weight::Trained(w) => w.dim(0)?,
+            Weight::Quantized(q) => match q {
+                QMatMul::QTensor(t) => t.shape().dims()[0],
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0)?,
+            },
+            Weight::Blocks(m) => m.dims().0,
+            Weight::Parts(parts) => parts.iter().map(Linear::out_dim).sum::<Result<usize>>()?,
+        })
+    }
+
     /// The weight as a dense f32 `[in, out]` matrix.
     fn dense_transposed(&self) -> Result<Tensor> {
         let w = match &self.weight {
             Weight::DenseTransposed(wt) => return Ok(wt.clone()),
+            Weight::Half(m) => return m.to_f32(),
             Weight::Quantized(QMatMul::QTensor(t)) => t.dequantize(&t.device())?,
             Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.clone(),
             Weight::Blocks(m) => match m.to_qtensor() {
@@ -402,6 +467,7 @@ impl Linear {
             }
             Weight::Quantized(q) => q.forward(x)?,
             Weight::Blocks(m) => m.forward(x)?,
+            Weight::Half(m) => m.forward(x)?,
             Weight::Trained(w) => x.broadcast_matmul(&w.t()?)?,
             Weight::Parts(parts) => {
                 let outs = parts

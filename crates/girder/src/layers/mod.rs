@@ -50,7 +50,9 @@ pub fn in_thread_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// A lookup table `[rows, dim]`; `forward` gathers rows by id.
+/// A lookup table `[rows, dim]`; `forward` gathers rows by id. The table is kept in the
+/// weights' [`weight_dtype`](Weights::weight_dtype) (bf16 or f16 halve a vocabulary's
+/// memory); the rows it returns are f32.
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: Tensor,
@@ -60,7 +62,7 @@ impl Embedding {
     /// Loads `prefix.weight` with shape `[rows, dim]`.
     pub fn load(w: &Weights, rows: usize, dim: usize) -> Result<Self> {
         Ok(Embedding {
-            table: w.get([rows, dim], "weight")?,
+            table: w.get_weight([rows, dim], "weight")?,
         })
     }
 
@@ -75,10 +77,14 @@ impl Embedding {
         if let Some(rows) = training::record_lookup(&self.table, ids)? {
             return Ok(rows);
         }
-        Ok(self.table.index_select(ids, 0)?)
+        Ok(self
+            .table
+            .index_select(ids, 0)?
+            .to_dtype(candle_core::DType::F32)?)
     }
 
-    /// The table itself (`[rows, dim]`), e.g. for a tied output projection.
+    /// The table itself (`[rows, dim]`, in the dtype it is kept in), e.g. for a tied output
+    /// projection.
     pub fn table(&self) -> &Tensor {
         &self.table
     }

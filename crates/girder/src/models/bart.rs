@@ -667,7 +667,7 @@ impl Seq2SeqForward for BartForConditionalGeneration {
                 heads,
                 self.cfg.d_model / heads,
                 capacity,
-                table.dtype(),
+                candle_core::DType::F32, // activations are f32 whatever the weights
                 table.device(),
             )?,
             cross,

@@ -625,7 +625,7 @@ impl DecoderForward for Gemma3ForCausalLM {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
             capacity,
-            table.dtype(),
+            candle_core::DType::F32, // activations are f32 whatever the weights
             table.device(),
         )
     }

@@ -217,6 +217,9 @@ impl Block {
 #[derive(Debug, Clone)]
 pub struct GPT2LMHeadModel {
     wte: Embedding,
+    /// The LM head, tied to `wte`, as a matrix of its own when the table is kept in bf16
+    /// or f16; an f32 table is multiplied through its transposed view, without a copy.
+    half_lm_head: Option<Linear>,
     wpe: Embedding,
     h: Vec<Block>,
     ln_f: LayerNorm,
@@ -231,8 +234,14 @@ impl GPT2LMHeadModel {
         } else {
             w.clone()
         };
+        let wte = Embedding::load(&t.pp("wte"), cfg.vocab_size, cfg.n_embd)?;
+        let half_lm_head = match wte.table().dtype() {
+            candle_core::DType::F32 => None,
+            _ => Some(Linear::from_parts(wte.table().clone(), None)?),
+        };
         Ok(GPT2LMHeadModel {
-            wte: Embedding::load(&t.pp("wte"), cfg.vocab_size, cfg.n_embd)?,
+            wte,
+            half_lm_head,
             wpe: Embedding::load(&t.pp("wpe"), cfg.n_positions, cfg.n_embd)?,
             h: (0..cfg.n_layer)
                 .map(|i| Block::load(&t.pp(format!("h.{i}")), cfg, i))
@@ -273,7 +282,10 @@ impl DecoderForward for GPT2LMHeadModel {
         let x = self.ln_f.forward(&x)?;
         let x = super::logit_rows(&x, batch, logits)?;
         crate::layers::cpu::team::rest(); // candle's matmul runs on rayon's threads
-        Ok(x.matmul(&self.wte.table().t()?)?)
+        match &self.half_lm_head {
+            Some(head) => head.forward(&x),
+            None => Ok(x.matmul(&self.wte.table().t()?)?),
+        }
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
@@ -283,7 +295,7 @@ impl DecoderForward for GPT2LMHeadModel {
             self.cfg.n_head,
             self.cfg.n_embd / self.cfg.n_head,
             capacity,
-            table.dtype(),
+            candle_core::DType::F32, // activations are f32 whatever the weights
             table.device(),
         )
     }

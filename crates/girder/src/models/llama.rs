@@ -536,7 +536,7 @@ impl DecoderForward for LlamaForCausalLM {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
             capacity,
-            self.model.embed_tokens.table().dtype(),
+            candle_core::DType::F32, // activations are f32 whatever the weights
             device,
         )
     }

@@ -617,7 +617,7 @@ impl Seq2SeqForward for T5ForConditionalGeneration {
                 self.cfg.num_heads,
                 self.cfg.d_kv,
                 capacity,
-                table.dtype(),
+                candle_core::DType::F32, // activations are f32 whatever the weights
                 table.device(),
             )?,
             cross,

@@ -445,7 +445,7 @@ impl Seq2SeqForward for WhisperForConditionalGeneration {
                 heads,
                 self.cfg.d_model / heads,
                 capacity.min(self.cfg.max_target_positions),
-                table.dtype(),
+                candle_core::DType::F32, // activations are f32 whatever the weights
                 table.device(),
             )?,
             cross,

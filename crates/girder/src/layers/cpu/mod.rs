@@ -8,6 +8,7 @@
 //! | [`team`] | the team of threads every kernel splits its work over (polling between regions) |
 //! | [`kernels`] | GELU, softmax, SiLU·mul, bias and residual adds, in place and vectorized |
 //! | [`skinny_matmul`] | `x W` for a few rows, streaming each weight once |
+//! | [`half_matmul`] | `x W` with `W` in bf16 or f16, widened to f32 in the kernel |
 //! | [`quant_matmul`] | GGUF matrices (legacy and k-quant types) times activations rounded to bytes (AVX-512 VNNI, AVX2, scalar) |
 //! | [`attention`] | causal attention row by row over each sequence's cache |
 //! | [`kv_cache`] | a step's keys and values copied into the cache's buffers |
@@ -17,6 +18,7 @@
 
 pub(crate) mod attention;
 pub mod autograd;
+pub mod half_matmul;
 pub(crate) mod kernels;
 pub(crate) mod kv_cache;
 pub(crate) mod norm;

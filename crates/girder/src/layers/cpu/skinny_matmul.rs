@@ -18,13 +18,17 @@ const STRIP: usize = 64;
 /// Rows of `x` per register block (6 x 4 accumulators + 4 weight vectors + 1 broadcast).
 const ROW_BLOCK: usize = 6;
 
-/// Whether the kernel runs on this CPU (AVX-512F), detected once.
+/// Whether the kernel runs on this CPU (AVX-512F, and BW, VL and F16C for bf16 and f16
+/// weights: the strip's edges are masked 16-bit loads), detected once.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *HAS.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("f16c")
                 && std::env::var_os("GIRDER_NO_SKINNY").is_none()
         })
     }
@@ -32,10 +36,64 @@ pub fn available() -> bool {
     false
 }
 
+/// A weight element the kernel reads: f32, or bf16 and f16 widened to f32 in the register
+/// they are loaded into (the product and its sums are f32 either way).
+pub trait WeightElement: Copy + Send + Sync + 'static {
+    /// Up to 16 elements at `p` (the lanes `mask` selects; the others zero) as f32 lanes.
+    ///
+    /// # Safety
+    /// [`available`], and the selected lanes are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(
+        p: *const Self,
+        mask: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512;
+}
+
+impl WeightElement for f32 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(
+        p: *const f32,
+        mask: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p)
+    }
+}
+
+impl WeightElement for half::bf16 {
+    /// A bf16 is the upper half of the f32 it rounds: widened and shifted into place.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(
+        p: *const half::bf16,
+        mask: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let bits = _mm256_maskz_loadu_epi16(mask, p as *const i16);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+    }
+}
+
+impl WeightElement for half::f16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(
+        p: *const half::f16,
+        mask: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p as *const i16))
+    }
+}
+
 /// `out[m, n] = x[m, k] · w[k, n]`, all row-major; `m <= MAX_ROWS` and [`available`].
-pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+pub fn matmul<W: WeightElement>(x: &[f32], w: &[W], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert!(x.len() >= m * k && w.len() >= k * n && m <= MAX_ROWS);
-    assert!(available(), "skinny_matmul::matmul needs AVX-512F");
+    assert!(
+        available(),
+        "skinny_matmul::matmul needs AVX-512F, BW and VL"
+    );
     let strips = n.div_ceil(STRIP);
     /// The output, written by every task at its own strip's columns.
     struct Output(*mut f32);
@@ -64,7 +122,7 @@ pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // indices pick registers of the accumulator block
 mod avx512 {
-    use super::{MAX_ROWS, ROW_BLOCK};
+    use super::{WeightElement, MAX_ROWS, ROW_BLOCK};
     use std::arch::x86_64::*;
 
     const PREFETCH_ROWS: usize = 20;
@@ -76,11 +134,11 @@ mod avx512 {
     const K_CHUNK: usize = 64;
 
     /// Columns `first..first + width` of every row of `out` (`[m, n]`).
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn strip(
+    pub(super) unsafe fn strip<W: WeightElement>(
         x: &[f32],
-        w: &[f32],
+        w: &[W],
         m: usize,
         k: usize,
         n: usize,
@@ -109,12 +167,12 @@ mod avx512 {
                     masks,
                 };
                 match rows {
-                    6 => block::<6>(x, w, k, n, first, &at, &mut partial),
-                    5 => block::<5>(x, w, k, n, first, &at, &mut partial),
-                    4 => block::<4>(x, w, k, n, first, &at, &mut partial),
-                    3 => block::<3>(x, w, k, n, first, &at, &mut partial),
-                    2 => block::<2>(x, w, k, n, first, &at, &mut partial),
-                    _ => block::<1>(x, w, k, n, first, &at, &mut partial),
+                    6 => block::<6, W>(x, w, k, n, first, &at, &mut partial),
+                    5 => block::<5, W>(x, w, k, n, first, &at, &mut partial),
+                    4 => block::<4, W>(x, w, k, n, first, &at, &mut partial),
+                    3 => block::<3, W>(x, w, k, n, first, &at, &mut partial),
+                    2 => block::<2, W>(x, w, k, n, first, &at, &mut partial),
+                    _ => block::<1, W>(x, w, k, n, first, &at, &mut partial),
                 }
                 r += rows;
             }
@@ -134,11 +192,11 @@ mod avx512 {
         masks: [__mmask16; 4],
     }
 
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize>(
+    unsafe fn block<const R: usize, W: WeightElement>(
         x: &[f32],
-        w: &[f32],
+        w: &[W],
         k: usize,
         n: usize,
         first: usize,
@@ -156,15 +214,16 @@ mod avx512 {
                 // Strip rows lie `n` floats apart, a stride the hardware prefetcher follows
                 // late: the first row block asks for the row PREFETCH_ROWS ahead now.
                 let ahead = wr.add(PREFETCH_ROWS * n) as *const i8;
-                for line in 0..4 {
+                // A strip's row is 64 elements: as many cache lines as an element has bytes.
+                for line in 0..std::mem::size_of::<W>() {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * line));
                 }
             }
             let wv = [
-                _mm512_maskz_loadu_ps(at.masks[0], wr),
-                _mm512_maskz_loadu_ps(at.masks[1], wr.add(16)),
-                _mm512_maskz_loadu_ps(at.masks[2], wr.add(32)),
-                _mm512_maskz_loadu_ps(at.masks[3], wr.add(48)),
+                W::load16(wr, at.masks[0]),
+                W::load16(wr.add(16), at.masks[1]),
+                W::load16(wr.add(32), at.masks[2]),
+                W::load16(wr.add(48), at.masks[3]),
             ];
             for i in 0..R {
                 let xb = _mm512_set1_ps(*xp.add(i * k + kk));

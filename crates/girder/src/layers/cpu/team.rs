@@ -204,6 +204,11 @@ impl Team {
     }
 }
 
+/// The threads a region runs on: the workers and the caller.
+pub(crate) fn threads() -> usize {
+    team().workers + 1
+}
+
 /// Runs `f(0)`, …, `f(tasks − 1)` on the team, the calling thread included, and returns when
 /// all have run. A panic in a task is rethrown here after the others have stopped.
 pub(crate) fn for_each(tasks: usize, f: impl Fn(usize) + Sync) {

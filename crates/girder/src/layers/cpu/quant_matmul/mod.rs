@@ -320,6 +320,11 @@ impl QuantMatrix {
         Format::from_ggml(dtype).is_some()
     }
 
+    /// `(rows, cols)`: `[out, in]` of the linear layer it is the weight of.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
     /// `x`: `[n, cols]` f32 → `x Wᵀ`: `[n, rows]` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, cols) = x.dims2()?;

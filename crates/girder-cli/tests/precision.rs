@@ -1,7 +1,7 @@
-//! `--quantize` on the command line: the accuracy report printed and written, a drift above
-//! `--max-drift` refused (exit 1, naming the drift and the way out) unless `--allow-drift`,
-//! and the refusals of what cannot be quantized. all-MiniLM-L6-v2 from models/
-//! (`scripts/fetch-models`).
+//! `--quantize` and `--dtype` on the command line: the accuracy report printed and written,
+//! a drift above `--max-drift` refused (exit 1, naming the drift and the way out) unless
+//! `--allow-drift`, and the refusals of what cannot be quantized or halved.
+//! all-MiniLM-L6-v2 from models/ (`scripts/fetch-models`).
 
 mod common;
 
@@ -107,6 +107,18 @@ fn what_cannot_be_quantized_is_refused_by_name() {
         "x",
     ]);
     assert_eq!(out.status.code(), Some(2), "--max-drift without --quantize");
+    for wrong in [
+        vec!["--dtype", "int8"],
+        vec!["--dtype", "bf16", "--quantize", "q8_0"],
+    ] {
+        let mut args = vec!["run", "embeddings", "-m", seqcls.to_str().unwrap()];
+        args.extend(wrong.iter().copied());
+        args.push("x");
+        let out = girder(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{wrong:?}: {stderr}");
+        assert!(stderr.contains("--dtype"), "{stderr}");
+    }
     let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../models/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
     if gguf.is_file() {
@@ -122,5 +134,41 @@ fn what_cannot_be_quantized_is_refused_by_name() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("quantized already"), "{stderr}");
+        let out = girder(&[
+            "run",
+            "text-generation",
+            "-m",
+            gguf.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+            "x",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("keeps the types it was written in"),
+            "{stderr}"
+        );
     }
+}
+
+#[test]
+fn half_precision_run_prints_its_accuracy_report() {
+    let out = girder(&[
+        "run",
+        "embeddings",
+        "-m",
+        &minilm(),
+        "--dtype",
+        "bf16",
+        "A man is eating food.",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("accuracy report: bf16 against f32") && stderr.contains("within"),
+        "{stderr}"
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["embedding"].as_array().unwrap().len(), 384);
 }

@@ -1,16 +1,25 @@
-//! `--quantize` for `girder run`, `serve` and `bench`: the linear layers quantized at load,
-//! after the accuracy report ([`girder::check::drift`]) says what it costs.
+//! `--dtype` and `--quantize` for `girder run`, `serve`, `eval` and `bench`: weights kept in
+//! bf16 or f16, or linear layers quantized, at load, after the accuracy report
+//! ([`girder::check::drift`]) says what it costs.
 
 use anyhow::{bail, Context, Result};
+use candle_core::DType;
 use clap::Args;
 use girder::check::drift::{self, DriftReport};
 use girder::layers::Quantization;
 use girder::{LoadOptions, Loaded};
 use std::path::PathBuf;
 
-/// Quantization at load and its accuracy report.
+/// The precision weights are kept in at load, and its accuracy report.
 #[derive(Args, Debug, Clone)]
-pub struct QuantizeArgs {
+#[command(group(clap::ArgGroup::new("precision").args(["dtype", "quantize"])))]
+pub struct PrecisionArgs {
+    /// Keep the linear layers' and embedding tables' weights of a safetensors checkpoint in
+    /// f32 (default), bf16 or f16: half the memory, widened to f32 in the matmul kernel.
+    /// Norms, biases and classifier heads stay f32. Before any work, the model is compared
+    /// with the f32 one on probe texts (the accuracy report, on stderr).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
     /// Quantize the linear layers of a safetensors checkpoint at load: q8_0, q6_k, q5_k,
     /// q5_0, q4_k or q4_0 (GGUF blocks, girder's quantized kernels). Embeddings, norms and
     /// classifier heads stay f32. Before any work, the quantized model is compared with the
@@ -19,17 +28,16 @@ pub struct QuantizeArgs {
     pub quantize: Option<Quantization>,
     /// The largest drift the accuracy report accepts, 0 to 1: 1 - the lowest embedding
     /// cosine, 1 - the label (or next-token, or masked-word) agreement, 1 - entity F1.
-    #[arg(long, default_value_t = drift::DEFAULT_MAX_DRIFT, requires = "quantize")]
+    #[arg(long, requires = "precision", default_value_t = drift::DEFAULT_MAX_DRIFT)]
     pub max_drift: f64,
-    /// Use the quantized model even when its drift is above --max-drift (printed as a
-    /// warning).
-    #[arg(long, requires = "quantize")]
+    /// Use the model even when its drift is above --max-drift (printed as a warning).
+    #[arg(long, requires = "precision")]
     pub allow_drift: bool,
     /// Probe texts for the accuracy report, one per line (default: 52 built-in sentences).
-    #[arg(long, requires = "quantize")]
+    #[arg(long, requires = "precision")]
     pub drift_probe: Option<PathBuf>,
     /// Also write the accuracy report to this file as JSON.
-    #[arg(long, requires = "quantize")]
+    #[arg(long, requires = "precision")]
     pub drift_report: Option<PathBuf>,
 }
 
@@ -38,23 +46,33 @@ pub fn parse_quantization(name: &str) -> std::result::Result<Quantization, Strin
     Quantization::parse(name).map_err(|e| e.to_string())
 }
 
-impl QuantizeArgs {
-    /// Loads `reference` with `options`, quantized when `--quantize` says so: the f32 model's
-    /// probe outputs are computed and the f32 model dropped before the quantized one loads,
-    /// the two compared, the report printed (and written), and a drift above --max-drift
-    /// refused unless --allow-drift. `work` names the command in messages.
+/// `--dtype`'s value parser (shared with `girder bench`).
+pub fn parse_dtype(name: &str) -> std::result::Result<DType, String> {
+    girder::pretrained::parse_dtype(name).map_err(|e| e.to_string())
+}
+
+impl PrecisionArgs {
+    /// Loads `reference` with `options` in the precision `--dtype` or `--quantize` asks for:
+    /// the f32 model's probe outputs are computed and the f32 model dropped before the
+    /// other one loads, the two compared, the report printed (and written), and a drift
+    /// above --max-drift refused unless --allow-drift. `work` names the command in messages.
     pub fn load(&self, reference: &str, options: &LoadOptions, work: &str) -> Result<Loaded> {
         Ok(self.load_with_report(reference, options, work)?.0)
     }
 
-    /// [`load`](Self::load), and the accuracy report when `--quantize` made one.
+    /// [`load`](Self::load), and the accuracy report when one was made.
     pub fn load_with_report(
         &self,
         reference: &str,
         options: &LoadOptions,
         work: &str,
     ) -> Result<(Loaded, Option<DriftReport>)> {
-        crate::returning_freed_memory(|| self.load_and_report(reference, options, work))
+        let options = LoadOptions {
+            dtype: self.dtype.unwrap_or(DType::F32),
+            quantize: self.quantize,
+            ..options.clone()
+        };
+        crate::returning_freed_memory(|| self.load_and_report(reference, &options, work))
     }
 
     fn load_and_report(
@@ -63,7 +81,10 @@ impl QuantizeArgs {
         options: &LoadOptions,
         work: &str,
     ) -> Result<(Loaded, Option<DriftReport>)> {
-        let Some(quantization) = self.quantize else {
+        let Some(candidate) = girder::pretrained::reduced_precision(options) else {
+            if self.drift_probe.is_some() || self.drift_report.is_some() || self.allow_drift {
+                bail!("--drift-probe, --drift-report and --allow-drift go with --dtype bf16|f16 or --quantize");
+            }
             let loaded = girder::load(reference, options)
                 .with_context(|| format!("cannot load model `{reference}`"))?;
             return Ok((loaded, None));
@@ -85,17 +106,13 @@ impl QuantizeArgs {
             }
             None => drift::probe_texts(),
         };
-        let (quantized, report) =
-            drift::load_quantized(reference, options, quantization, &texts, self.max_drift)
-                .with_context(|| {
-                    format!(
-                        "cannot load model `{reference}` quantized to {} with its accuracy report",
-                        quantization.name()
-                    )
-                })?;
+        let (reduced, report) = drift::load_measured(reference, options, &texts, self.max_drift)
+            .with_context(|| {
+                format!("cannot load model `{reference}` in {candidate} with its accuracy report")
+            })?;
         eprintln!("girder {work}: accuracy report: {}", report.summary());
         let kernel = girder::layers::cpu::quant_matmul::kernel_name();
-        if kernel != "avx512-vnni" {
+        if self.quantize.is_some() && kernel != "avx512-vnni" {
             // Measured: all-MiniLM-L6-v2 Q8_0 on mixed-length batches runs at 0.46x f32 on
             // the AVX2 kernel, 1.9x on AVX-512 VNNI (README, "Quantization at load").
             eprintln!(
@@ -111,20 +128,20 @@ impl QuantizeArgs {
             if self.allow_drift {
                 eprintln!(
                     "girder {work}: WARNING: {} drifts {:.4} from f32, above --max-drift {}; used anyway (--allow-drift)",
-                    quantization.name(),
+                    candidate,
                     report.drift,
                     self.max_drift
                 );
             } else {
                 bail!(
-                    "{} drifts {:.4} from f32 on the probe ({}), above --max-drift {}: the model is not used. Try a quantization with more bits, raise --max-drift, or pass --allow-drift",
-                    quantization.name(),
+                    "{} drifts {:.4} from f32 on the probe ({}), above --max-drift {}: the model is not used. Try more bits, raise --max-drift, or pass --allow-drift",
+                    candidate,
                     report.drift,
                     report.measure,
                     self.max_drift
                 );
             }
         }
-        Ok((quantized, Some(report)))
+        Ok((reduced, Some(report)))
     }
 }

@@ -1,7 +1,9 @@
-//! Quantization at load (`LoadOptions::quantize`) and its accuracy report
-//! (`check::drift`): all-MiniLM-L6-v2 quantized in place against itself in f32, and the
-//! refusals. The weights are not committed: `scripts/fetch-models` puts them in models/.
+//! Quantization at load (`LoadOptions::quantize`), weights kept in bf16 or f16
+//! (`LoadOptions::dtype`), and their accuracy report (`check::drift`): all-MiniLM-L6-v2
+//! against itself in f32, every architecture's fixture in bf16 and f16, and the refusals.
+//! The real weights are not committed: `scripts/fetch-models` puts them in models/.
 
+use candle_core::DType;
 use girder::check::drift::{self, ProbeOutputs};
 use girder::layers::Quantization;
 use girder::{LoadOptions, Loaded};
@@ -22,6 +24,17 @@ fn load(reference: &str, quantize: Option<Quantization>) -> Loaded {
         reference,
         &LoadOptions {
             quantize,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn load_in(reference: &str, dtype: DType) -> Loaded {
+    girder::load(
+        reference,
+        &LoadOptions {
+            dtype,
             ..LoadOptions::default()
         },
     )
@@ -133,4 +146,116 @@ fn every_head_of_the_fixtures_has_a_report() {
         assert!(report.ok && report.drift == 0.0, "{name}: {report:?}");
         assert!(!report.figures.is_empty(), "{name}: {report:?}");
     }
+}
+
+#[test]
+fn minilm_in_bf16_and_f16_keeps_its_embeddings() {
+    let reference = minilm();
+    let texts = drift::probe_texts();
+    let expected = drift::probe_outputs(&load(&reference, None), &texts).unwrap();
+    for (dtype, name, lowest) in [(DType::BF16, "bf16", 0.999), (DType::F16, "f16", 0.9999)] {
+        let got = drift::probe_outputs(&load_in(&reference, dtype), &texts).unwrap();
+        let report = drift::compare(&expected, &got, name, texts.len(), 0.02).unwrap();
+        eprintln!("{}", report.summary());
+        let min_cosine = report.figures["min_cosine"];
+        // Rounded for real (the embeddings moved), by less than the bits allow.
+        assert!(
+            min_cosine < 1.0 - 1e-9,
+            "{name} changed nothing: {min_cosine}"
+        );
+        assert!(min_cosine >= lowest, "{name}: lowest cosine {min_cosine}");
+    }
+}
+
+/// Every architecture loads in bf16 and f16 (embedding tables and tied output projections
+/// in half precision; the fixtures' other matrices are small enough to stay f32) and its
+/// outputs stay within the default drift of f32's. (The random causal LMs' next-token
+/// distributions are near-uniform, so bf16 flips a few near-ties.)
+#[test]
+fn every_architecture_runs_in_bf16_and_f16() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let texts: Vec<String> = drift::probe_texts().into_iter().take(6).collect();
+    for name in [
+        "bert-seqcls",
+        "bert-tokcls",
+        "bert-mlm",
+        "bert-st-mean",
+        "distilbert-seqcls",
+        "roberta-mlm",
+        "mpnet-st-mean",
+        "xlmr-tokcls",
+        "gpt2-causal-lm",
+        "llama-causal-lm",
+        "qwen2-causal-lm",
+        "gemma3-causal-lm",
+        "t5-seq2seq",
+        "bart-seq2seq",
+        "marian-seq2seq",
+    ] {
+        let path = fixtures.join(name);
+        let path = path.to_str().unwrap();
+        let expected = drift::probe_outputs(&load(path, None), &texts).unwrap();
+        for (dtype, dtype_name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
+            let got = drift::probe_outputs(&load_in(path, dtype), &texts).unwrap();
+            let report = drift::compare(
+                &expected,
+                &got,
+                dtype_name,
+                texts.len(),
+                drift::DEFAULT_MAX_DRIFT,
+            )
+            .unwrap();
+            eprintln!("{name}: {}", report.summary());
+            assert!(report.ok, "{name} in {dtype_name}: {}", report.summary());
+        }
+    }
+}
+
+#[test]
+fn half_precision_is_refused_for_gguf_files_training_and_with_quantize() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let bert = fixtures.join("bert-seqcls");
+    let bert = bert.to_str().unwrap();
+    let refused = |reference: &str, options: LoadOptions| {
+        girder::load(reference, &options).unwrap_err().to_string()
+    };
+    let err = refused(
+        bert,
+        LoadOptions {
+            dtype: DType::BF16,
+            quantize: Some(Quantization::Q8_0),
+            ..LoadOptions::default()
+        },
+    );
+    assert!(err.contains("--dtype bf16 and --quantize q8_0"), "{err}");
+    let err = refused(
+        bert,
+        LoadOptions {
+            dtype: DType::F16,
+            training: Some(girder::pretrained::TrainingLoad {
+                all_weights: true,
+                lora: None,
+                seed: 0,
+                modules: Vec::new(),
+            }),
+            ..LoadOptions::default()
+        },
+    );
+    assert!(err.contains("training in f16"), "{err}");
+    let err = refused(
+        bert,
+        LoadOptions {
+            dtype: DType::F64,
+            ..LoadOptions::default()
+        },
+    );
+    assert!(err.contains("f32, bf16 or f16"), "{err}");
+    let err = refused(
+        "models/some.gguf",
+        LoadOptions {
+            dtype: DType::BF16,
+            ..LoadOptions::default()
+        },
+    );
+    assert!(err.contains("GGUF file, which keeps the types"), "{err}");
 }
