@@ -260,7 +260,7 @@ pub async fn start(model: Loaded, options: ServeOptions) -> Result<Running, Star
                 report.candidate, report.candidate
             ),
             (Some(report), _) => format!(
-                "{} (linear layers quantized at load, activations rounded to 8 bits per block of 32; embeddings and norms float32)",
+                "{} (linear layers and embeddings quantized at load, activations rounded to 8 bits per block of 32; norms and classifier heads float32)",
                 report.candidate
             ),
             // The loader computes safetensors weights in f32 on every device.

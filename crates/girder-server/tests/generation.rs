@@ -512,7 +512,7 @@ impl<F: Fn(&RaggedBatch) + Send + Sync> DecoderForward for Hooked<F> {
     fn vocab_size(&self) -> usize {
         self.inner.vocab_size()
     }
-    fn input_embeddings(&self) -> &candle_core::Tensor {
+    fn input_embeddings(&self) -> &girder::layers::Embedding {
         self.inner.input_embeddings()
     }
 }

@@ -812,26 +812,22 @@ fn canary_calibrates_on_smollm2_as_well() {
     let gguf_path = real("smollm2-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let g = girder::generate::TextGenerator::load(gguf_path.to_str().unwrap()).unwrap();
-    let weight = g
-        .model()
-        .input_embeddings()
-        .to_dtype(candle_core::DType::F32)
-        .unwrap();
+    let weight = g.model().input_embeddings();
     let vocab_of = |path: PathBuf| -> HashMap<String, u32> {
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         serde_json::from_value(doc["model"]["vocab"].clone()).unwrap()
     };
     let own = vocab_of(real("smollm2-tokenizer", "tokenizer.json").join("tokenizer.json"));
-    let spread = canary::trained_spread(&weight).unwrap();
-    let own_effect = canary::related_effect(&weight, &own).unwrap().unwrap();
+    let spread = canary::trained_spread(weight).unwrap();
+    let own_effect = canary::related_effect(weight, &own).unwrap().unwrap();
     let ids = shuffled((0..own.len() as u32).collect(), 5);
     let permuted: HashMap<String, u32> = own
         .iter()
         .map(|(t, &i)| (t.clone(), ids[i as usize]))
         .collect();
-    let permuted_effect = canary::related_effect(&weight, &permuted).unwrap().unwrap();
+    let permuted_effect = canary::related_effect(weight, &permuted).unwrap().unwrap();
     let minilm_vocab = vocab_of(minilm().join("tokenizer.json"));
-    let minilm_effect = canary::related_effect(&weight, &minilm_vocab)
+    let minilm_effect = canary::related_effect(weight, &minilm_vocab)
         .unwrap()
         .unwrap();
     println!(
@@ -870,7 +866,7 @@ impl girder::models::DecoderForward for FewerRows {
     fn vocab_size(&self) -> usize {
         self.rows
     }
-    fn input_embeddings(&self) -> &candle_core::Tensor {
+    fn input_embeddings(&self) -> &girder::layers::Embedding {
         self.inner.input_embeddings()
     }
 }
@@ -1109,7 +1105,7 @@ fn localised_row(
             .unwrap()
             .unwrap(),
         girder::Loaded::Decoder(g) => {
-            canary::EmbeddingMatrix::new("token_embd.weight", g.model().input_embeddings()).unwrap()
+            canary::EmbeddingMatrix::new("token_embd.weight", g.model().input_embeddings())
         }
         girder::Loaded::EncoderDecoder(_) => unreachable!("no encoder-decoder in the zoo"),
     };
@@ -1117,7 +1113,7 @@ fn localised_row(
     let probe = check::probe_texts(&CheckOptions::default());
     let c = canary::measure(tokenizer, &embedding, &probe).unwrap();
     let pairs = canary::related_pairs(&tokenizer.get_vocab(true), embedding.rows());
-    let regions = canary::region_effects(&embedding.weight, &pairs).unwrap();
+    let regions = canary::region_effects(&embedding.embedding, &pairs).unwrap();
     let inside: Vec<f64> = regions
         .iter()
         .filter(|r| r.first_id >= lo && r.last_id <= hi)

@@ -84,6 +84,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let model = crate::returning_freed_memory(|| Model::load(&args.model, &options))
         .with_context(|| format!("cannot load model `{}`", args.model))?;
     let rss_after_load = current_rss_bytes();
+    let load_peak_rss = peak_rss_bytes();
     let opts = embeddings::Options::default();
     let real_tokens: usize = model
         .encode_texts(&workload.texts)?
@@ -114,6 +115,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "tokens_per_s": real_tokens as f64 / median,
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_after_load_bytes": rss_after_load,
+        "load_peak_rss_bytes": load_peak_rss,
         "quantize": args.quantize.map(Quantization::name),
         "dtype": girder::pretrained::dtype_name(args.dtype),
         "embedding0": first.first().map(|e| e.embedding.iter().take(4).copied().collect::<Vec<_>>()),

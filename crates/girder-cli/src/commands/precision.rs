@@ -21,8 +21,8 @@ pub struct PrecisionArgs {
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<DType>,
     /// Quantize the linear layers of a safetensors checkpoint at load: q8_0, q6_k, q5_k,
-    /// q5_0, q4_k or q4_0 (GGUF blocks, girder's quantized kernels). Embeddings, norms and
-    /// classifier heads stay f32. Before any work, the quantized model is compared with the
+    /// q5_0, q4_k or q4_0 (GGUF blocks, girder's quantized kernels), embedding tables too.
+    /// Norms, biases and classifier heads stay f32. Before any work, the quantized model is compared with the
     /// f32 one on probe texts (the accuracy report, on stderr).
     #[arg(long, value_parser = parse_quantization)]
     pub quantize: Option<Quantization>,

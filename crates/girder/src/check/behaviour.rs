@@ -181,9 +181,7 @@ pub fn next_token_log_probs(
 /// `next-token-loss` for a causal LM with trained input embeddings: an error above
 /// [`MAX_NEXT_TOKEN_LOSS`], else info with the figure.
 pub fn language_model(g: &TextGenerator) -> Result<Vec<Finding>> {
-    if canary::trained_spread(&g.model().input_embeddings().to_dtype(DType::F32)?)?
-        < MIN_TRAINED_SPREAD
-    {
+    if canary::trained_spread(g.model().input_embeddings())? < MIN_TRAINED_SPREAD {
         return Ok(Vec::new());
     }
     let loss = next_token_loss(g, LANGUAGE_PROBE)?;
@@ -241,8 +239,7 @@ pub fn paraphrase_accuracy(model: &Model) -> Result<f64> {
 /// with trained embeddings: an error below [`MIN_PARAPHRASE_ACCURACY`], else info.
 pub fn sentence_embedder(model: &Model) -> Result<Vec<Finding>> {
     if model.sentence.is_none()
-        || canary::trained_spread(&model.encoder.word_embeddings().to_dtype(DType::F32)?)?
-            < MIN_TRAINED_SPREAD
+        || canary::trained_spread(model.encoder.word_embeddings())? < MIN_TRAINED_SPREAD
     {
         return Ok(Vec::new());
     }

@@ -39,7 +39,7 @@
 use super::Subject;
 use super::{Finding, Severity};
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor};
+use crate::layers::Embedding;
 use std::collections::{HashMap, HashSet};
 
 /// Below this effect size the tokenizer does not match the embedding matrix.
@@ -52,41 +52,43 @@ pub const MIN_TRAINED_SPREAD: f64 = 2.0;
 /// tokenizer. Real vocabularies give thousands (MiniLM 4,820, SmolLM2 21,223).
 pub const MIN_PAIRS: usize = 500;
 
-/// The model's word-embedding matrix, read from the checkpoint.
+/// The model's word-embedding matrix, as loaded.
 pub struct EmbeddingMatrix {
     /// The tensor's name in a base checkpoint (the registry's `embedding_tensor`).
     pub name: String,
-    /// `[rows, hidden]`, f32, on the CPU.
-    pub weight: Tensor,
+    /// `[rows, hidden]`, in the precision it is kept in (read a chunk of rows at a time).
+    pub embedding: Embedding,
 }
 
+/// Rows of a table read at a time by the checks that pass over all of them: 32 MB of f32
+/// for a hidden size of 1,024.
+const CHUNK_ROWS: usize = 8_192;
+
 impl EmbeddingMatrix {
-    /// The word embedding of the loaded model, copied to the CPU as f32 when it lives
-    /// elsewhere; `None` when the subject has none.
+    /// The word embedding of the loaded model; `None` when the subject has none.
     pub fn load(model: &Subject) -> Result<Option<Self>> {
-        let Some((name, weight)) = model.embedding else {
+        let Some((name, embedding)) = model.embedding else {
             return Ok(None);
         };
-        Self::new(name, weight).map(Some)
+        Ok(Some(Self::new(name, embedding)))
     }
 
-    /// The matrix `weight`, named `name` in messages, copied to the CPU as f32.
-    pub fn new(name: &str, weight: &Tensor) -> Result<Self> {
-        let weight = weight.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        Ok(EmbeddingMatrix {
+    /// The table of `embedding`, named `name` in messages.
+    pub fn new(name: &str, embedding: &Embedding) -> Self {
+        EmbeddingMatrix {
             name: name.to_string(),
-            weight,
-        })
+            embedding: embedding.clone(),
+        }
     }
 
     /// Rows of the matrix: the number of ids the model can embed.
     pub fn rows(&self) -> usize {
-        self.weight.dims()[0]
+        self.embedding.dims().0
     }
 
     /// Hidden size.
     pub fn hidden(&self) -> usize {
-        self.weight.dims()[1]
+        self.embedding.dims().1
     }
 }
 
@@ -113,7 +115,7 @@ pub fn measure(
     embedding: &EmbeddingMatrix,
     probe: &[String],
 ) -> Result<Canary> {
-    let weight = &embedding.weight;
+    let weight = &embedding.embedding;
     let (norms, trained_spread) = spread_and_norms(weight)?;
     let vocab = tokenizer.get_vocab(true);
     let pairs = related_pairs(&vocab, embedding.rows());
@@ -151,44 +153,77 @@ pub fn measure(
 /// Training spreads the row norms (frequent and rare tokens end up with different norms:
 /// all-MiniLM-L6-v2 6.0×) or, where norms are held alike, the angles between rows (Gemma 3's
 /// rows have nearly equal norms, 0.02×, and cosines spread far wider than random rows').
-pub fn trained_spread(weight: &Tensor) -> Result<f64> {
+pub fn trained_spread(weight: &Embedding) -> Result<f64> {
     Ok(spread_and_norms(weight)?.1)
 }
 
-/// The row norms of `weight` and its [`trained_spread`], read from the matrix in place.
-fn spread_and_norms(weight: &Tensor) -> Result<(Vec<f32>, f64)> {
-    let (rows, hidden) = weight.dims2()?;
-    let weight = weight.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = weight.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        // Off the CPU: the same figures from a copy.
-        drop(storage);
-        return spread_and_norms(&weight.to_device(&Device::Cpu)?);
-    };
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..rows * hidden];
-    let norms: Vec<f32> = data
-        .chunks_exact(hidden)
-        .map(|row| dot(row, row).sqrt())
-        .collect();
+/// Every row of `weight`, [`CHUNK_ROWS`] at a time: `f(rows)` with the rows' f32 values.
+pub(crate) fn for_each_chunk(
+    weight: &Embedding,
+    mut f: impl FnMut(&[f32]) -> Result<()>,
+) -> Result<()> {
+    let rows = weight.dims().0;
+    for start in (0..rows).step_by(CHUNK_ROWS) {
+        f(&weight.rows_f32(start..(start + CHUNK_ROWS).min(rows))?)?;
+    }
+    Ok(())
+}
+
+/// The mean of `weight`'s rows.
+fn mean_row(weight: &Embedding) -> Result<Vec<f32>> {
+    let (rows, hidden) = weight.dims();
+    let mut mean_row = vec![0f32; hidden];
+    for_each_chunk(weight, |chunk| {
+        for row in chunk.chunks_exact(hidden) {
+            mean_row.iter_mut().zip(row).for_each(|(m, x)| *m += x);
+        }
+        Ok(())
+    })?;
+    mean_row.iter_mut().for_each(|m| *m /= rows.max(1) as f32);
+    Ok(mean_row)
+}
+
+/// The row norms of `weight` and its [`trained_spread`], reading the table a chunk of rows
+/// at a time.
+fn spread_and_norms(weight: &Embedding) -> Result<(Vec<f32>, f64)> {
+    let (rows, hidden) = weight.dims();
+    let mut norms = Vec::with_capacity(rows);
+    let mut mean_row = vec![0f32; hidden];
+    for_each_chunk(weight, |chunk| {
+        for row in chunk.chunks_exact(hidden) {
+            norms.push(dot(row, row).sqrt());
+            mean_row.iter_mut().zip(row).for_each(|(m, x)| *m += x);
+        }
+        Ok(())
+    })?;
+    mean_row.iter_mut().for_each(|m| *m /= rows.max(1) as f32);
     // Cosines of random pairs of rows centred on the mean row: their spread is
     // 1/sqrt(hidden) for a Gaussian matrix.
-    let mut mean_row = vec![0f32; hidden];
-    for row in data.chunks_exact(hidden) {
-        mean_row.iter_mut().zip(row).for_each(|(m, x)| *m += x);
-    }
-    mean_row.iter_mut().for_each(|m| *m /= rows.max(1) as f32);
-    let centred = |i: usize| -> Vec<f32> {
-        let row = &data[i * hidden..(i + 1) * hidden];
+    let mut rng = SplitMix64(0x2545_f491_4f6c_dd1d);
+    let pairs: Vec<(usize, usize)> = (0..2_000)
+        .map(|_| {
+            (
+                (rng.next() % rows.max(1) as u64) as usize,
+                (rng.next() % rows.max(1) as u64) as usize,
+            )
+        })
+        .collect();
+    let ids: Vec<u32> = pairs
+        .iter()
+        .flat_map(|&(i, j)| [i as u32, j as u32])
+        .filter(|_| rows > 0)
+        .collect();
+    let picked = weight.gather_f32(&ids)?;
+    let centred = |k: usize| -> Vec<f32> {
+        let row = &picked[k * hidden..(k + 1) * hidden];
         row.iter().zip(&mean_row).map(|(x, m)| x - m).collect()
     };
-    let mut rng = SplitMix64(0x2545_f491_4f6c_dd1d);
-    let cosines: Vec<f64> = (0..2_000)
-        .filter_map(|_| {
-            let (i, j) = (
-                (rng.next() % rows as u64) as usize,
-                (rng.next() % rows as u64) as usize,
-            );
-            let (a, b) = (centred(i), centred(j));
+    let cosines: Vec<f64> = pairs
+        .iter()
+        .enumerate()
+        .filter(|_| rows > 0)
+        .filter_map(|(k, &(i, j))| {
+            let (a, b) = (centred(2 * k), centred(2 * k + 1));
             let norm = (dot(&a, &a) * dot(&b, &b)).sqrt();
             (i != j && norm > 0.0).then(|| (dot(&a, &b) / norm) as f64)
         })
@@ -229,8 +264,8 @@ fn spread_of(norms: &[f32], hidden: usize) -> f64 {
 
 /// The related-pairs effect size of a vocabulary on an embedding matrix `weight`
 /// (`[rows, hidden]`, f32): see the module docs. `None` with fewer than [`MIN_PAIRS`] pairs.
-pub fn related_effect(weight: &Tensor, vocab: &HashMap<String, u32>) -> Result<Option<f64>> {
-    let (rows, _) = weight.dims2()?;
+pub fn related_effect(weight: &Embedding, vocab: &HashMap<String, u32>) -> Result<Option<f64>> {
+    let (rows, _) = weight.dims();
     let pairs = related_pairs(vocab, rows);
     if pairs.len() < MIN_PAIRS {
         return Ok(None);
@@ -293,7 +328,7 @@ pub struct RegionEffect {
 /// not mistaken for damage. A tokenizer shifted or permuted in one part of its vocabulary
 /// keeps the whole-vocabulary effect high, and collapses the effect of the regions it
 /// touches.
-pub fn region_effects(weight: &Tensor, pairs: &[(u32, u32)]) -> Result<Vec<RegionEffect>> {
+pub fn region_effects(weight: &Embedding, pairs: &[(u32, u32)]) -> Result<Vec<RegionEffect>> {
     Ok(regions_of(&UnitRows::gather(weight, pairs)?, pairs))
 }
 
@@ -420,31 +455,15 @@ struct UnitRows {
 }
 
 impl UnitRows {
-    fn gather(weight: &Tensor, pairs: &[(u32, u32)]) -> Result<Self> {
-        let (rows, hidden) = weight.dims2()?;
+    fn gather(weight: &Embedding, pairs: &[(u32, u32)]) -> Result<Self> {
+        let hidden = weight.dims().1;
         let mut ids: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
         ids.sort_unstable();
         ids.dedup();
-        let weight = weight
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
-        let (storage, layout) = weight.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            unreachable!("the matrix was copied to the CPU");
-        };
-        let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..rows * hidden];
-        let mut mean_row = vec![0f32; hidden];
-        for row in data.chunks_exact(hidden) {
-            mean_row.iter_mut().zip(row).for_each(|(m, x)| *m += x);
-        }
-        mean_row.iter_mut().for_each(|m| *m /= rows.max(1) as f32);
-        let mut values = Vec::with_capacity(ids.len() * hidden);
-        for &id in &ids {
-            let row = &data[id as usize * hidden..(id as usize + 1) * hidden];
-            let start = values.len();
-            values.extend(row.iter().zip(&mean_row).map(|(x, m)| x - m));
-            let centred = &mut values[start..];
+        let mean_row = mean_row(weight)?;
+        let mut values = weight.gather_f32(&ids)?;
+        for centred in values.chunks_exact_mut(hidden) {
+            centred.iter_mut().zip(&mean_row).for_each(|(x, m)| *x -= m);
             let norm = dot(centred, centred).sqrt().max(1e-12);
             centred.iter_mut().for_each(|x| *x /= norm);
         }

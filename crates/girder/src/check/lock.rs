@@ -241,10 +241,10 @@ pub fn identity(subject: &Subject) -> Result<ModelPin> {
     )
     .then(|| subject.config.id2label.clone());
     let weights = match subject.embedding {
-        Some((name, tensor)) => WeightsPin {
+        Some((name, embedding)) => WeightsPin {
             embedding: name.to_string(),
-            shape: tensor.dims().to_vec(),
-            sha256: embedding_sha256(tensor)?,
+            shape: vec![embedding.dims().0, embedding.dims().1],
+            sha256: embedding_sha256(&embedding.dense_table()?)?,
             tensors_sha256: tensors_sha256(subject)?,
         },
         None => {

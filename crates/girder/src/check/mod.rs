@@ -39,7 +39,6 @@ use crate::hub::ModelFolder;
 use crate::pipelines::Model;
 use crate::pretrained::Loaded;
 use crate::tokenize::TextTokenizer;
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// How serious a finding is.
@@ -203,7 +202,7 @@ pub struct Subject<'a> {
     pub max_length: usize,
     /// The word-embedding matrix `[vocab, hidden]` as loaded, with its tensor name in a
     /// base checkpoint (the registry's `embedding_tensor`).
-    pub embedding: Option<(&'a str, &'a Tensor)>,
+    pub embedding: Option<(&'a str, &'a crate::layers::Embedding)>,
     /// The loaded encoder, for checks that run it.
     pub model: Option<&'a Model>,
 }

@@ -26,7 +26,7 @@ pub fn check(
 ) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     if let Some(matrix) = embedding {
-        if !finite(&matrix.weight)? {
+        if !finite_rows(&matrix.embedding)? {
             findings.push(Finding::new(
                 Severity::Error,
                 "non-finite-weights",
@@ -83,6 +83,16 @@ pub fn check(
 
 /// Whether every value of `t` is finite: a NaN or infinity anywhere makes the sum non-finite
 /// (so does an overflowing sum, itself a sign of broken values).
+/// Whether every value of the table is finite, read a chunk of rows at a time.
+fn finite_rows(table: &crate::layers::Embedding) -> Result<bool> {
+    let mut all = true;
+    super::canary::for_each_chunk(table, |rows| {
+        all &= rows.iter().all(|x| x.is_finite());
+        Ok(())
+    })?;
+    Ok(all)
+}
+
 fn finite(t: &Tensor) -> Result<bool> {
     let sum = t
         .to_dtype(candle_core::DType::F32)?

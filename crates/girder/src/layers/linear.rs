@@ -11,10 +11,12 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use std::sync::Arc;
 
-/// Quantization of a floating-point checkpoint's linear layers at load (`--quantize`,
-/// "in-situ" as mistral.rs calls it): each weight matrix becomes GGUF blocks, made from the
-/// f32 values as llama.cpp's `quantize` makes them, and is multiplied by the same kernel as
-/// a GGUF file's. Embeddings, norms, a tied output projection and matrices under
+/// Quantization of a floating-point checkpoint's linear layers and embedding tables at load
+/// (`--quantize`, "in-situ" as mistral.rs calls it): each weight matrix becomes GGUF blocks,
+/// made from the f32 values as llama.cpp's `quantize` makes them, and is multiplied by the
+/// same kernel as a GGUF file's; an embedding table's rows are widened to f32 as they are
+/// gathered ([`Embedding`](super::Embedding)), and a projection tied to it is multiplied
+/// from the same type of blocks. Norms, biases and matrices under
 /// [`MIN_QUANTIZED_ELEMENTS`] (classifier heads) stay f32.
 ///
 /// ```
@@ -243,6 +245,11 @@ impl Linear {
             Some(m) => Weight::Blocks(m),
             None => Weight::Quantized(QMatMul::from_arc(q)?),
         })
+    }
+
+    /// The same layer with `bias` (`[out]`) in place of its own.
+    pub fn with_bias(self, bias: Option<Tensor>) -> Self {
+        Linear { bias, ..self }
     }
 
     /// Builds a layer from an `[out, in]` weight already loaded (a tied decoder reuses the

@@ -9,6 +9,7 @@
 mod activation;
 mod attention;
 pub mod cpu;
+mod embedding;
 mod kv_cache;
 mod linear;
 mod norm;
@@ -22,14 +23,11 @@ pub use attention::{
     ragged_causal_attention, varlen_attention, DistanceBias,
 };
 pub use cpu::kernels::{add_in_place, gelu_erf, gelu_tanh_mul, silu_mul, softmax_last_dim};
+pub use embedding::Embedding;
 pub use kv_cache::{CrossKv, KvCache, Seq2SeqCache};
 pub use linear::{Linear, Quantization, MIN_QUANTIZED_ELEMENTS};
 pub use norm::{layer_norm, LayerNorm, RmsNorm};
 pub use training::Dropout;
-
-use crate::error::Result;
-use crate::hub::Weights;
-use candle_core::Tensor;
 
 /// Runs `f` (a forward pass) on a thread of rayon's global pool and returns its result.
 ///
@@ -47,45 +45,5 @@ pub fn in_thread_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         f()
     } else {
         rayon::scope(|_| training::outside_any_pass(f))
-    }
-}
-
-/// A lookup table `[rows, dim]`; `forward` gathers rows by id. The table is kept in the
-/// weights' [`weight_dtype`](Weights::weight_dtype) (bf16 or f16 halve a vocabulary's
-/// memory); the rows it returns are f32.
-#[derive(Debug, Clone)]
-pub struct Embedding {
-    table: Tensor,
-}
-
-impl Embedding {
-    /// Loads `prefix.weight` with shape `[rows, dim]`.
-    pub fn load(w: &Weights, rows: usize, dim: usize) -> Result<Self> {
-        Ok(Embedding {
-            table: w.get_weight([rows, dim], "weight")?,
-        })
-    }
-
-    /// A table computed rather than loaded (fixed sinusoidal positions).
-    pub fn from_table(table: Tensor) -> Self {
-        Embedding { table }
-    }
-
-    /// `ids`: `[n]` u32 → `[n, dim]`. In a training pass a trainable table's rows are a leaf
-    /// of their own ([`training::LookedUp`]).
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        if let Some(rows) = training::record_lookup(&self.table, ids)? {
-            return Ok(rows);
-        }
-        Ok(self
-            .table
-            .index_select(ids, 0)?
-            .to_dtype(candle_core::DType::F32)?)
-    }
-
-    /// The table itself (`[rows, dim]`, in the dtype it is kept in), e.g. for a tied output
-    /// projection.
-    pub fn table(&self) -> &Tensor {
-        &self.table
     }
 }

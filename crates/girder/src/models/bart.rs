@@ -453,7 +453,7 @@ enum PositionTable {
 impl Embeddings {
     /// `[n]` ids and positions → `[n, d_model]`.
     fn forward(&self, ids: &[u32], positions: &[u32]) -> Result<Tensor> {
-        let device = self.tokens.table().device();
+        let device = self.tokens.device();
         let n = ids.len();
         let x = self.tokens.forward(&Tensor::from_slice(ids, n, device)?)?;
         let x = if self.scale != 1.0 {
@@ -476,10 +476,8 @@ impl Embeddings {
     /// Positions the table can index.
     fn max_positions(&self) -> usize {
         match &self.positions {
-            PositionTable::Learned { table, offset } => {
-                table.table().dim(0).unwrap_or(0).saturating_sub(*offset)
-            }
-            PositionTable::Fixed(table) => table.table().dim(0).unwrap_or(0),
+            PositionTable::Learned { table, offset } => table.dims().0.saturating_sub(*offset),
+            PositionTable::Fixed(table) => table.dims().0,
         }
     }
 }
@@ -550,11 +548,8 @@ impl BartForConditionalGeneration {
                 },
                 Positions::Sinusoidal => {
                     let rows = cfg.max_position_embeddings;
-                    let table = Tensor::from_vec(
-                        sinusoidal_table(rows, d),
-                        (rows, d),
-                        tokens.table().device(),
-                    )?;
+                    let table =
+                        Tensor::from_vec(sinusoidal_table(rows, d), (rows, d), tokens.device())?;
                     PositionTable::Fixed(Embedding::from_table(table))
                 }
             };
@@ -581,7 +576,7 @@ impl BartForConditionalGeneration {
         let lm_head = if w.contains("lm_head.weight") {
             Linear::load_no_bias(&w.pp("lm_head"), d, cfg.decoder_vocab_size)?
         } else {
-            Linear::from_parts(decoder_embeddings.tokens.table().clone(), None)?
+            decoder_embeddings.tokens.tied_projection(None)?
         };
         let final_logits_bias = if w.contains("final_logits_bias") {
             Some(
@@ -659,7 +654,7 @@ impl Seq2SeqForward for BartForConditionalGeneration {
     }
 
     fn new_cache(&self, cross: Arc<CrossKv>, capacity: usize) -> Result<Seq2SeqCache> {
-        let table = self.decoder_embeddings.tokens.table();
+        let table = &self.decoder_embeddings.tokens;
         let heads = self.cfg.decoder_attention_heads;
         Ok(Seq2SeqCache {
             self_attn: KvCache::new(
@@ -688,8 +683,8 @@ impl Seq2SeqForward for BartForConditionalGeneration {
         self.cfg.decoder_vocab_size
     }
 
-    fn input_embeddings(&self) -> &Tensor {
-        self.decoder_embeddings.tokens.table()
+    fn input_embeddings(&self) -> &Embedding {
+        &self.decoder_embeddings.tokens
     }
 }
 
@@ -778,8 +773,8 @@ impl EncoderForward for SequenceClassifierBase {
         })
     }
 
-    fn word_embeddings(&self) -> &Tensor {
-        self.model.encoder_embeddings.tokens.table()
+    fn word_embeddings(&self) -> &Embedding {
+        &self.model.encoder_embeddings.tokens
     }
 
     fn max_position_embeddings(&self) -> usize {

@@ -248,8 +248,8 @@ impl EncoderForward for DistilBertModel {
         })
     }
 
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings.table()
+    fn word_embeddings(&self) -> &Embedding {
+        &self.embeddings.word_embeddings
     }
 
     fn max_position_embeddings(&self) -> usize {

@@ -14,7 +14,7 @@ use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
-use crate::layers::{CrossKv, Seq2SeqCache};
+use crate::layers::{CrossKv, Embedding, Seq2SeqCache};
 use candle_core::Tensor;
 use std::sync::Arc;
 
@@ -97,7 +97,7 @@ pub trait Seq2SeqForward: Send + Sync {
 
     /// The decoder's token-embedding matrix `[vocab, hidden]`, as loaded (the guard reads its
     /// rows).
-    fn input_embeddings(&self) -> &Tensor;
+    fn input_embeddings(&self) -> &Embedding;
 }
 
 /// Checks what a decoder needs of its batch: one cache per sequence, positions continuing
@@ -206,7 +206,7 @@ impl Seq2SeqModel {
     }
 
     /// See [`Seq2SeqForward::input_embeddings`].
-    pub fn input_embeddings(&self) -> &Tensor {
+    pub fn input_embeddings(&self) -> &Embedding {
         self.inner.input_embeddings()
     }
 }

@@ -547,7 +547,7 @@ impl Gemma3TextModel {
     /// The final hidden states `[total_tokens, hidden]`; each sequence's keys and values are
     /// appended to its cache.
     pub fn forward(&self, batch: &RaggedBatch, caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        let device = self.embed_tokens.table().device();
+        let device = self.embed_tokens.device();
         let ids = Tensor::from_slice(&batch.input_ids, batch.total_tokens(), device)?;
         let global = self.global_rotary.cos_sin(&batch.positions, device)?;
         let local = self.local_rotary.cos_sin(&batch.positions, device)?;
@@ -588,7 +588,7 @@ impl Gemma3ForCausalLM {
             let embed = w.pp("model.embed_tokens");
             match embed.qtensor([cfg.vocab_size, cfg.hidden_size], "weight")? {
                 Some(q) => Linear::from_qtensor(q, None)?,
-                None => Linear::from_parts(model.embed_tokens.table().clone(), None)?,
+                None => model.embed_tokens.tied_projection(None)?,
             }
         } else {
             Linear::load_no_bias(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size)?
@@ -619,7 +619,7 @@ impl DecoderForward for Gemma3ForCausalLM {
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        let table = self.model.embed_tokens.table();
+        let table = &self.model.embed_tokens;
         KvCache::new(
             self.cfg.num_hidden_layers,
             self.cfg.num_key_value_heads,
@@ -638,8 +638,8 @@ impl DecoderForward for Gemma3ForCausalLM {
         self.cfg.vocab_size
     }
 
-    fn input_embeddings(&self) -> &Tensor {
-        self.model.embed_tokens.table()
+    fn input_embeddings(&self) -> &Embedding {
+        &self.model.embed_tokens
     }
 }
 

@@ -217,9 +217,10 @@ impl Block {
 #[derive(Debug, Clone)]
 pub struct GPT2LMHeadModel {
     wte: Embedding,
-    /// The LM head, tied to `wte`, as a matrix of its own when the table is kept in bf16
-    /// or f16; an f32 table is multiplied through its transposed view, without a copy.
-    half_lm_head: Option<Linear>,
+    /// The LM head, tied to `wte`, as a layer of its own when the table is kept in bf16,
+    /// f16 or quantized; an f32 table is multiplied through its transposed view, without a
+    /// copy.
+    lm_head: Option<Linear>,
     wpe: Embedding,
     h: Vec<Block>,
     ln_f: LayerNorm,
@@ -235,13 +236,13 @@ impl GPT2LMHeadModel {
             w.clone()
         };
         let wte = Embedding::load(&t.pp("wte"), cfg.vocab_size, cfg.n_embd)?;
-        let half_lm_head = match wte.table().dtype() {
-            candle_core::DType::F32 => None,
-            _ => Some(Linear::from_parts(wte.table().clone(), None)?),
+        let lm_head = match wte.is_dense_f32() {
+            true => None,
+            false => Some(wte.tied_projection(None)?),
         };
         Ok(GPT2LMHeadModel {
             wte,
-            half_lm_head,
+            lm_head,
             wpe: Embedding::load(&t.pp("wpe"), cfg.n_positions, cfg.n_embd)?,
             h: (0..cfg.n_layer)
                 .map(|i| Block::load(&t.pp(format!("h.{i}")), cfg, i))
@@ -265,7 +266,7 @@ impl DecoderForward for GPT2LMHeadModel {
         logits: Logits,
     ) -> Result<Tensor> {
         super::check_decoder_batch(batch, caches, self.cfg.n_positions)?;
-        let device = self.wte.table().device();
+        let device = self.wte.device();
         let n = batch.total_tokens();
         let ids = Tensor::from_slice(&batch.input_ids, n, device)?;
         let positions = Tensor::from_slice(&batch.positions, n, device)?;
@@ -282,14 +283,14 @@ impl DecoderForward for GPT2LMHeadModel {
         let x = self.ln_f.forward(&x)?;
         let x = super::logit_rows(&x, batch, logits)?;
         crate::layers::cpu::team::rest(); // candle's matmul runs on rayon's threads
-        match &self.half_lm_head {
+        match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => Ok(x.matmul(&self.wte.table().t()?)?),
+            None => Ok(x.matmul(&self.wte.dense_table()?.t()?)?),
         }
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        let table = self.wte.table();
+        let table = &self.wte;
         KvCache::new(
             self.cfg.n_layer,
             self.cfg.n_head,
@@ -308,8 +309,8 @@ impl DecoderForward for GPT2LMHeadModel {
         self.cfg.vocab_size
     }
 
-    fn input_embeddings(&self) -> &Tensor {
-        self.wte.table()
+    fn input_embeddings(&self) -> &Embedding {
+        &self.wte
     }
 }
 

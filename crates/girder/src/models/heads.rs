@@ -11,7 +11,7 @@ use crate::batch::RaggedBatch;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
 use crate::layers::LayerNorm;
-use crate::layers::{Activation, Dropout, Linear};
+use crate::layers::{Activation, Dropout, Embedding, Linear};
 use candle_core::Tensor;
 use candle_nn::Module;
 
@@ -135,7 +135,7 @@ pub(crate) fn first_token_heads(
     labels: usize,
     dropout: Dropout,
     eps: f64,
-    word_embeddings: &Tensor,
+    word_embeddings: &Embedding,
 ) -> Result<Option<EncoderHead>> {
     use super::Head;
     Ok(Some(match head {
@@ -178,16 +178,21 @@ pub(crate) fn tied_decoder(
     w: &Weights,
     decoder_weight: &str,
     biases: &[&str],
-    word_embeddings: &Tensor,
+    word_embeddings: &Embedding,
 ) -> Result<Linear> {
-    let (vocab, hidden) = word_embeddings.dims2()?;
-    let weight = if w.contains(decoder_weight) {
-        w.get([vocab, hidden], decoder_weight)?
-    } else {
-        word_embeddings.clone()
-    };
+    let (vocab, hidden) = word_embeddings.dims();
     let bias_name = biases.iter().find(|b| w.contains(b)).unwrap_or(&biases[0]);
-    Linear::from_parts(weight, Some(w.get([vocab], bias_name)?))
+    let bias = Some(w.get([vocab], bias_name)?);
+    if !w.contains(decoder_weight) {
+        return word_embeddings.tied_projection(bias);
+    }
+    // A checkpoint's own copy loads as any linear layer (half or quantized as the weights
+    // say).
+    let decoder = match decoder_weight.strip_suffix(".weight") {
+        Some(module) => w.pp(module),
+        None => w.clone(),
+    };
+    Ok(Linear::load_no_bias(&decoder, hidden, vocab)?.with_bias(bias))
 }
 
 /// Rows of each sequence's first token: `[total_tokens, h]` → `[num_seqs, h]`.
@@ -229,7 +234,7 @@ impl<B: EncoderForward> EncoderForward for WithHead<B> {
         self.head.forward(out, batch, rows)
     }
 
-    fn word_embeddings(&self) -> &Tensor {
+    fn word_embeddings(&self) -> &Embedding {
         self.base.word_embeddings()
     }
 

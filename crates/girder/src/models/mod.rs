@@ -29,7 +29,7 @@ use crate::batch::RaggedBatch;
 use crate::config::CommonConfig;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
-use crate::layers::KvCache;
+use crate::layers::{Embedding, KvCache};
 use candle_core::Tensor;
 
 /// Layers a configuration may declare at most: past any real model (the largest have under
@@ -182,7 +182,7 @@ pub trait EncoderForward: Send + Sync {
     }
 
     /// The word-embedding matrix `[vocab, hidden]`, as loaded (the guard reads its rows).
-    fn word_embeddings(&self) -> &Tensor;
+    fn word_embeddings(&self) -> &Embedding;
 
     /// Rows of the position-embedding table (before any [`registry::PositionOffset`]).
     fn max_position_embeddings(&self) -> usize;
@@ -289,16 +289,11 @@ impl EncoderModel {
 
     /// Rows of the word-embedding matrix.
     pub fn vocab_size(&self) -> usize {
-        self.inner
-            .word_embeddings()
-            .dims()
-            .first()
-            .copied()
-            .unwrap_or(0)
+        self.inner.word_embeddings().dims().0
     }
 
     /// The word-embedding matrix `[vocab, hidden]`.
-    pub fn word_embeddings(&self) -> &Tensor {
+    pub fn word_embeddings(&self) -> &Embedding {
         self.inner.word_embeddings()
     }
 
@@ -364,7 +359,7 @@ pub trait DecoderForward: Send + Sync {
     fn vocab_size(&self) -> usize;
 
     /// The token-embedding matrix `[vocab, hidden]`, as loaded (the guard reads its rows).
-    fn input_embeddings(&self) -> &Tensor;
+    fn input_embeddings(&self) -> &Embedding;
 }
 
 /// Checks what a decoder needs of its batch: one cache per sequence, positions continuing
@@ -533,7 +528,7 @@ impl DecoderModel {
     }
 
     /// See [`DecoderForward::input_embeddings`].
-    pub fn input_embeddings(&self) -> &Tensor {
+    pub fn input_embeddings(&self) -> &Embedding {
         self.inner.input_embeddings()
     }
 }

@@ -307,7 +307,7 @@ impl Encoder {
         let buckets: Vec<u32> = (0..len as i64)
             .flat_map(|i| (0..len as i64).map(move |j| relative_position_bucket(j - i)))
             .collect();
-        let table = self.relative_attention_bias.table();
+        let table = &self.relative_attention_bias;
         let buckets = Tensor::from_vec(buckets, len * len, table.device())?;
         let values = self.relative_attention_bias.forward(&buckets)?; // [len · len, heads]
         let heads = values.dim(1)?;
@@ -362,8 +362,8 @@ impl EncoderForward for MPNetModel {
         Pooler::output(self.pooler.as_ref(), last_hidden_state, batch)
     }
 
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings.table()
+    fn word_embeddings(&self) -> &Embedding {
+        &self.embeddings.word_embeddings
     }
 
     fn max_position_embeddings(&self) -> usize {

@@ -119,8 +119,8 @@ impl EncoderForward for RobertaModel {
         )
     }
 
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings.table()
+    fn word_embeddings(&self) -> &Embedding {
+        &self.embeddings.word_embeddings
     }
 
     fn max_position_embeddings(&self) -> usize {

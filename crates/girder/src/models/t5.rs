@@ -450,7 +450,7 @@ impl T5ForConditionalGeneration {
         let lm_head = if w.contains("lm_head.weight") {
             Linear::load_no_bias(&w.pp("lm_head"), d, cfg.vocab_size)?
         } else {
-            Linear::from_parts(shared.table().clone(), None)?
+            shared.tied_projection(None)?
         };
         Ok(T5ForConditionalGeneration {
             encoder_final_norm: RmsNorm::load(&w.pp("encoder.final_layer_norm"), d, eps)?,
@@ -498,7 +498,7 @@ impl T5ForConditionalGeneration {
     }
 
     fn encoder(&self, batch: &RaggedBatch) -> Result<Tensor> {
-        let device = self.shared.table().device();
+        let device = self.shared.device();
         let n = batch.total_tokens();
         let mut x = self
             .shared
@@ -573,7 +573,7 @@ impl Seq2SeqForward for T5ForConditionalGeneration {
         logits: Logits,
     ) -> Result<Tensor> {
         check_decoder_batch(batch, caches, None)?;
-        let device = self.shared.table().device();
+        let device = self.shared.device();
         let n = batch.total_tokens();
         let mut x = self
             .shared
@@ -610,7 +610,7 @@ impl Seq2SeqForward for T5ForConditionalGeneration {
     }
 
     fn new_cache(&self, cross: Arc<CrossKv>, capacity: usize) -> Result<Seq2SeqCache> {
-        let table = self.shared.table();
+        let table = &self.shared;
         Ok(Seq2SeqCache {
             self_attn: KvCache::new(
                 self.cfg.num_decoder_layers,
@@ -636,8 +636,8 @@ impl Seq2SeqForward for T5ForConditionalGeneration {
         self.cfg.vocab_size
     }
 
-    fn input_embeddings(&self) -> &Tensor {
-        self.shared.table()
+    fn input_embeddings(&self) -> &Embedding {
+        &self.shared
     }
 }
 

@@ -306,7 +306,7 @@ impl WhisperForConditionalGeneration {
         let proj_out = if w.contains("proj_out.weight") {
             Linear::load_no_bias(&w.pp("proj_out"), d, cfg.vocab_size)?
         } else {
-            Linear::from_parts(embed_tokens.table().clone(), None)?
+            embed_tokens.tied_projection(None)?
         };
         Ok(WhisperForConditionalGeneration {
             conv1: Conv1d::load(&e.pp("conv1"), cfg.num_mel_bins, d, 3, 1)?,
@@ -395,7 +395,7 @@ impl Seq2SeqForward for WhisperForConditionalGeneration {
         logits: Logits,
     ) -> Result<Tensor> {
         check_decoder_batch(batch, caches, Some(self.cfg.max_target_positions))?;
-        let device = self.embed_tokens.table().device();
+        let device = self.embed_tokens.device();
         let n = batch.total_tokens();
         let tokens =
             self.embed_tokens
@@ -437,7 +437,7 @@ impl Seq2SeqForward for WhisperForConditionalGeneration {
     }
 
     fn new_cache(&self, cross: Arc<CrossKv>, capacity: usize) -> Result<Seq2SeqCache> {
-        let table = self.embed_tokens.table();
+        let table = &self.embed_tokens;
         let heads = self.cfg.decoder_attention_heads;
         Ok(Seq2SeqCache {
             self_attn: KvCache::new(
@@ -464,8 +464,8 @@ impl Seq2SeqForward for WhisperForConditionalGeneration {
         self.cfg.vocab_size
     }
 
-    fn input_embeddings(&self) -> &Tensor {
-        self.embed_tokens.table()
+    fn input_embeddings(&self) -> &Embedding {
+        &self.embed_tokens
     }
 }
 

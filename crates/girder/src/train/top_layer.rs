@@ -171,7 +171,7 @@ pub fn layer_inputs<S: AsRef<str>>(
 /// Refuses, before anything is computed, a model whose family cannot run its last layer
 /// alone.
 pub fn check_supported(model: &Model) -> Result<()> {
-    let hidden = model.encoder.word_embeddings().dim(1)?;
+    let hidden = model.encoder.word_embeddings().dims().1;
     let probe = Tensor::zeros(
         (1, hidden),
         candle_core::DType::F32,
