@@ -576,7 +576,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     if options.gguf == GgufMode::Quantized {
         warn_about_slow_types(&gguf);
     }
-    gguf.read_tensors(format.tensor_names, format.permuted_qk, &options.device)?;
+    gguf.map_tensors(format.tensor_names, format.permuted_qk, &options.device)?;
     let tokens = gguf.tokenizer()?;
     let generation_config = GenerationConfig {
         eos_token_ids: gguf

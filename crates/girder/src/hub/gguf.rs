@@ -69,16 +69,25 @@ impl TensorNames {
     }
 }
 
-/// An opened GGUF file: its metadata and, once [read](GgufFile::read_tensors), its tensors
-/// (renamed, q/k un-permuted).
+/// An opened GGUF file: its metadata, its tensor table and, once
+/// [mapped](GgufFile::map_tensors), its tensors by Hugging Face name, each read from the file
+/// when asked for (q/k un-permuted).
+///
+/// Why read on demand: a model converts each matrix into its kernel's layout as it loads;
+/// with every tensor read first, the file's tensors and their converted copies were in
+/// memory together (Qwen2.5-0.5B Q4_K_M, a 491 MB file: 1.1 GB at the end of the load).
 pub struct GgufFile {
     path: PathBuf,
     metadata: HashMap<String, Value>,
     architecture: String,
-    /// The header's tensor table, until the tensors are read.
-    tensor_infos: Option<Content>,
-    /// Hugging Face tensor name → tensor.
-    tensors: HashMap<String, Arc<QTensor>>,
+    /// The header's tensor table and where the tensor data starts.
+    content: Content,
+    /// Hugging Face tensor name → GGUF name, once mapped.
+    names: HashMap<String, String>,
+    /// `(heads, kv_heads)` when the q and k rows are stored permuted (llama.cpp's llama).
+    permuted_qk: Option<(usize, usize)>,
+    device: Device,
+    file: std::sync::Mutex<std::fs::File>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -86,7 +95,7 @@ impl std::fmt::Debug for GgufFile {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
             .field("architecture", &self.architecture)
-            .field("tensors", &self.tensors.len())
+            .field("tensors", &self.content.tensor_infos.len())
             .finish()
     }
 }
@@ -669,19 +678,22 @@ impl GgufFile {
         };
         check_block_count(&content.metadata, &architecture, &layout).map_err(&bad)?;
         let metadata = std::mem::take(&mut content.metadata);
+        let file = reader.into_inner();
         Ok(GgufFile {
             path,
             metadata,
             architecture,
-            tensor_infos: Some(content),
-            tensors: HashMap::new(),
+            content,
+            names: HashMap::new(),
+            permuted_qk: None,
+            device: Device::Cpu,
+            file: std::sync::Mutex::new(file),
         })
     }
 
     /// The header's matrices whose block type girder's kernels do not read (Q2_K, Q3_K, the IQ
     /// types, F16…), by type name, each with its tensors' GGUF names, sorted. They load and run
-    /// through candle's quantized matmul, which dequantizes as it goes. Empty once the tensors
-    /// are read.
+    /// through candle's quantized matmul, which dequantizes as it goes.
     ///
     /// ```no_run
     /// let gguf = girder::hub::GgufFile::open("model.gguf")?;
@@ -692,7 +704,7 @@ impl GgufFile {
     /// ```
     pub fn matrices_without_kernel(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut by_type = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for (name, info) in self.tensor_infos.iter().flat_map(|c| &c.tensor_infos) {
+        for (name, info) in &self.content.tensor_infos {
             let dtype = info.ggml_dtype;
             if info.shape.rank() == 2
                 && dtype != GgmlDType::F32
@@ -708,60 +720,84 @@ impl GgufFile {
         by_type
     }
 
-    /// Reads every tensor onto `device`, renamed by `names` (a tensor the map does not name
-    /// keeps its GGUF name); with `permuted_qk`, undoes llama.cpp's permutation of the q and
-    /// k rows. Reads once: later calls do nothing.
-    pub fn read_tensors(
+    /// Names every tensor as `names` map it (a tensor the map does not name keeps its GGUF
+    /// name) and sets how [`read_tensor`](Self::read_tensor) reads them: onto `device`, with
+    /// `permuted_qk` llama.cpp's permutation of the q and k rows undone.
+    pub fn map_tensors(
         &mut self,
         names: &TensorNames,
         permuted_qk: bool,
         device: &Device,
     ) -> Result<()> {
-        let Some(content) = self.tensor_infos.take() else {
-            return Ok(());
-        };
-        let path = self.path.clone();
-        let bad = |reason: String| Error::BadGguf {
-            file: path.clone(),
-            reason,
-        };
         let prefix = self.architecture.clone();
         let heads = self.u32_key(&format!("{prefix}.attention.head_count"))? as usize;
         let kv_heads = self
             .opt_u32(&format!("{prefix}.attention.head_count_kv"))?
             .map_or(heads, |h| h as usize);
-        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        for name in content.tensor_infos.keys() {
-            let tensor = content
-                .tensor(&mut file, name, &Device::Cpu)
-                .map_err(|e| bad(format!("tensor `{name}`: {}", root_message(&e))))?;
-            let module = name.rsplit('.').nth(1);
-            let tensor = match module {
-                Some("attn_q") if permuted_qk && name.ends_with(".weight") => {
-                    unpermute_rows(&tensor, heads)
-                        .map_err(|e| bad(format!("tensor `{name}`: {e}")))?
-                }
-                Some("attn_k") if permuted_qk && name.ends_with(".weight") => {
-                    unpermute_rows(&tensor, kv_heads)
-                        .map_err(|e| bad(format!("tensor `{name}`: {e}")))?
-                }
-                _ => tensor,
-            };
-            let tensor = if device.is_cpu() {
-                tensor
-            } else {
-                let data = tensor
-                    .data()
-                    .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-                let storage = QStorage::from_data(data, device, tensor.dtype())?;
-                QTensor::new(storage, tensor.shape().clone())?
-            };
-            let hf = names
-                .transformers_name(name)
-                .unwrap_or_else(|| name.clone());
-            self.tensors.insert(hf, Arc::new(tensor));
-        }
+        self.permuted_qk = permuted_qk.then_some((heads, kv_heads));
+        self.device = device.clone();
+        self.names = self
+            .content
+            .tensor_infos
+            .keys()
+            .map(|name| {
+                let hf = names
+                    .transformers_name(name)
+                    .unwrap_or_else(|| name.clone());
+                (hf, name.clone())
+            })
+            .collect();
         Ok(())
+    }
+
+    /// The tensor `name` (a Hugging Face name, once [mapped](Self::map_tensors)) read from the
+    /// file, un-permuted and on the mapped device; `None` when the file has no such tensor.
+    /// Each call reads the file anew: the caller keeps what it converts, not the file's copy.
+    pub fn read_tensor(&self, name: &str) -> Result<Option<Arc<QTensor>>> {
+        let Some(gguf_name) = self.names.get(name) else {
+            return Ok(None);
+        };
+        let bad = |reason: String| Error::BadGguf {
+            file: self.path.clone(),
+            reason: format!("tensor `{gguf_name}`: {reason}"),
+        };
+        let tensor = {
+            let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            self.content
+                .tensor(&mut *file, gguf_name, &Device::Cpu)
+                .map_err(|e| bad(root_message(&e)))?
+        };
+        let module = gguf_name.rsplit('.').nth(1);
+        let tensor = match (module, self.permuted_qk) {
+            (Some("attn_q"), Some((heads, _))) if gguf_name.ends_with(".weight") => {
+                unpermute_rows(&tensor, heads).map_err(|e| bad(e.to_string()))?
+            }
+            (Some("attn_k"), Some((_, kv_heads))) if gguf_name.ends_with(".weight") => {
+                unpermute_rows(&tensor, kv_heads).map_err(|e| bad(e.to_string()))?
+            }
+            _ => tensor,
+        };
+        let tensor = if self.device.is_cpu() {
+            tensor
+        } else {
+            let data = tensor.data().map_err(|e| bad(e.to_string()))?;
+            let storage = QStorage::from_data(data, &self.device, tensor.dtype())?;
+            QTensor::new(storage, tensor.shape().clone())?
+        };
+        Ok(Some(Arc::new(tensor)))
+    }
+
+    /// The shape of the tensor `name` (a Hugging Face name, once mapped), from the header.
+    pub fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        let gguf_name = self.names.get(name)?;
+        Some(
+            self.content
+                .tensor_infos
+                .get(gguf_name)?
+                .shape
+                .dims()
+                .to_vec(),
+        )
     }
 
     /// The file's path.
@@ -779,14 +815,9 @@ impl GgufFile {
         &self.metadata
     }
 
-    /// A tensor by its Hugging Face name (or its GGUF name when it has no HF counterpart).
-    pub fn tensor(&self, name: &str) -> Option<&Arc<QTensor>> {
-        self.tensors.get(name)
-    }
-
     /// Names of all tensors (Hugging Face names where mapped).
     pub fn tensor_names(&self) -> impl Iterator<Item = &String> {
-        self.tensors.keys()
+        self.names.keys()
     }
 
     fn bad_key(&self, key: &str, reason: String) -> Error {

@@ -430,21 +430,21 @@ impl Weights {
             return Ok(None);
         };
         let full = self.full_name(name);
-        let Some(tensor) = gguf.tensor(&full) else {
+        let Some(actual) = gguf.tensor_shape(&full) else {
             return Err(Error::MissingTensor {
                 name: full,
                 files: self.file_list(),
             });
         };
         let expected = shape.into();
-        if tensor.shape().dims() != expected.as_slice() {
+        if actual != expected {
             return Err(Error::ShapeMismatch {
                 tensor: full,
                 expected,
-                actual: tensor.shape().dims().to_vec(),
+                actual,
             });
         }
-        Ok(Some(tensor.clone()))
+        gguf.read_tensor(&full)
     }
 
     /// The same checkpoint with its linear layers' weights quantized as they load
@@ -565,7 +565,7 @@ impl Weights {
             }
         }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
-            return gguf.tensor(&self.full_name(name)).is_some();
+            return gguf.tensor_shape(&self.full_name(name)).is_some();
         }
         self.checkpoint.routing.contains_key(&self.full_name(name))
     }
@@ -577,7 +577,7 @@ impl Weights {
             return Some(t.dims().to_vec());
         }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
-            return gguf.tensor(&full).map(|t| t.shape().dims().to_vec());
+            return gguf.tensor_shape(&full);
         }
         let index = *self.checkpoint.routing.get(&full)?;
         let view = self.checkpoint.files[index].1.get(&full).ok()?;
@@ -620,19 +620,22 @@ impl Weights {
             return Ok(tensor.to_device(&self.device)?.to_dtype(dtype)?);
         }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
-            let Some(tensor) = gguf.tensor(&full) else {
+            let Some(actual) = gguf.tensor_shape(&full) else {
                 return Err(Error::MissingTensor {
                     name: full,
                     files: self.file_list(),
                 });
             };
-            if tensor.shape().dims() != expected.as_slice() {
+            if actual != expected {
                 return Err(Error::ShapeMismatch {
                     tensor: full,
                     expected,
-                    actual: tensor.shape().dims().to_vec(),
+                    actual,
                 });
             }
+            let Some(tensor) = gguf.read_tensor(&full)? else {
+                unreachable!("the header names `{full}`");
+            };
             return Ok(tensor.dequantize(&self.device)?.to_dtype(dtype)?);
         }
         let Some(&index) = self.checkpoint.routing.get(&full) else {

@@ -323,10 +323,15 @@ impl Config {
                 })
             }
         };
-        let embed = gguf
-            .tensor("model.embed_tokens.weight")
-            .ok_or_else(|| bad("no `token_embd.weight` tensor".into()))?;
-        let (vocab_size, _) = embed.shape().dims2()?;
+        let vocab_size = match gguf.tensor_shape("model.embed_tokens.weight").as_deref() {
+            Some(&[vocab_size, _]) => vocab_size,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`token_embd.weight` has shape {other:?}, not [vocab, hidden]"
+                )))
+            }
+            None => return Err(bad("no `token_embd.weight` tensor".into())),
+        };
         let query_pre_attn_scalar = if layers == 62 {
             (hidden / heads) as f64
         } else {
@@ -345,7 +350,7 @@ impl Config {
             rms_norm_eps: gguf
                 .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-6) as f64,
-            tie_word_embeddings: gguf.tensor("lm_head.weight").is_none(),
+            tie_word_embeddings: gguf.tensor_shape("lm_head.weight").is_none(),
             attention_bias: false,
             query_pre_attn_scalar,
             windows: layer_windows(layers, 6, window),

@@ -275,15 +275,20 @@ impl Config {
             },
             Some(other) => return Err(unsupported(format!("rope scaling `{other}`"))),
         };
-        if gguf.tensor("rope_freqs.weight").is_some() {
+        if gguf.tensor_shape("rope_freqs.weight").is_some() {
             return Err(unsupported(
                 "rope frequency factors (`rope_freqs.weight`, Llama 3.1 scaling)".into(),
             ));
         }
-        let embed = gguf
-            .tensor("model.embed_tokens.weight")
-            .ok_or_else(|| bad("no `token_embd.weight` tensor".into()))?;
-        let (vocab_size, _) = embed.shape().dims2()?;
+        let vocab_size = match gguf.tensor_shape("model.embed_tokens.weight").as_deref() {
+            Some(&[vocab_size, _]) => vocab_size,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`token_embd.weight` has shape {other:?}, not [vocab, hidden]"
+                )))
+            }
+            None => return Err(bad("no `token_embd.weight` tensor".into())),
+        };
         let ffn = gguf.u32_key(&key("feed_forward_length"))? as usize;
         Ok(Config {
             vocab_size,
@@ -298,12 +303,12 @@ impl Config {
             rms_norm_eps: gguf
                 .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-6) as f64,
-            tie_word_embeddings: gguf.tensor("lm_head.weight").is_none(),
+            tie_word_embeddings: gguf.tensor_shape("lm_head.weight").is_none(),
             qkv_bias: gguf
-                .tensor("model.layers.0.self_attn.q_proj.bias")
+                .tensor_shape("model.layers.0.self_attn.q_proj.bias")
                 .is_some(),
             o_bias: gguf
-                .tensor("model.layers.0.self_attn.o_proj.bias")
+                .tensor_shape("model.layers.0.self_attn.o_proj.bias")
                 .is_some(),
             mlp_bias: false,
             rope_theta: gguf.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0) as f64,
