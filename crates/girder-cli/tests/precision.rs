@@ -172,3 +172,63 @@ fn half_precision_run_prints_its_accuracy_report() {
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["embedding"].as_array().unwrap().len(), 384);
 }
+
+#[test]
+fn qlora_trains_adapters_over_a_quantized_base() {
+    let dir = scratch("qlora");
+    let data = dir.join("train.tsv");
+    std::fs::write(
+        &data,
+        "text\tlabel\nwhat a lovely film\tpositive\ni loved every minute\tpositive\na dull and tedious mess\tnegative\ni hated every minute\tnegative\n",
+    )
+    .unwrap();
+    let out = dir.join("adapter");
+    let model = minilm();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "text-classification",
+            "--base",
+            &model,
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        girder(&args)
+    };
+    let trained = train(&["--method", "qlora", "--quantize", "q8_0"]);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&trained.stdout).unwrap();
+    assert_eq!(summary["method"], "qlora");
+    assert_eq!(summary["adapter"], true);
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("quantized to q8_0"), "{card}");
+    // The adapter applies to the f32 base.
+    let run = girder(&[
+        "run",
+        "text-classification",
+        "-m",
+        &model,
+        "--adapter",
+        out.to_str().unwrap(),
+        "what a lovely film",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let merged = train(&["--method", "qlora", "--merge"]);
+    let stderr = String::from_utf8_lossy(&merged.stderr);
+    assert_eq!(merged.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--merge with --method qlora"), "{stderr}");
+    let misplaced = train(&["--method", "lora", "--quantize", "q4_k"]);
+    let stderr = String::from_utf8_lossy(&misplaced.stderr);
+    assert_eq!(misplaced.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is for --method qlora"), "{stderr}");
+}

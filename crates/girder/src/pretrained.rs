@@ -188,10 +188,17 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
         }
         None => TextTokenizer::from_folder(&folder)?,
     };
-    if options.quantize.is_some() && options.training.is_some() {
-        return Err(Error::Unsupported {
-            what: "quantizing a model for training (QLoRA)".into(),
-        });
+    if let (Some(q), Some(training)) = (options.quantize, &options.training) {
+        // QLoRA: LoRA adapters over a frozen quantized base. Whatever else trains stays f32.
+        if training.lora.is_none() || training.all_weights {
+            return Err(Error::InvalidOption {
+                option: "quantize".into(),
+                reason: format!(
+                    "--quantize {} in training quantizes the frozen base under LoRA adapters (--method qlora); this training has no LoRA adapters or trains every weight",
+                    q.name()
+                ),
+            });
+        }
     }
     if options.dtype != DType::F32 && options.training.is_some() {
         return Err(Error::Unsupported {

@@ -119,7 +119,7 @@ fn quantize_is_refused_for_gguf_files_and_training() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("QLoRA"), "{err}");
+    assert!(err.contains("--method qlora"), "{err}");
     let err = Quantization::parse("nf4").unwrap_err().to_string();
     assert!(err.contains("q8_0") && err.contains("nf4"), "{err}");
 }
@@ -258,4 +258,45 @@ fn half_precision_is_refused_for_gguf_files_training_and_with_quantize() {
         },
     );
     assert!(err.contains("GGUF file, which keeps the types"), "{err}");
+}
+
+/// QLoRA's load: the base's linear layers quantized and frozen outside the load's record of
+/// tensors (no f32 copy kept), the adapters and the new head trained in f32.
+#[test]
+fn a_qlora_load_keeps_no_f32_copy_of_the_quantized_base() {
+    let options = LoadOptions {
+        quantize: Some(Quantization::Q4K),
+        head: Some(girder::pretrained::NewHead {
+            head: girder::models::Head::SequenceClassification,
+            labels: vec!["negative".into(), "positive".into()],
+            classifier_dropout: None,
+        }),
+        training: Some(girder::pretrained::TrainingLoad {
+            all_weights: false,
+            lora: Some(girder::hub::Lora::default()),
+            seed: 0,
+            modules: Vec::new(),
+        }),
+        ..LoadOptions::default()
+    };
+    let model = girder::load(&minilm(), &options)
+        .unwrap()
+        .into_encoder()
+        .unwrap();
+    let names: Vec<String> = model
+        .parameters
+        .as_ref()
+        .expect("a training load")
+        .tensors()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let has = |suffix: &str| names.iter().any(|n| n.ends_with(suffix));
+    assert!(
+        has("layer.0.attention.self.query.lora_A.weight"),
+        "{names:?}"
+    );
+    assert!(has("classifier.weight"), "{names:?}");
+    assert!(!has("layer.0.attention.self.query.weight"), "{names:?}");
+    assert!(!has("layer.0.intermediate.dense.weight"), "{names:?}");
 }

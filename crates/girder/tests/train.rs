@@ -532,6 +532,7 @@ fn lora_starts_from_the_base_and_its_adapter_loads_in_girder_and_peft() {
                 datasets: vec!["train.tsv".into()],
                 labels: labels.names(),
                 head: Head::SequenceClassification,
+                quantized_base: None,
             },
             &adapter_dir,
         )
@@ -725,6 +726,7 @@ fn token_classifiers_train_head_only_and_with_lora() {
                         datasets: vec!["train.bio".into()],
                         labels: tags.names(),
                         head: Head::TokenClassification,
+                        quantized_base: None,
                     },
                     &adapter_dir,
                 )

@@ -46,6 +46,9 @@ pub enum MethodArg {
     /// Train LoRA adapters (--target-modules) and the classifier; writes a PEFT adapter
     /// folder, or with --merge a model folder with the merged weights.
     Lora,
+    /// LoRA over the base's linear layers quantized at load (--quantize, default q4_k) and
+    /// frozen (QLoRA); writes a PEFT adapter folder, applied to the f32 base at inference.
+    Qlora,
 }
 
 #[derive(Args)]
@@ -126,6 +129,10 @@ pub struct TrainArgs {
     /// PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
     #[arg(long)]
     merge: bool,
+    /// --method qlora: the block type the frozen base is quantized to (q8_0, q6_k, q5_k,
+    /// q5_0, q4_k, q4_0; default q4_k).
+    #[arg(long, value_parser = super::precision::parse_quantization)]
+    quantize: Option<girder::layers::Quantization>,
 }
 
 /// Progress bars on a terminal, epoch lines always (stderr).
@@ -215,8 +222,15 @@ fn settings(args: &TrainArgs) -> Result<(Method, TrainingArguments)> {
         MethodArg::Head => Method::Head,
         MethodArg::TopLayer => Method::TopLayer,
         MethodArg::Full => Method::Full,
-        MethodArg::Lora => Method::Lora,
+        MethodArg::Lora | MethodArg::Qlora => Method::Lora,
     };
+    match (args.method, args.quantize, args.merge) {
+        (MethodArg::Qlora, _, true) => anyhow::bail!(
+            "--merge with --method qlora: the adapters trained over a quantized base; write the adapter folder and apply it to the f32 base (--adapter)"
+        ),
+        (MethodArg::Qlora, _, false) | (_, None, _) => {}
+        (_, Some(q), _) => anyhow::bail!("--quantize {} is for --method qlora", q.name()),
+    }
     let training = TrainingArguments {
         num_train_epochs: args.num_train_epochs,
         learning_rate: args
@@ -387,7 +401,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let kept = trained.epochs[trained.best_epoch - 1].eval.clone();
     let summary = serde_json::json!({
         "out": args.out,
-        "method": method.name(),
+        "method": method_name(&args, method),
         "best_epoch": trained.best_epoch,
         "eval": kept,
         "train_examples": train_data.examples.len(),
@@ -446,7 +460,17 @@ fn load_options(args: &TrainArgs) -> LoadOptions {
     LoadOptions {
         max_length: args.max_length,
         max_batch_tokens: args.max_batch_tokens,
+        quantize: matches!(args.method, MethodArg::Qlora)
+            .then(|| args.quantize.unwrap_or(girder::layers::Quantization::Q4K)),
         ..LoadOptions::default()
+    }
+}
+
+/// The method's name in the summary: `qlora` for LoRA over a quantized base.
+fn method_name(args: &TrainArgs, method: Method) -> &'static str {
+    match args.method {
+        MethodArg::Qlora => "qlora",
+        _ => method.name(),
     }
 }
 
@@ -480,6 +504,7 @@ impl Output<'_> {
                         datasets: vec![file_name(&args.data)],
                         labels: self.labels.names(),
                         head: self.head,
+                        quantized_base: load_options(args).quantize,
                     },
                     &args.out,
                 )
@@ -595,7 +620,7 @@ fn run_ner(args: TrainArgs) -> Result<()> {
     print_entities(ner_metrics.as_ref());
     let summary = serde_json::json!({
         "out": args.out,
-        "method": method.name(),
+        "method": method_name(&args, method),
         "best_epoch": trained.best_epoch,
         "entities": ner_metrics,
         "train_sentences": train_sentences.len(),

@@ -481,6 +481,27 @@ impl Weights {
         self.training.is_some()
     }
 
+    /// Whether a training load trains `prefix.name` (the head's modules, LoRA's matrices, or
+    /// everything in full fine-tuning).
+    pub fn trains(&self, name: &str) -> bool {
+        self.training
+            .as_ref()
+            .is_some_and(|p| Parameters::trains(&p.lock().plan, &self.full_name(name)))
+    }
+
+    /// `prefix.name` as the checkpoint stores it, converted to the compute dtype, outside a
+    /// training load's record of its tensors: for a frozen weight that a layer keeps in
+    /// another form (QLoRA's quantized base), so that the f32 copy is not held beside it.
+    pub fn get_frozen(&self, shape: impl Into<Vec<usize>>, name: &str) -> Result<Tensor> {
+        if self.trains(name) {
+            return Err(Error::InvalidOption {
+                option: "training".into(),
+                reason: format!("`{}` is trained, not frozen", self.full_name(name)),
+            });
+        }
+        self.load(&self.full_name(name), shape.into(), self.dtype)
+    }
+
     /// The same checkpoint with `tensors` (full names) in place of, or beside, its own.
     pub fn with_overrides(&self, tensors: HashMap<String, Tensor>) -> Self {
         let mut overrides = (*self.overrides).clone();

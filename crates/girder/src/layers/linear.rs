@@ -141,6 +141,72 @@ enum Weight {
     /// Layers side by side whose weights cannot be fused ([`Linear::concat`] of trained or
     /// adapted parts): each computes its columns.
     Parts(Vec<Linear>),
+    /// The quantized frozen base of a LoRA training load (QLoRA): multiplied by the
+    /// quantized kernel, and differentiable with respect to its input ([`FrozenQuantized`]).
+    Frozen(FrozenQuantized),
+}
+
+/// A frozen quantized weight in a training pass (QLoRA, Dettmers et al., 2023,
+/// <https://arxiv.org/abs/2305.14314>): the forward product runs the quantized kernel; the
+/// backward pass gives the gradient with respect to the input, `∂x = ∂y · W`, through the
+/// dequantized blocks (the weight itself has none: only the adapters beside it train).
+///
+/// Why the input's gradient: the adapters of earlier layers train through it.
+#[derive(Debug, Clone)]
+struct FrozenQuantized {
+    /// What the forward product runs: [`Weight::Blocks`] or [`Weight::Quantized`].
+    kernel: Box<Weight>,
+    /// The same weight in the file layout, dequantized for each backward product.
+    blocks: Arc<QTensor>,
+}
+
+impl FrozenQuantized {
+    fn new(q: Arc<QTensor>) -> Result<Self> {
+        Ok(FrozenQuantized {
+            kernel: Box::new(Linear::quantized_weight(q.clone())?),
+            blocks: q,
+        })
+    }
+
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        match self.kernel.as_ref() {
+            Weight::Blocks(m) => m.forward(x),
+            Weight::Quantized(q) => Ok(q.forward(x)?),
+            _ => unreachable!("FrozenQuantized::new builds a quantized kernel"),
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for FrozenQuantized {
+    fn name(&self) -> &'static str {
+        "frozen-quantized-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(data), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("frozen-quantized-linear: a contiguous f32 input only");
+        };
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &candle_core::Device::Cpu)?;
+        let y = self
+            .product(&x)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let shape = y.shape().clone();
+        Ok((
+            candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1()?),
+            shape,
+        ))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let weight = self.blocks.dequantize(grad.device())?; // [out, in]
+        Ok(Some(grad.matmul(&weight)?))
+    }
 }
 
 /// Where the parts' biases live (a part without one gets zeros there).
@@ -187,6 +253,18 @@ impl Linear {
         if let Some(q) = w.qtensor([out_dim, in_dim], "weight")? {
             return Self::quantized_weight(q);
         }
+        // QLoRA: a frozen base weight of a training load is quantized without being recorded
+        // among the load's tensors (its f32 copy is dropped).
+        if let Some(quantization) = w.quantization() {
+            if w.is_training() && !w.trains("weight") && out_dim * in_dim >= MIN_QUANTIZED_ELEMENTS
+            {
+                let weight = w.get_frozen([out_dim, in_dim], "weight")?;
+                return match quantization.quantize(&weight)? {
+                    Some(q) => Ok(Weight::Frozen(FrozenQuantized::new(Arc::new(q))?)),
+                    None => Self::dense(weight),
+                };
+            }
+        }
         let weight = if out_dim * in_dim >= MIN_QUANTIZED_ELEMENTS {
             w.get_weight([out_dim, in_dim], "weight")?
         } else {
@@ -205,6 +283,7 @@ impl Linear {
         match &self.weight {
             Weight::Quantized(QMatMul::QTensor(t)) => Some(t.dtype()),
             Weight::Blocks(m) => Some(m.dtype()),
+            Weight::Frozen(f) => Some(f.blocks.dtype()),
             _ => None,
         }
     }
@@ -215,7 +294,7 @@ impl Linear {
             Weight::DenseTransposed(w) | Weight::Trained(w) => Some(w.dtype()),
             Weight::Half(m) => Some(m.dtype()),
             Weight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Some(w.dtype()),
-            Weight::Quantized(QMatMul::QTensor(_)) | Weight::Blocks(_) => None,
+            Weight::Quantized(QMatMul::QTensor(_)) | Weight::Blocks(_) | Weight::Frozen(_) => None,
             Weight::Parts(parts) => {
                 let first = parts.first()?.weight_dtype()?;
                 parts
@@ -301,10 +380,13 @@ impl Linear {
     /// ```
     pub fn concat(parts: &[Linear]) -> Result<Linear> {
         // Trained or adapted parts stay apart: a fused copy would not follow their updates.
-        if parts
-            .iter()
-            .any(|p| p.lora.is_some() || matches!(p.weight, Weight::Trained(_) | Weight::Parts(_)))
-        {
+        if parts.iter().any(|p| {
+            p.lora.is_some()
+                || matches!(
+                    p.weight,
+                    Weight::Trained(_) | Weight::Parts(_) | Weight::Frozen(_)
+                )
+        }) {
             return Ok(Linear {
                 weight: Weight::Parts(parts.to_vec()),
                 bias: None,
@@ -429,6 +511,7 @@ impl Linear {
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0)?,
             },
             Weight::Blocks(m) => m.dims().0,
+            Weight::Frozen(f) => f.blocks.shape().dims()[0],
             Weight::Parts(parts) => parts.iter().map(Linear::out_dim).sum::<Result<usize>>()?,
         })
     }
@@ -449,6 +532,7 @@ impl Linear {
                 }
             },
             Weight::Trained(w) => w.clone(),
+            Weight::Frozen(f) => f.blocks.dequantize(&f.blocks.device())?,
             Weight::Parts(parts) => {
                 let wts = parts
                     .iter()
@@ -475,6 +559,8 @@ impl Linear {
             Weight::Quantized(q) => q.forward(x)?,
             Weight::Blocks(m) => m.forward(x)?,
             Weight::Half(m) => m.forward(x)?,
+            Weight::Frozen(f) if x.track_op() => x.contiguous()?.apply_op1(f.clone())?,
+            Weight::Frozen(f) => f.product(x)?,
             Weight::Trained(w) => x.broadcast_matmul(&w.t()?)?,
             Weight::Parts(parts) => {
                 let outs = parts
@@ -588,6 +674,49 @@ mod tests {
             .map(|_| (rng.normal() * std) as f32)
             .collect();
         Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    /// QLoRA's frozen quantized weight: the forward product is the kernel's, and the
+    /// gradient reaching the input is the one through the dequantized matrix.
+    #[test]
+    fn frozen_quantized_weights_pass_the_gradient_to_their_input() {
+        let w = seeded(256, 512, 0.05, 3);
+        let q = Arc::new(Quantization::Q8_0.quantize(&w).unwrap().expect("quantized"));
+        let frozen = Linear {
+            weight: Weight::Frozen(FrozenQuantized::new(q.clone()).unwrap()),
+            bias: None,
+            lora: None,
+        };
+        let x = candle_core::Var::from_tensor(&seeded(5, 512, 1.0, 4)).unwrap();
+        let upstream = seeded(5, 256, 1.0, 5);
+        let y = frozen.forward(x.as_tensor()).unwrap();
+        let kernel = Linear::from_qtensor(q.clone(), None)
+            .unwrap()
+            .forward(x.as_tensor())
+            .unwrap();
+        assert_eq!(
+            y.to_vec2::<f32>().unwrap(),
+            kernel.to_vec2::<f32>().unwrap()
+        );
+        let grads = (&y * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got = grads.get(x.as_tensor()).expect("a gradient for x");
+        let expected = upstream
+            .matmul(&q.dequantize(&Device::Cpu).unwrap())
+            .unwrap();
+        let diff = (got - &expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "gradient off by {diff}");
     }
 
     #[test]

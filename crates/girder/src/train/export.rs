@@ -240,6 +240,8 @@ pub struct LoraAdapter<'a> {
     /// [`Head::SequenceClassification`] (`SEQ_CLS`) or [`Head::TokenClassification`]
     /// (`TOKEN_CLS`).
     pub head: Head,
+    /// QLoRA: the block type the frozen base was quantized to while the adapters trained.
+    pub quantized_base: Option<crate::layers::Quantization>,
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` with PEFT's names
@@ -311,9 +313,13 @@ pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
         "datasets:".into(),
     ];
     card.extend(adapter.datasets.iter().map(|d| format!("- {}", yaml(d))));
-    card.push("tags:\n- girder\n- lora\n---\n".into());
+    let (method, tag) = match adapter.quantized_base {
+        Some(_) => ("qlora", "- lora\n- qlora"),
+        None => ("lora", "- lora"),
+    };
+    card.push(format!("tags:\n- girder\n{tag}\n---\n"));
     card.push(format!(
-        "# LoRA adapter for `{}`\n\nTrained by `girder train {} --method lora` (r {}, alpha {}, dropout {}, target modules {}).\n",
+        "# LoRA adapter for `{}`\n\nTrained by `girder train {} --method {method}` (r {}, alpha {}, dropout {}, target modules {}).\n",
         adapter.base_reference,
         task(adapter.head),
         adapter.lora.r,
@@ -321,5 +327,11 @@ pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
         adapter.lora.lora_dropout,
         adapter.lora.target_modules.join(", ")
     ));
+    if let Some(q) = adapter.quantized_base {
+        card.push(format!(
+            "The base's linear layers were quantized to {} and frozen while the adapters trained (QLoRA); apply the adapter to the base in f32 (`girder run --adapter`).\n",
+            q.name()
+        ));
+    }
     write_file(&out.join("README.md"), card.join("\n"))
 }
