@@ -110,6 +110,7 @@ fn what_cannot_be_quantized_is_refused_by_name() {
     for wrong in [
         vec!["--dtype", "int8"],
         vec!["--dtype", "bf16", "--quantize", "q8_0"],
+        vec!["--lm-head-f32"],
     ] {
         let mut args = vec!["run", "embeddings", "-m", seqcls.to_str().unwrap()];
         args.extend(wrong.iter().copied());
@@ -171,6 +172,25 @@ fn half_precision_run_prints_its_accuracy_report() {
     );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["embedding"].as_array().unwrap().len(), 384);
+    let gpt2 = fixture("gpt2-causal-lm");
+    let out = girder(&[
+        "run",
+        "text-generation",
+        "-m",
+        gpt2.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+        "--lm-head-f32",
+        "--max-new-tokens",
+        "3",
+        "hello",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("accuracy report: bf16 against f32"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -85,6 +85,10 @@ pub struct LoadOptions {
     /// ([`Quantization`]); `None`: as stored. [`crate::check::drift`] measures what it
     /// costs.
     pub quantize: Option<Quantization>,
+    /// With `dtype` bf16/f16 or `quantize`: keep the output projection (an LM head, an MLM
+    /// decoder, Whisper's `proj_out`, tied or not) in f32, as llama.cpp's
+    /// `--output-tensor-type` chooses it apart from the rest.
+    pub output_in_f32: bool,
     /// Encoders: build this head with these labels instead of the class config.json names,
     /// as transformers' `AutoModelForSequenceClassification.from_pretrained(base,
     /// id2label=...)`; a checkpoint without the head's tensors needs `training`, which
@@ -138,6 +142,7 @@ impl Default for LoadOptions {
             adapter: None,
             gguf: GgufMode::default(),
             quantize: None,
+            output_in_f32: false,
             head: None,
             training: None,
             num_hidden_layers: None,
@@ -211,7 +216,8 @@ pub fn load(reference: &str, options: &LoadOptions) -> Result<Loaded> {
     let mut weights =
         Weights::from_safetensors(&folder.weight_files()?, DType::F32, &options.device)?
             .with_quantization(options.quantize)
-            .with_weight_dtype(options.dtype);
+            .with_weight_dtype(options.dtype)
+            .with_output_in_f32(options.output_in_f32);
     // By the class's head: an encoder-decoder's sequence classifier runs as an encoder.
     match resolved.head.kind() {
         Kind::Encoder => {

@@ -300,3 +300,26 @@ fn a_qlora_load_keeps_no_f32_copy_of_the_quantized_base() {
     assert!(!has("layer.0.attention.self.query.weight"), "{names:?}");
     assert!(!has("layer.0.intermediate.dense.weight"), "{names:?}");
 }
+
+/// `output_in_f32` keeps a tied output projection in f32 under bf16: GPT-2's next-token
+/// distributions move less than with the projection in bf16 too.
+#[test]
+fn the_output_projection_can_stay_f32() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-causal-lm");
+    let path = path.to_str().unwrap();
+    let texts: Vec<String> = drift::probe_texts().into_iter().take(6).collect();
+    let expected = drift::probe_outputs(&load(path, None), &texts).unwrap();
+    let change = |output_in_f32: bool| {
+        let options = LoadOptions {
+            dtype: DType::BF16,
+            output_in_f32,
+            ..LoadOptions::default()
+        };
+        let got = drift::probe_outputs(&girder::load(path, &options).unwrap(), &texts).unwrap();
+        let report = drift::compare(&expected, &got, "bf16", texts.len(), 0.02).unwrap();
+        eprintln!("output in f32 {output_in_f32}: {}", report.summary());
+        report.figures["mean_kl"]
+    };
+    let (halved, kept) = (change(false), change(true));
+    assert!(kept < halved, "f32 head {kept} vs bf16 head {halved}");
+}

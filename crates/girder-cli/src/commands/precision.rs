@@ -26,6 +26,10 @@ pub struct PrecisionArgs {
     /// f32 one on probe texts (the accuracy report, on stderr).
     #[arg(long, value_parser = parse_quantization)]
     pub quantize: Option<Quantization>,
+    /// Keep the output projection (an LM head, an MLM decoder, tied or not) in f32 while
+    /// --dtype or --quantize reduce the rest.
+    #[arg(long, requires = "precision")]
+    pub lm_head_f32: bool,
     /// The largest drift the accuracy report accepts, 0 to 1: 1 - the lowest embedding
     /// cosine, 1 - the label (or next-token, or masked-word) agreement, 1 - entity F1.
     #[arg(long, requires = "precision", default_value_t = drift::DEFAULT_MAX_DRIFT)]
@@ -70,6 +74,7 @@ impl PrecisionArgs {
         let options = LoadOptions {
             dtype: self.dtype.unwrap_or(DType::F32),
             quantize: self.quantize,
+            output_in_f32: self.lm_head_f32,
             ..options.clone()
         };
         crate::returning_freed_memory(|| self.load_and_report(reference, &options, work))

@@ -50,6 +50,17 @@ pub struct Weights {
     /// The dtype linear layers and embedding tables keep their weights in
     /// ([`Weights::with_weight_dtype`]).
     weight_dtype: DType,
+    /// Output projections stay in the compute dtype ([`Weights::with_output_in_f32`]).
+    output_in_f32: bool,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("prefix", &self.prefix)
+            .field("files", &self.file_list())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which tensors a training load makes variables, and how it starts what the checkpoint
@@ -392,6 +403,7 @@ impl Weights {
             training: None,
             quantization: None,
             weight_dtype: dtype,
+            output_in_f32: false,
         })
     }
 
@@ -411,6 +423,7 @@ impl Weights {
             training: None,
             quantization: None,
             weight_dtype: dtype,
+            output_in_f32: false,
         }
     }
 
@@ -474,6 +487,35 @@ impl Weights {
     /// The dtype linear layers and embedding tables keep their weights in.
     pub fn weight_dtype(&self) -> DType {
         self.weight_dtype
+    }
+
+    /// The same weights, with output projections (an LM head, an MLM decoder, Whisper's
+    /// `proj_out`, tied or not) kept in the compute dtype when `keep` even where the layers
+    /// and tables are halved or quantized (`--lm-head-f32`): the projection decides every
+    /// token and holds one row per vocabulary entry.
+    pub fn with_output_in_f32(&self, keep: bool) -> Self {
+        Weights {
+            output_in_f32: keep,
+            ..self.clone()
+        }
+    }
+
+    /// Whether output projections stay in the compute dtype.
+    pub fn keeps_output_in_f32(&self) -> bool {
+        self.output_in_f32
+    }
+
+    /// The weights an output projection loads from: these, or, when outputs stay in the
+    /// compute dtype, a view that neither quantizes nor halves.
+    pub fn for_output(&self) -> Self {
+        if !self.output_in_f32 {
+            return self.clone();
+        }
+        Weights {
+            quantization: None,
+            weight_dtype: self.dtype,
+            ..self.clone()
+        }
     }
 
     /// Whether a training load makes some tensors variables.

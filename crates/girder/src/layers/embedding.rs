@@ -28,6 +28,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: Table,
+    /// Where a tied output projection reads its f32 weights when the table is kept in less
+    /// and the weights keep outputs in f32 ([`Weights::keeps_output_in_f32`]): the
+    /// checkpoint, not the rounded table.
+    f32_source: Option<Weights>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +60,7 @@ impl Embedding {
             if let Some(blocks) = BlockRows::of(&q)? {
                 return Ok(Embedding {
                     table: Table::Blocks(Arc::new(blocks)),
+                    f32_source: None,
                 });
             }
         }
@@ -63,12 +68,17 @@ impl Embedding {
             if rows * dim >= MIN_QUANTIZED_ELEMENTS {
                 if let Some(dtype) = quantization.block_type(dim) {
                     let table = w.get([rows, dim], "weight")?;
-                    return Self::quantized(&table, dtype, quantization);
+                    return Ok(Embedding {
+                        f32_source: w.keeps_output_in_f32().then(|| w.clone()),
+                        ..Self::quantized(&table, dtype, quantization)?
+                    });
                 }
             }
         }
+        let table = w.get_weight([rows, dim], "weight")?;
         Ok(Embedding {
-            table: Table::Dense(w.get_weight([rows, dim], "weight")?),
+            f32_source: (w.keeps_output_in_f32() && table.dtype() != DType::F32).then(|| w.clone()),
+            table: Table::Dense(table),
         })
     }
 
@@ -84,6 +94,7 @@ impl Embedding {
         })?;
         Ok(Embedding {
             table: Table::Blocks(Arc::new(blocks)),
+            f32_source: None,
         })
     }
 
@@ -91,6 +102,7 @@ impl Embedding {
     pub fn from_table(table: Tensor) -> Self {
         Embedding {
             table: Table::Dense(table),
+            f32_source: None,
         }
     }
 
@@ -208,8 +220,13 @@ impl Embedding {
     }
 
     /// A linear layer computing `x · tableᵀ` (a tied output projection: an LM head, an MLM
-    /// decoder), in the table's own precision.
+    /// decoder), in the table's own precision, or in f32 read anew from the checkpoint when
+    /// the weights it was loaded from keep outputs so ([`Weights::keeps_output_in_f32`]).
     pub fn tied_projection(&self, bias: Option<Tensor>) -> Result<Linear> {
+        if let Some(source) = &self.f32_source {
+            let (rows, dim) = self.dims();
+            return Linear::from_parts(source.get([rows, dim], "weight")?, bias);
+        }
         match &self.table {
             Table::Dense(table) => Linear::from_parts(table.clone(), bias),
             Table::Blocks(blocks) => Linear::from_qtensor(Arc::new(blocks.qtensor()?), bias),

@@ -574,7 +574,7 @@ impl BartForConditionalGeneration {
             .map(|i| DecoderLayer::load(&m.pp(format!("decoder.layers.{i}")), cfg))
             .collect::<Result<_>>()?;
         let lm_head = if w.contains("lm_head.weight") {
-            Linear::load_no_bias(&w.pp("lm_head"), d, cfg.decoder_vocab_size)?
+            Linear::load_no_bias(&w.pp("lm_head").for_output(), d, cfg.decoder_vocab_size)?
         } else {
             decoder_embeddings.tokens.tied_projection(None)?
         };

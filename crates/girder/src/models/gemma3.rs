@@ -596,7 +596,11 @@ impl Gemma3ForCausalLM {
                 None => model.embed_tokens.tied_projection(None)?,
             }
         } else {
-            Linear::load_no_bias(&w.pp("lm_head"), cfg.hidden_size, cfg.vocab_size)?
+            Linear::load_no_bias(
+                &w.pp("lm_head").for_output(),
+                cfg.hidden_size,
+                cfg.vocab_size,
+            )?
         };
         Ok(Gemma3ForCausalLM {
             model,

@@ -191,7 +191,8 @@ pub(crate) fn tied_decoder(
     let decoder = match decoder_weight.strip_suffix(".weight") {
         Some(module) => w.pp(module),
         None => w.clone(),
-    };
+    }
+    .for_output();
     Ok(Linear::load_no_bias(&decoder, hidden, vocab)?.with_bias(bias))
 }
 

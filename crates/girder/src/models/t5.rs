@@ -448,7 +448,7 @@ impl T5ForConditionalGeneration {
         let encoder_bias = bias_table("encoder")?;
         let decoder_bias = decoder_distance_bias(&bias_table("decoder")?, cfg)?;
         let lm_head = if w.contains("lm_head.weight") {
-            Linear::load_no_bias(&w.pp("lm_head"), d, cfg.vocab_size)?
+            Linear::load_no_bias(&w.pp("lm_head").for_output(), d, cfg.vocab_size)?
         } else {
             shared.tied_projection(None)?
         };

@@ -304,7 +304,7 @@ impl WhisperForConditionalGeneration {
             .collect::<Result<_>>()?;
         let embed_tokens = Embedding::load(&dec.pp("embed_tokens"), cfg.vocab_size, d)?;
         let proj_out = if w.contains("proj_out.weight") {
-            Linear::load_no_bias(&w.pp("proj_out"), d, cfg.vocab_size)?
+            Linear::load_no_bias(&w.pp("proj_out").for_output(), d, cfg.vocab_size)?
         } else {
             embed_tokens.tied_projection(None)?
         };
