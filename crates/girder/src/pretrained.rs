@@ -62,8 +62,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// Safetensors checkpoints: the dtype linear layers and embedding tables keep their
     /// weights in: f32 (the default; bf16 and f16 checkpoints are upcast), or bf16 or f16
-    /// (half the memory, widened to f32 in the matmul kernel). Norms, biases and classifier
-    /// heads stay f32, and every activation is f32. [`crate::check::drift`] measures what
+    /// (half the memory, widened to f32 in the matmul kernel). Norms, biases and linear
+    /// matrices under 65,536 values (most classifier heads) stay f32, and every activation
+    /// is f32. [`crate::check::drift`] measures what
     /// bf16 or f16 costs.
     pub dtype: DType,
     /// Encoders: overrides the model's input limit (it may not exceed the position

@@ -323,3 +323,31 @@ fn the_output_projection_can_stay_f32() {
     let (halved, kept) = (change(false), change(true));
     assert!(kept < halved, "f32 head {kept} vs bf16 head {halved}");
 }
+
+/// A lock pins the checkpoint, not the precision it is loaded in: the fingerprint of the
+/// word embeddings is the same for f32, bf16 and q8_0 loads.
+#[test]
+fn the_lock_fingerprint_ignores_the_load_precision() {
+    let reference = minilm();
+    let fingerprint = |options: LoadOptions| {
+        let model = girder::load(&reference, &options)
+            .unwrap()
+            .into_encoder()
+            .unwrap();
+        girder::check::lock::identity(&girder::check::Subject::of_encoder(&model))
+            .unwrap()
+            .weights
+            .sha256
+    };
+    let f32 = fingerprint(LoadOptions::default());
+    let bf16 = fingerprint(LoadOptions {
+        dtype: DType::BF16,
+        ..LoadOptions::default()
+    });
+    let q8 = fingerprint(LoadOptions {
+        quantize: Some(Quantization::Q8_0),
+        ..LoadOptions::default()
+    });
+    assert_eq!(bf16, f32);
+    assert_eq!(q8, f32);
+}

@@ -37,9 +37,9 @@ pub struct BenchArgs {
     /// Tokens per forward pass at most.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
-    /// Quantize the linear layers at load (q8_0, q6_k, q5_k, q5_0, q4_k, q4_0), to time and
-    /// size the quantized model alone: no accuracy report here (`girder run --quantize`
-    /// prints it), so the peak RSS is the quantized load's.
+    /// Quantize the linear layers and embedding tables at load (q8_0, q6_k, q5_k, q5_0,
+    /// q4_k, q4_0), to time and size the quantized model alone: no accuracy report here
+    /// (`girder run --quantize` prints it), so the peak RSS is the quantized load's.
     #[arg(long, value_parser = super::precision::parse_quantization)]
     quantize: Option<Quantization>,
     /// Keep linear layers and embeddings in bf16 or f16 (no accuracy report here either).

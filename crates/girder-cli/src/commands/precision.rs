@@ -16,13 +16,14 @@ use std::path::PathBuf;
 pub struct PrecisionArgs {
     /// Keep the linear layers' and embedding tables' weights of a safetensors checkpoint in
     /// f32 (default), bf16 or f16: half the memory, widened to f32 in the matmul kernel.
-    /// Norms, biases and classifier heads stay f32. Before any work, the model is compared
+    /// Norms, biases and matrices under 65,536 values (most classifier heads) stay f32. Before any work, the model is compared
     /// with the f32 one on probe texts (the accuracy report, on stderr).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<DType>,
     /// Quantize the linear layers of a safetensors checkpoint at load: q8_0, q6_k, q5_k,
     /// q5_0, q4_k or q4_0 (GGUF blocks, girder's quantized kernels), embedding tables too.
-    /// Norms, biases and classifier heads stay f32. Before any work, the quantized model is compared with the
+    /// Norms, biases and matrices under 65,536 values (most classifier heads) stay f32.
+    /// Before any work, the quantized model is compared with the
     /// f32 one on probe texts (the accuracy report, on stderr).
     #[arg(long, value_parser = parse_quantization)]
     pub quantize: Option<Quantization>,
@@ -119,7 +120,7 @@ impl PrecisionArgs {
         let kernel = girder::layers::cpu::quant_matmul::kernel_name();
         if self.quantize.is_some() && kernel != "avx512-vnni" {
             // Measured: all-MiniLM-L6-v2 Q8_0 on mixed-length batches runs at 0.46x f32 on
-            // the AVX2 kernel, 1.9x on AVX-512 VNNI (README, "Quantization at load").
+            // the AVX2 kernel, 1.9x on AVX-512 VNNI (README, "Precision at load").
             eprintln!(
                 "girder {work}: note: this CPU runs quantized matmuls on the {kernel} kernel, which is slower than f32 for batches of many tokens: here --quantize saves memory, not time"
             );

@@ -42,8 +42,8 @@ def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=No
     ``max_length`` / ``truncation``: the input limit in tokens, and whether a longer input
     is cut (``True``, reported) or refused (``False``: :class:`GirderError`).
     ``quantize``: ``"q8_0"``, ``"q6_k"``, ``"q5_k"``, ``"q5_0"``, ``"q4_k"`` or ``"q4_0"``
-    quantizes the linear layers at load, after comparing the quantized model with f32 on
-    probe texts (``drift_probe``, a list of texts, or 52 built-in sentences): a drift above
+    quantizes the linear layers and embedding tables at load, after comparing the quantized
+    model with f32 on probe texts (``drift_probe``, a list of texts, or 52 built-in sentences): a drift above
     ``max_drift`` raises :class:`GirderError` unless ``allow_drift``; the report is
     :attr:`Pipeline.drift_report`.
     """

@@ -116,13 +116,13 @@ pub fn measure(
     probe: &[String],
 ) -> Result<Canary> {
     let weight = &embedding.embedding;
-    let (norms, trained_spread) = spread_and_norms(weight)?;
+    let (norms, mean_row, trained_spread) = spread_and_norms(weight)?;
     let vocab = tokenizer.get_vocab(true);
     let pairs = related_pairs(&vocab, embedding.rows());
     let unit_rows = if trained_spread < MIN_TRAINED_SPREAD || pairs.len() < MIN_PAIRS {
         None
     } else {
-        Some(UnitRows::gather(weight, &pairs)?)
+        Some(UnitRows::gather(weight, &mean_row, &pairs)?)
     };
     let related_effect = unit_rows.as_ref().map(|rows| effect_of(rows, &pairs));
     let (typical_region_effect, damaged) = match &unit_rows {
@@ -154,7 +154,7 @@ pub fn measure(
 /// all-MiniLM-L6-v2 6.0×) or, where norms are held alike, the angles between rows (Gemma 3's
 /// rows have nearly equal norms, 0.02×, and cosines spread far wider than random rows').
 pub fn trained_spread(weight: &Embedding) -> Result<f64> {
-    Ok(spread_and_norms(weight)?.1)
+    Ok(spread_and_norms(weight)?.2)
 }
 
 /// Every row of `weight`, [`CHUNK_ROWS`] at a time: `f(rows)` with the rows' f32 values.
@@ -183,9 +183,9 @@ fn mean_row(weight: &Embedding) -> Result<Vec<f32>> {
     Ok(mean_row)
 }
 
-/// The row norms of `weight` and its [`trained_spread`], reading the table a chunk of rows
-/// at a time.
-fn spread_and_norms(weight: &Embedding) -> Result<(Vec<f32>, f64)> {
+/// The row norms of `weight`, its mean row and its [`trained_spread`], reading the table a
+/// chunk of rows at a time.
+fn spread_and_norms(weight: &Embedding) -> Result<(Vec<f32>, Vec<f32>, f64)> {
     let (rows, hidden) = weight.dims();
     let mut norms = Vec::with_capacity(rows);
     let mut mean_row = vec![0f32; hidden];
@@ -231,7 +231,7 @@ fn spread_and_norms(weight: &Embedding) -> Result<(Vec<f32>, f64)> {
     let (_, cosine_std) = mean_std(cosines.into_iter());
     let cosine_spread = cosine_std * (hidden as f64).sqrt();
     let spread = spread_of(&norms, hidden).max(cosine_spread);
-    Ok((norms, spread))
+    Ok((norms, mean_row, spread))
 }
 
 /// The dot product, in eight lanes so that it vectorises.
@@ -262,15 +262,19 @@ fn spread_of(norms: &[f32], hidden: usize) -> f64 {
     }
 }
 
-/// The related-pairs effect size of a vocabulary on an embedding matrix `weight`
-/// (`[rows, hidden]`, f32): see the module docs. `None` with fewer than [`MIN_PAIRS`] pairs.
+/// The related-pairs effect size of a vocabulary on an embedding table `weight`
+/// (`[rows, hidden]`, in any precision): see the module docs. `None` with fewer than [`MIN_PAIRS`] pairs.
 pub fn related_effect(weight: &Embedding, vocab: &HashMap<String, u32>) -> Result<Option<f64>> {
     let (rows, _) = weight.dims();
     let pairs = related_pairs(vocab, rows);
     if pairs.len() < MIN_PAIRS {
         return Ok(None);
     }
-    Ok(Some(effect_of(&UnitRows::gather(weight, &pairs)?, &pairs)))
+    let mean_row = mean_row(weight)?;
+    Ok(Some(effect_of(
+        &UnitRows::gather(weight, &mean_row, &pairs)?,
+        &pairs,
+    )))
 }
 
 fn effect_of(rows: &UnitRows, pairs: &[(u32, u32)]) -> f64 {
@@ -329,7 +333,11 @@ pub struct RegionEffect {
 /// keeps the whole-vocabulary effect high, and collapses the effect of the regions it
 /// touches.
 pub fn region_effects(weight: &Embedding, pairs: &[(u32, u32)]) -> Result<Vec<RegionEffect>> {
-    Ok(regions_of(&UnitRows::gather(weight, pairs)?, pairs))
+    let mean_row = mean_row(weight)?;
+    Ok(regions_of(
+        &UnitRows::gather(weight, &mean_row, pairs)?,
+        pairs,
+    ))
 }
 
 /// [`region_effects`] on rows gathered for (at least) `pairs`.
@@ -455,15 +463,15 @@ struct UnitRows {
 }
 
 impl UnitRows {
-    fn gather(weight: &Embedding, pairs: &[(u32, u32)]) -> Result<Self> {
+    /// The rows of `pairs`' ids, centred on `mean_row` and scaled to unit length.
+    fn gather(weight: &Embedding, mean_row: &[f32], pairs: &[(u32, u32)]) -> Result<Self> {
         let hidden = weight.dims().1;
         let mut ids: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mean_row = mean_row(weight)?;
         let mut values = weight.gather_f32(&ids)?;
         for centred in values.chunks_exact_mut(hidden) {
-            centred.iter_mut().zip(&mean_row).for_each(|(x, m)| *x -= m);
+            centred.iter_mut().zip(mean_row).for_each(|(x, m)| *x -= m);
             let norm = dot(centred, centred).sqrt().max(1e-12);
             centred.iter_mut().for_each(|x| *x /= norm);
         }

@@ -244,7 +244,7 @@ pub fn identity(subject: &Subject) -> Result<ModelPin> {
         Some((name, embedding)) => WeightsPin {
             embedding: name.to_string(),
             shape: vec![embedding.dims().0, embedding.dims().1],
-            sha256: embedding_sha256(&embedding.dense_table()?)?,
+            sha256: embedding_sha256(&embedding.checkpoint_table()?)?,
             tensors_sha256: tensors_sha256(subject)?,
         },
         None => {
@@ -266,20 +266,25 @@ pub fn identity(subject: &Subject) -> Result<ModelPin> {
     })
 }
 
-/// SHA-256 of a matrix's shape (u64 little-endian each) then its values as f32
-/// little-endian, on the CPU.
-pub fn embedding_sha256(tensor: &candle_core::Tensor) -> Result<String> {
-    use safetensors::View;
-    let values = tensor
-        .to_device(&candle_core::Device::Cpu)?
-        .to_dtype(candle_core::DType::F32)?;
+/// SHA-256 of a table's shape (u64 little-endian each) then its values as f32
+/// little-endian, read a chunk of rows at a time (pass [`Embedding::checkpoint_table`] to
+/// fingerprint the checkpoint whatever precision the model was loaded in).
+pub fn embedding_sha256(table: &crate::layers::Embedding) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(b"girder embedding f32le\0");
-    for &d in values.dims() {
+    let (rows, dim) = table.dims();
+    for d in [rows, dim] {
         hasher.update((d as u64).to_le_bytes());
     }
-    // The bytes in the machine's order: little-endian on every target girder runs on.
-    hasher.update(values.data());
+    super::canary::for_each_chunk(table, |values| {
+        // SAFETY: plain f32s viewed as their bytes, in the machine's order: little-endian on
+        // every target girder runs on.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        };
+        hasher.update(bytes);
+        Ok(())
+    })?;
     Ok(hex(&hasher.finalize()))
 }
 

@@ -81,8 +81,6 @@ pub fn check(
     Ok(findings)
 }
 
-/// Whether every value of `t` is finite: a NaN or infinity anywhere makes the sum non-finite
-/// (so does an overflowing sum, itself a sign of broken values).
 /// Whether every value of the table is finite, read a chunk of rows at a time.
 fn finite_rows(table: &crate::layers::Embedding) -> Result<bool> {
     let mut all = true;
@@ -93,6 +91,8 @@ fn finite_rows(table: &crate::layers::Embedding) -> Result<bool> {
     Ok(all)
 }
 
+/// Whether every value of `t` is finite: a NaN or infinity anywhere makes the sum non-finite
+/// (so does an overflowing sum, itself a sign of broken values).
 fn finite(t: &Tensor) -> Result<bool> {
     let sum = t
         .to_dtype(candle_core::DType::F32)?

@@ -73,9 +73,9 @@ impl TensorNames {
 /// [mapped](GgufFile::map_tensors), its tensors by Hugging Face name, each read from the file
 /// when asked for (q/k un-permuted).
 ///
-/// Why read on demand: a model converts each matrix into its kernel's layout as it loads;
-/// with every tensor read first, the file's tensors and their converted copies were in
-/// memory together (Qwen2.5-0.5B Q4_K_M, a 491 MB file: 1.1 GB at the end of the load).
+/// Why read on demand: a model converts each matrix into its kernel's layout as it loads, so
+/// a tensor read from the file is dropped as soon as its layer is built, and the file's
+/// tensors are never in memory beside their converted copies.
 pub struct GgufFile {
     path: PathBuf,
     metadata: HashMap<String, Value>,
@@ -813,6 +813,22 @@ impl GgufFile {
     /// The raw metadata.
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.metadata
+    }
+
+    /// The rows of the token embedding (`token_embd.weight`, mapped to
+    /// `model.embed_tokens.weight`): the vocabulary the model embeds.
+    pub fn vocab_size(&self) -> Result<usize> {
+        match self.tensor_shape("model.embed_tokens.weight").as_deref() {
+            Some(&[vocab_size, _]) => Ok(vocab_size),
+            Some(other) => Err(Error::BadGguf {
+                file: self.path.clone(),
+                reason: format!("`token_embd.weight` has shape {other:?}, not [vocab, hidden]"),
+            }),
+            None => Err(Error::BadGguf {
+                file: self.path.clone(),
+                reason: "no `token_embd.weight` tensor".into(),
+            }),
+        }
     }
 
     /// Names of all tensors (Hugging Face names where mapped).

@@ -442,22 +442,8 @@ impl Weights {
         let Some((gguf, true)) = &self.checkpoint.gguf else {
             return Ok(None);
         };
-        let full = self.full_name(name);
-        let Some(actual) = gguf.tensor_shape(&full) else {
-            return Err(Error::MissingTensor {
-                name: full,
-                files: self.file_list(),
-            });
-        };
-        let expected = shape.into();
-        if actual != expected {
-            return Err(Error::ShapeMismatch {
-                tensor: full,
-                expected,
-                actual,
-            });
-        }
-        gguf.read_tensor(&full)
+        self.gguf_tensor(gguf, &self.full_name(name), shape.into())
+            .map(Some)
     }
 
     /// The same checkpoint with its linear layers' weights quantized as they load
@@ -475,7 +461,8 @@ impl Weights {
     }
 
     /// The same weights, with linear layers and embedding tables kept in `dtype` (`--dtype
-    /// bf16|f16`: half the memory of f32); norms, biases, small matrices and every
+    /// bf16|f16`: half the memory of f32); norms, biases, linear matrices under
+    /// [`MIN_QUANTIZED_ELEMENTS`](crate::layers::MIN_QUANTIZED_ELEMENTS) values and every
     /// activation stay f32 (see [`Linear`](crate::layers::Linear)).
     pub fn with_weight_dtype(&self, dtype: DType) -> Self {
         Weights {
@@ -683,22 +670,7 @@ impl Weights {
             return Ok(tensor.to_device(&self.device)?.to_dtype(dtype)?);
         }
         if let Some((gguf, _)) = &self.checkpoint.gguf {
-            let Some(actual) = gguf.tensor_shape(&full) else {
-                return Err(Error::MissingTensor {
-                    name: full,
-                    files: self.file_list(),
-                });
-            };
-            if actual != expected {
-                return Err(Error::ShapeMismatch {
-                    tensor: full,
-                    expected,
-                    actual,
-                });
-            }
-            let Some(tensor) = gguf.read_tensor(&full)? else {
-                unreachable!("the header names `{full}`");
-            };
+            let tensor = self.gguf_tensor(gguf, &full, expected)?;
             return Ok(tensor.dequantize(&self.device)?.to_dtype(dtype)?);
         }
         let Some(&index) = self.checkpoint.routing.get(&full) else {
@@ -736,6 +708,29 @@ impl Weights {
             .map_err(|e| bad(root_cause(&e)))?;
         release_mapped_pages(view.data());
         Ok(tensor.to_dtype(dtype)?)
+    }
+
+    /// The GGUF tensor `full`, read from the file after its header's shape is checked
+    /// against `expected`.
+    fn gguf_tensor(
+        &self,
+        gguf: &GgufFile,
+        full: &str,
+        expected: Vec<usize>,
+    ) -> Result<Arc<QTensor>> {
+        let missing = || Error::MissingTensor {
+            name: full.to_string(),
+            files: self.file_list(),
+        };
+        let actual = gguf.tensor_shape(full).ok_or_else(missing)?;
+        if actual != expected {
+            return Err(Error::ShapeMismatch {
+                tensor: full.to_string(),
+                expected,
+                actual,
+            });
+        }
+        gguf.read_tensor(full)?.ok_or_else(missing)
     }
 
     /// Like [`get`](Self::get), trying a legacy name when the first is absent

@@ -28,10 +28,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: Table,
-    /// Where a tied output projection reads its f32 weights when the table is kept in less
-    /// and the weights keep outputs in f32 ([`Weights::keeps_output_in_f32`]): the
-    /// checkpoint, not the rounded table.
-    f32_source: Option<Weights>,
+    /// The checkpoint a table rounded or quantized at load came from: what a lock's
+    /// fingerprint reads ([`Embedding::checkpoint_table`]), and a tied output projection
+    /// kept in f32 ([`Weights::keeps_output_in_f32`]).
+    reduced_from: Option<Weights>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Embedding {
             if let Some(blocks) = BlockRows::of(&q)? {
                 return Ok(Embedding {
                     table: Table::Blocks(Arc::new(blocks)),
-                    f32_source: None,
+                    reduced_from: None,
                 });
             }
         }
@@ -69,7 +69,7 @@ impl Embedding {
                 if let Some(dtype) = quantization.block_type(dim) {
                     let table = w.get([rows, dim], "weight")?;
                     return Ok(Embedding {
-                        f32_source: w.keeps_output_in_f32().then(|| w.clone()),
+                        reduced_from: Some(w.clone()),
                         ..Self::quantized(&table, dtype, quantization)?
                     });
                 }
@@ -77,7 +77,7 @@ impl Embedding {
         }
         let table = w.get_weight([rows, dim], "weight")?;
         Ok(Embedding {
-            f32_source: (w.keeps_output_in_f32() && table.dtype() != DType::F32).then(|| w.clone()),
+            reduced_from: (table.dtype() != DType::F32).then(|| w.clone()),
             table: Table::Dense(table),
         })
     }
@@ -94,7 +94,7 @@ impl Embedding {
         })?;
         Ok(Embedding {
             table: Table::Blocks(Arc::new(blocks)),
-            f32_source: None,
+            reduced_from: None,
         })
     }
 
@@ -102,7 +102,7 @@ impl Embedding {
     pub fn from_table(table: Tensor) -> Self {
         Embedding {
             table: Table::Dense(table),
-            f32_source: None,
+            reduced_from: None,
         }
     }
 
@@ -152,13 +152,10 @@ impl Embedding {
         matches!(&self.table, Table::Dense(t) if t.dtype() == DType::F32)
     }
 
-    /// `(rows, dim)`.
+    /// `(rows, dim)` (`(0, 0)` for a table that is not a matrix).
     pub fn dims(&self) -> (usize, usize) {
         match &self.table {
-            Table::Dense(table) => {
-                let d = table.dims();
-                (d[0], d[1])
-            }
+            Table::Dense(table) => table.dims2().unwrap_or((0, 0)),
             Table::Blocks(blocks) => (blocks.rows, blocks.dim),
         }
     }
@@ -219,13 +216,28 @@ impl Embedding {
             .to_vec1()?)
     }
 
+    /// The table as the checkpoint holds it, in f32: read anew from the checkpoint when the
+    /// load rounded or quantized it (a fingerprint of the model, not of its precision), else
+    /// this table.
+    pub fn checkpoint_table(&self) -> Result<Embedding> {
+        match &self.reduced_from {
+            Some(source) => {
+                let (rows, dim) = self.dims();
+                Ok(Embedding::from_table(source.get([rows, dim], "weight")?))
+            }
+            None => Ok(self.clone()),
+        }
+    }
+
     /// A linear layer computing `x · tableᵀ` (a tied output projection: an LM head, an MLM
     /// decoder), in the table's own precision, or in f32 read anew from the checkpoint when
     /// the weights it was loaded from keep outputs so ([`Weights::keeps_output_in_f32`]).
     pub fn tied_projection(&self, bias: Option<Tensor>) -> Result<Linear> {
-        if let Some(source) = &self.f32_source {
-            let (rows, dim) = self.dims();
-            return Linear::from_parts(source.get([rows, dim], "weight")?, bias);
+        if let Some(source) = self.reduced_from.as_ref() {
+            if source.keeps_output_in_f32() {
+                let (rows, dim) = self.dims();
+                return Linear::from_parts(source.get([rows, dim], "weight")?, bias);
+            }
         }
         match &self.table {
             Table::Dense(table) => Linear::from_parts(table.clone(), bias),

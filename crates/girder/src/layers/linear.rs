@@ -288,23 +288,6 @@ impl Linear {
         }
     }
 
-    /// The dtype the weight is stored in: f32, bf16 or f16 (`None` for quantized blocks).
-    pub fn weight_dtype(&self) -> Option<candle_core::DType> {
-        match &self.weight {
-            Weight::DenseTransposed(w) | Weight::Trained(w) => Some(w.dtype()),
-            Weight::Half(m) => Some(m.dtype()),
-            Weight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Some(w.dtype()),
-            Weight::Quantized(QMatMul::QTensor(_)) | Weight::Blocks(_) | Weight::Frozen(_) => None,
-            Weight::Parts(parts) => {
-                let first = parts.first()?.weight_dtype()?;
-                parts
-                    .iter()
-                    .all(|p| p.weight_dtype() == Some(first))
-                    .then_some(first)
-            }
-        }
-    }
-
     /// An `[out, in]` weight: transposed once, unless it is trained; bf16 and f16 stay so.
     fn dense(weight: Tensor) -> Result<Weight> {
         Ok(if weight.is_variable() {
@@ -336,6 +319,30 @@ impl Linear {
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         Ok(Linear {
             weight: Self::dense(weight)?,
+            bias,
+            lora: None,
+        })
+    }
+
+    /// Loads `prefix.weight` stored `[in, out]` (GPT-2's `Conv1D`) and `prefix.bias`, in
+    /// the weights' precision as [`Linear::load`] does.
+    pub fn load_transposed(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let bias = Some(w.get([out_dim], "bias")?);
+        let weight_t = w.get([in_dim, out_dim], "weight")?;
+        let reduced = w.quantization().is_some() || w.weight_dtype() != w.dtype();
+        if !reduced || w.is_training() || in_dim * out_dim < MIN_QUANTIZED_ELEMENTS {
+            return Self::from_transposed(weight_t, bias);
+        }
+        let weight = weight_t.t()?.contiguous()?;
+        let weight = match w.quantization() {
+            Some(quantization) => match quantization.quantize(&weight)? {
+                Some(q) => Self::quantized_weight(Arc::new(q))?,
+                None => Self::dense(weight)?,
+            },
+            None => Self::dense(weight.to_dtype(w.weight_dtype())?)?,
+        };
+        Ok(Linear {
+            weight,
             bias,
             lora: None,
         })

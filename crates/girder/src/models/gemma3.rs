@@ -323,15 +323,7 @@ impl Config {
                 })
             }
         };
-        let vocab_size = match gguf.tensor_shape("model.embed_tokens.weight").as_deref() {
-            Some(&[vocab_size, _]) => vocab_size,
-            Some(other) => {
-                return Err(bad(format!(
-                    "`token_embd.weight` has shape {other:?}, not [vocab, hidden]"
-                )))
-            }
-            None => return Err(bad("no `token_embd.weight` tensor".into())),
-        };
+        let vocab_size = gguf.vocab_size()?;
         let query_pre_attn_scalar = if layers == 62 {
             (hidden / heads) as f64
         } else {
@@ -589,12 +581,10 @@ impl Gemma3ForCausalLM {
     /// Loads `model.*` and `lm_head` (or ties the head to `model.embed_tokens`).
     pub fn load(w: &Weights, cfg: &Config) -> Result<Self> {
         let model = Gemma3TextModel::load(&w.pp("model"), cfg)?;
+        // Tied: from the table's own blocks for a GGUF file's (the kernel's layout of the same
+        // bytes).
         let lm_head = if cfg.tie_word_embeddings {
-            let embed = w.pp("model.embed_tokens");
-            match embed.qtensor([cfg.vocab_size, cfg.hidden_size], "weight")? {
-                Some(q) => Linear::from_qtensor(q, None)?,
-                None => model.embed_tokens.tied_projection(None)?,
-            }
+            model.embed_tokens.tied_projection(None)?
         } else {
             Linear::load_no_bias(
                 &w.pp("lm_head").for_output(),

@@ -113,8 +113,7 @@ impl Config {
 
 /// Loads a `Conv1D` (`weight [in, out]`, `bias [out]`) as a [`Linear`].
 fn conv1d(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Linear> {
-    let weight = w.get([in_dim, out_dim], "weight")?;
-    Linear::from_transposed(weight, Some(w.get([out_dim], "bias")?))
+    Linear::load_transposed(w, in_dim, out_dim)
 }
 
 /// `GPT2Attention`: fused `c_attn` → q, k, v; causal attention over the cache; `c_proj`.

@@ -280,15 +280,7 @@ impl Config {
                 "rope frequency factors (`rope_freqs.weight`, Llama 3.1 scaling)".into(),
             ));
         }
-        let vocab_size = match gguf.tensor_shape("model.embed_tokens.weight").as_deref() {
-            Some(&[vocab_size, _]) => vocab_size,
-            Some(other) => {
-                return Err(bad(format!(
-                    "`token_embd.weight` has shape {other:?}, not [vocab, hidden]"
-                )))
-            }
-            None => return Err(bad("no `token_embd.weight` tensor".into())),
-        };
+        let vocab_size = gguf.vocab_size()?;
         let ffn = gguf.u32_key(&key("feed_forward_length"))? as usize;
         Ok(Config {
             vocab_size,
@@ -499,12 +491,10 @@ impl LlamaForCausalLM {
     /// Loads `model.*` and `lm_head` (or ties the head to `model.embed_tokens`).
     pub fn load(w: &Weights, cfg: &Config) -> Result<Self> {
         let model = LlamaModel::load(&w.pp("model"), cfg)?;
+        // Tied: from the table's own blocks for a GGUF file's (the kernel's layout of the same
+        // bytes).
         let lm_head = if cfg.tie_word_embeddings {
-            let embed = w.pp("model.embed_tokens");
-            match embed.qtensor([cfg.vocab_size, cfg.hidden_size], "weight")? {
-                Some(q) => Linear::from_qtensor(q, None)?,
-                None => model.embed_tokens.tied_projection(None)?,
-            }
+            model.embed_tokens.tied_projection(None)?
         } else {
             Linear::load_no_bias(
                 &w.pp("lm_head").for_output(),

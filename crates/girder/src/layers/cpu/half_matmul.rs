@@ -2,9 +2,10 @@
 //! their sums in f32: the result is the f32 product of the rounded weights.
 //!
 //! - A few rows (a short sentence, a decode step: at most [`skinny_matmul::MAX_ROWS`]) run
-//!   the skinny kernel, which widens each 16 weights to f32 in the register they are loaded
-//!   into: the weights stream from memory once, at half the bytes of f32.
-//! - Many rows: the columns are split into panels shared among the team's threads; each
+//!   the skinny kernel where the CPU has AVX-512, which widens each 16 weights to f32 in the
+//!   register they are loaded into: the weights stream from memory once, at half the bytes
+//!   of f32.
+//! - Many rows, or any number without AVX-512: the columns are split into panels shared among the team's threads; each
 //!   thread widens its panel (`[in, width]`) into a buffer of its own and multiplies it with
 //!   the `gemm` crate's f32 kernel on that thread. Widening costs one pass over the weights
 //!   per product, against `rows` multiply-adds per weight in the product itself.
@@ -24,8 +25,9 @@ use std::cell::RefCell;
 const MAX_PANEL: usize = 128;
 
 /// Panels of at most [`MAX_PANEL`] columns (whole registers of 16), as many as a multiple
-/// of the team's threads so that each thread gets the same share: `[384, 384]` on two
-/// threads in three panels of 128 kept one thread idle a third of the time.
+/// of the team's threads so that each thread gets the same share (`[384, 384]` on two
+/// threads: four panels of 96, where three of 128 would leave one thread idle a third of
+/// the time).
 fn panel_width(n: usize, threads: usize) -> usize {
     let panels = n.div_ceil(MAX_PANEL).next_multiple_of(threads.max(1));
     n.div_ceil(panels).next_multiple_of(16).min(MAX_PANEL)
@@ -140,12 +142,9 @@ fn product<W: Widen>(x: &[f32], w: &[W], m: usize, k: usize, n: usize) -> Vec<f3
     if m <= skinny_matmul::MAX_ROWS && skinny_matmul::available() {
         return skinny_matmul::matmul(x, w, m, k, n);
     }
-    /// The output, written by every task at its own panel's columns.
-    struct Output(*mut f32);
-    // SAFETY: each panel's columns are written by the one task that takes the panel.
-    unsafe impl Sync for Output {}
     let mut out = vec![0f32; m * n];
-    let shared = Output(out.as_mut_ptr());
+    // Each task writes its own panel's columns, and no other task's.
+    let shared = super::team::SharedOutput(out.as_mut_ptr());
     let panel_width = panel_width(n, team::threads());
     team::for_each(n.div_ceil(panel_width), |p| {
         let shared = &shared;

@@ -18,8 +18,8 @@ const STRIP: usize = 64;
 /// Rows of `x` per register block (6 x 4 accumulators + 4 weight vectors + 1 broadcast).
 const ROW_BLOCK: usize = 6;
 
-/// Whether the kernel runs on this CPU (AVX-512F, and BW, VL and F16C for bf16 and f16
-/// weights: the strip's edges are masked 16-bit loads), detected once.
+/// Whether the kernel runs on this CPU (AVX-512F, and BW and VL for bf16 and f16 weights:
+/// the strip's edges are masked 16-bit loads), detected once.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -28,7 +28,6 @@ pub fn available() -> bool {
             std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("f16c")
                 && std::env::var_os("GIRDER_NO_SKINNY").is_none()
         })
     }
@@ -95,14 +94,11 @@ pub fn matmul<W: WeightElement>(x: &[f32], w: &[W], m: usize, k: usize, n: usize
         "skinny_matmul::matmul needs AVX-512F, BW and VL"
     );
     let strips = n.div_ceil(STRIP);
-    /// The output, written by every task at its own strip's columns.
-    struct Output(*mut f32);
-    // SAFETY: each strip's columns are written by the one task that takes the strip.
-    unsafe impl Sync for Output {}
     // Written straight into its final place, every element once: no zero-filled buffer, no
     // tile copied over (both were page faults and copies in `perf`).
     let mut out = Vec::<f32>::with_capacity(m * n);
-    let shared = Output(out.as_mut_ptr());
+    // Each task writes its own strip's columns, and no other task's.
+    let shared = super::team::SharedOutput(out.as_mut_ptr());
     crate::layers::cpu::team::for_each(strips, |s| {
         let shared = &shared;
         let first = s * STRIP;
@@ -134,7 +130,7 @@ mod avx512 {
     const K_CHUNK: usize = 64;
 
     /// Columns `first..first + width` of every row of `out` (`[m, n]`).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn strip<W: WeightElement>(
         x: &[f32],
@@ -180,7 +176,7 @@ mod avx512 {
         for (i, sums) in partial[..m].iter().enumerate() {
             let row_out = out.add(i * n + first);
             for j in 0..4 {
-                _mm512_mask_storeu_ps(row_out.add(16 * j), masks[j], sums[j]);
+                _mm512_mask_storeu_ps(row_out.wrapping_add(16 * j), masks[j], sums[j]);
             }
         }
     }
@@ -192,7 +188,7 @@ mod avx512 {
         masks: [__mmask16; 4],
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block<const R: usize, W: WeightElement>(
         x: &[f32],
@@ -213,17 +209,20 @@ mod avx512 {
             if row == 0 && kk + PREFETCH_ROWS < k {
                 // Strip rows lie `n` floats apart, a stride the hardware prefetcher follows
                 // late: the first row block asks for the row PREFETCH_ROWS ahead now.
-                let ahead = wr.add(PREFETCH_ROWS * n) as *const i8;
+                // `wrapping_add`: near the end of a strip the addresses may lie past the
+                // weights (a prefetch does not fault, and the masked loads below read none of
+                // the lanes beyond), and `add` may not form such a pointer.
+                let ahead = wr.wrapping_add(PREFETCH_ROWS * n) as *const i8;
                 // A strip's row is 64 elements: as many cache lines as an element has bytes.
                 for line in 0..std::mem::size_of::<W>() {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * line));
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
                 }
             }
             let wv = [
                 W::load16(wr, at.masks[0]),
-                W::load16(wr.add(16), at.masks[1]),
-                W::load16(wr.add(32), at.masks[2]),
-                W::load16(wr.add(48), at.masks[3]),
+                W::load16(wr.wrapping_add(16), at.masks[1]),
+                W::load16(wr.wrapping_add(32), at.masks[2]),
+                W::load16(wr.wrapping_add(48), at.masks[3]),
             ];
             for i in 0..R {
                 let xb = _mm512_set1_ps(*xp.add(i * k + kk));

@@ -286,6 +286,14 @@ pub(crate) fn rest() {
     }
 }
 
+/// An output buffer the tasks of one region write at places of their own (each task its
+/// columns), shared with them as a raw pointer.
+pub(crate) struct SharedOutput(pub(crate) *mut f32);
+
+// SAFETY: the region's tasks write disjoint elements (each kernel's contract), and the
+// buffer outlives the region.
+unsafe impl Sync for SharedOutput {}
+
 /// A mutable slice whose disjoint chunks the tasks of one region write.
 pub(crate) struct Chunks<'a, T> {
     ptr: *mut T,
