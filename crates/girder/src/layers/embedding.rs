@@ -206,14 +206,20 @@ impl Embedding {
             .to_vec1()?)
     }
 
-    /// Rows `ids` widened to f32, in the order given (`ids.len() · dim` values).
+    /// Rows `ids` widened to f32, in the order given (`ids.len() · dim` values), gathered
+    /// 8,192 at a time so that only the result is held whole (the canary gathers tens of
+    /// thousands of rows of a 262,144-row vocabulary).
     pub fn gather_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let ids = Tensor::new(ids, self.device())?;
-        Ok(self
-            .forward(&ids)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?)
+        let mut values = Vec::with_capacity(ids.len() * self.dims().1);
+        for chunk in ids.chunks(8_192) {
+            let chunk = Tensor::new(chunk, self.device())?;
+            let rows = self
+                .forward(&chunk)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?;
+            values.extend_from_slice(&rows.to_vec1::<f32>()?);
+        }
+        Ok(values)
     }
 
     /// The table as the checkpoint holds it, in f32: read anew from the checkpoint when the
