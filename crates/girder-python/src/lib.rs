@@ -60,7 +60,7 @@ struct Pipeline {
 impl Pipeline {
     /// Loads `model` for `task` (a name or alias of girder's task table).
     #[new]
-    #[pyo3(signature = (task, model, *, tokenizer=None, device="cpu", dtype=None, adapter=None, max_length=None, truncation=true, quantize=None, max_drift=girder::check::drift::DEFAULT_MAX_DRIFT, allow_drift=false, drift_probe=None))]
+    #[pyo3(signature = (task, model, *, tokenizer=None, device="cpu", dtype=None, adapter=None, max_length=None, truncation=true, quantize=None, max_drift=girder::check::drift::DEFAULT_MAX_DRIFT, allow_drift=false, drift_probe=None, lm_head_f32=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -76,6 +76,7 @@ impl Pipeline {
         max_drift: f64,
         allow_drift: bool,
         drift_probe: Option<Vec<String>>,
+        lm_head_f32: bool,
     ) -> PyResult<Self> {
         let task_name = translation_pair(task).map(|_| task.to_string());
         let task = Task::parse(task).map_err(py_err)?;
@@ -94,6 +95,7 @@ impl Pipeline {
                 .map(Quantization::parse)
                 .transpose()
                 .map_err(py_err)?,
+            output_in_f32: lm_head_f32,
             ..LoadOptions::default()
         };
         let reference = model.to_string();

@@ -348,3 +348,12 @@ def test_half_precision_reports_drift():
         assert cosines.min() > 0.999 and not np.array_equal(got, reference)
     with pytest.raises(girder.GirderError, match="pick one"):
         girder.pipeline("embeddings", model=MINILM, dtype="bfloat16", quantize="q8_0")
+
+
+def test_the_lm_head_can_stay_f32():
+    # GPT-2's tied head in bf16 flips a near-tie of the random fixture; kept f32, none.
+    for lm_head_f32, agreement in [(False, 0.98), (True, 1.0)]:
+        gen = girder.pipeline("text-generation", model=FIXTURES / "gpt2-causal-lm",
+                              dtype="bfloat16", lm_head_f32=lm_head_f32)
+        top1 = gen.drift_report["figures"]["top1_agreement"]
+        assert (top1 == 1.0) if lm_head_f32 else (agreement <= top1 < 1.0), top1

@@ -29,7 +29,7 @@ __version__ = version()
 
 def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=None,
              max_length=None, truncation=True, quantize=None, max_drift=0.02,
-             allow_drift=False, drift_probe=None):
+             allow_drift=False, drift_probe=None, lm_head_f32=False):
     """Loads ``model`` for ``task`` and returns a callable :class:`Pipeline`.
 
     ``task``: a name of :func:`tasks` or an alias (``sentiment-analysis``, ``ner``,
@@ -43,9 +43,11 @@ def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=No
     is cut (``True``, reported) or refused (``False``: :class:`GirderError`).
     ``quantize``: ``"q8_0"``, ``"q6_k"``, ``"q5_k"``, ``"q5_0"``, ``"q4_k"`` or ``"q4_0"``
     quantizes the linear layers and embedding tables at load, after comparing the quantized
-    model with f32 on probe texts (``drift_probe``, a list of texts, or 52 built-in sentences): a drift above
-    ``max_drift`` raises :class:`GirderError` unless ``allow_drift``; the report is
-    :attr:`Pipeline.drift_report`.
+    model with f32 on probe texts (``drift_probe``, a list of texts, or 52 built-in
+    sentences): a drift above ``max_drift`` raises :class:`GirderError` unless
+    ``allow_drift``; the report is :attr:`Pipeline.drift_report`. ``lm_head_f32=True``
+    keeps the output projection (an LM head, tied or not) in float32 while ``dtype`` or
+    ``quantize`` reduce the rest.
     """
     if device in (None, -1, "cpu"):
         device = "cpu"
@@ -54,7 +56,8 @@ def pipeline(task, model, *, tokenizer=None, device=None, dtype=None, adapter=No
                               adapter=_path(adapter), max_length=max_length,
                               truncation=truncation, quantize=quantize,
                               max_drift=max_drift, allow_drift=allow_drift,
-                              drift_probe=None if drift_probe is None else list(drift_probe)))
+                              drift_probe=None if drift_probe is None else list(drift_probe),
+                              lm_head_f32=lm_head_f32))
 
 
 class Pipeline:
