@@ -19,6 +19,14 @@ fn minilm() -> String {
     dir.to_string_lossy().into_owned()
 }
 
+/// A committed fixture's folder.
+fn fixture(name: &str) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    dir.to_string_lossy().into_owned()
+}
+
 fn load(reference: &str, quantize: Option<Quantization>) -> Loaded {
     girder::load(
         reference,
@@ -89,7 +97,6 @@ fn a_drift_above_the_limit_fails_the_report() {
 
 #[test]
 fn quantize_is_refused_for_gguf_files_and_training() {
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
     if gguf.is_file() {
@@ -105,7 +112,7 @@ fn quantize_is_refused_for_gguf_files_and_training() {
         assert!(err.contains("GGUF file, quantized already"), "{err}");
     }
     let err = girder::load(
-        fixtures.join("bert-seqcls").to_str().unwrap(),
+        &fixture("bert-seqcls"),
         &LoadOptions {
             quantize: Some(Quantization::Q4K),
             training: Some(girder::pretrained::TrainingLoad {
@@ -128,7 +135,6 @@ fn quantize_is_refused_for_gguf_files_and_training() {
 fn every_head_of_the_fixtures_has_a_report() {
     // The fixtures' matrices are under MIN_QUANTIZED_ELEMENTS, so they load as f32 and the
     // report must say "no drift" for every head.
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let texts: Vec<String> = drift::probe_texts().into_iter().take(6).collect();
     for name in [
         "bert-seqcls",
@@ -138,8 +144,7 @@ fn every_head_of_the_fixtures_has_a_report() {
         "llama-causal-lm",
         "t5-seq2seq",
     ] {
-        let path = fixtures.join(name);
-        let path = path.to_str().unwrap();
+        let path = &fixture(name);
         let expected = drift::probe_outputs(&load(path, None), &texts).unwrap();
         let got = drift::probe_outputs(&load(path, Some(Quantization::Q8_0)), &texts).unwrap();
         let report = drift::compare(&expected, &got, "q8_0", texts.len(), 0.0).unwrap();
@@ -173,7 +178,6 @@ fn minilm_in_bf16_and_f16_keeps_its_embeddings() {
 /// distributions are near-uniform, so bf16 flips a few near-ties.)
 #[test]
 fn every_architecture_runs_in_bf16_and_f16() {
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let texts: Vec<String> = drift::probe_texts().into_iter().take(6).collect();
     for name in [
         "bert-seqcls",
@@ -192,8 +196,7 @@ fn every_architecture_runs_in_bf16_and_f16() {
         "bart-seq2seq",
         "marian-seq2seq",
     ] {
-        let path = fixtures.join(name);
-        let path = path.to_str().unwrap();
+        let path = &fixture(name);
         let expected = drift::probe_outputs(&load(path, None), &texts).unwrap();
         for (dtype, dtype_name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
             let got = drift::probe_outputs(&load_in(path, dtype), &texts).unwrap();
@@ -213,9 +216,7 @@ fn every_architecture_runs_in_bf16_and_f16() {
 
 #[test]
 fn half_precision_is_refused_for_gguf_files_training_and_with_quantize() {
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let bert = fixtures.join("bert-seqcls");
-    let bert = bert.to_str().unwrap();
+    let bert = &fixture("bert-seqcls");
     let refused = |reference: &str, options: LoadOptions| {
         girder::load(reference, &options).unwrap_err().to_string()
     };
@@ -305,8 +306,7 @@ fn a_qlora_load_keeps_no_f32_copy_of_the_quantized_base() {
 /// distributions move less than with the projection in bf16 too.
 #[test]
 fn the_output_projection_can_stay_f32() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-causal-lm");
-    let path = path.to_str().unwrap();
+    let path = &fixture("gpt2-causal-lm");
     let texts: Vec<String> = drift::probe_texts().into_iter().take(6).collect();
     let expected = drift::probe_outputs(&load(path, None), &texts).unwrap();
     let change = |output_in_f32: bool| {

@@ -265,15 +265,24 @@ impl Linear {
                 };
             }
         }
-        let weight = if out_dim * in_dim >= MIN_QUANTIZED_ELEMENTS {
-            w.get_weight([out_dim, in_dim], "weight")?
-        } else {
-            w.get([out_dim, in_dim], "weight")?
-        };
+        if out_dim * in_dim < MIN_QUANTIZED_ELEMENTS {
+            return Self::dense(w.get([out_dim, in_dim], "weight")?);
+        }
+        Self::in_precision(w, w.get_weight([out_dim, in_dim], "weight")?)
+    }
+
+    /// A loaded `[out, in]` weight of at least [`MIN_QUANTIZED_ELEMENTS`] values in the
+    /// precision the weights keep: quantized blocks, bf16 or f16, or as loaded.
+    fn in_precision(w: &Weights, weight: Tensor) -> Result<Weight> {
         if let Some(quantization) = w.quantization() {
             if let Some(q) = quantization.quantize(&weight)? {
                 return Self::quantized_weight(Arc::new(q));
             }
+            return Self::dense(weight);
+        }
+        let dtype = w.weight_dtype();
+        if weight.dtype() != dtype && !weight.is_variable() {
+            return Self::dense(weight.to_dtype(dtype)?);
         }
         Self::dense(weight)
     }
@@ -329,20 +338,12 @@ impl Linear {
     pub fn load_transposed(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
         let bias = Some(w.get([out_dim], "bias")?);
         let weight_t = w.get([in_dim, out_dim], "weight")?;
-        let reduced = w.quantization().is_some() || w.weight_dtype() != w.dtype();
-        if !reduced || w.is_training() || in_dim * out_dim < MIN_QUANTIZED_ELEMENTS {
+        if w.is_training() || in_dim * out_dim < MIN_QUANTIZED_ELEMENTS {
             return Self::from_transposed(weight_t, bias);
         }
-        let weight = weight_t.t()?.contiguous()?;
-        let weight = match w.quantization() {
-            Some(quantization) => match quantization.quantize(&weight)? {
-                Some(q) => Self::quantized_weight(Arc::new(q))?,
-                None => Self::dense(weight)?,
-            },
-            None => Self::dense(weight.to_dtype(w.weight_dtype())?)?,
-        };
         Ok(Linear {
-            weight,
+            // `[out, in]` as a view: kept dense, it is laid out `[in, out]` again without a copy.
+            weight: Self::in_precision(w, weight_t.t()?)?,
             bias,
             lora: None,
         })
