@@ -194,10 +194,9 @@ async fn transcriptions_in_openai_shape() {
     assert!(status == 422 && body.contains("voice"), "{body}");
     let (status, body) = transcribe(&server, &[("language", "fr")], file).await;
     assert!(status == 422 && body.contains("English-only"), "{body}");
-    let bad = tempfile_with(b"definitely not audio");
     let form = reqwest::multipart::Form::new().part(
         "file",
-        reqwest::multipart::Part::bytes(std::fs::read(&bad).unwrap()).file_name("notes.mp3"),
+        reqwest::multipart::Part::bytes(b"definitely not audio".to_vec()).file_name("notes.mp3"),
     );
     let response = reqwest::Client::new()
         .post(url(&server, "/v1/audio/transcriptions"))
@@ -220,10 +219,4 @@ async fn transcriptions_in_openai_shape() {
     let (status, _) = transcribe(&server, &[], file).await;
     assert_eq!(status, 200);
     server.shutdown().await.unwrap();
-}
-
-fn tempfile_with(bytes: &[u8]) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("girder-upload-{}", std::process::id()));
-    std::fs::write(&path, bytes).unwrap();
-    path
 }

@@ -598,13 +598,8 @@ mod tests {
     use super::*;
 
     fn config(json: &str) -> Result<Config> {
-        let dir = std::env::temp_dir().join(format!(
-            "girder-llama-{}-{:x}",
-            std::process::id(),
-            json.len() * 31 + json.bytes().map(usize::from).sum::<usize>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
         std::fs::write(&path, json).unwrap();
         Config::from_common(&CommonConfig::from_file(&path).unwrap())
     }

@@ -505,13 +505,8 @@ mod tests {
     use super::*;
 
     fn config(json: &str) -> CommonConfig {
-        let dir = std::env::temp_dir().join(format!(
-            "girder-registry-{}-{}",
-            std::process::id(),
-            json.len()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
         std::fs::write(&path, json).unwrap();
         CommonConfig::from_file(&path).unwrap()
     }
