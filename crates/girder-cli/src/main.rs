@@ -68,6 +68,9 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Score a text-classification model on labelled data: accuracy, macro F1, confusion matrix.
     Eval(commands::train::EvalArgs),
+    /// Write a decoder quantized (q8_0 … q4_0) as a GGUF file llama.cpp and girder load,
+    /// after the accuracy report against f32 accepts it.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Convert a model from another engine's format (CTranslate2 Whisper) into a Hugging
     /// Face folder.
     Convert(commands::convert::ConvertArgs),
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::train::eval(args),
+        Command::Quantize(args) => commands::quantize::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Download(args) => commands::download::run(args),
         Command::Cache(args) => commands::cache::run(args),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, girder, scratch};
+use common::{copy_dir, fixture, girder, json_lines, one_line_error, scratch, stdout_json};
 use std::path::Path;
 
 fn minilm() -> String {
@@ -251,4 +251,264 @@ fn qlora_trains_adapters_over_a_quantized_base() {
     let stderr = String::from_utf8_lossy(&misplaced.stderr);
     assert_eq!(misplaced.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is for --method qlora"), "{stderr}");
+}
+
+/// A LLaMA decoder with random weights, wide enough for K-quant super-blocks (hidden 256,
+/// MLP 512, 2 layers, 4 heads over 2 kv heads), on the llama fixture's tokenizer: written
+/// here, as no checkpoint of that size is committed.
+fn random_llama(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("llama-causal-lm").join(file), dir.join(file)).unwrap();
+    }
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 384,
+        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": false,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    // A fixed-seed generator: the same weights on every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut tensor = |shape: &[usize], scale: f32| {
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect();
+        candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap()
+    };
+    let mut tensors = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            tensor(&[384, 256], 0.1),
+        ),
+        ("lm_head.weight".to_string(), tensor(&[384, 256], 0.1)),
+        (
+            "model.norm.weight".to_string(),
+            tensor(&[256], 0.2).affine(1.0, 1.0).unwrap(),
+        ),
+    ];
+    for layer in 0..2 {
+        let p = format!("model.layers.{layer}");
+        for (name, shape) in [
+            ("self_attn.q_proj", [256, 256]),
+            ("self_attn.k_proj", [128, 256]),
+            ("self_attn.v_proj", [128, 256]),
+            ("self_attn.o_proj", [256, 256]),
+            ("mlp.gate_proj", [512, 256]),
+            ("mlp.up_proj", [512, 256]),
+            ("mlp.down_proj", [256, 512]),
+        ] {
+            tensors.push((format!("{p}.{name}.weight"), tensor(&shape, 0.2)));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.push((
+                format!("{p}.{norm}.weight"),
+                tensor(&[256], 0.2).affine(1.0, 1.0).unwrap(),
+            ));
+        }
+    }
+    girder::hub::weights::write_safetensors(&tensors, &dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn quantize_writes_a_gguf_that_reproduces_the_model_quantized_at_load() {
+    let dir = scratch("gguf-q4k");
+    let model = dir.join("llama");
+    random_llama(&model);
+    let out = dir.join("llama-q4_k.gguf");
+    let args = [
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--to",
+        "q4_k",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-drift",
+        "1",
+    ];
+    let run = girder(&args);
+    let written = stdout_json(&run);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The matrices in Q4_K (rows of 256 and 512); norms, and k and v (under 65,536 values),
+    // in f32, as at load.
+    assert_eq!(
+        written["tensor_types"],
+        serde_json::json!({"Q4K": 12, "F32": 9})
+    );
+    assert_eq!(written["architecture"], "llama");
+    assert_eq!(written["largest_difference_from_load"], 0.0);
+    assert!(written["tokenizer_texts_checked"].as_u64().unwrap() > 50);
+    assert_eq!(written["report"]["candidate"], "q4_k");
+    assert_eq!(
+        written["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&out).unwrap().len()
+    );
+    // The file generates what the model quantized at load generates.
+    let prompts = ["The capital of France is", "def fibonacci(n):"];
+    let generate = |model: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "text-generation",
+            "-m",
+            model,
+            "--max-new-tokens",
+            "8",
+        ];
+        args.extend(extra);
+        args.extend(prompts);
+        json_lines(&girder(&args))
+    };
+    let from_file = generate(out.to_str().unwrap(), &[]);
+    let at_load = generate(
+        model.to_str().unwrap(),
+        &["--quantize", "q4_k", "--max-drift", "1"],
+    );
+    assert_eq!(from_file.len(), prompts.len());
+    for (file, load) in from_file.iter().zip(&at_load) {
+        assert_eq!(file["generated_text"], load["generated_text"]);
+    }
+    // An existing file is kept unless --force.
+    let again = girder(&args);
+    assert!(one_line_error(&again).contains("--force"));
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(girder(&forced).status.success());
+}
+
+#[test]
+fn what_gguf_cannot_say_is_refused_before_the_report() {
+    let dir = scratch("gguf-refused");
+    let out = dir.join("x.gguf");
+    let qwen_digits = dir.join("qwen2-digits");
+    copy_dir(&fixture("qwen2-causal-lm"), &qwen_digits);
+    let tokenizer = qwen_digits.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tokenizer).unwrap()).unwrap();
+    json["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": true},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]});
+    std::fs::write(&tokenizer, json.to_string()).unwrap();
+    for (model, named) in [
+        (fixture("mistral-causal-lm"), "`sliding_window`: 8 tokens"),
+        (fixture("llama-causal-lm"), "`rope_scaling`: Llama3"),
+        (
+            fixture("gemma3-causal-lm"),
+            "girder writes LLaMA, Mistral and Qwen2",
+        ),
+        (
+            fixture("bert-base"),
+            "girder writes LLaMA, Mistral and Qwen2",
+        ),
+        (qwen_digits, "`pre_tokenizer`"),
+    ] {
+        let run = girder(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--to",
+            "q8_0",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let error = one_line_error(&run);
+        assert!(error.contains(named), "{}: {error}", model.display());
+        assert!(!out.exists(), "{}", model.display());
+    }
+}
+
+/// Dev-only (.venv-oracle with llama-cpp-python and transformers): llama.cpp loads what
+/// `girder quantize` writes. The tiny fixtures' matrices are under 65,536 values and stay f32,
+/// so llama.cpp (with an f32 KV cache) must give transformers' logits on the source folder.
+#[test]
+fn llama_cpp_loads_the_written_gguf() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-oracle/bin/python");
+    let importable = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import llama_cpp, transformers, torch"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !importable {
+        println!("skipped: llama_cpp, transformers or torch is not importable from .venv-oracle");
+        return;
+    }
+    let dir = scratch("gguf-llama-cpp");
+    // The llama fixture without its Llama 3 RoPE scaling, which llama.cpp stores as a tensor.
+    let llama = dir.join("llama");
+    copy_dir(&fixture("llama-causal-lm"), &llama);
+    let config_path = llama.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let object = config.as_object_mut().unwrap();
+    object.remove("rope_scaling");
+    object.remove("rope_parameters");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    const SCRIPT: &str = r#"
+import json, sys, numpy as np, torch
+from llama_cpp import Llama
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, gguf = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+llm = Llama(model_path=gguf, logits_all=True, verbose=False, n_ctx=64, n_threads=2, type_k=0, type_v=0)
+out = []
+for text in ["The capital of France is", "def fibonacci(n):\n    return n"]:
+    ids = tok(text)["input_ids"]
+    cpp_ids = llm.tokenize(text.encode(), add_bos=True, special=True)
+    llm.reset(); llm.eval(ids)
+    cpp = np.array(llm.scores[:len(ids)])
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    out.append({"same_ids": ids == cpp_ids, "difference": float(np.abs(cpp - ref).max())})
+print(json.dumps(out))
+"#;
+    for model in [llama, fixture("qwen2-causal-lm")] {
+        let out = dir.join("model.gguf");
+        let run = girder(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--to",
+            "q8_0",
+            "--out",
+            out.to_str().unwrap(),
+            "--force",
+        ]);
+        assert_eq!(
+            stdout_json(&run)["tensor_types"].as_object().unwrap().len(),
+            1
+        );
+        let oracle = std::process::Command::new(&python)
+            .args(["-c", SCRIPT])
+            .arg(&model)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            oracle.status.success(),
+            "{}",
+            String::from_utf8_lossy(&oracle.stderr)
+        );
+        let last = String::from_utf8_lossy(&oracle.stdout);
+        let results: serde_json::Value =
+            serde_json::from_str(last.lines().last().unwrap()).unwrap();
+        for r in results.as_array().unwrap() {
+            assert_eq!(r["same_ids"], true, "{}: {r}", model.display());
+            assert!(
+                r["difference"].as_f64().unwrap() < 1e-4,
+                "{}: {r}",
+                model.display()
+            );
+        }
+    }
 }

@@ -139,6 +139,11 @@ pub enum Error {
     #[error("{file}: unsupported GGUF {what}")]
     UnsupportedGguf { file: PathBuf, what: String },
 
+    /// A model girder cannot write as GGUF: `file` is the source file at fault (config.json,
+    /// tokenizer.json) or the GGUF being written.
+    #[error("{file}: cannot write as GGUF: {reason}")]
+    GgufExport { file: PathBuf, reason: String },
+
     /// A chat template that does not compile or fails to render.
     #[error("chat template from {origin}: {reason}")]
     ChatTemplate { origin: String, reason: String },

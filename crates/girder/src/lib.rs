@@ -24,6 +24,7 @@ pub mod batch;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod hub;
 pub mod layers;

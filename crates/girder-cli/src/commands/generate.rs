@@ -83,6 +83,8 @@ pub struct ModelArgs {
     pub top_k: Option<usize>,
     #[command(flatten)]
     pub generation: GenerationArgs,
+    #[command(flatten)]
+    pub precision: super::precision::PrecisionArgs,
 }
 
 impl ModelArgs {
@@ -95,8 +97,7 @@ impl ModelArgs {
             },
             ..LoadOptions::default()
         };
-        let loaded = girder::load(&self.model, &options)
-            .with_context(|| format!("cannot load model `{}`", self.model))?;
+        let loaded = self.precision.load(&self.model, &options, "generate")?;
         anyhow::ensure!(
             !self.dequantize || loaded.files().is_none(),
             "--dequantize applies to .gguf files; `{}` is a model folder (its weights are f32)",

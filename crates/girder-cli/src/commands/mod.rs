@@ -9,6 +9,7 @@ pub mod download;
 pub mod generate;
 pub mod lock;
 pub mod precision;
+pub mod quantize;
 pub mod run;
 pub mod serve;
 pub mod train;

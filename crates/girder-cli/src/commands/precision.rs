@@ -81,6 +81,25 @@ impl PrecisionArgs {
         crate::returning_freed_memory(|| self.load_and_report(reference, &options, work))
     }
 
+    /// The accuracy report's probe: `--drift-probe`'s lines, or the built-in texts.
+    pub fn probe_texts(&self) -> Result<Vec<String>> {
+        let Some(path) = &self.drift_probe else {
+            return Ok(drift::probe_texts());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --drift-probe {}", path.display()))?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if lines.is_empty() {
+            bail!("--drift-probe {} has no texts", path.display());
+        }
+        Ok(lines)
+    }
+
     fn load_and_report(
         &self,
         reference: &str,
@@ -95,23 +114,7 @@ impl PrecisionArgs {
                 .with_context(|| format!("cannot load model `{reference}`"))?;
             return Ok((loaded, None));
         };
-        let texts = match &self.drift_probe {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read --drift-probe {}", path.display()))?;
-                let lines: Vec<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(String::from)
-                    .collect();
-                if lines.is_empty() {
-                    bail!("--drift-probe {} has no texts", path.display());
-                }
-                lines
-            }
-            None => drift::probe_texts(),
-        };
+        let texts = self.probe_texts()?;
         let (reduced, report) = drift::load_measured(reference, options, &texts, self.max_drift)
             .with_context(|| {
                 format!("cannot load model `{reference}` in {candidate} with its accuracy report")

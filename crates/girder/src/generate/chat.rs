@@ -38,6 +38,7 @@ pub struct ChatTemplate {
     origin: String,
     env: Environment<'static>,
     special_tokens: Vec<(String, String)>,
+    source: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -94,7 +95,13 @@ impl ChatTemplate {
             origin,
             env,
             special_tokens,
+            source: source.to_string(),
         })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The template of a model folder, if it has one.

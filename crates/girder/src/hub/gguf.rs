@@ -67,6 +67,32 @@ impl TensorNames {
         let (_, hf) = self.layer.iter().find(|(g, _)| *g == module)?;
         Some(format!("{}.{layer}.{hf}.{param}", self.layer_prefix))
     }
+
+    /// The GGUF name of transformers tensor `hf`: the inverse of
+    /// [`transformers_name`](Self::transformers_name).
+    ///
+    /// ```
+    /// use girder::hub::gguf::TensorNames;
+    /// const NAMES: TensorNames = TensorNames {
+    ///     whole: &[("token_embd", "model.embed_tokens")],
+    ///     layer_prefix: "model.layers",
+    ///     layer: &[("attn_q", "self_attn.q_proj")],
+    /// };
+    /// assert_eq!(NAMES.gguf_name("model.layers.3.self_attn.q_proj.bias").as_deref(), Some("blk.3.attn_q.bias"));
+    /// assert_eq!(NAMES.gguf_name("model.embed_tokens.weight").as_deref(), Some("token_embd.weight"));
+    /// assert_eq!(NAMES.gguf_name("model.layers.3.mlp.up_proj.weight"), None);
+    /// ```
+    pub fn gguf_name(&self, hf: &str) -> Option<String> {
+        let (module, param) = hf.rsplit_once('.')?;
+        if let Some((gguf, _)) = self.whole.iter().find(|(_, h)| *h == module) {
+            return Some(format!("{gguf}.{param}"));
+        }
+        let rest = module.strip_prefix(self.layer_prefix)?.strip_prefix('.')?;
+        let (layer, module) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let (gguf, _) = self.layer.iter().find(|(_, h)| *h == module)?;
+        Some(format!("blk.{layer}.{gguf}.{param}"))
+    }
 }
 
 /// An opened GGUF file: its metadata, its tensor table and, once
@@ -885,6 +911,15 @@ impl GgufFile {
         }
     }
 
+    /// A boolean metadata value, if present.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(x)) => Ok(Some(*x)),
+            Some(other) => Err(self.bad_key(key, format!("expected a boolean, found {other:?}"))),
+        }
+    }
+
     /// A string metadata value, if present.
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.metadata.get(key) {
@@ -912,7 +947,8 @@ impl GgufFile {
     /// (`integrations/gguf/gguf_tokenizer_mapping.py`):
     /// - `tokenizer.ggml.model = gpt2`: byte-level BPE with the file's vocabulary and merges,
     ///   split as the vocabulary's merges were learned (`tokenizer.ggml.pre`: Qwen2's and
-    ///   Llama 3's patterns, GPT-2's otherwise), no BOS added;
+    ///   Llama 3's patterns, GPT-2's otherwise), BOS added when `tokenizer.ggml.add_bos_token`
+    ///   says so (as llama.cpp does);
     /// - `llama` in a Gemma file: Gemma's SentencePiece BPE with byte fallback, its merges
     ///   rebuilt from the vocabulary (the file lists none), `<bos>` added;
     ///
@@ -989,6 +1025,38 @@ impl GgufFile {
             }
             None => byte_level,
         };
+        // llama.cpp adds BOS to a byte-level vocabulary's inputs only when the file says so.
+        let bos = match self.opt_bool("tokenizer.ggml.add_bos_token")? {
+            Some(true) => {
+                let id = self.u32_key("tokenizer.ggml.bos_token_id")? as usize;
+                let token = tokens.get(id).ok_or_else(|| {
+                    self.bad_key(
+                        "tokenizer.ggml.bos_token_id",
+                        format!("{id} is past the {} tokens", tokens.len()),
+                    )
+                })?;
+                Some((id, token.to_string()))
+            }
+            _ => None,
+        };
+        let post_processor = match bos {
+            Some((id, token)) => serde_json::json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": token, "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": token, "type_id": 0}},
+                         {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": token, "type_id": 1}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {token.clone(): {"id": token, "ids": [id], "tokens": [token]}},
+            }),
+            None => serde_json::json!({
+                "type": "TemplateProcessing",
+                "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {},
+            }),
+        };
         Ok(serde_json::json!({
             "version": "1.0",
             "truncation": null,
@@ -996,12 +1064,7 @@ impl GgufFile {
             "added_tokens": added_tokens(tokens, types, |_| true),
             "normalizer": null,
             "pre_tokenizer": pre_tokenizer,
-            "post_processor": {
-                "type": "TemplateProcessing",
-                "single": [{"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {},
-            },
+            "post_processor": post_processor,
             "decoder": decoder,
             "model": {
                 "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
@@ -1081,14 +1144,27 @@ impl GgufFile {
 /// The split pattern of a byte-level vocabulary whose `tokenizer.ggml.pre` names one
 /// (transformers' `GGUF_PRE_TOKENIZER_SPLITS`); `None`: GPT-2's, built into `ByteLevel`.
 fn split_pattern(pre: &str) -> Option<&'static str> {
-    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     match pre {
-        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => {
+            Some(LLAMA3_SPLIT)
+        }
         _ => None,
     }
 }
+
+/// The `tokenizer.ggml.pre` that names a byte-level vocabulary's split `pattern`: the inverse
+/// of [`split_pattern`] (`None`: no name girder reads back as this pattern).
+pub(crate) fn pre_tokenizer_name(pattern: &str) -> Option<&'static str> {
+    match pattern {
+        QWEN2_SPLIT => Some("qwen2"),
+        LLAMA3_SPLIT => Some("llama-bpe"),
+        _ => None,
+    }
+}
+
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Control tokens (type 3) as special added tokens, user-defined ones (type 4) the vocabulary
 /// spells as the file does as plain added tokens, as transformers' `add_gguf_special_tokens`

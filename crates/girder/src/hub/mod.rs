@@ -9,6 +9,7 @@ pub mod cache;
 pub mod ctranslate2;
 pub mod download;
 pub mod gguf;
+pub mod gguf_write;
 pub mod weights;
 
 pub use adapter::LoraAdapter;

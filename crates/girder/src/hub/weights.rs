@@ -604,6 +604,17 @@ impl Weights {
         }
     }
 
+    /// The names of the checkpoint's tensors (safetensors files; a GGUF file's once mapped),
+    /// sorted.
+    pub fn checkpoint_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.checkpoint.gguf {
+            Some((gguf, _)) => gguf.tensor_names().cloned().collect(),
+            None => self.checkpoint.routing.keys().cloned().collect(),
+        };
+        names.sort_unstable();
+        names
+    }
+
     /// Whether `prefix.name` is in the checkpoint (or was created by this training load).
     pub fn contains(&self, name: &str) -> bool {
         if self.overrides.contains_key(&self.full_name(name)) {

@@ -105,7 +105,7 @@ impl Quantization {
 
     /// A frozen `[out, in]` f32 weight as blocks; `None` where it stays f32 (trained,
     /// small, or rows that are not whole blocks).
-    fn quantize(self, weight: &Tensor) -> Result<Option<QTensor>> {
+    pub fn quantize(self, weight: &Tensor) -> Result<Option<QTensor>> {
         let (out_dim, in_dim) = weight.dims2()?;
         if weight.is_variable() || out_dim * in_dim < MIN_QUANTIZED_ELEMENTS {
             return Ok(None);

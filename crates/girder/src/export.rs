@@ -1,0 +1,427 @@
+//! Writing a model in another form, as `girder quantize` does: a LLaMA, Mistral or Qwen2
+//! decoder as a GGUF file that llama.cpp and girder load ([`write_gguf`]), its tensors in the
+//! types girder's own `--quantize` gives them at load.
+//!
+//! The file reproduces the model girder quantizes at load: the same block types by the same
+//! rule ([`Quantization::quantize`]), q and k permuted as llama.cpp stores them (girder undoes
+//! it on load), the tokenizer written as `tokenizer.ggml.*` keys and read back before the file
+//! is kept: every probe text must encode to the same ids and decode to the same text as with
+//! tokenizer.json.
+
+use crate::check::drift::probe_texts;
+use crate::config::CommonConfig;
+use crate::error::{Error, Result};
+use crate::generate::chat::ChatTemplate;
+use crate::generate::GenerationConfig;
+use crate::hub::gguf::GgufFile;
+use crate::hub::gguf_write::{self, SpecialTokens};
+use crate::hub::{ModelRef, Weights};
+use crate::layers::rope::RopeScaling;
+use crate::layers::{Activation, Quantization};
+use crate::models::llama;
+use crate::models::registry::{self, GgufFormat};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How [`write_gguf`] writes a model.
+#[derive(Debug, Clone, Default)]
+pub struct GgufOptions {
+    /// The block type of the linear layers and the embedding table (each matrix by
+    /// [`Quantization::quantize`]'s rule); `None` writes every tensor in f32.
+    pub quantization: Option<Quantization>,
+    /// The output projection stays f32 (llama.cpp's `--output-tensor-type f32`); a tied one
+    /// is written as its own `output.weight`.
+    pub output_in_f32: bool,
+    /// More string metadata, such as the accuracy report (`girder.drift_report`).
+    pub metadata: Vec<(String, String)>,
+}
+
+/// What [`write_gguf`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufWritten {
+    pub file: PathBuf,
+    pub bytes: u64,
+    /// `general.architecture`.
+    pub architecture: &'static str,
+    /// How many tensors of each GGML type (`Q4_K`: 150).
+    pub tensor_types: BTreeMap<String, usize>,
+    /// Probe texts the file's tokenizer encoded and decoded as tokenizer.json does.
+    pub tokenizer_texts_checked: usize,
+}
+
+/// Writes the decoder `reference` (a folder or hub id holding config.json, tokenizer.json and
+/// safetensors) as the GGUF file `out`. Refused, naming the field: architectures other than
+/// LLaMA, Mistral and Qwen2, and what llama.cpp's LLaMA and Qwen2 graphs do not compute
+/// (another activation, RoPE scaling other than linear, sliding windows, MLP or output
+/// biases, biased q/k on a permuted LLaMA), and tokenizers [`gguf_write::tokenizer_metadata`]
+/// cannot say. Nothing is left at `out` when it fails.
+pub fn write_gguf(reference: &str, options: &GgufOptions, out: &Path) -> Result<GgufWritten> {
+    let Plan {
+        folder,
+        cfg,
+        format,
+        mut metadata,
+        tokens,
+        tokenizer_path,
+    } = plan(reference, options)?;
+    metadata.extend(
+        options
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone()))),
+    );
+    let arch = format.architecture;
+
+    // The tensors, in the types girder's own load would give them.
+    let weights = Weights::from_safetensors(&folder.weight_files()?, DType::F32, &Device::Cpu)?;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let embed_name = "model.embed_tokens.weight";
+    for name in weights.checkpoint_names() {
+        if name.ends_with("rotary_emb.inv_freq")
+            || (name == "lm_head.weight" && cfg.tie_word_embeddings)
+        {
+            continue;
+        }
+        let gguf_name = format
+            .tensor_names
+            .gguf_name(&name)
+            .ok_or_else(|| Error::GgufExport {
+                file: folder.root().to_path_buf(),
+                reason: format!("tensor `{name}` has no name in llama.cpp's {arch} architecture"),
+            })?;
+        let shape = weights.shape_of(&name).unwrap_or_default();
+        let mut tensor = weights.get(shape.clone(), &name)?;
+        if format.permuted_qk {
+            if name.ends_with("self_attn.q_proj.weight") {
+                tensor = gguf_write::permute_rows(&tensor, cfg.num_attention_heads)?;
+            } else if name.ends_with("self_attn.k_proj.weight") {
+                tensor = gguf_write::permute_rows(&tensor, cfg.num_key_value_heads)?;
+            }
+        }
+        let is_output = name == "lm_head.weight";
+        let quantized = match options.quantization {
+            Some(q) if shape.len() == 2 && !(is_output && options.output_in_f32) => {
+                q.quantize(&tensor)?
+            }
+            _ => None,
+        };
+        let stored = match quantized {
+            Some(blocks) => blocks,
+            None => QTensor::quantize(&tensor, GgmlDType::F32)?,
+        };
+        if name == embed_name && cfg.tie_word_embeddings && options.output_in_f32 {
+            tensors.push((
+                "output.weight".into(),
+                QTensor::quantize(&tensor, GgmlDType::F32)?,
+            ));
+        }
+        tensors.push((gguf_name, stored));
+    }
+    let mut tensor_types = BTreeMap::new();
+    for (_, t) in &tensors {
+        *tensor_types.entry(format!("{:?}", t.dtype())).or_insert(0) += 1;
+    }
+    let bytes = gguf_write::write(out, &metadata, &tensors)?;
+    drop(tensors);
+
+    // Read back: the file's tokenizer must be tokenizer.json's.
+    let checked = check_tokenizer(out, &tokens, &tokenizer_path).inspect_err(|_| {
+        let _ = std::fs::remove_file(out);
+    })?;
+    Ok(GgufWritten {
+        file: out.to_path_buf(),
+        bytes,
+        architecture: arch,
+        tensor_types,
+        tokenizer_texts_checked: checked,
+    })
+}
+
+/// Checks that [`write_gguf`] can write `reference` (architecture, config, tokenizer) without
+/// reading its weights: what `girder quantize` asks before the accuracy report runs.
+pub fn check_writable(reference: &str) -> Result<()> {
+    plan(reference, &GgufOptions::default()).map(drop)
+}
+
+/// What [`plan`] resolves of a model before any tensor is read.
+struct Plan {
+    folder: crate::hub::ModelFolder,
+    cfg: llama::Config,
+    format: GgufFormat,
+    /// Everything but [`GgufOptions::metadata`].
+    metadata: Vec<(String, Value)>,
+    tokens: tokenizers::Tokenizer,
+    tokenizer_path: PathBuf,
+}
+
+fn plan(reference: &str, options: &GgufOptions) -> Result<Plan> {
+    let folder = ModelRef::parse(reference).resolve()?;
+    let config_path = folder.require("config.json", "a model folder needs config.json")?;
+    let common = CommonConfig::from_file(&config_path)?;
+    let resolved = registry::resolve(&common)?;
+    let refuse = |file: &Path, reason: String| Error::GgufExport {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let model_type = common.model_type.as_deref().unwrap_or_default();
+    let gguf_row = match model_type {
+        // llama.cpp stores Mistral as LLaMA.
+        "llama" | "mistral" => "llama",
+        "qwen2" => "qwen2",
+        _ => {
+            return Err(refuse(
+                &config_path,
+                format!(
+                    "{} ({}) has no GGUF writer; girder writes LLaMA, Mistral and Qwen2 decoders",
+                    resolved.class_name, resolved.architecture.name
+                ),
+            ))
+        }
+    };
+    let format: GgufFormat = registry::ARCHITECTURES
+        .iter()
+        .filter_map(|a| a.gguf)
+        .find(|g| g.architecture == gguf_row)
+        .expect("the registry stores LLaMA and Qwen2 in GGUF");
+    let cfg = llama::Config::from_common(&common)?;
+    let unsupported = |field: &str, why: String| refuse(&config_path, format!("`{field}`: {why}"));
+    if cfg.hidden_act != Activation::Silu {
+        return Err(unsupported(
+            "hidden_act",
+            format!(
+                "{:?}; llama.cpp's {gguf_row} graph computes SiLU",
+                cfg.hidden_act
+            ),
+        ));
+    }
+    if let Some(window) = cfg.windows.iter().flatten().next() {
+        if *window < cfg.max_position_embeddings {
+            return Err(unsupported(
+                "sliding_window",
+                format!(
+                    "{window} tokens, under the context of {}; llama.cpp's {gguf_row} graph attends to the whole context",
+                    cfg.max_position_embeddings
+                ),
+            ));
+        }
+    }
+    if cfg.mlp_bias || cfg.o_bias {
+        return Err(unsupported(
+            "mlp_bias",
+            "biased MLP or output projections have no GGUF tensor girder reads back".into(),
+        ));
+    }
+    if cfg.qkv_bias && format.permuted_qk {
+        return Err(unsupported(
+            "attention_bias",
+            "LLaMA's q/k biases would be permuted with their rows; girder writes unbiased LLaMA"
+                .into(),
+        ));
+    }
+
+    let arch = format.architecture;
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (
+            "general.name".into(),
+            Value::String(
+                folder
+                    .root()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| reference.to_string()),
+            ),
+        ),
+        (
+            "general.file_type".into(),
+            Value::U32(file_type(options.quantization)),
+        ),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (key("vocab_size"), Value::U32(cfg.vocab_size as u32)),
+        (
+            key("context_length"),
+            Value::U32(cfg.max_position_embeddings as u32),
+        ),
+        (key("embedding_length"), Value::U32(cfg.hidden_size as u32)),
+        (key("block_count"), Value::U32(cfg.num_hidden_layers as u32)),
+        (
+            key("feed_forward_length"),
+            Value::U32(cfg.intermediate_size as u32),
+        ),
+        (
+            key("attention.head_count"),
+            Value::U32(cfg.num_attention_heads as u32),
+        ),
+        (
+            key("attention.head_count_kv"),
+            Value::U32(cfg.num_key_value_heads as u32),
+        ),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        (key("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
+        (key("rope.dimension_count"), Value::U32(cfg.head_dim as u32)),
+    ];
+    if cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size {
+        metadata.push((key("attention.key_length"), Value::U32(cfg.head_dim as u32)));
+        metadata.push((
+            key("attention.value_length"),
+            Value::U32(cfg.head_dim as u32),
+        ));
+    }
+    match &cfg.rope_scaling {
+        RopeScaling::Default => {}
+        RopeScaling::Linear { factor } => {
+            metadata.push((key("rope.scaling.type"), Value::String("linear".into())));
+            metadata.push((key("rope.scaling.factor"), Value::F32(*factor)));
+        }
+        other => {
+            return Err(unsupported(
+                "rope_scaling",
+                format!("{other:?}; girder writes no scaling or linear scaling"),
+            ))
+        }
+    }
+
+    // The tokenizer, with what generation needs of generation_config.json.
+    let tokenizer_path = folder.require("tokenizer.json", "the GGUF file carries the tokenizer")?;
+    let tokens =
+        tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::BadTokenizer {
+            file: tokenizer_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let generation = GenerationConfig::from_folder(&folder, &common)?;
+    let special = SpecialTokens {
+        bos: generation.bos_token_id,
+        eos: generation.eos_token_ids.first().copied(),
+        pad: generation.pad_token_id,
+        add_bos: adds_bos(&tokens, generation.bos_token_id, &tokenizer_path)?,
+    };
+    let template = ChatTemplate::from_folder(&folder)?;
+    metadata.extend(gguf_write::tokenizer_metadata(
+        &tokenizer_path,
+        cfg.vocab_size,
+        &special,
+        template.as_ref().map(ChatTemplate::source),
+    )?);
+    Ok(Plan {
+        folder,
+        cfg,
+        format,
+        metadata,
+        tokens,
+        tokenizer_path,
+    })
+}
+
+/// llama.cpp's `llama_ftype` of a file quantized so (the K-quants' "small" variants: girder
+/// gives every matrix one type, with llama.cpp's fallbacks).
+fn file_type(quantization: Option<Quantization>) -> u32 {
+    match quantization {
+        None => 0,
+        Some(Quantization::Q4_0) => 2,
+        Some(Quantization::Q8_0) => 7,
+        Some(Quantization::Q5_0) => 8,
+        Some(Quantization::Q4K) => 14,
+        Some(Quantization::Q5K) => 16,
+        Some(Quantization::Q6K) => 18,
+    }
+}
+
+/// Whether `tokens` starts every input with BOS, the only addition a GGUF vocabulary can
+/// state; a post-processor that adds anything else is refused.
+fn adds_bos(tokens: &tokenizers::Tokenizer, bos: Option<u32>, file: &Path) -> Result<bool> {
+    let encode = |special: bool| {
+        tokens
+            .encode("Hello world", special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::BadTokenizer {
+                file: file.to_path_buf(),
+                reason: e.to_string(),
+            })
+    };
+    let (plain, with_special) = (encode(false)?, encode(true)?);
+    if plain == with_special {
+        return Ok(false);
+    }
+    match (bos, with_special.split_first()) {
+        (Some(bos), Some((&first, rest))) if first == bos && rest == plain.as_slice() => Ok(true),
+        _ => Err(Error::GgufExport {
+            file: file.to_path_buf(),
+            reason: format!(
+                "the post-processor turns {plain:?} into {with_special:?}; a GGUF vocabulary can only add BOS{}",
+                bos.map(|b| format!(" ({b})")).unwrap_or_default()
+            ),
+        }),
+    }
+}
+
+/// Texts the written tokenizer is checked on: the drift probe, and what trips tokenizers up
+/// (digits, runs of spaces and newlines, accents and emoji, every added token in a sentence).
+fn tokenizer_probe(tokens: &tokenizers::Tokenizer) -> Vec<String> {
+    let mut texts = probe_texts();
+    texts.extend(
+        [
+            "In 2024, 1234567 people paid $3.50 each.",
+            "  two leading spaces,\ttabs\tand\n\nnewlines  \n",
+            "Ünïcödé façade — naïve café 🤖 日本語のテキスト",
+            "def f(x):\n    return x**2  # squared",
+            "",
+        ]
+        .map(String::from),
+    );
+    let added: Vec<String> = tokens
+        .get_added_tokens_decoder()
+        .values()
+        .map(|t| t.content.clone())
+        .collect();
+    if !added.is_empty() {
+        texts.push(format!(
+            "{} between {}",
+            added.join("text"),
+            added.join(" ")
+        ));
+    }
+    texts
+}
+
+/// Opens the written file and checks that its tokenizer encodes and decodes the probe as
+/// `tokens` (tokenizer.json) does; returns how many texts were checked.
+fn check_tokenizer(out: &Path, tokens: &tokenizers::Tokenizer, source: &Path) -> Result<usize> {
+    let gguf = GgufFile::open(out)?;
+    let written = gguf.tokenizer()?;
+    let texts = tokenizer_probe(tokens);
+    let expected = gguf_write::encodings(tokens, &texts, source)?;
+    let got = gguf_write::encodings(&written, &texts, out)?;
+    let differs = |what: String| Error::GgufExport {
+        file: out.to_path_buf(),
+        reason: format!(
+            "its tokenizer differs from {} on {what} (the file was removed)",
+            source.display()
+        ),
+    };
+    for ((text, e), g) in texts.iter().zip(&expected).zip(&got) {
+        if e != g {
+            return Err(differs(format!("{text:?}: ids {g:?} against {e:?}")));
+        }
+        let decode = |t: &tokenizers::Tokenizer, file: &Path| {
+            t.decode(e, false).map_err(|err| Error::BadTokenizer {
+                file: file.to_path_buf(),
+                reason: err.to_string(),
+            })
+        };
+        let (from_source, from_file) = (decode(tokens, source)?, decode(&written, out)?);
+        if from_source != from_file {
+            return Err(differs(format!(
+                "the decoding of {e:?}: {from_file:?} against {from_source:?}"
+            )));
+        }
+    }
+    Ok(texts.len())
+}
