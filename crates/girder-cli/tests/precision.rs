@@ -512,3 +512,117 @@ print(json.dumps(out))
         }
     }
 }
+
+#[test]
+fn quantize_to_bf16_writes_a_folder_that_reproduces_the_model_halved_at_load() {
+    let model = minilm();
+    let dir = scratch("bf16-folder");
+    let out = dir.join("minilm-bf16");
+    let args = [
+        "quantize",
+        "--model",
+        &model,
+        "--to",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = girder(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let written = stdout_json(&run);
+    // The layers' 36 linear matrices, the pooler's, the word and position tables (not the
+    // 2-row token-type table, nor norms and biases).
+    assert_eq!(written["half_tensors"], 39);
+    assert_eq!(
+        written["dropped"],
+        serde_json::json!(["embeddings.position_ids"])
+    );
+    assert_eq!(written["largest_difference_from_load"], 0.0);
+    assert!(written["report"]["figures"]["min_cosine"].as_f64().unwrap() > 0.9999);
+    let f32_bytes = std::fs::metadata(Path::new(&model).join("model.safetensors"))
+        .unwrap()
+        .len();
+    let bytes = written["bytes"].as_u64().unwrap();
+    assert!(bytes * 100 < f32_bytes * 51, "{bytes} of {f32_bytes}");
+    // Everything but the weights is copied; the card records the report.
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("## Precision") && card.contains("\"candidate\": \"bf16\""));
+    // The folder embeds as the f32 model halved at load does, and is not overwritten by
+    // accident.
+    let embed = |model: &str| {
+        json_lines(&girder(&[
+            "run",
+            "embeddings",
+            "-m",
+            model,
+            "--dtype",
+            "bf16",
+            "A man is eating food.",
+        ]))[0]["embedding"]
+            .clone()
+    };
+    let girder_embedding = embed(out.to_str().unwrap());
+    assert_eq!(girder_embedding, embed(&model));
+    assert!(one_line_error(&girder(&args)).contains("--force"));
+    transformers_loads(&out, &girder_embedding);
+}
+
+/// Dev-only (.venv-oracle with sentence-transformers): the written folder loads with no
+/// missing or unexpected tensor and embeds as girder's bf16 load does.
+fn transformers_loads(folder: &Path, girder_embedding: &serde_json::Value) {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-oracle/bin/python");
+    let importable = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import sentence_transformers, transformers"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !importable {
+        println!("skipped the transformers check: sentence_transformers is not importable from .venv-oracle");
+        return;
+    }
+    const SCRIPT: &str = r#"
+import json, sys
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+_, info = AutoModel.from_pretrained(sys.argv[1], output_loading_info=True)
+embedding = SentenceTransformer(sys.argv[1], device="cpu").encode(["A man is eating food."])[0]
+print(json.dumps({"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+                  "embedding": embedding.tolist()}))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", SCRIPT])
+        .arg(folder)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["missing"], serde_json::json!([]), "{result}");
+    assert_eq!(result["unexpected"], serde_json::json!([]), "{result}");
+    let (a, b) = (
+        girder_embedding.as_array().unwrap(),
+        result["embedding"].as_array().unwrap(),
+    );
+    let largest = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs())
+        .fold(0.0, f64::max);
+    assert!(largest < 1e-4, "largest difference {largest}");
+}

@@ -1,6 +1,7 @@
 //! Writing a model in another form, as `girder quantize` does: a LLaMA, Mistral or Qwen2
 //! decoder as a GGUF file that llama.cpp and girder load ([`write_gguf`]), its tensors in the
-//! types girder's own `--quantize` gives them at load.
+//! types girder's own `--quantize` gives them at load; any safetensors model as a folder of
+//! bf16 or f16 weights that transformers and girder load ([`write_half_precision`]).
 //!
 //! The file reproduces the model girder quantizes at load: the same block types by the same
 //! rule ([`Quantization::quantize`]), q and k permuted as llama.cpp stores them (girder undoes
@@ -318,6 +319,149 @@ fn plan(reference: &str, options: &GgufOptions) -> Result<Plan> {
         tokens,
         tokenizer_path,
     })
+}
+
+/// What [`write_half_precision`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct HalfWritten {
+    pub folder: PathBuf,
+    /// The size of the weights file.
+    pub bytes: u64,
+    /// Tensors stored in the half type, and in f32.
+    pub half_tensors: usize,
+    pub f32_tensors: usize,
+    /// Integer tensors of the checkpoint not written (position-id buffers).
+    pub dropped: Vec<String>,
+}
+
+/// Files of a model folder that hold weights: [`write_half_precision`] writes its own and
+/// copies none of these (nor `onnx/` and `openvino/` exports).
+fn is_weights_file(name: &str) -> bool {
+    const EXTENSIONS: [&str; 10] = [
+        ".safetensors",
+        ".bin",
+        ".pt",
+        ".pth",
+        ".h5",
+        ".msgpack",
+        ".onnx",
+        ".ot",
+        ".gguf",
+        ".ckpt",
+    ];
+    EXTENSIONS.iter().any(|e| name.ends_with(e)) || name.ends_with(".safetensors.index.json")
+}
+
+/// Writes the safetensors model `reference` as the folder `out` (created; the caller decides
+/// whether an existing one may be written into) with its 2-D tensors of at least
+/// [`MIN_QUANTIZED_ELEMENTS`](crate::layers::MIN_QUANTIZED_ELEMENTS) values in `dtype` (bf16
+/// or f16) and the rest in f32, integer buffers (`position_ids`) left out; every other file of
+/// the folder (config, tokenizer, sentence-transformers modules; not hidden ones) is copied,
+/// and `card_section` is appended to README.md (created when absent). Nothing is written
+/// before every tensor has been read.
+///
+/// Why those tensors: they are the ones a `--dtype` load rounds from f32 whatever their role
+/// (linear layers and large embedding tables), so the folder loaded with the same `--dtype`
+/// holds the same values as the source halved at load; smaller embedding tables, which that
+/// load halves too, are rounded from the same f32 values there.
+pub fn write_half_precision(
+    reference: &str,
+    dtype: DType,
+    out: &Path,
+    card_section: &str,
+) -> Result<HalfWritten> {
+    if !matches!(dtype, DType::BF16 | DType::F16) {
+        return Err(Error::InvalidOption {
+            option: "to".into(),
+            reason: format!("{dtype:?} is not a half type (bf16, f16)"),
+        });
+    }
+    let folder = ModelRef::parse(reference).resolve()?;
+    let source = folder
+        .root()
+        .canonicalize()
+        .map_err(|e| Error::io(folder.root(), e))?;
+    if out.canonicalize().is_ok_and(|o| o == source) {
+        return Err(Error::InvalidOption {
+            option: "out".into(),
+            reason: format!("{} is the model's own folder", out.display()),
+        });
+    }
+    folder.require("config.json", "a model folder needs config.json")?;
+    let weights = Weights::from_safetensors(&folder.weight_files()?, DType::F32, &Device::Cpu)?;
+    let (mut half_tensors, mut f32_tensors) = (0, 0);
+    let mut dropped = Vec::new();
+    let mut tensors = Vec::new();
+    for name in weights.checkpoint_names() {
+        let shape = weights.shape_of(&name).unwrap_or_default();
+        let tensor = match weights.get(shape.clone(), &name) {
+            Ok(t) => t,
+            // Integer buffers (BERT's `position_ids`): both loaders compute them.
+            Err(Error::DtypeMismatch { .. }) => {
+                dropped.push(name);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let halved = shape.len() == 2
+            && shape.iter().product::<usize>() >= crate::layers::MIN_QUANTIZED_ELEMENTS;
+        if halved {
+            half_tensors += 1;
+            tensors.push((name, tensor.to_dtype(dtype)?));
+        } else {
+            f32_tensors += 1;
+            tensors.push((name, tensor));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    copy_model_files(&source, out)?;
+    let path = out.join("model.safetensors");
+    crate::hub::weights::write_safetensors(&tensors, &path)?;
+    drop(tensors);
+    let readme = out.join("README.md");
+    let mut card = match std::fs::read_to_string(&readme) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&readme, e)),
+    };
+    if !card.is_empty() && !card.ends_with("\n\n") {
+        card.push_str(if card.ends_with('\n') { "\n" } else { "\n\n" });
+    }
+    card.push_str(card_section);
+    std::fs::write(&readme, card).map_err(|e| Error::io(&readme, e))?;
+    Ok(HalfWritten {
+        folder: out.to_path_buf(),
+        bytes: std::fs::metadata(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .len(),
+        half_tensors,
+        f32_tensors,
+        dropped,
+    })
+}
+
+/// Copies `from`'s files and subfolders into `to`, weights excepted ([`is_weights_file`]).
+/// Links are followed (a Hugging Face cache snapshot links to its blobs).
+fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let target = to.join(&name);
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if name.starts_with('.') {
+            continue;
+        }
+        if meta.is_dir() {
+            if name != "onnx" && name != "openvino" {
+                std::fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+                copy_model_files(&path, &target)?;
+            }
+        } else if meta.is_file() && !is_weights_file(&name) {
+            std::fs::copy(&path, &target).map_err(|e| Error::io(&target, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// llama.cpp's `llama_ftype` of a file quantized so (the K-quants' "small" variants: girder

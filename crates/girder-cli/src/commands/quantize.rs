@@ -1,19 +1,40 @@
-//! `girder quantize`: write a decoder in fewer bits as a GGUF file that llama.cpp and girder
-//! load, after the accuracy report says what the quantization costs.
+//! `girder quantize`: write a model in fewer bits, after the accuracy report says what that
+//! costs: a decoder quantized as a GGUF file that llama.cpp and girder load (`--to q4_k`), or
+//! any safetensors model as a folder of bf16 or f16 weights (`--to bf16`).
 //!
-//! The steps: the model quantized at load is measured against f32 on the probe (refused above
-//! `--max-drift` unless `--allow-drift`: nothing is written); the file is written
-//! ([`girder::export::write_gguf`]: its tokenizer read back and checked); the file is loaded
-//! and must reproduce the probe outputs of the model quantized at load, else it is removed.
+//! The steps: the model reduced at load is measured against f32 on the probe (refused above
+//! `--max-drift` unless `--allow-drift`: nothing is written); the output is written
+//! ([`girder::export::write_gguf`], its tokenizer read back and checked, or
+//! [`girder::export::write_half_precision`]); it is loaded and must reproduce the probe outputs
+//! of the model reduced at load, else its weights are removed.
 
-use super::precision::{parse_quantization, PrecisionArgs};
+use super::precision::{parse_dtype, parse_quantization, PrecisionArgs};
 use anyhow::{bail, Context, Result};
+use candle_core::DType;
 use clap::Args;
-use girder::check::drift;
+use girder::check::drift::{self, DriftReport, ProbeOutputs};
 use girder::export::GgufOptions;
 use girder::layers::Quantization;
 use girder::LoadOptions;
 use std::path::PathBuf;
+
+/// What `--to` asks for.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// A GGUF file of this block type.
+    Gguf(Quantization),
+    /// A safetensors folder with weights in bf16 or f16.
+    Half(DType),
+}
+
+fn parse_target(name: &str) -> std::result::Result<Target, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "bf16" | "bfloat16" | "f16" | "fp16" | "float16" => parse_dtype(name).map(Target::Half),
+        _ => parse_quantization(name)
+            .map(Target::Gguf)
+            .map_err(|e| format!("{e}; or bf16, f16 for a safetensors folder")),
+    }
+}
 
 /// The largest difference of a probe output (a next-token log-probability) between the
 /// written file and the model quantized at load: the two hold the same blocks, so anything
@@ -26,18 +47,19 @@ pub struct QuantizeArgs {
     /// Mistral without a sliding window, Qwen2), or a Hugging Face id.
     #[arg(long)]
     model: String,
-    /// The block type of the linear layers and the embedding table: q8_0, q6_k, q5_k, q5_0,
-    /// q4_k or q4_0 (rows that are not whole K-quant super-blocks fall back as llama.cpp's
-    /// quantize does; norms and matrices under 65,536 values stay f32).
-    #[arg(long, value_parser = parse_quantization)]
-    to: Quantization,
-    /// The GGUF file to write.
+    /// q8_0, q6_k, q5_k, q5_0, q4_k or q4_0: a GGUF file, its linear layers and embedding
+    /// table in that block type (rows that are not whole K-quant super-blocks fall back as
+    /// llama.cpp's quantize does; norms and matrices under 65,536 values stay f32). bf16 or
+    /// f16: a safetensors folder, matrices of 65,536 values or more in that type.
+    #[arg(long, value_parser = parse_target)]
+    to: Target,
+    /// The GGUF file, or for bf16/f16 the folder, to write.
     #[arg(long)]
     out: PathBuf,
-    /// Replace `--out` when it exists.
+    /// Replace `--out` when it exists (a folder: its files of the same names).
     #[arg(long)]
     force: bool,
-    /// Keep the output projection in f32 (llama.cpp's `--output-tensor-type f32`).
+    /// GGUF: keep the output projection in f32 (llama.cpp's `--output-tensor-type f32`).
     #[arg(long)]
     lm_head_f32: bool,
     /// The largest drift the accuracy report accepts, 0 to 1 (1 - next-token top-1
@@ -53,21 +75,47 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    if args.out.exists() && !args.force {
-        bail!("{} exists: pass --force to replace it", args.out.display());
+    match args.to {
+        Target::Gguf(_) => {
+            if args.out.is_dir() {
+                bail!(
+                    "{} is a folder: --out names the GGUF file to write",
+                    args.out.display()
+                );
+            }
+            if args.out.exists() && !args.force {
+                bail!("{} exists: pass --force to replace it", args.out.display());
+            }
+            // What cannot be written is said before the accuracy report runs.
+            girder::export::check_writable(&args.model)
+                .with_context(|| format!("cannot write {}", args.out.display()))?;
+        }
+        Target::Half(_) => {
+            if args.out.is_file() {
+                bail!(
+                    "{} is a file: --out names the folder to write",
+                    args.out.display()
+                );
+            }
+            let holds_files = std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_some());
+            if holds_files && !args.force {
+                bail!(
+                    "{} is not empty: pass --force to write into it (files of the same names are replaced)",
+                    args.out.display()
+                );
+            }
+            if args.lm_head_f32 {
+                bail!("--lm-head-f32 applies to GGUF outputs (--to q8_0 … q4_0)");
+            }
+        }
     }
-    if args.out.is_dir() {
-        bail!(
-            "{} is a folder: --out names the GGUF file to write",
-            args.out.display()
-        );
-    }
-    // What cannot be written is said before the accuracy report runs.
-    girder::export::check_writable(&args.model)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let (dtype, quantize) = match args.to {
+        Target::Gguf(q) => (None, Some(q)),
+        Target::Half(d) => (Some(d), None),
+    };
     let precision = PrecisionArgs {
-        dtype: None,
-        quantize: Some(args.to),
+        dtype,
+        quantize,
         lm_head_f32: args.lm_head_f32,
         max_drift: args.max_drift,
         allow_drift: args.allow_drift,
@@ -75,60 +123,101 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         drift_report: None,
     };
     let texts = precision.probe_texts()?;
-    let (quantized, report) =
+    let (reduced, report) =
         precision.load_with_report(&args.model, &LoadOptions::default(), "quantize")?;
     let report = report.context("the accuracy report was not made")?;
-    let expected = drift::probe_outputs(&quantized, &texts)?;
-    drop(quantized);
+    let expected = drift::probe_outputs(&reduced, &texts)?;
+    drop(reduced);
 
-    let options = GgufOptions {
-        quantization: Some(args.to),
-        output_in_f32: args.lm_head_f32,
-        metadata: vec![
-            ("girder.quantization".into(), args.to.name().into()),
-            (
-                "girder.drift_report".into(),
-                serde_json::to_string(&report)?,
-            ),
-        ],
-    };
-    let written = girder::export::write_gguf(&args.model, &options, &args.out)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-
-    // The file must hold the model that was measured.
     let out = args.out.to_string_lossy().into_owned();
-    let reproduction = girder::load(&out, &LoadOptions::default())
-        .and_then(|from_file| drift::probe_outputs(&from_file, &texts))
-        .map(|got| drift::largest_difference(&expected, &got));
-    let difference = match reproduction {
-        Ok(Some(d)) if d <= MAX_REPRODUCTION_ERROR => d,
-        other => {
-            let _ = std::fs::remove_file(&args.out);
-            match other {
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("{} does not load back; it was removed", args.out.display())
-                    })
-                }
-                Ok(d) => bail!(
-                    "{} does not reproduce the model quantized at load (largest difference {:?}); it was removed",
-                    args.out.display(),
-                    d
-                ),
-            }
+    let (written, weights_file, reload) = match args.to {
+        Target::Gguf(quantization) => {
+            let options = GgufOptions {
+                quantization: Some(quantization),
+                output_in_f32: args.lm_head_f32,
+                metadata: vec![
+                    ("girder.quantization".into(), quantization.name().into()),
+                    (
+                        "girder.drift_report".into(),
+                        serde_json::to_string(&report)?,
+                    ),
+                ],
+            };
+            let written = girder::export::write_gguf(&args.model, &options, &args.out)
+                .with_context(|| format!("cannot write {}", args.out.display()))?;
+            (
+                serde_json::to_value(&written)?,
+                args.out.clone(),
+                LoadOptions::default(),
+            )
+        }
+        Target::Half(dtype) => {
+            let written = girder::export::write_half_precision(
+                &args.model,
+                dtype,
+                &args.out,
+                &card_section(&report),
+            )
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
+            (
+                serde_json::to_value(&written)?,
+                args.out.join("model.safetensors"),
+                LoadOptions {
+                    dtype,
+                    ..LoadOptions::default()
+                },
+            )
         }
     };
-    println!(
-        "{}",
-        serde_json::json!({
-            "file": written.file,
-            "bytes": written.bytes,
-            "architecture": written.architecture,
-            "tensor_types": written.tensor_types,
-            "tokenizer_texts_checked": written.tokenizer_texts_checked,
-            "largest_difference_from_load": difference,
-            "report": report,
-        })
-    );
+    // The output must hold the model that was measured.
+    let difference = girder::load(&out, &reload)
+        .and_then(|loaded| drift::probe_outputs(&loaded, &texts))
+        .map_err(anyhow::Error::from)
+        .and_then(|got| reproduction_error(&expected, &got));
+    let difference = match difference {
+        Ok(d) if d <= MAX_REPRODUCTION_ERROR => d,
+        failed => {
+            let _ = std::fs::remove_file(&weights_file);
+            let why = match failed {
+                Ok(d) => format!("its outputs differ from the model reduced at load by up to {d}"),
+                Err(e) => format!("it does not load back: {e:#}"),
+            };
+            bail!(
+                "{} is wrong ({why}); {} was removed",
+                out,
+                weights_file.display()
+            );
+        }
+    };
+    let mut line = written;
+    line["largest_difference_from_load"] = difference.into();
+    line["report"] = serde_json::to_value(&report)?;
+    println!("{line}");
     Ok(())
+}
+
+/// How far the reloaded output's probe outputs are from the reduced model's: the largest
+/// difference of a number where the outputs are numbers, else 0 for identical outputs
+/// (entities, masked words, generated ids) and infinity for any change.
+fn reproduction_error(expected: &ProbeOutputs, got: &ProbeOutputs) -> Result<f64> {
+    if let Some(d) = drift::largest_difference(expected, got) {
+        return Ok(d);
+    }
+    let compared = drift::compare(expected, got, "reloaded", 1, 0.0)?;
+    Ok(if compared.drift == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
+    })
+}
+
+/// The section `--to bf16|f16` appends to the folder's README.md.
+fn card_section(report: &DriftReport) -> String {
+    format!(
+        "## Precision\n\nWritten by `girder quantize --to {}`: matrices of 65,536 values or more in {}, the rest in f32.\n\nAccuracy report against the f32 checkpoint: {}\n\n```json\n{}\n```\n",
+        report.candidate,
+        report.candidate,
+        report.summary(),
+        serde_json::to_string_pretty(report).unwrap_or_default()
+    )
 }

@@ -817,23 +817,25 @@ fn release_mapped_pages(bytes: &[u8]) {
     let _ = bytes;
 }
 
-/// Writes `tensors` as a safetensors file (f32, names sorted, the `format: pt` metadata
-/// transformers requires).
+/// Writes `tensors` as a safetensors file (each in its dtype: f32, bf16 or f16, others as
+/// f32; names sorted; the `format: pt` metadata transformers requires).
 pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let owned = tensors
         .iter()
-        .map(|(name, t)| Ok((name.clone(), t.dims().to_vec(), f32_bytes(t)?)))
+        .map(|(name, t)| {
+            let (dtype, bytes) = stored_bytes(t)?;
+            Ok((name.clone(), t.dims().to_vec(), dtype, bytes))
+        })
         .collect::<Result<Vec<_>>>()?;
     let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
         file: path.to_path_buf(),
         reason: e.to_string(),
     };
     let mut views = Vec::with_capacity(owned.len());
-    for (name, shape, bytes) in &owned {
+    for (name, shape, dtype, bytes) in &owned {
         views.push((
             name.clone(),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map_err(bad)?,
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(bad)?,
         ));
     }
     views.sort_by(|a, b| a.0.cmp(&b.0));
@@ -850,12 +852,33 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
     Ok(())
 }
 
-fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    Ok(t.flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect())
+/// A tensor's little-endian bytes in the safetensors dtype it is written in.
+fn stored_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::BF16 => (
+            safetensors::Dtype::BF16,
+            flat.to_vec1::<half::bf16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        DType::F16 => (
+            safetensors::Dtype::F16,
+            flat.to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        _ => (
+            safetensors::Dtype::F32,
+            flat.to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+    })
 }
 
 #[cfg(test)]
