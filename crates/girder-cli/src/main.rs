@@ -68,8 +68,9 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Score a text-classification model on labelled data: accuracy, macro F1, confusion matrix.
     Eval(commands::train::EvalArgs),
-    /// Write a decoder quantized (q8_0 … q4_0) as a GGUF file llama.cpp and girder load,
-    /// after the accuracy report against f32 accepts it.
+    /// Write a model in fewer bits after the accuracy report against f32 accepts it: a
+    /// LLaMA, Mistral or Qwen2 decoder quantized (q8_0 … q4_0) as a GGUF file llama.cpp and
+    /// girder load, or any model as a bf16/f16 safetensors folder.
     Quantize(commands::quantize::QuantizeArgs),
     /// Convert a model from another engine's format (CTranslate2 Whisper) into a Hugging
     /// Face folder.

@@ -256,7 +256,7 @@ fn qlora_trains_adapters_over_a_quantized_base() {
 /// A LLaMA decoder with random weights, wide enough for K-quant super-blocks (hidden 256,
 /// MLP 512, 2 layers, 4 heads over 2 kv heads), on the llama fixture's tokenizer: written
 /// here, as no checkpoint of that size is committed.
-fn random_llama(dir: &Path) {
+fn random_llama(dir: &Path, tied: bool) {
     std::fs::create_dir_all(dir).unwrap();
     for file in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fixture("llama-causal-lm").join(file), dir.join(file)).unwrap();
@@ -266,7 +266,7 @@ fn random_llama(dir: &Path) {
         "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
-        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": tied,
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     // A fixed-seed generator: the same weights on every run.
@@ -287,12 +287,14 @@ fn random_llama(dir: &Path) {
             "model.embed_tokens.weight".to_string(),
             tensor(&[384, 256], 0.1),
         ),
-        ("lm_head.weight".to_string(), tensor(&[384, 256], 0.1)),
         (
             "model.norm.weight".to_string(),
             tensor(&[256], 0.2).affine(1.0, 1.0).unwrap(),
         ),
     ];
+    if !tied {
+        tensors.push(("lm_head.weight".to_string(), tensor(&[384, 256], 0.1)));
+    }
     for layer in 0..2 {
         let p = format!("model.layers.{layer}");
         for (name, shape) in [
@@ -313,14 +315,14 @@ fn random_llama(dir: &Path) {
             ));
         }
     }
-    girder::hub::weights::write_safetensors(&tensors, &dir.join("model.safetensors")).unwrap();
+    girder::hub::weights::write_safetensors(tensors, &dir.join("model.safetensors")).unwrap();
 }
 
 #[test]
 fn quantize_writes_a_gguf_that_reproduces_the_model_quantized_at_load() {
     let dir = scratch("gguf-q4k");
     let model = dir.join("llama");
-    random_llama(&model);
+    random_llama(&model, false);
     let out = dir.join("llama-q4_k.gguf");
     let args = [
         "quantize",
@@ -344,7 +346,7 @@ fn quantize_writes_a_gguf_that_reproduces_the_model_quantized_at_load() {
     // in f32, as at load.
     assert_eq!(
         written["tensor_types"],
-        serde_json::json!({"Q4K": 12, "F32": 9})
+        serde_json::json!({"Q4_K": 12, "F32": 9})
     );
     assert_eq!(written["architecture"], "llama");
     assert_eq!(written["largest_difference_from_load"], 0.0);
@@ -387,6 +389,39 @@ fn quantize_writes_a_gguf_that_reproduces_the_model_quantized_at_load() {
 }
 
 #[test]
+fn a_tied_head_kept_in_f32_is_written_as_its_own_output() {
+    let dir = scratch("gguf-tied");
+    let model = dir.join("llama-tied");
+    random_llama(&model, true);
+    let out = dir.join("tied.gguf");
+    let run = girder(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--to",
+        "q8_0",
+        "--lm-head-f32",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-drift",
+        "1",
+    ]);
+    let written = stdout_json(&run);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // q, o and the MLP of both layers, and the table, in Q8_0; norms, k and v (under
+    // 65,536 values) and the separate output in f32.
+    assert_eq!(
+        written["tensor_types"],
+        serde_json::json!({"Q8_0": 11, "F32": 10})
+    );
+    assert_eq!(written["largest_difference_from_load"], 0.0);
+}
+
+#[test]
 fn what_gguf_cannot_say_is_refused_before_the_report() {
     let dir = scratch("gguf-refused");
     let out = dir.join("x.gguf");
@@ -424,6 +459,26 @@ fn what_gguf_cannot_say_is_refused_before_the_report() {
         let error = one_line_error(&run);
         assert!(error.contains(named), "{}: {error}", model.display());
         assert!(!out.exists(), "{}", model.display());
+    }
+    // Outputs that would overwrite the model, or that girder could not load back.
+    let qwen = fixture("qwen2-causal-lm");
+    for (to, out, named) in [
+        ("q8_0", dir.join("x.bin"), "must end in .gguf"),
+        ("bf16", qwen.join("bf16"), "inside the model's own folder"),
+        ("q8_0", dir.join("missing/x.gguf"), "does not exist"),
+    ] {
+        let run = girder(&[
+            "quantize",
+            "--model",
+            qwen.to_str().unwrap(),
+            "--to",
+            to,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let error = one_line_error(&run);
+        assert!(error.contains(named), "{error}");
+        assert!(!out.exists());
     }
 }
 

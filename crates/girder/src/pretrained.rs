@@ -593,10 +593,20 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     gguf.map_tensors(format.tensor_names, format.permuted_qk, &options.device)?;
     let tokens = gguf.tokenizer()?;
     let generation_config = GenerationConfig {
-        eos_token_ids: gguf
-            .opt_u32("tokenizer.ggml.eos_token_id")?
-            .into_iter()
-            .collect(),
+        // The end of a turn (llama.cpp's EOT: Llama 3's `<|eot_id|>`) ends a generation as
+        // the end of text does.
+        eos_token_ids: [
+            gguf.opt_u32("tokenizer.ggml.eos_token_id")?,
+            gguf.opt_u32("tokenizer.ggml.eot_token_id")?,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(Vec::new(), |mut ids, id| {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+            ids
+        }),
         bos_token_id: gguf.opt_u32("tokenizer.ggml.bos_token_id")?,
         ..GenerationConfig::default()
     };

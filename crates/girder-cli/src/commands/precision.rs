@@ -1,4 +1,5 @@
-//! `--dtype` and `--quantize` for `girder run`, `serve`, `eval` and `bench`: weights kept in
+//! `--dtype` and `--quantize` for `girder run`, `generate`, `chat`, `serve`, `eval`, `bench`
+//! (and the report of `girder quantize`): weights kept in
 //! bf16 or f16, or linear layers quantized, at load, after the accuracy report
 //! ([`girder::check::drift`]) says what it costs.
 

@@ -16,7 +16,7 @@ use girder::check::drift::{self, DriftReport, ProbeOutputs};
 use girder::export::GgufOptions;
 use girder::layers::Quantization;
 use girder::LoadOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What `--to` asks for.
 #[derive(Debug, Clone, Copy)]
@@ -36,15 +36,15 @@ fn parse_target(name: &str) -> std::result::Result<Target, String> {
     }
 }
 
-/// The largest difference of a probe output (a next-token log-probability) between the
-/// written file and the model quantized at load: the two hold the same blocks, so anything
-/// above float noise is a fault of the writer.
+/// The largest difference of a probe output (a log-probability, an embedding value, a label
+/// probability) between the written model and the model reduced at load: the two hold the
+/// same weights, so anything above float noise is a fault of the writer.
 const MAX_REPRODUCTION_ERROR: f64 = 1e-4;
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// The model: a folder holding config.json, tokenizer.json and safetensors (LLaMA,
-    /// Mistral without a sliding window, Qwen2), or a Hugging Face id.
+    /// The model: a folder holding config.json, tokenizer.json and safetensors, or a Hugging
+    /// Face id (for a GGUF file: LLaMA, Mistral without a sliding window, Qwen2).
     #[arg(long)]
     model: String,
     /// q8_0, q6_k, q5_k, q5_0, q4_k or q4_0: a GGUF file, its linear layers and embedding
@@ -63,7 +63,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     lm_head_f32: bool,
     /// The largest drift the accuracy report accepts, 0 to 1 (1 - next-token top-1
-    /// agreement with f32).
+    /// agreement for a causal LM, 1 - the lowest embedding cosine for an embedder, …).
     #[arg(long, default_value_t = drift::DEFAULT_MAX_DRIFT)]
     max_drift: f64,
     /// Write the file even when its drift is above --max-drift (printed as a warning).
@@ -75,6 +75,22 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
+    // What cannot be written is said before the accuracy report runs.
+    let name = args
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("--out {} names no file or folder", args.out.display()))?;
+    let parent = match args.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{} does not exist: --out goes into an existing folder",
+            parent.display()
+        );
+    }
     match args.to {
         Target::Gguf(_) => {
             if args.out.is_dir() {
@@ -83,10 +99,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
                     args.out.display()
                 );
             }
+            if !name.ends_with(".gguf") {
+                bail!(
+                    "--out {} must end in .gguf, which is how girder and llama.cpp tell the format",
+                    args.out.display()
+                );
+            }
             if args.out.exists() && !args.force {
                 bail!("{} exists: pass --force to replace it", args.out.display());
             }
-            // What cannot be written is said before the accuracy report runs.
             girder::export::check_writable(&args.model)
                 .with_context(|| format!("cannot write {}", args.out.display()))?;
         }
@@ -107,6 +128,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             if args.lm_head_f32 {
                 bail!("--lm-head-f32 applies to GGUF outputs (--to q8_0 … q4_0)");
             }
+            girder::export::check_half_target(&args.model, &args.out)?;
         }
     }
     let (dtype, quantize) = match args.to {
@@ -129,71 +151,117 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let expected = drift::probe_outputs(&reduced, &texts)?;
     drop(reduced);
 
-    let out = args.out.to_string_lossy().into_owned();
-    let (written, weights_file, reload) = match args.to {
+    // Written beside --out under a hidden name, checked, then moved into place: a failed
+    // run leaves --out as it was.
+    let staging = parent.join(format!(
+        ".{name}.staging{}",
+        if name.ends_with(".gguf") { ".gguf" } else { "" }
+    ));
+    remove(&staging);
+    let result = write_and_check(&args, &staging, &report, &expected, &texts).and_then(|line| {
+        put_in_place(&staging, &args.out)?;
+        Ok(line)
+    });
+    remove(&staging);
+    let mut line = result?;
+    let key = if matches!(args.to, Target::Gguf(_)) {
+        "file"
+    } else {
+        "folder"
+    };
+    line[key] = args.out.to_string_lossy().into_owned().into();
+    println!("{line}");
+    Ok(())
+}
+
+/// Writes the output at `staging` and checks that it reproduces the reduced model's probe
+/// outputs (`expected`); returns what was written, as the JSON line to print.
+fn write_and_check(
+    args: &QuantizeArgs,
+    staging: &Path,
+    report: &DriftReport,
+    expected: &ProbeOutputs,
+    texts: &[String],
+) -> Result<serde_json::Value> {
+    let (mut line, reload) = match args.to {
         Target::Gguf(quantization) => {
             let options = GgufOptions {
                 quantization: Some(quantization),
                 output_in_f32: args.lm_head_f32,
                 metadata: vec![
                     ("girder.quantization".into(), quantization.name().into()),
-                    (
-                        "girder.drift_report".into(),
-                        serde_json::to_string(&report)?,
-                    ),
+                    ("girder.drift_report".into(), serde_json::to_string(report)?),
                 ],
             };
-            let written = girder::export::write_gguf(&args.model, &options, &args.out)
+            let written = girder::export::write_gguf(&args.model, &options, staging)
                 .with_context(|| format!("cannot write {}", args.out.display()))?;
-            (
-                serde_json::to_value(&written)?,
-                args.out.clone(),
-                LoadOptions::default(),
-            )
+            (serde_json::to_value(&written)?, LoadOptions::default())
         }
         Target::Half(dtype) => {
             let written = girder::export::write_half_precision(
                 &args.model,
                 dtype,
-                &args.out,
-                &card_section(&report),
+                staging,
+                &card_section(report),
             )
             .with_context(|| format!("cannot write {}", args.out.display()))?;
-            (
-                serde_json::to_value(&written)?,
-                args.out.join("model.safetensors"),
-                LoadOptions {
-                    dtype,
-                    ..LoadOptions::default()
-                },
-            )
+            let reload = LoadOptions {
+                dtype,
+                ..LoadOptions::default()
+            };
+            (serde_json::to_value(&written)?, reload)
         }
     };
     // The output must hold the model that was measured.
-    let difference = girder::load(&out, &reload)
-        .and_then(|loaded| drift::probe_outputs(&loaded, &texts))
-        .map_err(anyhow::Error::from)
-        .and_then(|got| reproduction_error(&expected, &got));
-    let difference = match difference {
-        Ok(d) if d <= MAX_REPRODUCTION_ERROR => d,
-        failed => {
-            let _ = std::fs::remove_file(&weights_file);
-            let why = match failed {
-                Ok(d) => format!("its outputs differ from the model reduced at load by up to {d}"),
-                Err(e) => format!("it does not load back: {e:#}"),
-            };
-            bail!(
-                "{} is wrong ({why}); {} was removed",
-                out,
-                weights_file.display()
-            );
-        }
-    };
-    let mut line = written;
+    let loaded = girder::load(&staging.to_string_lossy(), &reload).with_context(|| {
+        format!(
+            "{} does not load back; nothing was written",
+            args.out.display()
+        )
+    })?;
+    let got = drift::probe_outputs(&loaded, texts)?;
+    let difference = reproduction_error(expected, &got)?;
+    if difference > MAX_REPRODUCTION_ERROR {
+        bail!(
+            "{}: the written model's outputs differ from the model reduced at load by up to {difference}; nothing was written",
+            args.out.display()
+        );
+    }
     line["largest_difference_from_load"] = difference.into();
-    line["report"] = serde_json::to_value(&report)?;
-    println!("{line}");
+    line["report"] = serde_json::to_value(report)?;
+    Ok(line)
+}
+
+/// Moves the checked output from `staging` to `out`: a file replaces a file; a folder's
+/// entries replace those of the same names in `out` (created when absent).
+fn put_in_place(staging: &Path, out: &Path) -> Result<()> {
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to)
+            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+    };
+    if staging.is_file() || !out.exists() {
+        return rename(staging, out);
+    }
+    for entry in std::fs::read_dir(staging)? {
+        let entry = entry?;
+        let target = out.join(entry.file_name());
+        remove(&target);
+        rename(&entry.path(), &target)?;
+    }
     Ok(())
+}
+
+/// Removes a file, link or folder if present.
+fn remove(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
 }
 
 /// How far the reloaded output's probe outputs are from the reduced model's: the largest

@@ -238,48 +238,51 @@ pub fn compare(
 
 /// The largest absolute difference between two models' outputs of the same form
 /// (next-token log-probabilities, embedding values, label probabilities): 0 when one
-/// reproduces the other, infinite when their sizes or labels differ. `None` for other forms
-/// (entities, masked words, generated ids: compare those with [`compare`]).
+/// reproduces the other, infinite when their sizes or labels differ or a value is NaN.
+/// `None` for other forms (entities, masked words, generated ids: compare those with
+/// [`compare`]).
 pub fn largest_difference(a: &ProbeOutputs, b: &ProbeOutputs) -> Option<f64> {
     use ProbeOutputs as P;
-    fn rows<'a>(a: impl Iterator<Item = &'a [f32]>, b: impl Iterator<Item = &'a [f32]>) -> f64 {
-        a.zip(b)
-            .flat_map(|(x, y)| {
-                let lengths = if x.len() == y.len() {
-                    0.0
-                } else {
-                    f64::INFINITY
-                };
-                x.iter()
-                    .zip(y)
-                    .map(|(x, y)| (x - y).abs() as f64)
-                    .chain([lengths])
-            })
+    /// |x − y|, NaN counted as infinitely far.
+    fn gap(x: f64, y: f64) -> f64 {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            d
+        }
+    }
+    fn values(x: &[f32], y: &[f32]) -> f64 {
+        if x.len() != y.len() {
+            return f64::INFINITY;
+        }
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| gap(*x as f64, *y as f64))
             .fold(0.0, f64::max)
     }
-    let sizes_differ = |x: usize, y: usize| (x != y).then_some(f64::INFINITY);
+    fn each<T>(x: &[T], y: &[T], difference: impl Fn(&T, &T) -> f64) -> f64 {
+        if x.len() != y.len() {
+            return f64::INFINITY;
+        }
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| difference(x, y))
+            .fold(0.0, f64::max)
+    }
     Some(match (a, b) {
-        (P::NextToken(x), P::NextToken(y)) => sizes_differ(x.len(), y.len()).unwrap_or_else(|| {
+        (P::NextToken(x), P::NextToken(y)) => each(x, y, |x, y| each(x, y, |x, y| values(x, y))),
+        (P::Embeddings(x), P::Embeddings(y)) => each(x, y, |x, y| values(x, y)),
+        // Labels may come in another order (by probability): matched by name.
+        (P::Labels(x), P::Labels(y)) => each(x, y, |x, y| {
+            if x.len() != y.len() {
+                return f64::INFINITY;
+            }
             x.iter()
-                .zip(y)
-                .map(|(x, y)| {
-                    sizes_differ(x.len(), y.len()).unwrap_or_else(|| {
-                        rows(x.iter().map(Vec::as_slice), y.iter().map(Vec::as_slice))
-                    })
-                })
-                .fold(0.0, f64::max)
-        }),
-        (P::Embeddings(x), P::Embeddings(y)) => sizes_differ(x.len(), y.len())
-            .unwrap_or_else(|| rows(x.iter().map(Vec::as_slice), y.iter().map(Vec::as_slice))),
-        (P::Labels(x), P::Labels(y)) => sizes_differ(x.len(), y.len()).unwrap_or_else(|| {
-            x.iter()
-                .zip(y)
-                .flat_map(|(x, y)| {
-                    x.iter().map(move |(label, p)| {
-                        y.iter()
-                            .find(|(l, _)| l == label)
-                            .map_or(f64::INFINITY, |(_, q)| (p - q).abs())
-                    })
+                .map(|(label, p)| {
+                    y.iter()
+                        .find(|(other, _)| other == label)
+                        .map_or(f64::INFINITY, |(_, q)| gap(*p, *q))
                 })
                 .fold(0.0, f64::max)
         }),

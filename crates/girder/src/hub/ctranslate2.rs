@@ -582,7 +582,7 @@ pub fn convert_whisper(source: &Path, out: &Path) -> Result<Converted> {
             });
         }
     }
-    write_safetensors(&tensors, &out.join("model.safetensors"))?;
+    write_safetensors(tensors, &out.join("model.safetensors"))?;
     let write = |name: &str, value: &Value| -> Result<()> {
         let path = out.join(name);
         let text = serde_json::to_string_pretty(value).map_err(|e| Error::BadConfig {

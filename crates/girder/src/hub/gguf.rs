@@ -1040,16 +1040,7 @@ impl GgufFile {
             _ => None,
         };
         let post_processor = match bos {
-            Some((id, token)) => serde_json::json!({
-                "type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": token, "type_id": 0}},
-                           {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": token, "type_id": 0}},
-                         {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": token, "type_id": 1}},
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {token.clone(): {"id": token, "ids": [id], "tokens": [token]}},
-            }),
+            Some((id, token)) => bos_template(id, &token),
             None => serde_json::json!({
                 "type": "TemplateProcessing",
                 "single": [{"Sequence": {"id": "A", "type_id": 0}}],
@@ -1057,6 +1048,9 @@ impl GgufFile {
                 "special_tokens": {},
             }),
         };
+        // Llama 3's vocabulary takes a word that is a token whole before merging (its
+        // tokenizer.json's `ignore_merges`, llama.cpp's for the `llama3` split).
+        let ignore_merges = split_pattern(pre) == Some(LLAMA3_SPLIT);
         Ok(serde_json::json!({
             "version": "1.0",
             "truncation": null,
@@ -1069,7 +1063,7 @@ impl GgufFile {
             "model": {
                 "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
                 "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
-                "ignore_merges": false, "vocab": vocab, "merges": merges,
+                "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges,
             },
         }))
     }
@@ -1112,16 +1106,7 @@ impl GgufFile {
             "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
             "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
                               "behavior": "MergedWithPrevious", "invert": false},
-            "post_processor": {
-                "type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": bos_token, "type_id": 0}},
-                           {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": bos_token, "type_id": 0}},
-                         {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": bos_token, "type_id": 1}},
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos_token.clone(): {"id": bos_token, "ids": [bos], "tokens": [bos_token]}},
-            },
+            "post_processor": bos_template(bos, &bos_token),
             "decoder": {"type": "Sequence", "decoders": [
                 {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
                 {"type": "ByteFallback"},
@@ -1139,6 +1124,20 @@ impl GgufFile {
     pub fn chat_template(&self) -> Result<Option<&str>> {
         self.opt_str("tokenizer.chat_template")
     }
+}
+
+/// A post-processor that starts every input (and each of a pair) with BOS `token` (`id`).
+fn bos_template(id: usize, token: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": token, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": token, "type_id": 0}},
+                 {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": token, "type_id": 1}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {token: {"id": token, "ids": [id], "tokens": [token]}},
+    })
 }
 
 /// The split pattern of a byte-level vocabulary whose `tokenizer.ggml.pre` names one

@@ -26,13 +26,16 @@ const UNUSED: i32 = 5;
 pub struct SpecialTokens {
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    /// The end of a turn, a second token that ends generation (Llama 3's `<|eot_id|>`).
+    pub eot: Option<u32>,
     pub pad: Option<u32>,
     /// Inputs start with BOS (`tokenizer.ggml.add_bos_token`).
     pub add_bos: bool,
 }
 
 /// The `tokenizer.ggml.*` metadata of the byte-level BPE tokenizer in `path` (a
-/// tokenizer.json), its vocabulary filled to `rows` tokens (the embedding's rows) with
+/// tokenizer.json), its vocabulary filled to `rows` tokens (the embedding's rows, which the
+/// caller has checked against the checkpoint) with
 /// `[PAD{id}]` tokens of type unused, as llama.cpp's converter fills a vocabulary smaller than
 /// its embedding. Anything the GGUF keys cannot say (a normalizer, byte fallback, a split
 /// pattern llama.cpp has no name for) is refused, naming the field: a file whose tokenizer
@@ -72,6 +75,14 @@ pub fn tokenizer_metadata(
             shortened(&json["pre_tokenizer"])
         ))
     })?;
+    // Readers take `ignore_merges` from the split's name: on for Llama 3's alone.
+    let ignores_merges = model["ignore_merges"] == true;
+    if ignores_merges != (pre == "llama-bpe") {
+        return Err(refuse(format!(
+            "`model.ignore_merges` is {ignores_merges} with the `{pre}` split, which GGUF readers read as {}",
+            pre == "llama-bpe"
+        )));
+    }
 
     let vocab = model["vocab"]
         .as_object()
@@ -162,6 +173,7 @@ pub fn tokenizer_metadata(
     for (key, id) in [
         ("tokenizer.ggml.bos_token_id", special.bos),
         ("tokenizer.ggml.eos_token_id", special.eos),
+        ("tokenizer.ggml.eot_token_id", special.eot),
         ("tokenizer.ggml.padding_token_id", special.pad),
     ] {
         if let Some(id) = id {
@@ -180,8 +192,11 @@ pub fn tokenizer_metadata(
 /// The `tokenizer.ggml.pre` of a byte-level pre-tokenizer: GPT-2's built-in split, or a split
 /// pattern the reader knows by name, followed by the byte mapping.
 fn pre_tokenizer(pre: &Json) -> Option<&'static str> {
+    // `use_regex` is true when absent (tokenizers' default).
     let byte_level = |p: &Json, use_regex: bool| {
-        p["type"] == "ByteLevel" && p["add_prefix_space"] != true && p["use_regex"] == use_regex
+        p["type"] == "ByteLevel"
+            && p["add_prefix_space"] != true
+            && (p["use_regex"] != false) == use_regex
     };
     if byte_level(pre, true) {
         return Some("gpt-2");

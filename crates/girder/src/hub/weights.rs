@@ -818,13 +818,14 @@ fn release_mapped_pages(bytes: &[u8]) {
 }
 
 /// Writes `tensors` as a safetensors file (each in its dtype: f32, bf16 or f16, others as
-/// f32; names sorted; the `format: pt` metadata transformers requires).
-pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+/// f32; names sorted; the `format: pt` metadata transformers requires). Each tensor is
+/// dropped once its bytes are made, so that a model is not in memory twice.
+pub fn write_safetensors(tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
     let owned = tensors
-        .iter()
+        .into_iter()
         .map(|(name, t)| {
-            let (dtype, bytes) = stored_bytes(t)?;
-            Ok((name.clone(), t.dims().to_vec(), dtype, bytes))
+            let (dtype, bytes) = stored_bytes(&t)?;
+            Ok((name, t.dims().to_vec(), dtype, bytes))
         })
         .collect::<Result<Vec<_>>>()?;
     let bad = |e: safetensors::SafeTensorError| Error::BadWeights {
@@ -895,7 +896,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.safetensors");
         let t = Tensor::zeros((2, 2), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        write_safetensors(&[("w".to_string(), t)], &path).unwrap();
+        write_safetensors(vec![("w".to_string(), t)], &path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(mode, 0o644);

@@ -72,7 +72,7 @@ pub fn write_classifier(classifier: &Classifier, out: &Path) -> Result<()> {
             reason: e.to_string(),
         })?,
     )?;
-    write_safetensors(&classifier.tensors, &out.join("model.safetensors"))?;
+    write_safetensors(classifier.tensors.clone(), &out.join("model.safetensors"))?;
     for name in TOKENIZER_FILES {
         if let Some(source) = model.folder.file(name) {
             let target = out.join(name);
@@ -304,7 +304,7 @@ pub fn write_lora_adapter(adapter: &LoraAdapter, out: &Path) -> Result<()> {
         .iter()
         .map(|(name, t)| (format!("base_model.model.{name}"), t.clone()))
         .collect();
-    write_safetensors(&named, &out.join("adapter_model.safetensors"))?;
+    write_safetensors(named, &out.join("adapter_model.safetensors"))?;
     let mut card = vec![
         "---".to_string(),
         format!("base_model: {}", yaml(adapter.base_reference)),
