@@ -2,10 +2,10 @@
 //! their sums in f32: the result is the f32 product of the rounded weights.
 //!
 //! - A few rows (a short sentence, a decode step: at most [`skinny_matmul::MAX_ROWS`]) run
-//!   the skinny kernel where the CPU has AVX-512, which widens each 16 weights to f32 in the
-//!   register they are loaded into: the weights stream from memory once, at half the bytes
-//!   of f32.
-//! - Many rows, or any number without AVX-512: the columns are split into panels shared among the team's threads; each
+//!   the skinny kernel, which widens each 16 weights (AVX-512) or 8 (AVX2 with F16C) to f32
+//!   in the register they are loaded into: the weights stream from memory once, at half the
+//!   bytes of f32.
+//! - Many rows, or a CPU with neither: the columns are split into panels shared among the team's threads; each
 //!   thread widens its panel (`[in, width]`) into a buffer of its own and multiplies it with
 //!   the `gemm` crate's f32 kernel on that thread. Widening costs one pass over the weights
 //!   per product, against `rows` multiply-adds per weight in the product itself.
@@ -118,7 +118,7 @@ impl HalfMatrix {
 }
 
 /// A half-precision element widened to f32 a slice at a time.
-trait Widen: skinny_matmul::WeightElement {
+trait Widen: skinny_matmul::HalfElement {
     fn widen(src: &[Self], dst: &mut [f32]);
 }
 
@@ -141,6 +141,9 @@ fn product<W: Widen>(x: &[f32], w: &[W], m: usize, k: usize, n: usize) -> Vec<f3
     }
     if m <= skinny_matmul::MAX_ROWS && skinny_matmul::available() {
         return skinny_matmul::matmul(x, w, m, k, n);
+    }
+    if m <= skinny_matmul::MAX_ROWS && skinny_matmul::available_avx2() {
+        return skinny_matmul::matmul_half_avx2(x, w, m, k, n);
     }
     let mut out = vec![0f32; m * n];
     // Each task writes its own panel's columns, and no other task's.

@@ -18,8 +18,10 @@ const STRIP: usize = 64;
 /// Rows of `x` per register block (6 x 4 accumulators + 4 weight vectors + 1 broadcast).
 const ROW_BLOCK: usize = 6;
 
-/// Whether the kernel runs on this CPU (AVX-512F, and BW and VL for bf16 and f16 weights:
-/// the strip's edges are masked 16-bit loads), detected once.
+/// Whether the AVX-512 kernel runs on this CPU (AVX-512F, and BW and VL for bf16 and f16
+/// weights: the strip's edges are masked 16-bit loads), detected once. `GIRDER_NO_AVX512=1`
+/// turns it off, as it turns off the quantized kernel's AVX-512 path, to measure a CPU
+/// without it.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -28,6 +30,24 @@ pub fn available() -> bool {
             std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::env::var_os("GIRDER_NO_SKINNY").is_none()
+                && std::env::var_os("GIRDER_NO_AVX512").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the AVX2 kernel runs on this CPU (AVX2, FMA and F16C), detected once: the path of
+/// half-precision weights on CPUs without AVX-512 ([`matmul_half_avx2`]).
+pub fn available_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
                 && std::env::var_os("GIRDER_NO_SKINNY").is_none()
         })
     }
@@ -83,6 +103,178 @@ impl WeightElement for half::f16 {
     ) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p as *const i16))
+    }
+}
+
+/// A half-precision weight element the AVX2 kernel widens 8 at a time.
+pub trait HalfElement: WeightElement + Into<f32> {
+    /// The 8 elements at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// [`available_avx2`], and 8 elements are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl HalfElement for half::bf16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let bits = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    }
+}
+
+impl HalfElement for half::f16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// `out[m, n] = x[m, k] · w[k, n]` for half-precision `w` on AVX2 (FMA, F16C): the weights
+/// widened 8 at a time in the register they are loaded into, as the AVX-512 kernel does 16
+/// at a time; `m <= MAX_ROWS` and [`available_avx2`].
+pub fn matmul_half_avx2<W: HalfElement>(
+    x: &[f32],
+    w: &[W],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    assert!(x.len() >= m * k && w.len() >= k * n && m <= MAX_ROWS);
+    assert!(
+        available_avx2(),
+        "skinny_matmul::matmul_half_avx2 needs AVX2, FMA and F16C"
+    );
+    let strips = n.div_ceil(avx2::STRIP);
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // Each task writes its own strip's columns, and no other task's.
+    let shared = super::team::SharedOutput(out.as_mut_ptr());
+    crate::layers::cpu::team::for_each(strips, |s| {
+        let shared = &shared;
+        let first = s * avx2::STRIP;
+        let width = avx2::STRIP.min(n - first);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available_avx2` saw AVX2, FMA and F16C; the asserts bound every read; the
+        // strip writes columns `first..first + width` of the `m` rows of `out`'s capacity.
+        unsafe {
+            avx2::strip(x, w, m, k, n, first, width, shared.0)
+        };
+    });
+    // SAFETY: the strips covered every column of every row.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// The AVX2 kernel: strips of 32 columns (four 8-lane registers), two rows of `x` per
+/// register block (8 accumulators, 4 weight vectors and a broadcast in the 16 registers), the
+/// strip in chunks of [`K_CHUNK`](avx2::K_CHUNK) weight rows kept in L1 across the row
+/// blocks. Columns past the last whole register of a strip (`n` not a multiple of 8) are
+/// summed one at a time.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // indices pick registers of the accumulator block
+mod avx2 {
+    use super::{HalfElement, MAX_ROWS};
+    use std::arch::x86_64::*;
+
+    pub(super) const STRIP: usize = 32;
+    const ROW_BLOCK: usize = 2;
+    pub(super) const K_CHUNK: usize = 64;
+
+    /// Columns `first..first + width` of every row of `out` (`[m, n]`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn strip<W: HalfElement>(
+        x: &[f32],
+        w: &[W],
+        m: usize,
+        k: usize,
+        n: usize,
+        first: usize,
+        width: usize,
+        out: *mut f32,
+    ) {
+        let vectors = width / 8;
+        let mut partial = [[_mm256_setzero_ps(); 4]; MAX_ROWS];
+        for start in (0..k).step_by(K_CHUNK) {
+            let ks = start..(start + K_CHUNK).min(k);
+            let mut r = 0;
+            while r < m {
+                match (m - r).min(ROW_BLOCK) {
+                    2 => block::<2, W>(x, w, k, n, first, vectors, r, ks.clone(), &mut partial),
+                    _ => block::<1, W>(x, w, k, n, first, vectors, r, ks.clone(), &mut partial),
+                }
+                r += ROW_BLOCK;
+            }
+        }
+        for (i, sums) in partial[..m].iter().enumerate() {
+            let row_out = out.add(i * n + first);
+            for j in 0..vectors {
+                _mm256_storeu_ps(row_out.add(8 * j), sums[j]);
+            }
+            for c in 8 * vectors..width {
+                let mut sum = 0f32;
+                for kk in 0..k {
+                    let weight: f32 = w[kk * n + first + c].into();
+                    sum = x[i * k + kk].mul_add(weight, sum);
+                }
+                *row_out.add(c) = sum;
+            }
+        }
+    }
+
+    /// Rows `row..row + R` of `x` against weight rows `ks`, the strip's `vectors` whole
+    /// registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const R: usize, W: HalfElement>(
+        x: &[f32],
+        w: &[W],
+        k: usize,
+        n: usize,
+        first: usize,
+        vectors: usize,
+        row: usize,
+        ks: std::ops::Range<usize>,
+        partial: &mut [[__m256; 4]; MAX_ROWS],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        acc.copy_from_slice(&partial[row..row + R]);
+        let xp = x.as_ptr().add(row * k);
+        let wp = w.as_ptr().add(first);
+        if vectors == 4 {
+            for kk in ks {
+                let wr = wp.add(kk * n);
+                let wv = [
+                    W::load8(wr),
+                    W::load8(wr.add(8)),
+                    W::load8(wr.add(16)),
+                    W::load8(wr.add(24)),
+                ];
+                for i in 0..R {
+                    let xb = _mm256_set1_ps(*xp.add(i * k + kk));
+                    for j in 0..4 {
+                        acc[i][j] = _mm256_fmadd_ps(xb, wv[j], acc[i][j]);
+                    }
+                }
+            }
+        } else {
+            for kk in ks {
+                let wr = wp.add(kk * n);
+                for j in 0..vectors {
+                    let wv = W::load8(wr.add(8 * j));
+                    for i in 0..R {
+                        let xb = _mm256_set1_ps(*xp.add(i * k + kk));
+                        acc[i][j] = _mm256_fmadd_ps(xb, wv, acc[i][j]);
+                    }
+                }
+            }
+        }
+        partial[row..row + R].copy_from_slice(&acc);
     }
 }
 
@@ -277,6 +469,41 @@ pub(crate) fn matmul_tensors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_avx2_half_kernel_equals_a_plain_product() {
+        if !available_avx2() {
+            return;
+        }
+        for (m, k, n) in [
+            (1, 8, 16),
+            (17, 384, 384),
+            (6, 5, 70),
+            (3, 130, 37),
+            (48, 7, 100),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.5)
+                .collect();
+            let w: Vec<half::bf16> = (0..k * n)
+                .map(|i| half::bf16::from_f32(((i * 5) % 11) as f32 / 11.0 - 0.5))
+                .collect();
+            let out = matmul_half_avx2(&x, &w, m, k, n);
+            let wf: Vec<half::f16> = w.iter().map(|v| half::f16::from_f32(v.to_f32())).collect();
+            let out_f16 = matmul_half_avx2(&x, &wf, m, k, n);
+            for r in 0..m {
+                for c in 0..n {
+                    let expected: f32 = (0..k).map(|i| x[r * k + i] * w[i * n + c].to_f32()).sum();
+                    for got in [out[r * n + c], out_f16[r * n + c]] {
+                        assert!(
+                            (got - expected).abs() < 1e-3,
+                            "{m}x{k}x{n} [{r},{c}]: {got} vs {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn equals_a_plain_product() {
