@@ -18,7 +18,7 @@ pub struct ChatArgs {
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let options = args.model.options()?;
-    let generator = args.model.load()?;
+    let generator = args.model.load("chat")?;
     anyhow::ensure!(
         generator.chat_template().is_some(),
         "model `{}` has no chat template; use `girder generate`",

@@ -88,7 +88,9 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<TextGenerator> {
+    /// Loads the model (after the accuracy report under `--dtype`/`--quantize`); `work`
+    /// names the command in messages.
+    pub fn load(&self, work: &str) -> Result<TextGenerator> {
         let options = LoadOptions {
             gguf: if self.dequantize {
                 GgufMode::Dequantized
@@ -97,7 +99,7 @@ impl ModelArgs {
             },
             ..LoadOptions::default()
         };
-        let loaded = self.precision.load(&self.model, &options, "generate")?;
+        let loaded = self.precision.load(&self.model, &options, work)?;
         anyhow::ensure!(
             !self.dequantize || loaded.files().is_none(),
             "--dequantize applies to .gguf files; `{}` is a model folder (its weights are f32)",
@@ -137,7 +139,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let prompts = read_texts(&args.prompts, args.input.as_deref())?;
     let options = args.model.options()?;
-    let generator = args.model.load()?;
+    let generator = args.model.load("generate")?;
     if args.stream {
         let mut stdout = std::io::stdout().lock();
         for (i, prompt) in prompts.iter().enumerate() {
