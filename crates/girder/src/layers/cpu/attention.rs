@@ -366,7 +366,7 @@ fn attend_one_head(
         unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], s: f32, b: Bias, o: &mut [f32], w: Scores) {
             generic(q, k, v, s, b, o, w)
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::layers::cpu::avx512() {
             // SAFETY: the CPU has the features the function was compiled for.
             return unsafe { avx512(q, keys, values, scale, bias, out, scores) };
         }

@@ -121,7 +121,7 @@ macro_rules! dispatch {
                 unsafe fn avx2(xs: &mut [f32]) {
                     $generic(xs)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if crate::layers::cpu::avx512() {
                     // SAFETY: the CPU has the features the function was compiled for.
                     return unsafe { avx512(xs) };
                 }
@@ -177,7 +177,7 @@ fn gated_rows<const GELU_TANH: bool>(gate_up: &[f32], out: &mut [MaybeUninit<f32
         unsafe fn avx2<const G: bool>(a: &[f32], out: &mut [MaybeUninit<f32>], width: usize) {
             gated_generic::<G>(a, out, width)
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::layers::cpu::avx512() {
             // SAFETY: the CPU has the features the function was compiled for.
             return unsafe { avx512::<GELU_TANH>(gate_up, out, width) };
         }

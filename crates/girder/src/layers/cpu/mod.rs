@@ -16,6 +16,25 @@
 //! | [`rope`] | rotary embedding of heads where they lie |
 //! | [`autograd`] | LayerNorm, softmax and GELU with closed-form backward passes (training) |
 
+/// Whether girder's kernels use AVX-512 (F, BW, VL) on this CPU, detected once.
+/// `GIRDER_NO_AVX512=1` says no, so that one machine measures the AVX2 paths of CPUs without
+/// it (AMD Zen 2/3, older Intel). It covers girder's own kernels; the `gemm` crate behind
+/// candle's matmul picks its kernel by itself.
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::env::var_os("GIRDER_NO_AVX512").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 pub(crate) mod attention;
 pub mod autograd;
 pub mod half_matmul;

@@ -19,20 +19,12 @@ const STRIP: usize = 64;
 const ROW_BLOCK: usize = 6;
 
 /// Whether the AVX-512 kernel runs on this CPU (AVX-512F, and BW and VL for bf16 and f16
-/// weights: the strip's edges are masked 16-bit loads), detected once. `GIRDER_NO_AVX512=1`
-/// turns it off, as it turns off the quantized kernel's AVX-512 path, to measure a CPU
-/// without it.
+/// weights: the strip's edges are masked 16-bit loads; [`super::avx512`]), detected once.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::env::var_os("GIRDER_NO_SKINNY").is_none()
-                && std::env::var_os("GIRDER_NO_AVX512").is_none()
-        })
+        *HAS.get_or_init(|| super::avx512() && std::env::var_os("GIRDER_NO_SKINNY").is_none())
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

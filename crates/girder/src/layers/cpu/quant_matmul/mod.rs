@@ -142,7 +142,7 @@ fn round_blocks(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) 
         unsafe fn avx2(xs: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
             round_blocks_with(xs, q, scales, sums)
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::layers::cpu::avx512() {
             // SAFETY: the CPU has the features the function was compiled for.
             return unsafe { avx512(xs, q, scales, sums) };
         }
@@ -501,8 +501,7 @@ impl Kernel {
             {
                 use std::arch::is_x86_feature_detected as has;
                 // GIRDER_NO_AVX512=1 forces the AVX2 kernel, to compare the two.
-                if std::env::var_os("GIRDER_NO_AVX512").is_none()
-                    && has!("avx512f")
+                if crate::layers::cpu::avx512()
                     && has!("avx512bw")
                     && has!("avx512dq")
                     && has!("avx512vl")
