@@ -1014,25 +1014,9 @@ fn cache_ls_and_rm_show_and_free_what_is_cached() {
     assert!(err.contains("nothing to remove"), "{err}");
 }
 
-/// The oracle venv's Python, when it can import huggingface_hub.
-fn python_with_huggingface_hub() -> Option<PathBuf> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-oracle/bin/python");
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import huggingface_hub"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "skipped: {} cannot import huggingface_hub (scripts/setup-oracle makes it)",
-            python.display()
-        );
-    }
-    ok.then_some(python)
-}
-
 #[test]
 fn python_huggingface_hub_and_girder_share_one_cache() {
-    let Some(python) = python_with_huggingface_hub() else {
+    let Some(python) = common::oracle_python("huggingface_hub") else {
         return;
     };
     let hub = fixture_hub();

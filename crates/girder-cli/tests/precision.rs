@@ -253,6 +253,13 @@ fn qlora_trains_adapters_over_a_quantized_base() {
     assert!(stderr.contains("is for --method qlora"), "{stderr}");
 }
 
+/// `girder quantize --model model --to to --out out` with `extra` arguments.
+fn quantize(model: &str, to: &str, out: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["quantize", "--model", model, "--to", to, "--out", out];
+    args.extend(extra);
+    girder(&args)
+}
+
 /// A LLaMA decoder with random weights, wide enough for K-quant super-blocks (hidden 256,
 /// MLP 512, 2 layers, 4 heads over 2 kv heads), on the llama fixture's tokenizer: written
 /// here, as no checkpoint of that size is committed.
@@ -394,18 +401,12 @@ fn a_tied_head_kept_in_f32_is_written_as_its_own_output() {
     let model = dir.join("llama-tied");
     random_llama(&model, true);
     let out = dir.join("tied.gguf");
-    let run = girder(&[
-        "quantize",
-        "--model",
+    let run = quantize(
         model.to_str().unwrap(),
-        "--to",
         "q8_0",
-        "--lm-head-f32",
-        "--out",
         out.to_str().unwrap(),
-        "--max-drift",
-        "1",
-    ]);
+        &["--lm-head-f32", "--max-drift", "1"],
+    );
     let written = stdout_json(&run);
     assert!(
         run.status.success(),
@@ -447,15 +448,7 @@ fn what_gguf_cannot_say_is_refused_before_the_report() {
         ),
         (qwen_digits, "`pre_tokenizer`"),
     ] {
-        let run = girder(&[
-            "quantize",
-            "--model",
-            model.to_str().unwrap(),
-            "--to",
-            "q8_0",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let run = quantize(model.to_str().unwrap(), "q8_0", out.to_str().unwrap(), &[]);
         let error = one_line_error(&run);
         assert!(error.contains(named), "{}: {error}", model.display());
         assert!(!out.exists(), "{}", model.display());
@@ -467,15 +460,7 @@ fn what_gguf_cannot_say_is_refused_before_the_report() {
         ("bf16", qwen.join("bf16"), "inside the model's own folder"),
         ("q8_0", dir.join("missing/x.gguf"), "does not exist"),
     ] {
-        let run = girder(&[
-            "quantize",
-            "--model",
-            qwen.to_str().unwrap(),
-            "--to",
-            to,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let run = quantize(qwen.to_str().unwrap(), to, out.to_str().unwrap(), &[]);
         let error = one_line_error(&run);
         assert!(error.contains(named), "{error}");
         assert!(!out.exists());
@@ -487,16 +472,9 @@ fn what_gguf_cannot_say_is_refused_before_the_report() {
 /// so llama.cpp (with an f32 KV cache) must give transformers' logits on the source folder.
 #[test]
 fn llama_cpp_loads_the_written_gguf() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-oracle/bin/python");
-    let importable = python.exists()
-        && std::process::Command::new(&python)
-            .args(["-c", "import llama_cpp, transformers, torch"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !importable {
-        println!("skipped: llama_cpp, transformers or torch is not importable from .venv-oracle");
+    let Some(python) = common::oracle_python("llama_cpp, transformers, torch") else {
         return;
-    }
+    };
     let dir = scratch("gguf-llama-cpp");
     // The llama fixture without its Llama 3 RoPE scaling, which llama.cpp stores as a tensor.
     let llama = dir.join("llama");
@@ -529,16 +507,12 @@ print(json.dumps(out))
 "#;
     for model in [llama, fixture("qwen2-causal-lm")] {
         let out = dir.join("model.gguf");
-        let run = girder(&[
-            "quantize",
-            "--model",
+        let run = quantize(
             model.to_str().unwrap(),
-            "--to",
             "q8_0",
-            "--out",
             out.to_str().unwrap(),
-            "--force",
-        ]);
+            &["--force"],
+        );
         assert_eq!(
             stdout_json(&run)["tensor_types"].as_object().unwrap().len(),
             1
@@ -637,16 +611,9 @@ fn quantize_to_bf16_writes_a_folder_that_reproduces_the_model_halved_at_load() {
 /// Dev-only (.venv-oracle with sentence-transformers): the written folder loads with no
 /// missing or unexpected tensor and embeds as girder's bf16 load does.
 fn transformers_loads(folder: &Path, girder_embedding: &serde_json::Value) {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-oracle/bin/python");
-    let importable = python.exists()
-        && std::process::Command::new(&python)
-            .args(["-c", "import sentence_transformers, transformers"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !importable {
-        println!("skipped the transformers check: sentence_transformers is not importable from .venv-oracle");
+    let Some(python) = common::oracle_python("sentence_transformers, transformers") else {
         return;
-    }
+    };
     const SCRIPT: &str = r#"
 import json, sys
 from sentence_transformers import SentenceTransformer

@@ -469,7 +469,8 @@ pub fn check_half_target(reference: &str, out: &Path) -> Result<()> {
 /// whether an existing one may be written into) with its 2-D tensors of at least
 /// [`MIN_QUANTIZED_ELEMENTS`] values in `dtype` (bf16 or f16) and the rest in f32, integer
 /// buffers (`position_ids`) left out; every other file of the folder (config, tokenizer,
-/// sentence-transformers modules; not hidden ones, not links to folders) is copied, and
+/// sentence-transformers modules, their weights as they are; not hidden ones, not links to
+/// folders) is copied, and
 /// `card_section` is appended to README.md (created when absent). Nothing is written before
 /// every tensor has been read.
 ///
@@ -554,10 +555,16 @@ fn replace_link(path: &Path) -> Result<()> {
     }
 }
 
-/// Copies `from`'s files and subfolders into `to`, weights excepted ([`is_weights_file`]).
-/// A link to a file is copied as the file (a Hugging Face cache snapshot links to its blobs);
-/// links to folders and hidden names are skipped.
+/// Copies `from`'s files and subfolders into `to`, the top level's weights excepted
+/// ([`is_weights_file`]: the model's own, which the caller writes); a subfolder's are copied
+/// as they are (a sentence-transformers `2_Dense/` module). A link to a file is copied as
+/// the file (a Hugging Face cache snapshot links to its blobs); links to folders and hidden
+/// names are skipped.
 fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
+    copy_files(from, to, true)
+}
+
+fn copy_files(from: &Path, to: &Path, top: bool) -> Result<()> {
     for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
         let entry = entry.map_err(|e| Error::io(from, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -570,7 +577,7 @@ fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
         if own.is_dir() {
             if name != "onnx" && name != "openvino" {
                 std::fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
-                copy_model_files(&path, &target)?;
+                copy_files(&path, &target, false)?;
             }
             continue;
         }
@@ -579,7 +586,7 @@ fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
         } else {
             own.is_file()
         };
-        if is_file && !is_weights_file(&name) {
+        if is_file && !(top && is_weights_file(&name)) {
             replace_link(&target)?;
             std::fs::copy(&path, &target).map_err(|e| Error::io(&target, e))?;
         }

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
-use girder::check::drift::{self, DriftReport};
+use girder::check::drift::{self, DriftReport, ProbeOutputs};
 use girder::layers::Quantization;
 use girder::{LoadOptions, Loaded};
 use std::path::PathBuf;
@@ -73,6 +73,18 @@ impl PrecisionArgs {
         options: &LoadOptions,
         work: &str,
     ) -> Result<(Loaded, Option<DriftReport>)> {
+        let (loaded, measured) = self.load_measured(reference, options, work)?;
+        Ok((loaded, measured.map(|(report, _)| report)))
+    }
+
+    /// [`load_with_report`](Self::load_with_report), with the reduced model's probe outputs
+    /// the report was made from.
+    pub fn load_measured(
+        &self,
+        reference: &str,
+        options: &LoadOptions,
+        work: &str,
+    ) -> Result<(Loaded, Option<(DriftReport, ProbeOutputs)>)> {
         let options = LoadOptions {
             dtype: self.dtype.unwrap_or(DType::F32),
             quantize: self.quantize,
@@ -106,7 +118,7 @@ impl PrecisionArgs {
         reference: &str,
         options: &LoadOptions,
         work: &str,
-    ) -> Result<(Loaded, Option<DriftReport>)> {
+    ) -> Result<(Loaded, Option<(DriftReport, ProbeOutputs)>)> {
         let Some(candidate) = girder::pretrained::reduced_precision(options) else {
             if self.drift_probe.is_some() || self.drift_report.is_some() || self.allow_drift {
                 bail!("--drift-probe, --drift-report and --allow-drift go with --dtype bf16|f16 or --quantize");
@@ -116,10 +128,13 @@ impl PrecisionArgs {
             return Ok((loaded, None));
         };
         let texts = self.probe_texts()?;
-        let (reduced, report) = drift::load_measured(reference, options, &texts, self.max_drift)
-            .with_context(|| {
-                format!("cannot load model `{reference}` in {candidate} with its accuracy report")
-            })?;
+        let (reduced, report, outputs) =
+            drift::load_measured_with_outputs(reference, options, &texts, self.max_drift)
+                .with_context(|| {
+                    format!(
+                        "cannot load model `{reference}` in {candidate} with its accuracy report"
+                    )
+                })?;
         eprintln!("girder {work}: accuracy report: {}", report.summary());
         let kernel = girder::layers::cpu::quant_matmul::kernel_name();
         if self.quantize.is_some() && kernel != "avx512-vnni" {
@@ -152,6 +167,6 @@ impl PrecisionArgs {
                 );
             }
         }
-        Ok((reduced, Some(report)))
+        Ok((reduced, Some((report, outputs))))
     }
 }

@@ -145,11 +145,10 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         drift_report: None,
     };
     let texts = precision.probe_texts()?;
-    let (reduced, report) =
-        precision.load_with_report(&args.model, &LoadOptions::default(), "quantize")?;
-    let report = report.context("the accuracy report was not made")?;
-    let expected = drift::probe_outputs(&reduced, &texts)?;
+    let (reduced, measured) =
+        precision.load_measured(&args.model, &LoadOptions::default(), "quantize")?;
     drop(reduced);
+    let (report, expected) = measured.context("the accuracy report was not made")?;
 
     // Written beside --out under a hidden name, checked, then moved into place: a failed
     // run leaves --out as it was.

@@ -98,3 +98,20 @@ pub fn stdout_json(out: &Output) -> serde_json::Value {
         )
     })
 }
+
+/// The dev-only oracle's Python (`.venv-oracle`, made by `scripts/setup-oracle`) when it
+/// imports `modules` (`"transformers, torch"`); `None`, with the reason printed, otherwise.
+pub fn oracle_python(modules: &str) -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-oracle/bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!(
+            "skipped: {} cannot import {modules} (scripts/setup-oracle makes it)",
+            python.display()
+        );
+    }
+    ok.then_some(python)
+}

@@ -93,6 +93,18 @@ pub fn load_measured(
     texts: &[String],
     max_drift: f64,
 ) -> Result<(Loaded, DriftReport)> {
+    load_measured_with_outputs(reference, options, texts, max_drift)
+        .map(|(loaded, report, _)| (loaded, report))
+}
+
+/// [`load_measured`], and the reduced model's probe outputs the report was made from (what
+/// `girder quantize` holds a written model to).
+pub fn load_measured_with_outputs(
+    reference: &str,
+    options: &crate::LoadOptions,
+    texts: &[String],
+    max_drift: f64,
+) -> Result<(Loaded, DriftReport, ProbeOutputs)> {
     if !(0.0..=1.0).contains(&max_drift) {
         return Err(Error::InvalidOption {
             option: "max_drift".into(),
@@ -116,7 +128,7 @@ pub fn load_measured(
     let reduced = crate::load(reference, options)?;
     let got = probe_outputs(&reduced, texts)?;
     let report = compare(&expected, &got, &candidate, texts.len(), max_drift)?;
-    Ok((reduced, report))
+    Ok((reduced, report, got))
 }
 
 /// Causal LMs are probed on this many texts at most: the reference's log-probabilities of

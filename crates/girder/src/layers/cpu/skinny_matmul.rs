@@ -142,20 +142,37 @@ pub fn matmul_half_avx2<W: HalfElement>(
         available_avx2(),
         "skinny_matmul::matmul_half_avx2 needs AVX2, FMA and F16C"
     );
-    let strips = n.div_ceil(avx2::STRIP);
+    // SAFETY: `available_avx2` saw AVX2, FMA and F16C; the asserts bound every read; each
+    // strip writes columns `first..first + width` of all `m` rows.
+    unsafe {
+        by_strips(m, n, avx2::STRIP, |first, width, out| {
+            #[cfg(target_arch = "x86_64")]
+            avx2::strip(x, w, m, k, n, first, width, out);
+        })
+    }
+}
+
+/// The `[m, n]` output of `strip(first, width, out)` run for every strip of `strip_width`
+/// columns, the strips shared among the team's threads. Written straight into its final
+/// place, every element once: no zero-filled buffer, no tile copied over (both were page
+/// faults and copies in `perf`).
+///
+/// # Safety
+/// `strip` writes columns `first..first + width` of every one of the `m` rows of `out`
+/// (row-major, `n` columns), and nothing else.
+unsafe fn by_strips(
+    m: usize,
+    n: usize,
+    strip_width: usize,
+    strip: impl Fn(usize, usize, *mut f32) + Sync,
+) -> Vec<f32> {
     let mut out = Vec::<f32>::with_capacity(m * n);
     // Each task writes its own strip's columns, and no other task's.
     let shared = super::team::SharedOutput(out.as_mut_ptr());
-    crate::layers::cpu::team::for_each(strips, |s| {
+    crate::layers::cpu::team::for_each(n.div_ceil(strip_width), |s| {
         let shared = &shared;
-        let first = s * avx2::STRIP;
-        let width = avx2::STRIP.min(n - first);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available_avx2` saw AVX2, FMA and F16C; the asserts bound every read; the
-        // strip writes columns `first..first + width` of the `m` rows of `out`'s capacity.
-        unsafe {
-            avx2::strip(x, w, m, k, n, first, width, shared.0)
-        };
+        let first = s * strip_width;
+        strip(first, strip_width.min(n - first), shared.0);
     });
     // SAFETY: the strips covered every column of every row.
     unsafe { out.set_len(m * n) };
@@ -277,26 +294,14 @@ pub fn matmul<W: WeightElement>(x: &[f32], w: &[W], m: usize, k: usize, n: usize
         available(),
         "skinny_matmul::matmul needs AVX-512F, BW and VL"
     );
-    let strips = n.div_ceil(STRIP);
-    // Written straight into its final place, every element once: no zero-filled buffer, no
-    // tile copied over (both were page faults and copies in `perf`).
-    let mut out = Vec::<f32>::with_capacity(m * n);
-    // Each task writes its own strip's columns, and no other task's.
-    let shared = super::team::SharedOutput(out.as_mut_ptr());
-    crate::layers::cpu::team::for_each(strips, |s| {
-        let shared = &shared;
-        let first = s * STRIP;
-        let width = STRIP.min(n - first);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available` saw AVX-512F; the asserts bound every read; the strip writes
-        // columns `first..first + width` of the `m` rows of `out`'s capacity.
-        unsafe {
-            avx512::strip(x, w, m, k, n, first, width, shared.0)
-        };
-    });
-    // SAFETY: the strips covered every column of every row.
-    unsafe { out.set_len(m * n) };
-    out
+    // SAFETY: `available` saw AVX-512F, BW and VL; the asserts bound every read; each strip
+    // writes columns `first..first + width` of all `m` rows.
+    unsafe {
+        by_strips(m, n, STRIP, |first, width, out| {
+            #[cfg(target_arch = "x86_64")]
+            avx512::strip(x, w, m, k, n, first, width, out);
+        })
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
